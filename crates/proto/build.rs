@@ -1,0 +1,14 @@
+//! Compiles `proto/` with protox, a pure-Rust protobuf compiler, so building fleet
+//! never needs a system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let fds = protox::compile([root.join("fleet/agent/v1/agent.proto")], [&root])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    // compile_fds does not know the source files; tell cargo when to rerun.
+    println!("cargo:rerun-if-changed={}", root.display());
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Generated code for fleet's gRPC contract. Nothing but generated types lives here:
+//! other crates convert to their domain types at the edge.
+
+/// The host agent's local API (`fleet.agent.v1`), served on `FLEET_HOME/agent.sock`.
+pub mod agent {
+    pub mod v1 {
+        tonic::include_proto!("fleet.agent.v1");
+
+        /// The protocol's major version. A client whose major differs is refused in `Hello`.
+        pub const PROTOCOL_MAJOR: u32 = 1;
+        /// Minor versions add fields and calls only; either side ignores what it doesn't know.
+        pub const PROTOCOL_MINOR: u32 = 0;
+    }
+}
