@@ -1,0 +1,205 @@
+//! The resolved app specification: what the CLI sends to the agent and what the agent
+//! stores in its state file and in `dump.json`. Parsing lives in `load`, `app` and
+//! `resolve`; this module only owns the types, their defaults and their invariants.
+//!
+//! Every duration is in milliseconds and every size in bytes, so the JSON form is
+//! unambiguous. Defaults are PM2's (`reference/pm2-behaviour.md` §2) unless a comment
+//! says why fleet differs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// PM2's default `min_uptime`: an exit sooner than this after a start is "unstable".
+pub const DEFAULT_MIN_UPTIME_MS: u64 = 1000;
+/// PM2's default `max_restarts`: unstable restarts allowed before `errored`.
+pub const DEFAULT_MAX_RESTARTS: u32 = 16;
+/// PM2's default `kill_timeout` (`PM2_KILL_TIMEOUT`).
+pub const DEFAULT_KILL_TIMEOUT_MS: u64 = 1600;
+/// PM2's default `listen_timeout` (`PM2_GRACEFUL_LISTEN_TIMEOUT`).
+pub const DEFAULT_LISTEN_TIMEOUT_MS: u64 = 3000;
+/// PM2's kill signal (`PM2_KILL_SIGNAL`); fleet makes it a per-app setting.
+pub const DEFAULT_KILL_SIGNAL: &str = "SIGINT";
+/// fleet's own instance variable; `NODE_APP_INSTANCE` is always set too, for PM2 apps.
+pub const DEFAULT_INSTANCE_VAR: &str = "FLEET_APP_INSTANCE";
+/// PM2's instance variable, set alongside `instance_var` for compatibility.
+pub const PM2_INSTANCE_VAR: &str = "NODE_APP_INSTANCE";
+/// PM2's default namespace.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One app, fully resolved: paths absolute, interpreter chosen, env merged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    pub name: String,
+    pub namespace: String,
+    /// The script as the user wrote it (a path, a program on `PATH`, or a command string).
+    pub script: String,
+    /// What is executed: program and leading arguments (interpreter, its args, script),
+    /// without `args`. A command string is `["sh", "-c", "<cmd>"]`.
+    pub command: Vec<String>,
+    /// Arguments after the script, passed verbatim.
+    pub args: Vec<String>,
+    /// `None` when the script is executed directly (PM2's `none`).
+    pub interpreter: Option<String>,
+    pub interpreter_args: Vec<String>,
+    pub cwd: PathBuf,
+    pub instances: Instances,
+    pub exec_mode: ExecMode,
+    pub port: Option<u16>,
+    /// The app's own environment after stage selection (`deploy.<stage>.env` <
+    /// `env` < `env_<stage>`), values as strings.
+    pub env: BTreeMap<String, String>,
+    /// The CLI's environment when the app was started; the app's `env` wins over it.
+    /// Only `--update-env` replaces it (PM2's immutable environment).
+    pub inherited_env: BTreeMap<String, String>,
+    pub autorestart: bool,
+    /// Kept from the config (PM2's `autostart`): false registers the app as `stopped`.
+    pub autostart: bool,
+    pub max_restarts: u32,
+    pub min_uptime_ms: u64,
+    pub restart_delay_ms: u64,
+    pub exp_backoff_restart_delay_ms: Option<u64>,
+    pub max_memory_restart_bytes: Option<u64>,
+    pub cron_restart: Option<String>,
+    pub kill_timeout_ms: u64,
+    /// A validated signal name such as `SIGINT`.
+    pub kill_signal: String,
+    pub wait_ready: bool,
+    pub listen_timeout_ms: u64,
+    pub stop_exit_codes: Vec<i32>,
+    pub watch: Vec<PathBuf>,
+    pub ignore_watch: Vec<String>,
+    pub logs: LogSpec,
+    pub instance_var: String,
+    pub increment_var: Option<String>,
+    /// The config file the app came from, if any (for `describe` and config targets).
+    pub source: Option<PathBuf>,
+}
+
+/// Log file settings as given, except that paths are absolute (a relative one is
+/// resolved against the app's cwd, as in PM2); the agent derives the final paths
+/// (PM2's naming) since they depend on its `FLEET_HOME` and on instance numbers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSpec {
+    /// `Some("/dev/null")` disables; `None` means the default `<home>/logs/<name>-out.log`.
+    pub out_file: Option<String>,
+    pub error_file: Option<String>,
+    /// Combined file; `None` = disabled (PM2's default). `Some("")` is PM2's
+    /// `log_file: true`: the default combined path `<home>/logs/<name>.log`.
+    pub log_file: Option<String>,
+    /// `None` = PM2's default: merged for a single instance, suffixed otherwise.
+    pub merge_logs: Option<bool>,
+    pub log_date_format: Option<String>,
+    pub log_type: LogType,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogType {
+    #[default]
+    Raw,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecMode {
+    Fork,
+    /// The agent's listening socket inherited by every instance.
+    Cluster,
+    /// The agent balances connections to each instance's own `PORT`.
+    Proxy,
+}
+
+/// PM2's `instances`: a number, `max` (0 means the same), or negative (CPUs minus n).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Instances {
+    Count(u32),
+    Max,
+    /// CPUs minus this many, at least 1.
+    MaxMinus(u32),
+}
+
+impl Instances {
+    /// The number of instances on a host with `cpus` CPUs; never less than 1.
+    pub fn resolve(self, cpus: u32) -> u32 {
+        match self {
+            Instances::Count(0) | Instances::Max => cpus.max(1),
+            Instances::Count(n) => n,
+            Instances::MaxMinus(n) => cpus.saturating_sub(n).max(1),
+        }
+    }
+}
+
+impl AppSpec {
+    /// A spec with PM2's defaults for `script`, as `fleet start <script>` builds it
+    /// before flags apply. `command` and `interpreter` are left for the caller
+    /// (see `resolve_command`).
+    pub fn with_defaults(name: String, script: String, cwd: PathBuf) -> AppSpec {
+        AppSpec {
+            name,
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            script,
+            command: Vec::new(),
+            args: Vec::new(),
+            interpreter: None,
+            interpreter_args: Vec::new(),
+            cwd,
+            instances: Instances::Count(1),
+            exec_mode: ExecMode::Fork,
+            port: None,
+            env: BTreeMap::new(),
+            inherited_env: BTreeMap::new(),
+            autorestart: true,
+            autostart: true,
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            min_uptime_ms: DEFAULT_MIN_UPTIME_MS,
+            restart_delay_ms: 0,
+            exp_backoff_restart_delay_ms: None,
+            max_memory_restart_bytes: None,
+            cron_restart: None,
+            kill_timeout_ms: DEFAULT_KILL_TIMEOUT_MS,
+            kill_signal: DEFAULT_KILL_SIGNAL.to_string(),
+            wait_ready: false,
+            listen_timeout_ms: DEFAULT_LISTEN_TIMEOUT_MS,
+            stop_exit_codes: Vec::new(),
+            watch: Vec::new(),
+            ignore_watch: Vec::new(),
+            logs: LogSpec::default(),
+            instance_var: DEFAULT_INSTANCE_VAR.to_string(),
+            increment_var: None,
+            source: None,
+        }
+    }
+
+    /// The environment an instance starts with: inherited, then the app's own, then
+    /// `PORT`, the instance variables and `increment_var`.
+    pub fn instance_env(&self, instance: u32) -> BTreeMap<String, String> {
+        let mut env = self.inherited_env.clone();
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(port) = self.port {
+            env.insert("PORT".to_string(), port.to_string());
+        }
+        env.insert(self.instance_var.clone(), instance.to_string());
+        env.insert(PM2_INSTANCE_VAR.to_string(), instance.to_string());
+        if let Some(var) = &self.increment_var {
+            // PM2 starts from the app's value of the variable (0 when unset or not a number).
+            let base: i64 = env.get(var).and_then(|v| v.parse().ok()).unwrap_or(0);
+            env.insert(var.clone(), (base + i64::from(instance)).to_string());
+        }
+        if self
+            .interpreter
+            .as_deref()
+            .is_some_and(|i| i.contains("python"))
+        {
+            // PM2 sets this so Python output reaches the log as it is written.
+            env.entry("PYTHONUNBUFFERED".to_string())
+                .or_insert_with(|| "1".to_string());
+        }
+        env
+    }
+}
