@@ -1,0 +1,739 @@
+//! The supervisor core: one instance's lifecycle as a state machine with no I/O.
+//! Inputs (a command, a spawn result, an exit, a timer) go in with the current time;
+//! outputs (spawn, signal the group, schedule a timer, remove) come out for the shell
+//! in `supervisor` to carry out. Tested on tokio's paused clock without processes.
+//!
+//! The restart policy keeps PM2's semantics (`reference/pm2-behaviour.md` §5):
+//! unstable restarts counted inside a `min_uptime * max_restarts` window lead to
+//! `errored`; `restart_delay` and `exp_backoff_restart_delay` (x1.5, capped, reset
+//! after a stable run) put the instance in `waiting-restart`; `autorestart = false`
+//! and `stop_exit_codes` leave it `stopped`.
+
+use std::time::Duration;
+
+use fleet_config::AppSpec;
+use tokio::time::Instant;
+
+/// PM2 multiplies the previous backoff delay by 1.5 on each crash (`God.handleExit`).
+const BACKOFF_FACTOR: f64 = 1.5;
+/// PM2 caps the exponential backoff at 15 s.
+pub const BACKOFF_CAP: Duration = Duration::from_millis(15_000);
+/// PM2's `EXP_BACKOFF_RESET_TIMER`: after this long online the backoff starts over.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_millis(30_000);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Launching,
+    Online,
+    Stopping,
+    Stopped,
+    Errored,
+    WaitingRestart,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Launching => "launching",
+            Status::Online => "online",
+            Status::Stopping => "stopping",
+            Status::Stopped => "stopped",
+            Status::Errored => "errored",
+            Status::WaitingRestart => "waiting-restart",
+        }
+    }
+
+    /// Whether the user wants this instance running (what survives an agent restart).
+    pub fn wants_running(self) -> bool {
+        matches!(
+            self,
+            Status::Launching | Status::Online | Status::WaitingRestart
+        )
+    }
+
+    /// Whether an operation that touched the instance has finished with it.
+    pub fn is_settled(self) -> bool {
+        !matches!(self, Status::Launching | Status::Stopping)
+    }
+}
+
+/// How an instance ended.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    SpawnError(String),
+}
+
+/// The restart and stop settings the core needs, taken from an `AppSpec`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub autorestart: bool,
+    pub stop_exit_codes: Vec<i32>,
+    pub min_uptime: Duration,
+    pub max_restarts: u32,
+    pub restart_delay: Duration,
+    pub exp_backoff: Option<Duration>,
+    pub kill_timeout: Duration,
+}
+
+impl Policy {
+    pub fn from_spec(spec: &AppSpec) -> Policy {
+        Policy {
+            autorestart: spec.autorestart,
+            stop_exit_codes: spec.stop_exit_codes.clone(),
+            min_uptime: Duration::from_millis(spec.min_uptime_ms),
+            max_restarts: spec.max_restarts,
+            restart_delay: Duration::from_millis(spec.restart_delay_ms),
+            exp_backoff: spec
+                .exp_backoff_restart_delay_ms
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
+            kill_timeout: Duration::from_millis(spec.kill_timeout_ms),
+        }
+    }
+}
+
+/// What happens to the instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Start a stopped or errored instance (not counted as a restart).
+    Start,
+    /// Restart (counted); starts a stopped instance too.
+    Restart,
+    Stop,
+    Delete,
+    /// Zero the counters.
+    Reset,
+    /// The shell started the process.
+    Spawned,
+    /// The shell could not start the process.
+    SpawnFailed(String),
+    /// The group leader exited; `group_empty` tells whether any process of its group remains.
+    Exited {
+        exit: Exit,
+        group_empty: bool,
+    },
+    /// No process of the instance's group remains.
+    GroupGone,
+    /// A timer the core scheduled fired.
+    Timer(TimerToken),
+}
+
+/// What the shell must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Spawn,
+    /// Send the app's `kill_signal` to the whole process group.
+    SignalGroup,
+    /// SIGKILL the whole process group.
+    KillGroup,
+    /// Report `GroupGone` once the group is empty (or after it was SIGKILLed).
+    WatchGroup,
+    Schedule {
+        token: TimerToken,
+        after: Duration,
+    },
+    /// Forget the instance.
+    Remove,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TimerToken {
+    pub seq: u64,
+    pub kind: TimerKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TimerKind {
+    RestartDue,
+    KillTimeout,
+    BackoffReset,
+}
+
+/// What to do once a stop has finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterStop {
+    Stay,
+    Start { counted: bool },
+    Remove,
+}
+
+/// One instance's lifecycle state.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub status: Status,
+    pub policy: Policy,
+    /// Restarts as PM2 counts them (crash, restart, reload, memory, cron, watch).
+    pub restarts: u32,
+    pub unstable_restarts: u32,
+    /// Start of the unstable-restart window: creation or the last manual (re)start.
+    pub window_start: Instant,
+    /// When the running process was spawned.
+    pub started_at: Option<Instant>,
+    pub prev_restart_delay: Duration,
+    /// In `waiting-restart`: when the next start is due.
+    pub restart_at: Option<Instant>,
+    pub last_exit: Option<(Exit, Instant, Duration)>,
+    after_stop: AfterStop,
+    leader_alive: bool,
+    /// The only timer the core currently honours; others are stale.
+    timer: Option<TimerToken>,
+    timer_seq: u64,
+}
+
+impl Instance {
+    /// A new instance, not yet started.
+    pub fn new(policy: Policy, now: Instant) -> Instance {
+        Instance {
+            status: Status::Stopped,
+            policy,
+            restarts: 0,
+            unstable_restarts: 0,
+            window_start: now,
+            started_at: None,
+            prev_restart_delay: Duration::ZERO,
+            restart_at: None,
+            last_exit: None,
+            after_stop: AfterStop::Stay,
+            leader_alive: false,
+            timer: None,
+            timer_seq: 0,
+        }
+    }
+
+    /// Whether the user wants this instance running: what a restarted agent restores.
+    pub fn wants_running(&self) -> bool {
+        self.status.wants_running()
+            || (self.status == Status::Stopping
+                && matches!(self.after_stop, AfterStop::Start { .. }))
+    }
+
+    /// Feeds one input; returns the actions for the shell.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Start => self.start(now, false, &mut out),
+            Input::Restart => self.start(now, true, &mut out),
+            Input::Stop => self.stop(AfterStop::Stay, &mut out),
+            Input::Delete => self.stop(AfterStop::Remove, &mut out),
+            Input::Reset => {
+                self.restarts = 0;
+                self.unstable_restarts = 0;
+                self.window_start = now;
+                self.prev_restart_delay = Duration::ZERO;
+            }
+            Input::Spawned => {
+                self.status = Status::Online;
+                self.started_at = Some(now);
+                self.leader_alive = true;
+                if self.policy.exp_backoff.is_some() {
+                    self.schedule(TimerKind::BackoffReset, BACKOFF_RESET_AFTER, &mut out);
+                }
+            }
+            Input::SpawnFailed(error) => {
+                self.started_at = Some(now);
+                self.exited(Exit::SpawnError(error), true, now, &mut out);
+            }
+            Input::Exited { exit, group_empty } => self.exited(exit, group_empty, now, &mut out),
+            Input::GroupGone => {
+                if self.status == Status::Stopping && !self.leader_alive {
+                    self.finish_stop(now, &mut out);
+                }
+            }
+            Input::Timer(token) => {
+                if self.timer == Some(token) {
+                    self.timer = None;
+                    self.timer_fired(token.kind, now, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn start(&mut self, now: Instant, counted: bool, out: &mut Vec<Action>) {
+        match self.status {
+            Status::Online | Status::Launching => {
+                // A running instance is restarted: stop first, then start.
+                self.stop(AfterStop::Start { counted: true }, out);
+            }
+            Status::Stopping => self.after_stop = AfterStop::Start { counted: true },
+            Status::Stopped | Status::Errored | Status::WaitingRestart => {
+                // A manual start opens a fresh window, like PM2's `resetState`.
+                self.window_start = now;
+                self.unstable_restarts = 0;
+                self.prev_restart_delay = Duration::ZERO;
+                let counted = counted || self.status == Status::WaitingRestart;
+                self.spawn(counted, out);
+            }
+        }
+    }
+
+    fn stop(&mut self, then: AfterStop, out: &mut Vec<Action>) {
+        match self.status {
+            Status::Online | Status::Launching => {
+                self.status = Status::Stopping;
+                self.after_stop = then;
+                out.push(Action::SignalGroup);
+                self.schedule(TimerKind::KillTimeout, self.policy.kill_timeout, out);
+            }
+            Status::Stopping => {
+                // A second stop or delete wins over a pending restart.
+                if then != AfterStop::Stay || matches!(self.after_stop, AfterStop::Start { .. }) {
+                    self.after_stop = then;
+                }
+            }
+            Status::Stopped | Status::Errored | Status::WaitingRestart => {
+                self.timer = None;
+                self.restart_at = None;
+                if self.status == Status::WaitingRestart {
+                    self.status = Status::Stopped;
+                }
+                if then == AfterStop::Remove {
+                    out.push(Action::Remove);
+                }
+            }
+        }
+    }
+
+    fn exited(&mut self, exit: Exit, group_empty: bool, now: Instant, out: &mut Vec<Action>) {
+        let uptime = self
+            .started_at
+            .map(|at| now.saturating_duration_since(at))
+            .unwrap_or_default();
+        self.last_exit = Some((exit.clone(), now, uptime));
+        self.leader_alive = false;
+        if self.status == Status::Stopping {
+            if group_empty {
+                self.finish_stop(now, out);
+            } else {
+                // Children outlived the leader: the stop is done only when they are gone
+                // (PM2 #6084 leaves them holding the port).
+                out.push(Action::WatchGroup);
+            }
+            return;
+        }
+        if !group_empty {
+            // The leader crashed and left children behind; they would hold ports and
+            // files the next start needs.
+            out.push(Action::KillGroup);
+        }
+        self.started_at = None;
+        self.timer = None;
+
+        let expected =
+            matches!(exit, Exit::Code(code) if self.policy.stop_exit_codes.contains(&code));
+        if !self.policy.autorestart || expected {
+            self.status = Status::Stopped;
+            return;
+        }
+
+        let window = self.policy.min_uptime * self.policy.max_restarts;
+        if now.saturating_duration_since(self.window_start) < window
+            && uptime < self.policy.min_uptime
+        {
+            self.unstable_restarts += 1;
+        }
+        if self.unstable_restarts >= self.policy.max_restarts {
+            self.status = Status::Errored;
+            return;
+        }
+
+        if uptime >= BACKOFF_RESET_AFTER {
+            self.prev_restart_delay = Duration::ZERO;
+        }
+        let delay = match self.policy.exp_backoff {
+            Some(base) => {
+                let next = if self.prev_restart_delay.is_zero() {
+                    base
+                } else {
+                    let grown = self.prev_restart_delay.as_millis() as f64 * BACKOFF_FACTOR;
+                    Duration::from_millis(grown.floor() as u64).min(BACKOFF_CAP)
+                };
+                self.prev_restart_delay = next;
+                next
+            }
+            None => self.policy.restart_delay,
+        };
+        if delay.is_zero() {
+            self.spawn(true, out);
+        } else {
+            self.status = Status::WaitingRestart;
+            self.restart_at = Some(now + delay);
+            self.schedule(TimerKind::RestartDue, delay, out);
+        }
+    }
+
+    fn finish_stop(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.timer = None;
+        self.started_at = None;
+        self.status = Status::Stopped;
+        match std::mem::replace(&mut self.after_stop, AfterStop::Stay) {
+            AfterStop::Stay => {}
+            AfterStop::Remove => out.push(Action::Remove),
+            AfterStop::Start { counted } => {
+                self.window_start = now;
+                self.unstable_restarts = 0;
+                self.prev_restart_delay = Duration::ZERO;
+                self.spawn(counted, out);
+            }
+        }
+    }
+
+    fn timer_fired(&mut self, kind: TimerKind, now: Instant, out: &mut Vec<Action>) {
+        match (kind, self.status) {
+            (TimerKind::RestartDue, Status::WaitingRestart) => {
+                self.restart_at = None;
+                self.spawn(true, out);
+            }
+            (TimerKind::KillTimeout, Status::Stopping) => {
+                out.push(Action::KillGroup);
+                if !self.leader_alive {
+                    // Only stragglers were left; SIGKILL cannot be ignored.
+                    out.push(Action::WatchGroup);
+                }
+            }
+            (TimerKind::BackoffReset, Status::Online)
+                if self
+                    .started_at
+                    .is_some_and(|at| now.saturating_duration_since(at) >= BACKOFF_RESET_AFTER) =>
+            {
+                self.prev_restart_delay = Duration::ZERO;
+            }
+            _ => {}
+        }
+    }
+
+    fn spawn(&mut self, counted: bool, out: &mut Vec<Action>) {
+        if counted {
+            self.restarts += 1;
+        }
+        self.status = Status::Launching;
+        self.restart_at = None;
+        self.timer = None;
+        out.push(Action::Spawn);
+    }
+
+    fn schedule(&mut self, kind: TimerKind, after: Duration, out: &mut Vec<Action>) {
+        self.timer_seq += 1;
+        let token = TimerToken {
+            seq: self.timer_seq,
+            kind,
+        };
+        self.timer = Some(token);
+        out.push(Action::Schedule { token, after });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    fn policy() -> Policy {
+        Policy {
+            autorestart: true,
+            stop_exit_codes: vec![],
+            min_uptime: Duration::from_millis(1000),
+            max_restarts: 16,
+            restart_delay: Duration::ZERO,
+            exp_backoff: None,
+            kill_timeout: Duration::from_millis(1600),
+        }
+    }
+
+    /// Starts an instance and reports it spawned, as the shell would.
+    fn online(policy: Policy) -> Instance {
+        let mut instance = Instance::new(policy, Instant::now());
+        assert_eq!(
+            instance.handle(Input::Start, Instant::now()),
+            vec![Action::Spawn]
+        );
+        instance.handle(Input::Spawned, Instant::now());
+        instance
+    }
+
+    fn crash(instance: &mut Instance, code: i32) -> Vec<Action> {
+        instance.handle(
+            Input::Exited {
+                exit: Exit::Code(code),
+                group_empty: true,
+            },
+            Instant::now(),
+        )
+    }
+
+    fn scheduled(actions: &[Action]) -> Option<(TimerToken, Duration)> {
+        actions.iter().find_map(|a| match a {
+            Action::Schedule { token, after } => Some((*token, *after)),
+            _ => None,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn start_of_a_stopped_instance_is_not_a_restart() {
+        let instance = online(policy());
+        assert_eq!(instance.status, Status::Online);
+        assert_eq!(instance.restarts, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn instant_crash_loop_ends_errored_after_max_restarts() {
+        let mut instance = online(policy());
+        let mut spawns = 0;
+        loop {
+            advance(Duration::from_millis(5)).await;
+            let actions = crash(&mut instance, 1);
+            if instance.status == Status::Errored {
+                assert!(actions.is_empty());
+                break;
+            }
+            assert_eq!(actions, vec![Action::Spawn]);
+            instance.handle(Input::Spawned, Instant::now());
+            spawns += 1;
+        }
+        assert_eq!(spawns, 15, "the 16th unstable exit is the last");
+        assert_eq!(instance.unstable_restarts, 16);
+        assert_eq!(instance.restarts, 15);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn crashes_after_min_uptime_restart_forever() {
+        let mut instance = online(policy());
+        for _ in 0..40 {
+            advance(Duration::from_millis(1500)).await;
+            assert_eq!(crash(&mut instance, 1), vec![Action::Spawn]);
+            instance.handle(Input::Spawned, Instant::now());
+        }
+        assert_eq!(instance.status, Status::Online);
+        assert_eq!(instance.unstable_restarts, 0);
+        assert_eq!(instance.restarts, 40);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_exit_codes_and_no_autorestart_leave_it_stopped() {
+        let mut p = policy();
+        p.stop_exit_codes = vec![42];
+        let mut instance = online(p.clone());
+        assert!(crash(&mut instance, 42).is_empty());
+        assert_eq!(instance.status, Status::Stopped);
+
+        let mut instance = online(p);
+        assert_eq!(crash(&mut instance, 3), vec![Action::Spawn]);
+
+        let mut p = policy();
+        p.autorestart = false;
+        let mut instance = online(p);
+        assert!(crash(&mut instance, 0).is_empty());
+        assert_eq!(instance.status, Status::Stopped);
+        assert_eq!(instance.restarts, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restart_delay_waits_then_spawns() {
+        let mut p = policy();
+        p.restart_delay = Duration::from_millis(5000);
+        let mut instance = online(p);
+        advance(Duration::from_millis(2000)).await;
+        let actions = crash(&mut instance, 1);
+        let (token, after) = scheduled(&actions).expect("a restart timer");
+        assert_eq!(after, Duration::from_millis(5000));
+        assert_eq!(instance.status, Status::WaitingRestart);
+        assert_eq!(instance.restarts, 0, "not restarted yet");
+        advance(after).await;
+        assert_eq!(
+            instance.handle(Input::Timer(token), Instant::now()),
+            vec![Action::Spawn]
+        );
+        assert_eq!(instance.restarts, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_grows_by_half_caps_and_resets_after_a_stable_run() {
+        let mut p = policy();
+        p.exp_backoff = Some(Duration::from_millis(100));
+        p.max_restarts = 1000;
+        let mut instance = online(p);
+        let mut delays = Vec::new();
+        for _ in 0..16 {
+            advance(Duration::from_millis(10)).await;
+            let actions = crash(&mut instance, 1);
+            let (token, after) = scheduled(&actions).expect("a backoff timer");
+            delays.push(after.as_millis());
+            advance(after).await;
+            instance.handle(Input::Timer(token), Instant::now());
+            instance.handle(Input::Spawned, Instant::now());
+        }
+        assert_eq!(&delays[..5], &[100, 150, 225, 337, 505]);
+        assert_eq!(*delays.last().unwrap(), 15_000, "capped at 15 s");
+
+        // Online for 30 s: the reset timer clears the backoff.
+        let reset = instance
+            .timer
+            .filter(|t| t.kind == TimerKind::BackoffReset)
+            .expect("a reset timer while online");
+        advance(BACKOFF_RESET_AFTER).await;
+        instance.handle(Input::Timer(reset), Instant::now());
+        assert_eq!(instance.prev_restart_delay, Duration::ZERO);
+        let (_, after) = scheduled(&crash(&mut instance, 1)).unwrap();
+        assert_eq!(after, Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_escalates_to_sigkill_after_kill_timeout() {
+        let mut instance = online(policy());
+        let actions = instance.handle(Input::Stop, Instant::now());
+        assert_eq!(actions[0], Action::SignalGroup);
+        let (token, after) = scheduled(&actions).unwrap();
+        assert_eq!(after, Duration::from_millis(1600));
+        assert_eq!(instance.status, Status::Stopping);
+        advance(after).await;
+        assert_eq!(
+            instance.handle(Input::Timer(token), Instant::now()),
+            vec![Action::KillGroup]
+        );
+        assert_eq!(
+            instance.status,
+            Status::Stopping,
+            "until the leader is reaped"
+        );
+        instance.handle(
+            Input::Exited {
+                exit: Exit::Signal(9),
+                group_empty: true,
+            },
+            Instant::now(),
+        );
+        assert_eq!(instance.status, Status::Stopped);
+        assert_eq!(instance.restarts, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_waits_for_children_that_outlive_the_leader() {
+        let mut instance = online(policy());
+        let actions = instance.handle(Input::Stop, Instant::now());
+        let (token, _) = scheduled(&actions).unwrap();
+        let actions = instance.handle(
+            Input::Exited {
+                exit: Exit::Code(0),
+                group_empty: false,
+            },
+            Instant::now(),
+        );
+        assert_eq!(actions, vec![Action::WatchGroup]);
+        assert_eq!(instance.status, Status::Stopping);
+        advance(Duration::from_millis(1600)).await;
+        assert_eq!(
+            instance.handle(Input::Timer(token), Instant::now()),
+            vec![Action::KillGroup, Action::WatchGroup]
+        );
+        instance.handle(Input::GroupGone, Instant::now());
+        assert_eq!(instance.status, Status::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn crash_with_leftover_children_kills_the_group_before_restarting() {
+        let mut instance = online(policy());
+        advance(Duration::from_secs(5)).await;
+        let actions = instance.handle(
+            Input::Exited {
+                exit: Exit::Signal(11),
+                group_empty: false,
+            },
+            Instant::now(),
+        );
+        assert_eq!(actions, vec![Action::KillGroup, Action::Spawn]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restart_counts_and_opens_a_new_window() {
+        let mut instance = online(policy());
+        instance.handle(Input::Stop, Instant::now());
+        instance.handle(
+            Input::Exited {
+                exit: Exit::Signal(2),
+                group_empty: true,
+            },
+            Instant::now(),
+        );
+        assert_eq!(instance.status, Status::Stopped);
+        // Starting a stopped instance is not a restart; restarting a running one is.
+        assert_eq!(
+            instance.handle(Input::Start, Instant::now()),
+            vec![Action::Spawn]
+        );
+        instance.handle(Input::Spawned, Instant::now());
+        assert_eq!(instance.restarts, 0);
+        let actions = instance.handle(Input::Restart, Instant::now());
+        assert_eq!(actions[0], Action::SignalGroup);
+        let actions = instance.handle(
+            Input::Exited {
+                exit: Exit::Signal(2),
+                group_empty: true,
+            },
+            Instant::now(),
+        );
+        assert_eq!(actions, vec![Action::Spawn]);
+        assert_eq!(instance.restarts, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delete_of_a_running_instance_removes_it_after_the_stop() {
+        let mut instance = online(policy());
+        instance.handle(Input::Delete, Instant::now());
+        let actions = instance.handle(
+            Input::Exited {
+                exit: Exit::Code(0),
+                group_empty: true,
+            },
+            Instant::now(),
+        );
+        assert_eq!(actions, vec![Action::Remove]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_timers_are_ignored_and_stop_cancels_a_pending_restart() {
+        let mut p = policy();
+        p.restart_delay = Duration::from_millis(500);
+        let mut instance = online(p);
+        advance(Duration::from_secs(2)).await;
+        let (token, _) = scheduled(&crash(&mut instance, 1)).unwrap();
+        instance.handle(Input::Stop, Instant::now());
+        assert_eq!(instance.status, Status::Stopped);
+        advance(Duration::from_secs(1)).await;
+        assert!(
+            instance
+                .handle(Input::Timer(token), Instant::now())
+                .is_empty()
+        );
+        assert_eq!(instance.status, Status::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reset_zeroes_counters() {
+        let mut instance = online(policy());
+        for _ in 0..3 {
+            advance(Duration::from_millis(10)).await;
+            crash(&mut instance, 1);
+            instance.handle(Input::Spawned, Instant::now());
+        }
+        assert_eq!(instance.restarts, 3);
+        instance.handle(Input::Reset, Instant::now());
+        assert_eq!((instance.restarts, instance.unstable_restarts), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spawn_failure_is_an_unstable_exit() {
+        let mut instance = Instance::new(policy(), Instant::now());
+        instance.handle(Input::Start, Instant::now());
+        let actions = instance.handle(Input::SpawnFailed("no such file".into()), Instant::now());
+        assert_eq!(actions, vec![Action::Spawn]);
+        assert_eq!(instance.unstable_restarts, 1);
+        assert!(matches!(
+            instance.last_exit,
+            Some((Exit::SpawnError(_), _, _))
+        ));
+    }
+}

@@ -1,0 +1,198 @@
+//! The agent daemon: takes the home's lock, binds `agent.sock`, brings back the apps
+//! of the previous run, samples metrics and serves the gRPC API until shutdown.
+//! `run` takes its listener and shutdown future as arguments so tests can run an
+//! agent in-process on a temp dir.
+
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::agent::v1::agent_service_server::AgentServiceServer;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::Signal;
+use tokio::net::UnixListener;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::metrics::Sampler;
+use crate::process;
+use crate::service::Service;
+use crate::store::{Home, SavedList, SavedProcess};
+use crate::supervisor::{self, Reply, Request};
+
+/// PM2 refreshes its process list metrics about once a second (`pm2 monit`); so does
+/// the agent, only while something runs.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+/// The socket and the pid file are private to the agent's user.
+const SOCKET_MODE: u32 = 0o600;
+
+/// The home's exclusive lock, held for the agent's whole life. Dropping it unlocks.
+pub struct HomeLock {
+    _lock: Flock<File>,
+}
+
+/// Takes the home's lock (one agent per `FLEET_HOME`) and binds its socket.
+pub fn bind(home: &Home) -> anyhow::Result<(HomeLock, UnixListener)> {
+    home.create()?;
+    let pid_file = home.pid_file();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(SOCKET_MODE)
+        .open(&pid_file)?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            anyhow::bail!(
+                "an agent is already running for {} (pid {})",
+                home.root.display(),
+                pid.trim()
+            );
+        }
+        Err((_, errno)) => anyhow::bail!("cannot lock {}: {errno}", pid_file.display()),
+    };
+    lock.set_len(0)?;
+    write!(lock, "{}", std::process::id())?;
+    let socket = home.socket();
+    // We hold the lock, so a socket file left here belongs to a dead agent.
+    let _ = std::fs::remove_file(&socket);
+    // Bind with a restrictive umask so the socket is never reachable by others, not
+    // even between bind and chmod.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let listener = UnixListener::bind(&socket);
+    nix::sys::stat::umask(old);
+    let listener = listener?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    Ok((HomeLock { _lock: lock }, listener))
+}
+
+/// Serves the agent until `shutdown` resolves or a client calls `Kill`. On shutdown
+/// the apps are stopped but stay in the state file, so the next agent starts them.
+pub async fn run(
+    home: Home,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let saved = load_state(&home);
+    terminate_orphans(&saved).await;
+    let handle = supervisor::start(home.clone(), saved);
+    tokio::spawn(sample_metrics(handle.clone()));
+
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let kill = Arc::new(Notify::new());
+    let service = Service::new(
+        handle.clone(),
+        home.root.display().to_string(),
+        host,
+        kill.clone(),
+    );
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let killed = killed.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = kill.notified() => killed.store(true, std::sync::atomic::Ordering::SeqCst),
+            }
+        }
+    };
+    tracing::info!(home = %home.root.display(), pid = std::process::id(), "agent serving");
+    tonic::transport::Server::builder()
+        .add_service(AgentServiceServer::new(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .await?;
+
+    if !killed.load(std::sync::atomic::Ordering::SeqCst)
+        && let Ok(Reply::Settling { ids, within, .. }) =
+            handle.call(Request::StopAll { forget: false }).await
+    {
+        tracing::info!(apps = ids.len(), "stopping apps before exit");
+        handle.settled(&ids, within).await;
+    }
+    let _ = std::fs::remove_file(home.socket());
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn load_state(home: &Home) -> Vec<SavedProcess> {
+    let path = home.state_file();
+    if !path.exists() {
+        return Vec::new();
+    }
+    match SavedList::read(&path) {
+        Ok(list) => list.processes,
+        Err(error) => {
+            // Keep the unreadable file for inspection; starting empty beats not starting.
+            let aside = path.with_extension("json.corrupt");
+            let _ = std::fs::rename(&path, &aside);
+            tracing::error!(%error, kept = %aside.display(), "cannot read the state file; starting with no apps");
+            Vec::new()
+        }
+    }
+}
+
+/// Stops the process groups a killed agent left behind, so restoring the apps never
+/// runs two copies. A pid counts only if its start time matches the saved one.
+async fn terminate_orphans(saved: &[SavedProcess]) {
+    let mut waits = Vec::new();
+    for entry in saved {
+        let (Some(pid), Some(ticks)) = (entry.pid, entry.start_ticks) else {
+            continue;
+        };
+        if process::start_ticks(pid) != Some(ticks) {
+            continue;
+        }
+        tracing::warn!(app = %entry.spec.name, pid, "stopping an instance the previous agent left running");
+        let signal = process::signal_from_name(&entry.spec.kill_signal).unwrap_or(Signal::SIGINT);
+        process::signal_group(pid, signal);
+        let timeout = Duration::from_millis(entry.spec.kill_timeout_ms);
+        waits.push(tokio::spawn(async move {
+            let until = Instant::now() + timeout;
+            while process::group_alive(pid) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            process::signal_group(pid, Signal::SIGKILL);
+        }));
+    }
+    for wait in waits {
+        let _ = wait.await;
+    }
+}
+
+async fn sample_metrics(handle: supervisor::Handle) {
+    let mut sampler = Sampler::new();
+    let mut tick = tokio::time::interval(METRICS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = handle.closed() => return,
+        }
+        let leaders = handle.leaders().await;
+        if leaders.is_empty() {
+            continue;
+        }
+        let pids: Vec<i32> = leaders.iter().map(|(_, pid)| *pid).collect();
+        let (returned, usage) = tokio::task::spawn_blocking(move || {
+            let usage = sampler.sample(&pids);
+            (sampler, usage)
+        })
+        .await
+        .expect("the metrics sampler does not panic");
+        sampler = returned;
+        let by_id = leaders
+            .into_iter()
+            .filter_map(|(id, pid)| usage.get(&pid).map(|u| (id, *u)))
+            .collect();
+        handle.report_usage(by_id);
+    }
+}

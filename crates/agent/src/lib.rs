@@ -1,0 +1,12 @@
+//! `fleet-agent`: supervises apps on one host, PM2's daemon done again. The binary in
+//! `main.rs` only parses arguments and calls `daemon::run`; everything lives here.
+
+pub mod core;
+pub mod daemon;
+pub mod error;
+pub mod metrics;
+pub mod process;
+pub mod service;
+pub mod store;
+pub mod supervisor;
+pub mod target;

@@ -1,0 +1,282 @@
+//! The gRPC face of the agent (`fleet.agent.v1.AgentService`): converts protobuf
+//! messages to supervisor requests and back, checks the protocol version, and waits
+//! for operations to settle before answering. Owns no state of its own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fleet_config::{AppSpec, ExecMode};
+use fleet_proto::agent::v1 as pb;
+use pb::agent_service_server::AgentService;
+use tokio::sync::Notify;
+use tonic::{Request as GrpcRequest, Response, Status};
+
+use crate::core;
+use crate::error::AgentError;
+use crate::supervisor::{Handle, ProcessView, Reply, Request};
+
+pub struct Service {
+    handle: Handle,
+    home: String,
+    host: String,
+    /// Notified by `Kill` once every app is gone; the daemon then shuts down.
+    kill: Arc<Notify>,
+}
+
+impl Service {
+    pub fn new(handle: Handle, home: String, host: String, kill: Arc<Notify>) -> Service {
+        Service {
+            handle,
+            home,
+            host,
+            kill,
+        }
+    }
+
+    /// Runs an operation and answers with the touched instances once they settled.
+    async fn operate(&self, request: Request) -> Result<Response<pb::OperationResponse>, Status> {
+        let (ids, warnings, within) = match self.handle.call(request).await? {
+            Reply::Settling { ids, notes, within } => (ids, notes, within),
+            Reply::Touched(ids, notes) => (ids, notes, std::time::Duration::from_secs(10)),
+            other => {
+                return Err(AgentError::Internal(format!("unexpected reply {other:?}")).into());
+            }
+        };
+        let views = self.handle.settled(&ids, within).await;
+        Ok(Response::new(pb::OperationResponse {
+            processes: views.iter().map(|v| self.info(v)).collect(),
+            warnings,
+        }))
+    }
+
+    fn info(&self, view: &ProcessView) -> pb::ProcessInfo {
+        process_info(view, &self.host)
+    }
+}
+
+/// Converts the supervisor's view of an instance to its protobuf form.
+pub fn process_info(view: &ProcessView, host: &str) -> pb::ProcessInfo {
+    pb::ProcessInfo {
+        id: view.id,
+        name: view.name.clone(),
+        namespace: view.namespace.clone(),
+        instance: view.instance,
+        pid: view.pid,
+        status: status_to_pb(view.status) as i32,
+        restarts: view.restarts,
+        uptime_ms: view.uptime_ms,
+        cpu_percent: view.cpu_percent,
+        memory_bytes: view.memory_bytes,
+        exec_mode: match view.exec_mode {
+            ExecMode::Fork => pb::ExecMode::Fork,
+            ExecMode::Cluster | ExecMode::Proxy => pb::ExecMode::Cluster,
+        } as i32,
+        host: host.to_string(),
+        unstable_restarts: view.unstable_restarts,
+        last_exit: view.last_exit.as_ref().map(|exit| {
+            let (code, signal, spawn_error) = match &exit.exit {
+                core::Exit::Code(code) => (Some(*code), None, None),
+                core::Exit::Signal(signal) => (None, Some(signal_name(*signal)), None),
+                core::Exit::SpawnError(error) => (None, None, Some(error.clone())),
+            };
+            pb::ExitInfo {
+                code,
+                signal,
+                spawn_error,
+                at_unix_ms: exit.at_ms,
+                uptime_ms: exit.uptime_ms,
+            }
+        }),
+        created_at_unix_ms: view.created_at_ms,
+        restart_at_unix_ms: view.restart_at_ms,
+        prev_restart_delay_ms: view.prev_restart_delay_ms,
+        config_json: view
+            .config
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        log_files: view.log_files.clone(),
+        script: view.script.clone(),
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| signal.to_string())
+}
+
+fn status_to_pb(status: core::Status) -> pb::ProcessStatus {
+    match status {
+        core::Status::Launching => pb::ProcessStatus::Launching,
+        core::Status::Online => pb::ProcessStatus::Online,
+        core::Status::Stopping => pb::ProcessStatus::Stopping,
+        core::Status::Stopped => pb::ProcessStatus::Stopped,
+        core::Status::Errored => pb::ProcessStatus::Errored,
+        core::Status::WaitingRestart => pb::ProcessStatus::WaitingRestart,
+    }
+}
+
+fn specs(apps: Vec<pb::AppConfig>) -> Result<Vec<AppSpec>, AgentError> {
+    apps.into_iter()
+        .map(|app| {
+            serde_json::from_str::<AppSpec>(&app.json)
+                .map_err(|e| AgentError::InvalidArgument(format!("bad app config: {e}")))
+        })
+        .collect()
+}
+
+fn update_env(
+    update: bool,
+    env: std::collections::HashMap<String, String>,
+) -> Option<BTreeMap<String, String>> {
+    update.then(|| env.into_iter().collect())
+}
+
+#[tonic::async_trait]
+impl AgentService for Service {
+    async fn hello(
+        &self,
+        request: GrpcRequest<pb::HelloRequest>,
+    ) -> Result<Response<pb::HelloResponse>, Status> {
+        let hello = request.into_inner();
+        if hello.protocol_major != pb::PROTOCOL_MAJOR {
+            return Err(Status::failed_precondition(format!(
+                "protocol version {}.{} is not supported: this agent ({}) speaks {}.x\nhint: run a fleet CLI of the same major version as the agent",
+                hello.protocol_major,
+                hello.protocol_minor,
+                env!("CARGO_PKG_VERSION"),
+                pb::PROTOCOL_MAJOR
+            )));
+        }
+        Ok(Response::new(pb::HelloResponse {
+            protocol_major: pb::PROTOCOL_MAJOR,
+            protocol_minor: pb::PROTOCOL_MINOR,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            agent_pid: std::process::id(),
+            home: self.home.clone(),
+            host: self.host.clone(),
+        }))
+    }
+
+    async fn start(
+        &self,
+        request: GrpcRequest<pb::StartRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        let r = request.into_inner();
+        self.operate(Request::Start {
+            targets: r.targets,
+            apps: specs(r.apps)?,
+            force: r.force,
+            from_config: r.from_config,
+            update_env: update_env(r.update_env, r.cli_env),
+        })
+        .await
+    }
+
+    async fn stop(
+        &self,
+        request: GrpcRequest<pb::TargetRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        let targets = request.into_inner().targets;
+        self.operate(Request::Stop { targets }).await
+    }
+
+    async fn restart(
+        &self,
+        request: GrpcRequest<pb::RestartRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        let r = request.into_inner();
+        self.operate(Request::Restart {
+            targets: r.targets,
+            apps: specs(r.apps)?,
+            update_env: update_env(r.update_env, r.cli_env),
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        request: GrpcRequest<pb::TargetRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        let targets = request.into_inner().targets;
+        self.operate(Request::Delete { targets }).await
+    }
+
+    async fn reset(
+        &self,
+        request: GrpcRequest<pb::TargetRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        let targets = request.into_inner().targets;
+        self.operate(Request::Reset { targets }).await
+    }
+
+    async fn send_signal(
+        &self,
+        request: GrpcRequest<pb::SendSignalRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        let r = request.into_inner();
+        let name = fleet_config::parse_signal(&r.signal).map_err(AgentError::InvalidArgument)?;
+        let signal = crate::process::signal_from_name(&name)
+            .ok_or_else(|| AgentError::InvalidArgument(format!("unknown signal {}", r.signal)))?;
+        self.operate(Request::Signal {
+            targets: r.targets,
+            signal,
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        request: GrpcRequest<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let r = request.into_inner();
+        match self
+            .handle
+            .call(Request::List {
+                targets: r.targets,
+                details: r.details,
+            })
+            .await?
+        {
+            Reply::Views(views) => Ok(Response::new(pb::ListResponse {
+                processes: views.iter().map(|v| self.info(v)).collect(),
+            })),
+            other => Err(AgentError::Internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn save(
+        &self,
+        request: GrpcRequest<pb::SaveRequest>,
+    ) -> Result<Response<pb::SaveResponse>, Status> {
+        let force = request.into_inner().force;
+        match self.handle.call(Request::Save { force }).await? {
+            Reply::Saved { path, apps } => Ok(Response::new(pb::SaveResponse { path, apps })),
+            other => Err(AgentError::Internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn resurrect(
+        &self,
+        _request: GrpcRequest<pb::ResurrectRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        self.operate(Request::Resurrect).await
+    }
+
+    async fn kill(
+        &self,
+        _request: GrpcRequest<pb::KillRequest>,
+    ) -> Result<Response<pb::KillResponse>, Status> {
+        let (ids, within) = match self.handle.call(Request::StopAll { forget: true }).await? {
+            Reply::Settling { ids, within, .. } => (ids, within),
+            other => {
+                return Err(AgentError::Internal(format!("unexpected reply {other:?}")).into());
+            }
+        };
+        self.handle.settled(&ids, within).await;
+        let stopped = ids.len() as u32;
+        self.kill.notify_one();
+        Ok(Response::new(pb::KillResponse { stopped }))
+    }
+}

@@ -1,0 +1,1048 @@
+//! The supervisor: one task owns the process table. Commands arrive over a channel
+//! from the gRPC service; child exits, timers and metrics arrive over the same channel
+//! from small helper tasks. Each input goes through the instance's `core::Instance`
+//! state machine and the resulting actions are carried out here (spawn, signal,
+//! timers). Nothing else mutates the table, so no lock is ever held across an await.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fleet_config::{AppSpec, ExecMode};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::core::{self, Action, Exit, Input, Status, TimerToken};
+use crate::error::AgentError;
+use crate::metrics::TreeUsage;
+use crate::process::{self, LogPaths};
+use crate::store::{Home, SavedList, SavedProcess};
+
+/// How often a stop checks whether children that outlived the leader are gone
+/// (PM2 polls every 100 ms: `kill_retry_time`).
+const GROUP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// After SIGKILL a group can only linger as zombies its new parent has not reaped;
+/// the stop is reported done after this long regardless.
+const GROUP_KILL_GRACE: Duration = Duration::from_secs(2);
+/// State-file writes are batched over this long: a crash loop must not turn into
+/// a write per restart, and an agent crash loses at most this much.
+const STATE_FLUSH_DELAY: Duration = Duration::from_millis(50);
+
+/// Time allowed beyond kill timeouts for an operation to settle (spawns are immediate).
+const SETTLE_SLACK: Duration = Duration::from_secs(5);
+/// Env keys whose values `describe` never prints.
+const SECRET_KEY_PARTS: &[&str] = &[
+    "SECRET",
+    "TOKEN",
+    "PASSWORD",
+    "PASSWD",
+    "KEY",
+    "CREDENTIAL",
+    "AUTH",
+    "PRIVATE",
+    "COOKIE",
+    "SESSION",
+    "DSN",
+];
+
+/// A request from the service.
+#[derive(Debug)]
+pub enum Request {
+    Start {
+        targets: Vec<String>,
+        apps: Vec<AppSpec>,
+        force: bool,
+        from_config: bool,
+        update_env: Option<BTreeMap<String, String>>,
+    },
+    Restart {
+        targets: Vec<String>,
+        apps: Vec<AppSpec>,
+        update_env: Option<BTreeMap<String, String>>,
+    },
+    Stop {
+        targets: Vec<String>,
+    },
+    Delete {
+        targets: Vec<String>,
+    },
+    Reset {
+        targets: Vec<String>,
+    },
+    Signal {
+        targets: Vec<String>,
+        signal: Signal,
+    },
+    List {
+        targets: Vec<String>,
+        details: bool,
+    },
+    Save {
+        force: bool,
+    },
+    Resurrect,
+    /// Stops every app; with `forget`, deletes them (`fleet kill`), otherwise keeps
+    /// them in the state file so the next agent brings them back.
+    StopAll {
+        forget: bool,
+    },
+}
+
+#[derive(Debug)]
+pub enum Reply {
+    /// Ids the operation touched, and notes for the user.
+    Touched(Vec<u32>, Vec<String>),
+    /// The same, with how long the operation may take to settle.
+    Settling {
+        ids: Vec<u32>,
+        notes: Vec<String>,
+        within: Duration,
+    },
+    Views(Vec<ProcessView>),
+    Saved {
+        path: String,
+        apps: u32,
+    },
+}
+
+/// What the outside world sees of one instance.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessView {
+    pub id: u32,
+    pub name: String,
+    pub namespace: String,
+    pub instance: u32,
+    pub pid: Option<u32>,
+    pub status: Status,
+    pub restarts: u32,
+    pub unstable_restarts: u32,
+    pub uptime_ms: Option<u64>,
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub exec_mode: ExecMode,
+    pub created_at_ms: u64,
+    pub restart_at_ms: Option<u64>,
+    pub prev_restart_delay_ms: u64,
+    pub last_exit: Option<ExitView>,
+    pub script: String,
+    /// Only with details: the resolved config, secrets redacted.
+    pub config: Option<serde_json::Value>,
+    pub log_files: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExitView {
+    pub exit: Exit,
+    pub at_ms: u64,
+    pub uptime_ms: u64,
+}
+
+enum Msg {
+    Request(Request, oneshot::Sender<Result<Reply, AgentError>>),
+    Exited {
+        id: u32,
+        generation: u64,
+        status: std::io::Result<std::process::ExitStatus>,
+    },
+    GroupGone {
+        id: u32,
+        generation: u64,
+    },
+    Timer {
+        id: u32,
+        generation: u64,
+        token: TimerToken,
+    },
+    Leaders(oneshot::Sender<Vec<(u32, i32)>>),
+    Usage(HashMap<u32, TreeUsage>),
+    Flush,
+}
+
+/// A cheap, clonable way to talk to the supervisor task.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Msg>,
+    changed: watch::Receiver<u64>,
+}
+
+impl Handle {
+    pub async fn call(&self, request: Request) -> Result<Reply, AgentError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Request(request, reply))
+            .map_err(|_| AgentError::Internal("the supervisor has stopped".into()))?;
+        rx.await
+            .map_err(|_| AgentError::Internal("the supervisor has stopped".into()))?
+    }
+
+    /// Waits until every instance in `ids` has settled (is neither launching nor
+    /// stopping) or is gone, then returns their views. Gives up at `deadline`
+    /// and returns them as they are.
+    pub async fn settled(&self, ids: &[u32], deadline: Duration) -> Vec<ProcessView> {
+        let mut changed = self.changed.clone();
+        let until = Instant::now() + deadline;
+        loop {
+            changed.mark_unchanged();
+            let views = self.views(ids).await;
+            if views.iter().all(|v| v.status.is_settled()) {
+                return views;
+            }
+            if tokio::time::timeout_at(until, changed.changed())
+                .await
+                .is_err()
+            {
+                return views;
+            }
+        }
+    }
+
+    async fn views(&self, ids: &[u32]) -> Vec<ProcessView> {
+        let targets = ids.iter().map(|id| format!("#{id}")).collect();
+        match self
+            .call(Request::List {
+                targets,
+                details: false,
+            })
+            .await
+        {
+            Ok(Reply::Views(views)) => views,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The leader pid of every running instance, for the metrics sampler.
+    pub async fn leaders(&self) -> Vec<(u32, i32)> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Leaders(reply)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub fn report_usage(&self, usage: HashMap<u32, TreeUsage>) {
+        let _ = self.tx.send(Msg::Usage(usage));
+    }
+
+    /// Resolves once the supervisor task has ended.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+struct Proc {
+    id: u32,
+    spec: Arc<AppSpec>,
+    instance: u32,
+    core: core::Instance,
+    pid: Option<i32>,
+    start_ticks: Option<u64>,
+    /// Bumped on every spawn so exits and timers of an earlier process are ignored.
+    generation: u64,
+    created_at: SystemTime,
+    logs: LogPaths,
+    usage: TreeUsage,
+}
+
+struct Supervisor {
+    home: Home,
+    cpus: u32,
+    procs: BTreeMap<u32, Proc>,
+    next_id: u32,
+    tx: mpsc::UnboundedSender<Msg>,
+    changed: watch::Sender<u64>,
+    work: VecDeque<(u32, Input)>,
+    flush_pending: bool,
+    /// Set while shutting down: the state file keeps what should run next time.
+    frozen: bool,
+}
+
+/// Starts the supervisor task with the instances saved in the state file.
+pub fn start(home: Home, saved: Vec<SavedProcess>) -> Handle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (changed, changed_rx) = watch::channel(0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let mut supervisor = Supervisor {
+        home,
+        cpus,
+        procs: BTreeMap::new(),
+        next_id: 0,
+        tx: tx.clone(),
+        changed,
+        work: VecDeque::new(),
+        flush_pending: false,
+        frozen: false,
+    };
+    supervisor.restore(saved);
+    tokio::spawn(supervisor.run(rx));
+    Handle {
+        tx,
+        changed: changed_rx,
+    }
+}
+
+impl Supervisor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        while let Some(msg) = rx.recv().await {
+            self.on_message(msg);
+            self.drain();
+        }
+    }
+
+    fn on_message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Request(request, reply) => {
+                let result = self
+                    .on_request(request)
+                    .map(|reply| self.with_deadline(reply));
+                self.drain();
+                let _ = reply.send(result);
+            }
+            Msg::Exited {
+                id,
+                generation,
+                status,
+            } => {
+                let Some(proc) = self.procs.get(&id) else {
+                    return;
+                };
+                if proc.generation != generation {
+                    return;
+                }
+                let exit = match status {
+                    Ok(status) => exit_of(status),
+                    Err(error) => Exit::SpawnError(format!("cannot wait for the process: {error}")),
+                };
+                let group_empty = proc.pid.is_none_or(|pgid| !process::group_alive(pgid));
+                tracing::info!(app = %proc.spec.name, id, ?exit, group_empty, "instance exited");
+                self.work
+                    .push_back((id, Input::Exited { exit, group_empty }));
+            }
+            Msg::GroupGone { id, generation } => {
+                if self
+                    .procs
+                    .get(&id)
+                    .is_some_and(|p| p.generation == generation)
+                {
+                    self.work.push_back((id, Input::GroupGone));
+                }
+            }
+            Msg::Timer {
+                id,
+                generation,
+                token,
+            } => {
+                if self
+                    .procs
+                    .get(&id)
+                    .is_some_and(|p| p.generation == generation)
+                {
+                    self.work.push_back((id, Input::Timer(token)));
+                }
+            }
+            Msg::Leaders(reply) => {
+                let leaders = self
+                    .procs
+                    .values()
+                    .filter_map(|p| p.pid.map(|pid| (p.id, pid)))
+                    .collect();
+                let _ = reply.send(leaders);
+            }
+            Msg::Usage(usage) => {
+                for proc in self.procs.values_mut() {
+                    proc.usage = usage.get(&proc.id).copied().unwrap_or_default();
+                }
+            }
+            Msg::Flush => {
+                self.flush_pending = false;
+                self.write_state();
+            }
+        }
+    }
+
+    /// Runs queued inputs through their state machines until nothing is left.
+    fn drain(&mut self) {
+        let mut touched = false;
+        while let Some((id, input)) = self.work.pop_front() {
+            let Some(proc) = self.procs.get_mut(&id) else {
+                continue;
+            };
+            let actions = proc.core.handle(input, Instant::now());
+            for action in actions {
+                self.act(id, action);
+            }
+            if let Some(proc) = self.procs.get_mut(&id)
+                && matches!(proc.core.status, Status::Stopped | Status::Errored)
+            {
+                // The group is gone: forget the pid so nothing can signal a reused one.
+                proc.pid = None;
+                proc.start_ticks = None;
+            }
+            touched = true;
+        }
+        if touched {
+            self.changed.send_modify(|v| *v += 1);
+            self.schedule_flush();
+        }
+    }
+
+    fn act(&mut self, id: u32, action: Action) {
+        let tx = self.tx.clone();
+        let Some(proc) = self.procs.get_mut(&id) else {
+            return;
+        };
+        match action {
+            Action::Spawn => {
+                proc.generation += 1;
+                let env = proc.spec.instance_env(proc.instance);
+                match process::spawn(&proc.spec, env, &proc.logs) {
+                    Ok(mut child) => {
+                        let pid = child.id().map(|p| p as i32);
+                        proc.pid = pid;
+                        proc.start_ticks = pid.and_then(process::start_ticks);
+                        proc.usage = TreeUsage::default();
+                        let generation = proc.generation;
+                        tokio::spawn(async move {
+                            let status = child.wait().await;
+                            let _ = tx.send(Msg::Exited {
+                                id,
+                                generation,
+                                status,
+                            });
+                        });
+                        tracing::info!(app = %proc.spec.name, id, pid, "instance started");
+                        self.work.push_back((id, Input::Spawned));
+                    }
+                    Err(error) => {
+                        tracing::warn!(app = %proc.spec.name, id, %error, "cannot start instance");
+                        proc.pid = None;
+                        self.work.push_back((id, Input::SpawnFailed(error)));
+                    }
+                }
+            }
+            Action::SignalGroup => {
+                if let Some(pgid) = proc.pid {
+                    let signal =
+                        process::signal_from_name(&proc.spec.kill_signal).unwrap_or(Signal::SIGINT);
+                    process::signal_group(pgid, signal);
+                }
+            }
+            Action::KillGroup => {
+                if let Some(pgid) = proc.pid {
+                    process::signal_group(pgid, Signal::SIGKILL);
+                }
+            }
+            Action::WatchGroup => {
+                let generation = proc.generation;
+                let pgid = proc.pid;
+                let kill_timeout = Duration::from_millis(proc.spec.kill_timeout_ms);
+                tokio::spawn(async move {
+                    if let Some(pgid) = pgid {
+                        let until = Instant::now() + kill_timeout + GROUP_KILL_GRACE;
+                        while process::group_alive(pgid) && Instant::now() < until {
+                            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
+                        }
+                    }
+                    let _ = tx.send(Msg::GroupGone { id, generation });
+                });
+            }
+            Action::Schedule { token, after } => {
+                let generation = proc.generation;
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = tx.send(Msg::Timer {
+                        id,
+                        generation,
+                        token,
+                    });
+                });
+            }
+            Action::Remove => {
+                self.procs.remove(&id);
+                if self.procs.is_empty() {
+                    // PM2 numbers from 0 again once the list is empty.
+                    self.next_id = 0;
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: Request) -> Result<Reply, AgentError> {
+        match request {
+            Request::Start {
+                targets,
+                apps,
+                force,
+                from_config,
+                update_env,
+            } => {
+                let mut touched = Vec::new();
+                let mut notes = Vec::new();
+                if !targets.is_empty() {
+                    let ids = self.select(&targets)?;
+                    self.refresh_env(&ids, update_env.as_ref());
+                    for &id in &ids {
+                        let input = match self.procs[&id].core.status {
+                            Status::Stopped | Status::Errored => Input::Start,
+                            _ => Input::Restart,
+                        };
+                        self.work.push_back((id, input));
+                    }
+                    touched.extend(ids);
+                }
+                if !apps.is_empty() {
+                    self.check_supported(&apps)?;
+                    if from_config {
+                        touched.extend(self.apply_configs(apps, update_env.is_some(), false));
+                    } else {
+                        self.check_duplicates(&apps, force)?;
+                        for spec in apps {
+                            touched.extend(self.create(spec, &mut notes));
+                        }
+                    }
+                }
+                Ok(Reply::Touched(touched, notes))
+            }
+            Request::Restart {
+                targets,
+                apps,
+                update_env,
+            } => {
+                let mut touched = Vec::new();
+                if !targets.is_empty() {
+                    let ids = self.select(&targets)?;
+                    self.refresh_env(&ids, update_env.as_ref());
+                    for &id in &ids {
+                        self.work.push_back((id, Input::Restart));
+                    }
+                    touched.extend(ids);
+                }
+                if !apps.is_empty() {
+                    self.check_supported(&apps)?;
+                    touched.extend(self.apply_configs(apps, update_env.is_some(), true));
+                }
+                Ok(Reply::Touched(touched, Vec::new()))
+            }
+            Request::Stop { targets } => self.for_each(&targets, Input::Stop),
+            Request::Delete { targets } => self.for_each(&targets, Input::Delete),
+            Request::Reset { targets } => self.for_each(&targets, Input::Reset),
+            Request::Signal { targets, signal } => {
+                let ids = self.select(&targets)?;
+                let mut notes = Vec::new();
+                for &id in &ids {
+                    let proc = &self.procs[&id];
+                    match proc.pid.filter(|_| proc.core.status == Status::Online) {
+                        // PM2 signals the main pid only; so does fleet, so an app can
+                        // handle a signal for its workers itself.
+                        Some(pid) => {
+                            if let Err(error) =
+                                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+                            {
+                                notes.push(format!("{} (id {id}): {error}", proc.spec.name));
+                            }
+                        }
+                        None => notes.push(format!(
+                            "{} (id {id}) is {}, no signal sent",
+                            proc.spec.name,
+                            proc.core.status.as_str()
+                        )),
+                    }
+                }
+                Ok(Reply::Touched(ids, notes))
+            }
+            Request::List { targets, details } => {
+                let ids = if targets.is_empty() {
+                    self.procs.keys().copied().collect()
+                } else {
+                    self.select(&targets)?
+                };
+                Ok(Reply::Views(
+                    ids.iter()
+                        .filter_map(|id| self.procs.get(id))
+                        .map(|p| self.view(p, details))
+                        .collect(),
+                ))
+            }
+            Request::Save { force } => {
+                if self.procs.is_empty() && !force {
+                    return Err(AgentError::FailedPrecondition(
+                        "nothing to save: no app is registered\nhint: `fleet save --force` writes an empty list".into(),
+                    ));
+                }
+                let dump = self.home.dump_file();
+                if dump.exists() {
+                    std::fs::copy(&dump, self.home.dump_backup()).map_err(|e| {
+                        AgentError::Internal(format!("cannot back up {}: {e}", dump.display()))
+                    })?;
+                }
+                let list = SavedList::new(self.saved());
+                list.write(&dump).map_err(|e| {
+                    AgentError::Internal(format!("cannot write {}: {e}", dump.display()))
+                })?;
+                Ok(Reply::Saved {
+                    path: dump.display().to_string(),
+                    apps: list.processes.len() as u32,
+                })
+            }
+            Request::Resurrect => {
+                let (list, notes) = self.read_dump()?;
+                let mut touched = Vec::new();
+                let running: Vec<String> =
+                    self.procs.values().map(|p| p.spec.name.clone()).collect();
+                for saved in list.processes {
+                    if running.contains(&saved.spec.name) {
+                        continue;
+                    }
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.insert(id, saved.instance, Arc::new(saved.spec), saved.restarts);
+                    if saved.wants_running {
+                        self.work.push_back((id, Input::Start));
+                    }
+                    touched.push(id);
+                }
+                Ok(Reply::Touched(touched, notes))
+            }
+            Request::StopAll { forget } => {
+                if !forget {
+                    // Keep what should run next time before the stops change it.
+                    self.write_state();
+                    self.frozen = true;
+                }
+                let input = if forget { Input::Delete } else { Input::Stop };
+                let ids: Vec<u32> = self.procs.keys().copied().collect();
+                for &id in &ids {
+                    self.work.push_back((id, input.clone()));
+                }
+                Ok(Reply::Touched(ids, Vec::new()))
+            }
+        }
+    }
+
+    /// An operation settles within the longest kill timeout among the instances it
+    /// touched, plus the sweep of stragglers and some slack for a start.
+    fn with_deadline(&self, reply: Reply) -> Reply {
+        match reply {
+            Reply::Touched(ids, notes) => {
+                let longest = ids
+                    .iter()
+                    .filter_map(|id| self.procs.get(id))
+                    .map(|p| p.spec.kill_timeout_ms)
+                    .max()
+                    .unwrap_or(0);
+                Reply::Settling {
+                    ids,
+                    notes,
+                    within: Duration::from_millis(longest) + GROUP_KILL_GRACE + SETTLE_SLACK,
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn for_each(&mut self, targets: &[String], input: Input) -> Result<Reply, AgentError> {
+        let ids = self.select(targets)?;
+        for &id in &ids {
+            self.work.push_back((id, input.clone()));
+        }
+        Ok(Reply::Touched(ids, Vec::new()))
+    }
+
+    /// Resolves targets to ids, in order, without duplicates. `#<id>` is an exact id
+    /// (used internally); PM2's order for a bare word is name, namespace, then id.
+    fn select(&self, targets: &[String]) -> Result<Vec<u32>, AgentError> {
+        let mut ids: Vec<u32> = Vec::new();
+        let mut missing = Vec::new();
+        for target in targets {
+            let found = crate::target::select(
+                target,
+                self.procs
+                    .values()
+                    .map(|p| (p.id, p.spec.name.as_str(), p.spec.namespace.as_str())),
+            )?;
+            if found.is_empty() {
+                missing.push(target.clone());
+            }
+            for id in found {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let list = missing.join(", ");
+            return Err(AgentError::NotFound(format!(
+                "no process matches {list}\nhint: `fleet list` shows names, ids and namespaces"
+            )));
+        }
+        Ok(ids)
+    }
+
+    fn refresh_env(&mut self, ids: &[u32], env: Option<&BTreeMap<String, String>>) {
+        let Some(env) = env else { return };
+        for id in ids {
+            if let Some(proc) = self.procs.get_mut(id) {
+                Arc::make_mut(&mut proc.spec).inherited_env = env.clone();
+            }
+        }
+    }
+
+    /// Issue-2 scope: features whose machinery lands with later issues are refused
+    /// with a clear message instead of being silently ignored.
+    fn check_supported(&self, apps: &[AppSpec]) -> Result<(), AgentError> {
+        let mut problems = Vec::new();
+        for spec in apps {
+            let mut no = |what: &str| {
+                problems.push(format!(
+                    "app {}: {what} is not supported by this agent yet",
+                    spec.name
+                ))
+            };
+            if spec.exec_mode != ExecMode::Fork {
+                no("exec_mode cluster/proxy (shared listening socket)");
+            }
+            if spec.wait_ready {
+                no("wait_ready");
+            }
+            if spec.max_memory_restart_bytes.is_some() {
+                no("max_memory_restart");
+            }
+            if spec.cron_restart.is_some() {
+                no("cron_restart");
+            }
+            if !spec.watch.is_empty() {
+                no("watch");
+            }
+            if spec.logs.log_file.is_some() {
+                no("log_file (a combined log)");
+            }
+            if spec.logs.log_date_format.is_some() {
+                no("log_date_format / time");
+            }
+            if spec.logs.log_type != fleet_config::LogType::Raw {
+                no("log_type = \"json\"");
+            }
+            if spec.command.is_empty() {
+                problems.push(format!("app {}: no command to run", spec.name));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(AgentError::InvalidArgument(problems.join("\n")))
+        }
+    }
+
+    fn check_duplicates(&self, apps: &[AppSpec], force: bool) -> Result<(), AgentError> {
+        if force {
+            return Ok(());
+        }
+        for spec in apps {
+            if let Some(existing) = self
+                .procs
+                .values()
+                .find(|p| p.spec.name == spec.name && p.spec.script == spec.script)
+            {
+                return Err(AgentError::AlreadyExists(format!(
+                    "script already launched as {} (id {})\nhint: `fleet restart {}` restarts it; add -f to start another copy",
+                    spec.name, existing.id, spec.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies configs from a file: an app that exists takes the new config (keeping
+    /// its inherited environment unless `update_env`), is scaled to the new instance
+    /// count and restarted; an app that does not exist is created.
+    fn apply_configs(
+        &mut self,
+        apps: Vec<AppSpec>,
+        update_env: bool,
+        count_restart: bool,
+    ) -> Vec<u32> {
+        let mut touched = Vec::new();
+        let mut notes = Vec::new();
+        for mut spec in apps {
+            let existing: Vec<u32> = self
+                .procs
+                .values()
+                .filter(|p| p.spec.name == spec.name)
+                .map(|p| p.id)
+                .collect();
+            if existing.is_empty() {
+                touched.extend(self.create(spec, &mut notes));
+                continue;
+            }
+            if !update_env {
+                spec.inherited_env = self.procs[&existing[0]].spec.inherited_env.clone();
+            }
+            let wanted = spec.instances.resolve(self.cpus);
+            let spec = Arc::new(spec);
+            let mut kept = Vec::new();
+            for &id in &existing {
+                let proc = self.procs.get_mut(&id).expect("selected above");
+                if proc.instance < wanted {
+                    proc.spec = spec.clone();
+                    proc.core.policy = core::Policy::from_spec(&spec);
+                    proc.logs =
+                        LogPaths::for_instance(&spec, proc.instance, wanted, &self.home.logs_dir());
+                    kept.push(proc.instance);
+                    let input = match (proc.core.status, count_restart) {
+                        (Status::Stopped | Status::Errored, false) => Input::Start,
+                        _ => Input::Restart,
+                    };
+                    self.work.push_back((id, input));
+                } else {
+                    self.work.push_back((id, Input::Delete));
+                }
+                touched.push(id);
+            }
+            for instance in (0..wanted).filter(|i| !kept.contains(i)) {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.insert(id, instance, spec.clone(), 0);
+                self.work.push_back((id, Input::Start));
+                touched.push(id);
+            }
+        }
+        touched
+    }
+
+    /// Registers a new app's instances and starts them (unless `autostart` is off).
+    fn create(&mut self, spec: AppSpec, notes: &mut Vec<String>) -> Vec<u32> {
+        let count = spec.instances.resolve(self.cpus);
+        let autostart = spec.autostart;
+        let spec = Arc::new(spec);
+        // Instance numbers continue after copies already running under the same name
+        // (`start -f`), lowest free number first as PM2 does on scale.
+        let mut used: Vec<u32> = self
+            .procs
+            .values()
+            .filter(|p| p.spec.name == spec.name)
+            .map(|p| p.instance)
+            .collect();
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            let instance = (0..).find(|n| !used.contains(n)).expect("unbounded range");
+            used.push(instance);
+            let id = self.next_id;
+            self.next_id += 1;
+            self.insert(id, instance, spec.clone(), 0);
+            if autostart {
+                self.work.push_back((id, Input::Start));
+            }
+            ids.push(id);
+        }
+        if !autostart {
+            notes.push(format!(
+                "{} registered as stopped (autostart = false)",
+                spec.name
+            ));
+        }
+        ids
+    }
+
+    fn insert(&mut self, id: u32, instance: u32, spec: Arc<AppSpec>, restarts: u32) {
+        let instances = spec.instances.resolve(self.cpus);
+        let mut core = core::Instance::new(core::Policy::from_spec(&spec), Instant::now());
+        core.restarts = restarts;
+        let logs = LogPaths::for_instance(&spec, instance, instances, &self.home.logs_dir());
+        self.procs.insert(
+            id,
+            Proc {
+                id,
+                spec,
+                instance,
+                core,
+                pid: None,
+                start_ticks: None,
+                generation: 0,
+                created_at: SystemTime::now(),
+                logs,
+                usage: TreeUsage::default(),
+            },
+        );
+        self.next_id = self.next_id.max(id + 1);
+    }
+
+    /// Brings back what the state file says was running. An instance whose process
+    /// outlived the previous agent has been stopped already (see `daemon`).
+    fn restore(&mut self, saved: Vec<SavedProcess>) {
+        for entry in saved {
+            let id = entry.id;
+            self.insert(id, entry.instance, Arc::new(entry.spec), entry.restarts);
+            if let Some(proc) = self.procs.get_mut(&id) {
+                proc.created_at = UNIX_EPOCH + Duration::from_millis(entry.created_at_ms);
+            }
+            if entry.wants_running {
+                self.work.push_back((id, Input::Start));
+            }
+        }
+        self.drain();
+    }
+
+    fn read_dump(&self) -> Result<(SavedList, Vec<String>), AgentError> {
+        let dump = self.home.dump_file();
+        let backup = self.home.dump_backup();
+        match SavedList::read(&dump) {
+            Ok(list) => Ok((list, Vec::new())),
+            Err(dump_error) => match SavedList::read(&backup) {
+                Ok(list) => {
+                    if dump.exists() {
+                        // PM2 deletes a corrupt dump so the next save starts clean;
+                        // fleet keeps it aside for inspection instead.
+                        let _ = std::fs::rename(&dump, dump.with_extension("json.corrupt"));
+                    }
+                    Ok((
+                        list,
+                        vec![format!("{dump_error}; restored from {}", backup.display())],
+                    ))
+                }
+                Err(backup_error) => Err(AgentError::FailedPrecondition(format!(
+                    "nothing to resurrect: {dump_error}; {backup_error}\nhint: `fleet save` writes the list"
+                ))),
+            },
+        }
+    }
+
+    fn saved(&self) -> Vec<SavedProcess> {
+        self.procs
+            .values()
+            .map(|p| SavedProcess {
+                id: p.id,
+                instance: p.instance,
+                spec: (*p.spec).clone(),
+                wants_running: p.core.wants_running(),
+                restarts: p.core.restarts,
+                pid: p.pid,
+                start_ticks: p.start_ticks,
+                created_at_ms: millis_since_epoch(p.created_at),
+            })
+            .collect()
+    }
+
+    fn schedule_flush(&mut self) {
+        if self.flush_pending || self.frozen {
+            return;
+        }
+        self.flush_pending = true;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(STATE_FLUSH_DELAY).await;
+            let _ = tx.send(Msg::Flush);
+        });
+    }
+
+    fn write_state(&mut self) {
+        if self.frozen {
+            return;
+        }
+        let path = self.home.state_file();
+        if let Err(error) = SavedList::new(self.saved()).write(&path) {
+            tracing::error!(path = %path.display(), %error, "cannot write the state file");
+        }
+    }
+
+    fn view(&self, p: &Proc, details: bool) -> ProcessView {
+        let now = Instant::now();
+        let to_wall = |at: Instant| -> u64 {
+            let ago = now.saturating_duration_since(at);
+            millis_since_epoch(SystemTime::now() - ago)
+        };
+        let running = matches!(
+            p.core.status,
+            Status::Online | Status::Launching | Status::Stopping
+        );
+        ProcessView {
+            id: p.id,
+            name: p.spec.name.clone(),
+            namespace: p.spec.namespace.clone(),
+            instance: p.instance,
+            pid: p.pid.filter(|_| running).map(|pid| pid as u32),
+            status: p.core.status,
+            restarts: p.core.restarts,
+            unstable_restarts: p.core.unstable_restarts,
+            uptime_ms: p
+                .core
+                .started_at
+                .filter(|_| running)
+                .map(|at| now.saturating_duration_since(at).as_millis() as u64),
+            cpu_percent: if running { p.usage.cpu_percent } else { 0.0 },
+            memory_bytes: if running { p.usage.memory_bytes } else { 0 },
+            exec_mode: p.spec.exec_mode,
+            created_at_ms: millis_since_epoch(p.created_at),
+            restart_at_ms: p.core.restart_at.map(to_wall),
+            prev_restart_delay_ms: p.core.prev_restart_delay.as_millis() as u64,
+            last_exit: p
+                .core
+                .last_exit
+                .as_ref()
+                .map(|(exit, at, uptime)| ExitView {
+                    exit: exit.clone(),
+                    at_ms: to_wall(*at),
+                    uptime_ms: uptime.as_millis() as u64,
+                }),
+            script: p.spec.script.clone(),
+            config: details.then(|| redacted(&p.spec)),
+            log_files: p
+                .logs
+                .files()
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect(),
+        }
+    }
+}
+
+fn exit_of(status: std::process::ExitStatus) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Exit::Code(code),
+        (None, Some(signal)) => Exit::Signal(signal),
+        (None, None) => Exit::Code(-1),
+    }
+}
+
+fn millis_since_epoch(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The spec as JSON with secret-looking environment values replaced.
+fn redacted(spec: &AppSpec) -> serde_json::Value {
+    let mut value = serde_json::to_value(spec).unwrap_or(serde_json::Value::Null);
+    for field in ["env", "inherited_env"] {
+        if let Some(serde_json::Value::Object(map)) = value.get_mut(field) {
+            for (key, value) in map.iter_mut() {
+                let upper = key.to_ascii_uppercase();
+                if SECRET_KEY_PARTS.iter().any(|part| upper.contains(part)) {
+                    *value = serde_json::Value::String("[redacted]".into());
+                }
+            }
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut spec = AppSpec::with_defaults("api".into(), "api.js".into(), "/".into());
+        spec.env.insert("DB_PASSWORD".into(), "hunter2".into());
+        spec.env.insert("PORT".into(), "80".into());
+        spec.inherited_env
+            .insert("AWS_SECRET_ACCESS_KEY".into(), "x".into());
+        let value = redacted(&spec);
+        assert_eq!(value["env"]["DB_PASSWORD"], "[redacted]");
+        assert_eq!(value["env"]["PORT"], "80");
+        assert_eq!(
+            value["inherited_env"]["AWS_SECRET_ACCESS_KEY"],
+            "[redacted]"
+        );
+    }
+}
