@@ -1,0 +1,134 @@
+//! Talking to the local agent: finds `FLEET_HOME`, starts `fleet-agent` in the
+//! background when it is not running (as `pm2` spawns its daemon), connects over
+//! `agent.sock` and does the version handshake.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fleet_proto::agent::v1 as pb;
+use pb::agent_service_client::AgentServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// How long a freshly started agent may take to open its socket. Restoring apps
+/// stops orphans of a killed agent first, which can take a kill timeout (1.6 s).
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
+const AGENT_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+pub type Client = AgentServiceClient<Channel>;
+
+/// The agent's home: `FLEET_HOME`, else `~/.fleet`.
+pub fn home() -> anyhow::Result<PathBuf> {
+    if let Some(home) = std::env::var_os("FLEET_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    Ok(std::env::home_dir()
+        .context("cannot find the home directory\nhint: set FLEET_HOME")?
+        .join(".fleet"))
+}
+
+/// Connects to the agent of `home`, starting it first when `start` is set.
+pub async fn connect(home: &Path, start: bool) -> anyhow::Result<Option<Client>> {
+    let socket = home.join("agent.sock");
+    if let Ok(client) = try_connect(&socket).await {
+        return handshake(client).await.map(Some);
+    }
+    if !start {
+        return Ok(None);
+    }
+    spawn_agent(home)?;
+    let deadline = tokio::time::Instant::now() + AGENT_START_TIMEOUT;
+    loop {
+        if let Ok(client) = try_connect(&socket).await {
+            return handshake(client).await.map(Some);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the agent did not start within {}s\nhint: see {}",
+                AGENT_START_TIMEOUT.as_secs(),
+                home.join("agent.log").display()
+            );
+        }
+        tokio::time::sleep(AGENT_POLL_INTERVAL).await;
+    }
+}
+
+async fn try_connect(socket: &Path) -> anyhow::Result<Client> {
+    // Fail fast when nothing listens: connecting a unix socket needs no name lookup.
+    std::os::unix::net::UnixStream::connect(socket)?;
+    let socket = socket.to_path_buf();
+    // The URI is required by the API but unused: the connector dials the socket.
+    let channel = Endpoint::try_from("http://agent.sock")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    Ok(AgentServiceClient::new(channel))
+}
+
+async fn handshake(mut client: Client) -> anyhow::Result<Client> {
+    let hello = client
+        .hello(pb::HelloRequest {
+            protocol_major: pb::PROTOCOL_MAJOR,
+            protocol_minor: pb::PROTOCOL_MINOR,
+            client_version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .await
+        .map_err(crate::status_error)?
+        .into_inner();
+    if hello.agent_version != env!("CARGO_PKG_VERSION") {
+        eprintln!(
+            "warning: the running agent is {} and this CLI is {}\nhint: `fleet kill` then any command starts the new agent (apps restart)",
+            hello.agent_version,
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+    Ok(client)
+}
+
+/// `fleet-agent` beside this executable first, then on `PATH` (the contract's order).
+fn agent_binary() -> PathBuf {
+    if let Ok(me) = std::env::current_exe() {
+        let beside = me.with_file_name("fleet-agent");
+        if beside.is_file() {
+            return beside;
+        }
+    }
+    PathBuf::from("fleet-agent")
+}
+
+fn spawn_agent(home: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(home)
+        .with_context(|| format!("cannot create {}", home.display()))?;
+    // Errors before the agent's logging starts land in its log file too.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("agent.log"))
+        .with_context(|| format!("cannot open {}", home.join("agent.log").display()))?;
+    let binary = agent_binary();
+    std::process::Command::new(&binary)
+        .arg("--daemon")
+        .arg("--home")
+        .arg(home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {}\nhint: install fleet-agent beside fleet or on PATH",
+                binary.display()
+            )
+        })?;
+    Ok(())
+}

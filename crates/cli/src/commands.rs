@@ -1,0 +1,405 @@
+//! The process commands: turn arguments into agent requests (resolving config files
+//! and scripts here, as PM2's CLI does) and print the results.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use fleet_config::{AppSpec, ConfigFile, Instances, LoadOptions};
+use fleet_proto::agent::v1 as pb;
+
+use crate::client::{self, Client};
+use crate::output;
+use crate::{Command, Failure, status_error};
+
+type Result<T> = std::result::Result<T, Failure>;
+
+pub async fn run(command: Command) -> Result<()> {
+    let home = client::home()?;
+    match command {
+        Command::Ping => {
+            let mut client = agent(&home).await?;
+            let hello = client
+                .hello(hello_request())
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!(
+                "pong: agent {} (pid {}) at {}",
+                hello.agent_version, hello.agent_pid, hello.home
+            );
+            Ok(())
+        }
+        Command::Kill => {
+            let Some(mut client) = client::connect(&home, false).await? else {
+                println!("the agent is not running");
+                return Ok(());
+            };
+            let stopped = client
+                .kill(pb::KillRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .stopped;
+            println!("stopped {stopped} instance(s) and the agent");
+            Ok(())
+        }
+        Command::List(args) => {
+            let mut client = agent(&home).await?;
+            let processes = list(&mut client, Vec::new(), false).await?;
+            if args.json {
+                output::print_json(&processes, false);
+            } else {
+                output::print_table(&processes);
+            }
+            Ok(())
+        }
+        Command::Describe(args) => {
+            let mut client = agent(&home).await?;
+            let targets = expand_config_targets(&args.targets, &[])?;
+            let processes = list(&mut client, targets, true).await?;
+            if args.json {
+                output::print_json(&processes, true);
+            } else {
+                output::print_description(&processes);
+            }
+            Ok(())
+        }
+        Command::Start(args) => start(&home, args).await,
+        Command::Restart(args) | Command::Reload(args) => {
+            let mut client = agent(&home).await?;
+            let (files, targets) = split_config_files(&args.targets);
+            let options = load_options(args.env_stage.clone(), args.only.clone())?;
+            let mut apps = Vec::new();
+            for file in &files {
+                apps.extend(load_config(file, &options)?.apps);
+            }
+            let response = client
+                .restart(pb::RestartRequest {
+                    targets,
+                    apps: encode(&apps)?,
+                    update_env: args.update_env,
+                    cli_env: cli_env(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            report(&mut client, response).await
+        }
+        Command::Stop(args) => {
+            let mut client = agent(&home).await?;
+            let targets = expand_config_targets(&args.targets, &args.only)?;
+            let response = client
+                .stop(pb::TargetRequest { targets })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            report(&mut client, response).await
+        }
+        Command::Delete(args) => {
+            let mut client = agent(&home).await?;
+            let targets = expand_config_targets(&args.targets, &args.only)?;
+            let response = client
+                .delete(pb::TargetRequest { targets })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            report(&mut client, response).await
+        }
+        Command::Reset(args) => {
+            let mut client = agent(&home).await?;
+            let targets = expand_config_targets(&args.targets, &args.only)?;
+            let response = client
+                .reset(pb::TargetRequest { targets })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            report(&mut client, response).await
+        }
+        Command::SendSignal(args) => {
+            fleet_config::parse_signal(&args.signal).map_err(Failure::usage)?;
+            let mut client = agent(&home).await?;
+            let response = client
+                .send_signal(pb::SendSignalRequest {
+                    targets: args.targets,
+                    signal: args.signal.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            output::print_warnings(&response.warnings);
+            for process in &response.processes {
+                println!(
+                    "sent {} to {} (id {}, pid {})",
+                    args.signal,
+                    process.name,
+                    process.id,
+                    process.pid.map_or("-".into(), |p| p.to_string())
+                );
+            }
+            Ok(())
+        }
+        Command::Save(args) => {
+            let mut client = agent(&home).await?;
+            let saved = client
+                .save(pb::SaveRequest { force: args.force })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("saved {} instance(s) to {}", saved.apps, saved.path);
+            Ok(())
+        }
+        Command::Resurrect => {
+            let mut client = agent(&home).await?;
+            let response = client
+                .resurrect(pb::ResurrectRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            report(&mut client, response).await
+        }
+    }
+}
+
+async fn agent(home: &Path) -> Result<Client> {
+    Ok(client::connect(home, true)
+        .await?
+        .expect("connect starts the agent when asked to"))
+}
+
+fn hello_request() -> pb::HelloRequest {
+    pb::HelloRequest {
+        protocol_major: pb::PROTOCOL_MAJOR,
+        protocol_minor: pb::PROTOCOL_MINOR,
+        client_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+async fn list(
+    client: &mut Client,
+    targets: Vec<String>,
+    details: bool,
+) -> Result<Vec<pb::ProcessInfo>> {
+    Ok(client
+        .list(pb::ListRequest { targets, details })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .processes)
+}
+
+/// After an action, PM2 prints the whole list; so does fleet, with any warnings first.
+async fn report(client: &mut Client, response: pb::OperationResponse) -> Result<()> {
+    output::print_warnings(&response.warnings);
+    let all = list(client, Vec::new(), false).await?;
+    output::print_table(&all);
+    Ok(())
+}
+
+/// `fleet start`: config files start their apps; a name, id, namespace or regex of a
+/// known app restarts it (smart start); anything else is a script or a command.
+async fn start(home: &Path, args: crate::StartArgs) -> Result<()> {
+    let mut client = agent(home).await?;
+    let options = load_options(args.env_stage.clone(), args.only.clone())?;
+    let (files, words) = split_config_files(&args.targets);
+
+    let mut from_files = Vec::new();
+    for file in &files {
+        from_files.extend(load_config(file, &options)?.apps);
+    }
+
+    let mut existing = Vec::new();
+    let mut scripts = Vec::new();
+    for word in words {
+        let known = client
+            .list(pb::ListRequest {
+                targets: vec![word.clone()],
+                details: false,
+            })
+            .await;
+        match known {
+            Ok(found) if !found.get_ref().processes.is_empty() => existing.push(word),
+            Ok(_) => scripts.push(word),
+            Err(status) if status.code() == tonic::Code::NotFound => scripts.push(word),
+            Err(status) => return Err(status_error(status).into()),
+        }
+    }
+
+    let mut new_apps = Vec::new();
+    for script in &scripts {
+        new_apps.push(script_spec(script, &args, &options)?);
+    }
+
+    let mut warnings = Vec::new();
+    if !from_files.is_empty() {
+        let response = client
+            .start(pb::StartRequest {
+                apps: encode(&from_files)?,
+                from_config: true,
+                update_env: args.update_env,
+                cli_env: cli_env(),
+                ..Default::default()
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        warnings.extend(response.warnings);
+    }
+    if !existing.is_empty() || !new_apps.is_empty() {
+        let response = client
+            .start(pb::StartRequest {
+                targets: existing,
+                apps: encode(&new_apps)?,
+                force: args.force,
+                from_config: false,
+                update_env: args.update_env,
+                cli_env: cli_env(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        warnings.extend(response.warnings);
+    }
+    report(
+        &mut client,
+        pb::OperationResponse {
+            processes: Vec::new(),
+            warnings,
+        },
+    )
+    .await
+}
+
+/// Builds the spec of `fleet start <script>` from the command line.
+fn script_spec(script: &str, args: &crate::StartArgs, options: &LoadOptions) -> Result<AppSpec> {
+    let resolved = fleet_config::resolve_command(
+        script,
+        args.interpreter.as_deref(),
+        &[],
+        &args.args,
+        &options.cwd,
+        std::env::var_os("PATH").as_deref(),
+    )
+    .map_err(|e| Failure::failed(e.to_string()))?;
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => fleet_config::default_name(script),
+    };
+    let mut spec = AppSpec::with_defaults(name, resolved.script, options.cwd.clone());
+    spec.command = resolved.command;
+    spec.interpreter = resolved.interpreter;
+    spec.args = args.args.clone();
+    spec.inherited_env = options.inherited_env.clone();
+    spec.autorestart = !args.no_autorestart;
+    if let Some(namespace) = &args.namespace {
+        spec.namespace = namespace.clone();
+    }
+    if let Some(instances) = &args.instances {
+        spec.instances = parse_instances(instances)?;
+    }
+    Ok(spec)
+}
+
+fn parse_instances(value: &str) -> Result<Instances> {
+    match value {
+        "max" => Ok(Instances::Max),
+        _ => match value.parse::<i64>() {
+            Ok(0) => Ok(Instances::Max),
+            Ok(n) if n > 0 => Ok(Instances::Count(n as u32)),
+            Ok(n) => Ok(Instances::MaxMinus(n.unsigned_abs() as u32)),
+            Err(_) => Err(Failure::usage(format!(
+                "invalid value {value:?} for -i: expected a number, `max` or `-N`"
+            ))),
+        },
+    }
+}
+
+fn load_options(env_stage: Option<String>, only: Vec<String>) -> Result<LoadOptions> {
+    Ok(LoadOptions {
+        env_stage,
+        only,
+        inherited_env: cli_env().into_iter().collect(),
+        cwd: std::env::current_dir()
+            .map_err(|e| Failure::failed(format!("cannot read the current directory: {e}")))?,
+    })
+}
+
+fn load_config(path: &Path, options: &LoadOptions) -> Result<ConfigFile> {
+    let file =
+        fleet_config::load(path, options).map_err(|errors| Failure::usage(errors.to_string()))?;
+    output::print_warnings(&file.warnings);
+    if file.apps.is_empty() {
+        return Err(Failure::usage(format!(
+            "{}: no app to start{}",
+            path.display(),
+            if options.only.is_empty() {
+                String::new()
+            } else {
+                format!(" (--only {})", options.only.join(","))
+            }
+        )));
+    }
+    Ok(file)
+}
+
+/// Splits arguments into config files and other targets.
+fn split_config_files(targets: &[String]) -> (Vec<PathBuf>, Vec<String>) {
+    let mut files = Vec::new();
+    let mut rest = Vec::new();
+    for target in targets {
+        let path = PathBuf::from(target);
+        if path.is_file() && fleet_config::is_config_file(&path) {
+            files.push(path);
+        } else {
+            rest.push(target.clone());
+        }
+    }
+    (files, rest)
+}
+
+/// A config file as a target means the names of its apps.
+fn expand_config_targets(targets: &[String], only: &[String]) -> Result<Vec<String>> {
+    let (files, mut rest) = split_config_files(targets);
+    let options = load_options(None, only.to_vec())?;
+    for file in files {
+        rest.extend(
+            load_config(&file, &options)?
+                .apps
+                .into_iter()
+                .map(|a| a.name),
+        );
+    }
+    Ok(rest)
+}
+
+fn encode(apps: &[AppSpec]) -> Result<Vec<pb::AppConfig>> {
+    apps.iter()
+        .map(|app| {
+            serde_json::to_string(app)
+                .map(|json| pb::AppConfig { json })
+                .map_err(|e| Failure::failed(format!("cannot encode app {}: {e}", app.name)))
+        })
+        .collect()
+}
+
+/// The CLI's whole environment, which reaches an app when it starts.
+fn cli_env() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_flag_follows_pm2() {
+        assert_eq!(parse_instances("4").unwrap(), Instances::Count(4));
+        assert_eq!(parse_instances("max").unwrap(), Instances::Max);
+        assert_eq!(parse_instances("0").unwrap(), Instances::Max);
+        assert_eq!(parse_instances("-1").unwrap(), Instances::MaxMinus(1));
+        assert_eq!(parse_instances("two").unwrap_err().code, 2);
+    }
+}

@@ -1,0 +1,221 @@
+//! The `fleet` command. Parses arguments with clap and dispatches to `commands`;
+//! maps every failure to the contract's exit codes: 1 when an operation failed,
+//! 2 for bad usage or bad configuration.
+
+mod client;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fleet",
+    version,
+    about = "Process and deploy manager: PM2's commands, for one host or twenty",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Start a script, a command, a config file, or (smart start) existing apps.
+    Start(StartArgs),
+    /// Stop apps: `kill_signal` to the whole process group, SIGKILL after `kill_timeout`.
+    Stop(TargetArgs),
+    /// Restart apps (counted in restarts).
+    Restart(RestartArgs),
+    /// Reload apps; fork-mode apps are restarted, as PM2 does.
+    Reload(RestartArgs),
+    /// Stop apps and remove them from the list.
+    #[command(alias = "del")]
+    Delete(TargetArgs),
+    /// List every instance.
+    #[command(visible_alias = "ls", alias = "status", alias = "l", alias = "ps")]
+    List(ListArgs),
+    /// Show everything about the selected instances.
+    #[command(alias = "desc", alias = "info", alias = "show")]
+    Describe(DescribeArgs),
+    /// Zero the restart counters.
+    Reset(TargetArgs),
+    /// Send a signal (`SIGUSR2`, `USR2` or a number) to the apps' main processes.
+    SendSignal(SignalArgs),
+    /// Save the process list to FLEET_HOME/dump.json (the previous one to dump.json.bak).
+    #[command(alias = "dump")]
+    Save(SaveArgs),
+    /// Start the apps of the saved list that are not running.
+    Resurrect,
+    /// Stop and forget every app, then stop the agent (does not save).
+    Kill,
+    /// Check the agent answers (starts it when it is not running).
+    Ping,
+}
+
+#[derive(Args)]
+pub struct StartArgs {
+    /// Script, command string, config file, or existing app name/id/namespace/`/regex/`/`all`.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    /// App name (default: the script's name without its extension).
+    #[arg(short = 'n', long)]
+    pub name: Option<String>,
+    /// Instances: a number, `max` (one per CPU) or `-N` (CPUs minus N).
+    #[arg(short = 'i', long = "instances", allow_hyphen_values = true)]
+    pub instances: Option<String>,
+    /// Use env_<STAGE> from the config file.
+    #[arg(long = "env")]
+    pub env_stage: Option<String>,
+    /// Only these apps of a config file (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Replace the apps' inherited environment with this shell's.
+    #[arg(short = 'a', long)]
+    pub update_env: bool,
+    /// Start the script even if it already runs under the same name.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Never restart the app when it exits.
+    #[arg(long)]
+    pub no_autorestart: bool,
+    /// Interpreter (`none` executes the script directly).
+    #[arg(long)]
+    pub interpreter: Option<String>,
+    /// Arguments for the app, after `--`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct TargetArgs {
+    /// `all`, an id, a name, a namespace, `/regex/` or a config file.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    /// Only these apps of a config file (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct RestartArgs {
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    #[arg(long = "env")]
+    pub env_stage: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Replace the apps' inherited environment with this shell's.
+    #[arg(short = 'a', long)]
+    pub update_env: bool,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Print a JSON array, one object per instance.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DescribeArgs {
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct SignalArgs {
+    pub signal: String,
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct SaveArgs {
+    /// Save even an empty list.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// A failure with its exit code: 1 the operation failed, 2 bad usage or config.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    pub fn failed(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        match error.downcast::<Failure>() {
+            Ok(failure) => failure,
+            Err(error) => Failure::failed(format!("{error:#}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The one mapping from the agent's status codes to exit codes.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    let code = match status.code() {
+        tonic::Code::InvalidArgument => 2,
+        _ => 1,
+    };
+    let message = match status.code() {
+        tonic::Code::Unavailable => format!(
+            "the agent is not reachable: {}\nhint: `fleet ping` starts it",
+            status.message()
+        ),
+        _ => status.message().to_string(),
+    };
+    anyhow::Error::new(Failure { code, message })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

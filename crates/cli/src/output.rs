@@ -1,0 +1,241 @@
+//! What the CLI prints: the `list` table (PM2's columns), `describe`'s sections, and
+//! the JSON forms the contract fixes. Meaning is never carried by colour alone.
+
+use std::io::IsTerminal;
+
+use comfy_table::{Table, presets};
+use fleet_proto::agent::v1 as pb;
+use serde_json::{Value, json};
+
+pub fn print_warnings(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+}
+
+pub fn status_name(status: i32) -> &'static str {
+    match pb::ProcessStatus::try_from(status).unwrap_or(pb::ProcessStatus::Unspecified) {
+        pb::ProcessStatus::Launching => "launching",
+        pb::ProcessStatus::Online => "online",
+        pb::ProcessStatus::Stopping => "stopping",
+        pb::ProcessStatus::Stopped => "stopped",
+        pb::ProcessStatus::Errored => "errored",
+        pb::ProcessStatus::WaitingRestart => "waiting-restart",
+        pb::ProcessStatus::Unspecified => "unknown",
+    }
+}
+
+fn exec_mode_name(mode: i32) -> &'static str {
+    match pb::ExecMode::try_from(mode).unwrap_or(pb::ExecMode::Unspecified) {
+        pb::ExecMode::Cluster => "cluster",
+        _ => "fork",
+    }
+}
+
+/// The contract's `list --json` object; `describe --json` adds details.
+pub fn process_json(p: &pb::ProcessInfo, details: bool) -> Value {
+    let mut value = json!({
+        "id": p.id,
+        "name": p.name,
+        "namespace": p.namespace,
+        "instance": p.instance,
+        "pid": p.pid,
+        "status": status_name(p.status),
+        "restarts": p.restarts,
+        "unstable_restarts": p.unstable_restarts,
+        "uptime_ms": p.uptime_ms,
+        "cpu_percent": p.cpu_percent,
+        "memory_bytes": p.memory_bytes,
+        "exec_mode": exec_mode_name(p.exec_mode),
+        "host": p.host,
+        "created_at_ms": p.created_at_unix_ms,
+    });
+    if details {
+        let config: Value = serde_json::from_str(&p.config_json).unwrap_or(Value::Null);
+        value["config"] = config;
+        value["last_exit"] = match &p.last_exit {
+            Some(exit) => json!({
+                "code": exit.code,
+                "signal": exit.signal,
+                "error": exit.spawn_error,
+                "at": exit.at_unix_ms,
+                "uptime_ms": exit.uptime_ms,
+            }),
+            None => Value::Null,
+        };
+        value["log_files"] = json!(p.log_files);
+        value["restart_at_ms"] = json!(p.restart_at_unix_ms);
+        value["prev_restart_delay_ms"] = json!(p.prev_restart_delay_ms);
+    }
+    value
+}
+
+pub fn print_json(processes: &[pb::ProcessInfo], details: bool) {
+    let array: Vec<Value> = processes.iter().map(|p| process_json(p, details)).collect();
+    println!("{}", Value::Array(array));
+}
+
+/// PM2's compact durations: `42s`, `5m`, `3h`, `2D`.
+pub fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}D", s / 86_400),
+    }
+}
+
+pub fn bytes(n: u64) -> String {
+    const KB: f64 = 1024.0;
+    let n = n as f64;
+    if n < KB {
+        format!("{n}b")
+    } else if n < KB * KB {
+        format!("{:.1}kb", n / KB)
+    } else if n < KB * KB * KB {
+        format!("{:.1}mb", n / KB / KB)
+    } else {
+        format!("{:.1}gb", n / KB / KB / KB)
+    }
+}
+
+fn new_table() -> Table {
+    let mut table = Table::new();
+    let preset = if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        presets::UTF8_FULL_CONDENSED
+    } else {
+        presets::ASCII_MARKDOWN
+    };
+    table.load_preset(preset);
+    table
+}
+
+pub fn print_table(processes: &[pb::ProcessInfo]) {
+    if processes.is_empty() {
+        println!("no app is running\nhint: `fleet start app.js` or `fleet start fleet.toml`");
+        return;
+    }
+    let mut table = new_table();
+    table.set_header(vec![
+        "id",
+        "name",
+        "namespace",
+        "mode",
+        "pid",
+        "uptime",
+        "↺",
+        "status",
+        "cpu",
+        "mem",
+    ]);
+    for p in processes {
+        table.add_row(vec![
+            p.id.to_string(),
+            p.name.clone(),
+            p.namespace.clone(),
+            exec_mode_name(p.exec_mode).to_string(),
+            p.pid.map_or("-".into(), |pid| pid.to_string()),
+            p.uptime_ms.map_or("-".into(), duration),
+            p.restarts.to_string(),
+            status_name(p.status).to_string(),
+            format!("{:.1}%", p.cpu_percent),
+            bytes(p.memory_bytes),
+        ]);
+    }
+    println!("{table}");
+}
+
+pub fn print_description(processes: &[pb::ProcessInfo]) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for p in processes {
+        let config: Value = serde_json::from_str(&p.config_json).unwrap_or(Value::Null);
+        let text = |key: &str| match &config[key] {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        let mut table = new_table();
+        let mut row = |key: &str, value: String| {
+            table.add_row(vec![key.to_string(), value]);
+        };
+        row("status", status_name(p.status).into());
+        row("name", p.name.clone());
+        row("namespace", p.namespace.clone());
+        row("id", p.id.to_string());
+        row("instance", p.instance.to_string());
+        row("pid", p.pid.map_or("-".into(), |pid| pid.to_string()));
+        row("host", p.host.clone());
+        row("script", p.script.clone());
+        row("command", text("command"));
+        row("args", text("args"));
+        row("interpreter", text("interpreter"));
+        row("cwd", text("cwd"));
+        row("exec mode", exec_mode_name(p.exec_mode).into());
+        row("restarts", p.restarts.to_string());
+        row("unstable restarts", p.unstable_restarts.to_string());
+        row("uptime", p.uptime_ms.map_or("-".into(), duration));
+        row(
+            "created",
+            format!(
+                "{} ago",
+                duration(now_ms.saturating_sub(p.created_at_unix_ms))
+            ),
+        );
+        row(
+            "last exit",
+            match &p.last_exit {
+                None => "-".into(),
+                Some(exit) => {
+                    let how = match (&exit.code, &exit.signal, &exit.spawn_error) {
+                        (Some(code), _, _) => format!("code {code}"),
+                        (_, Some(signal), _) => format!("signal {signal}"),
+                        (_, _, Some(error)) => format!("failed to start: {error}"),
+                        _ => "unknown".into(),
+                    };
+                    format!(
+                        "{how}, {} ago, after {} up",
+                        duration(now_ms.saturating_sub(exit.at_unix_ms)),
+                        duration(exit.uptime_ms)
+                    )
+                }
+            },
+        );
+        if let Some(at) = p.restart_at_unix_ms {
+            row(
+                "next restart in",
+                format!("{}ms", at.saturating_sub(now_ms)),
+            );
+        }
+        if p.prev_restart_delay_ms > 0 {
+            row("backoff delay", format!("{}ms", p.prev_restart_delay_ms));
+        }
+        row(
+            "kill",
+            format!(
+                "{} then SIGKILL after {}ms",
+                text("kill_signal"),
+                text("kill_timeout_ms")
+            ),
+        );
+        row("log files", p.log_files.join("\n"));
+        println!("{table}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_read_like_pm2() {
+        assert_eq!(duration(42_000), "42s");
+        assert_eq!(duration(5 * 60_000), "5m");
+        assert_eq!(duration(3 * 3_600_000), "3h");
+        assert_eq!(duration(2 * 86_400_000), "2D");
+        assert_eq!(bytes(512), "512b");
+        assert_eq!(bytes(3 * 1024 * 1024), "3.0mb");
+    }
+}
