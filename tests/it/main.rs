@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `fleet` CLI and `fleet-agent` daemon supervising real
+//! processes, each test with its own `FLEET_HOME`. Compiled into one binary
+//! (`tests/it`) with a small harness.
+
+mod harness;
+
+mod config;
+mod lifecycle;
+mod persistence;
+mod start;
