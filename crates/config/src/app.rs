@@ -41,7 +41,6 @@ const IGNORED_KEYS: &[&str] = &[
     "io",
     "windows_hide",
     "post_update",
-    "watch_delay",
     "watch_options",
     "kill_retry_time",
 ];
@@ -325,6 +324,20 @@ pub(crate) fn read_app(
     let cron_restart = r
         .take(ctx, &["cron_restart", "cron"])
         .and_then(|f| read_cron(ctx, &f));
+    let cron_timezone = r
+        .take(ctx, &["cron_timezone", "cron_tz"])
+        .and_then(|f| read_timezone(ctx, &f));
+    let watch_delay = take_duration(ctx, &mut r, &["watch_delay"]);
+    let max_size = r
+        .take(ctx, &["max_size", "log_max_size"])
+        .and_then(|f| reader::as_bytes(ctx, &f));
+    let retain = r
+        .take(ctx, &["retain", "log_retain"])
+        .and_then(|f| reader::as_u32(ctx, &f));
+    let compress = take_bool(ctx, &mut r, &["compress", "log_compress"]);
+    let rotate_interval = r
+        .take(ctx, &["rotate_interval", "log_rotate_interval"])
+        .and_then(|f| read_cron(ctx, &f));
     let kill_timeout = take_duration(ctx, &mut r, &["kill_timeout"]);
     let kill_signal = r.take(ctx, &["kill_signal"]).and_then(|f| {
         let text = reader::as_string(ctx, &f)?;
@@ -521,6 +534,14 @@ pub(crate) fn read_app(
     spec.exp_backoff_restart_delay_ms = exp_backoff;
     spec.max_memory_restart_bytes = max_memory;
     spec.cron_restart = cron_restart.flatten();
+    spec.cron_timezone = cron_timezone;
+    spec.watch_delay_ms = watch_delay.unwrap_or(spec.watch_delay_ms);
+    spec.logs.rotation.max_size_bytes = max_size.unwrap_or(spec.logs.rotation.max_size_bytes);
+    spec.logs.rotation.retain = retain.unwrap_or(spec.logs.rotation.retain);
+    spec.logs.rotation.compress = compress.unwrap_or(spec.logs.rotation.compress);
+    if let Some(interval) = rotate_interval {
+        spec.logs.rotation.interval = interval;
+    }
     spec.kill_timeout_ms = kill_timeout.unwrap_or(spec.kill_timeout_ms);
     spec.kill_signal = kill_signal.unwrap_or(spec.kill_signal);
     spec.wait_ready = wait_ready.unwrap_or(spec.wait_ready);
@@ -623,6 +644,28 @@ fn read_exec_mode(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<ExecMode> {
             );
             None
         }
+    }
+}
+
+/// An IANA zone name such as `Europe/Paris` or `UTC`; the agent checks it exists.
+fn read_timezone(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<String> {
+    let zone = reader::as_string(ctx, field)?;
+    let valid = !zone.is_empty()
+        && !zone.starts_with('/')
+        && !zone.contains("..")
+        && zone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+'));
+    if valid {
+        Some(zone)
+    } else {
+        ctx.error_hint(
+            field.line,
+            &field.path,
+            format!("{zone:?} is not a time zone name"),
+            "use an IANA name such as \"Europe/Paris\" or \"UTC\"",
+        );
+        None
     }
 }
 

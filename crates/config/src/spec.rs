@@ -25,6 +25,13 @@ pub const DEFAULT_KILL_SIGNAL: &str = "SIGINT";
 pub const DEFAULT_INSTANCE_VAR: &str = "FLEET_APP_INSTANCE";
 /// PM2's instance variable, set alongside `instance_var` for compatibility.
 pub const PM2_INSTANCE_VAR: &str = "NODE_APP_INSTANCE";
+/// Debounce for `watch`: editors write a file in several steps; one restart per burst.
+pub const DEFAULT_WATCH_DELAY_MS: u64 = 500;
+
+fn default_watch_delay_ms() -> u64 {
+    DEFAULT_WATCH_DELAY_MS
+}
+
 /// PM2's default namespace.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -63,6 +70,9 @@ pub struct AppSpec {
     pub exp_backoff_restart_delay_ms: Option<u64>,
     pub max_memory_restart_bytes: Option<u64>,
     pub cron_restart: Option<String>,
+    /// An IANA time zone for `cron_restart` (`cron_timezone`); `None` is the host's.
+    #[serde(default)]
+    pub cron_timezone: Option<String>,
     pub kill_timeout_ms: u64,
     /// A validated signal name such as `SIGINT`.
     pub kill_signal: String,
@@ -71,6 +81,9 @@ pub struct AppSpec {
     pub stop_exit_codes: Vec<i32>,
     pub watch: Vec<PathBuf>,
     pub ignore_watch: Vec<String>,
+    /// A burst of changes within this long restarts once (`watch_delay`).
+    #[serde(default = "default_watch_delay_ms")]
+    pub watch_delay_ms: u64,
     pub logs: LogSpec,
     pub instance_var: String,
     pub increment_var: Option<String>,
@@ -94,6 +107,39 @@ pub struct LogSpec {
     pub merge_logs: Option<bool>,
     pub log_date_format: Option<String>,
     pub log_type: LogType,
+    /// Rotation, built into the agent (PM2 needs the pm2-logrotate module).
+    #[serde(default)]
+    pub rotation: Rotation,
+}
+
+/// pm2-logrotate's defaults: 10 MB, 30 files kept, no gzip, and a daily rotation.
+pub const DEFAULT_ROTATE_MAX_SIZE: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_ROTATE_RETAIN: u32 = 30;
+pub const DEFAULT_ROTATE_INTERVAL: &str = "0 0 * * *";
+
+/// When a log file is renamed aside and a new one opened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotation {
+    /// Rotate once a file grows past this many bytes (`max_size`); 0 disables.
+    pub max_size_bytes: u64,
+    /// Rotated files kept per log file (`retain`); older ones are deleted.
+    pub retain: u32,
+    /// Gzip rotated files (`compress`).
+    pub compress: bool,
+    /// A cron pattern for rotation by time (`rotate_interval`); `None` disables.
+    pub interval: Option<String>,
+}
+
+impl Default for Rotation {
+    fn default() -> Rotation {
+        Rotation {
+            max_size_bytes: DEFAULT_ROTATE_MAX_SIZE,
+            retain: DEFAULT_ROTATE_RETAIN,
+            compress: false,
+            interval: Some(DEFAULT_ROTATE_INTERVAL.to_string()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +208,7 @@ impl AppSpec {
             exp_backoff_restart_delay_ms: None,
             max_memory_restart_bytes: None,
             cron_restart: None,
+            cron_timezone: None,
             kill_timeout_ms: DEFAULT_KILL_TIMEOUT_MS,
             kill_signal: DEFAULT_KILL_SIGNAL.to_string(),
             wait_ready: false,
@@ -169,6 +216,7 @@ impl AppSpec {
             stop_exit_codes: Vec::new(),
             watch: Vec::new(),
             ignore_watch: Vec::new(),
+            watch_delay_ms: DEFAULT_WATCH_DELAY_MS,
             logs: LogSpec::default(),
             instance_var: DEFAULT_INSTANCE_VAR.to_string(),
             increment_var: None,
