@@ -135,7 +135,8 @@ impl Fleet {
             }
             assert!(
                 Instant::now() < until,
-                "timed out after {timeout:?} waiting for {what}; list: {list:#?}"
+                "timed out after {timeout:?} waiting for {what}; list: {list:#?}\nagent.log:\n{}",
+                self.agent_log()
             );
             std::thread::sleep(POLL_INTERVAL);
         }
@@ -157,6 +158,11 @@ impl Fleet {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.work.path().join(name)
+    }
+
+    /// The agent's log, for failure messages.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("agent.log")).unwrap_or_default()
     }
 
     pub fn agent_pid(&self) -> Option<i32> {

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::logs::LogHub;
 use crate::metrics::Sampler;
 use crate::process;
 use crate::service::Service;
@@ -27,6 +28,8 @@ use crate::supervisor::{self, Reply, Request};
 /// PM2 refreshes its process list metrics about once a second (`pm2 monit`); so does
 /// the agent, only while something runs.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a starting agent waits for a previous one to release the home's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// The socket and the pid file are private to the agent's user.
 const SOCKET_MODE: u32 = 0o600;
 
@@ -46,17 +49,27 @@ pub fn bind(home: &Home) -> anyhow::Result<(HomeLock, UnixListener)> {
         .write(true)
         .mode(SOCKET_MODE)
         .open(&pid_file)?;
-    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-            let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
-            anyhow::bail!(
-                "an agent is already running for {} (pid {})",
-                home.root.display(),
-                pid.trim()
-            );
+    // An agent that was just told to exit may still hold the lock for a moment
+    // (`fleet kill && fleet start`): wait for it briefly before giving up.
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    let mut file = file;
+    let mut lock = loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => break lock,
+            Err((returned, nix::errno::Errno::EWOULDBLOCK)) => {
+                if std::time::Instant::now() >= until {
+                    let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+                    anyhow::bail!(
+                        "an agent is already running for {} (pid {})",
+                        home.root.display(),
+                        pid.trim()
+                    );
+                }
+                file = returned;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((_, errno)) => anyhow::bail!("cannot lock {}: {errno}", pid_file.display()),
         }
-        Err((_, errno)) => anyhow::bail!("cannot lock {}: {errno}", pid_file.display()),
     };
     lock.set_len(0)?;
     write!(lock, "{}", std::process::id())?;
@@ -78,12 +91,14 @@ pub fn bind(home: &Home) -> anyhow::Result<(HomeLock, UnixListener)> {
 pub async fn run(
     home: Home,
     listener: UnixListener,
+    hub: LogHub,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let saved = load_state(&home);
     terminate_orphans(&saved).await;
-    let handle = supervisor::start(home.clone(), saved);
+    let handle = supervisor::start(home.clone(), hub.clone(), saved);
     tokio::spawn(sample_metrics(handle.clone()));
+    tokio::spawn(reopen_logs_on_sigusr2(hub.clone()));
 
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -91,6 +106,7 @@ pub async fn run(
     let kill = Arc::new(Notify::new());
     let service = Service::new(
         handle.clone(),
+        hub,
         home.root.display().to_string(),
         host,
         kill.clone(),
@@ -118,6 +134,8 @@ pub async fn run(
         tracing::info!(apps = ids.len(), "stopping apps before exit");
         handle.settled(&ids, within).await;
     }
+    // The batched state write may still be pending; the next agent reads this file.
+    let _ = handle.call(Request::Persist).await;
     let _ = std::fs::remove_file(home.socket());
     tracing::info!("agent stopped");
     Ok(())
@@ -165,6 +183,18 @@ async fn terminate_orphans(saved: &[SavedProcess]) {
     }
     for wait in waits {
         let _ = wait.await;
+    }
+}
+
+/// PM2's daemon reopens its logs on SIGUSR2 (for logrotate's postrotate); so does fleet's.
+async fn reopen_logs_on_sigusr2(hub: LogHub) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
+        return;
+    };
+    while usr2.recv().await.is_some() {
+        let files = hub.reopen_all();
+        tracing::info!(files, "reopened log files (SIGUSR2)");
     }
 }
 

@@ -16,9 +16,12 @@ use tokio::time::Instant;
 
 use crate::core::{self, Action, Exit, Input, Status, TimerToken};
 use crate::error::AgentError;
+use crate::logs::{DateFormat, InstanceLogs, LineFormat, LogHub};
 use crate::metrics::TreeUsage;
 use crate::process::{self, LogPaths};
+use crate::schedule::{CronHandle, CronSchedule, spawn_cron};
 use crate::store::{Home, SavedList, SavedProcess};
+use crate::watch::{WatchHandle, WatchSpec, spawn_watch};
 
 /// How often a stop checks whether children that outlived the leader are gone
 /// (PM2 polls every 100 ms: `kill_retry_time`).
@@ -88,6 +91,12 @@ pub enum Request {
     StopAll {
         forget: bool,
     },
+    /// Writes the state file now (the agent is about to exit).
+    Persist,
+    /// Views of these ids; ids that no longer exist are left out, not an error.
+    Views {
+        ids: Vec<u32>,
+    },
 }
 
 #[derive(Debug)]
@@ -156,6 +165,15 @@ enum Msg {
         token: TimerToken,
     },
     Leaders(oneshot::Sender<Vec<(u32, i32)>>),
+    /// `cron_restart` fired for an instance.
+    Cron {
+        id: u32,
+    },
+    /// A watched path of an app changed (`watch`).
+    Watched {
+        id: u32,
+        paths: Vec<std::path::PathBuf>,
+    },
     Usage(HashMap<u32, TreeUsage>),
     Flush,
 }
@@ -199,14 +217,10 @@ impl Handle {
     }
 
     async fn views(&self, ids: &[u32]) -> Vec<ProcessView> {
-        let targets = ids.iter().map(|id| format!("#{id}")).collect();
-        match self
-            .call(Request::List {
-                targets,
-                details: false,
-            })
-            .await
-        {
+        // By id, not by `#id` targets: an id that is gone is simply absent (a target
+        // matching nothing is an error, which made a stop look settled too early).
+        let ids = ids.to_vec();
+        match self.call(Request::Views { ids }).await {
             Ok(Reply::Views(views)) => views,
             _ => Vec::new(),
         }
@@ -242,11 +256,24 @@ struct Proc {
     generation: u64,
     created_at: SystemTime,
     logs: LogPaths,
+    /// The open files and line format of this instance, built at its first spawn and
+    /// again after a config change.
+    log_io: Option<Arc<InstanceLogs>>,
     usage: TreeUsage,
+    /// Timers and watchers that live as long as the instance (dropping stops them).
+    triggers: Triggers,
+}
+
+#[derive(Default)]
+struct Triggers {
+    cron_restart: Option<CronHandle>,
+    rotate: Option<CronHandle>,
+    watch: Option<WatchHandle>,
 }
 
 struct Supervisor {
     home: Home,
+    hub: LogHub,
     cpus: u32,
     procs: BTreeMap<u32, Proc>,
     next_id: u32,
@@ -259,12 +286,13 @@ struct Supervisor {
 }
 
 /// Starts the supervisor task with the instances saved in the state file.
-pub fn start(home: Home, saved: Vec<SavedProcess>) -> Handle {
+pub fn start(home: Home, hub: LogHub, saved: Vec<SavedProcess>) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
     let (changed, changed_rx) = watch::channel(0);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let mut supervisor = Supervisor {
         home,
+        hub,
         cpus,
         procs: BTreeMap::new(),
         next_id: 0,
@@ -349,9 +377,56 @@ impl Supervisor {
                     .collect();
                 let _ = reply.send(leaders);
             }
+            Msg::Cron { id } => {
+                // PM2's cron also starts a stopped app; fleet leaves an app the user
+                // stopped alone and restarts it only when it runs (or has errored).
+                if let Some(proc) = self.procs.get(&id)
+                    && proc.core.status != Status::Stopped
+                    && proc.core.status != Status::Stopping
+                {
+                    tracing::info!(app = %proc.spec.name, id, "cron_restart");
+                    self.work.push_back((id, Input::Restart));
+                }
+            }
+            Msg::Watched { id, paths } => {
+                let Some(name) = self.procs.get(&id).map(|p| p.spec.name.clone()) else {
+                    return;
+                };
+                let shown: Vec<String> = paths
+                    .iter()
+                    .take(3)
+                    .map(|p| p.display().to_string())
+                    .collect();
+                tracing::info!(app = %name, changed = ?shown, "change detected, restarting");
+                let ids: Vec<u32> = self
+                    .procs
+                    .values()
+                    .filter(|p| p.spec.name == name && p.core.status.wants_running())
+                    .map(|p| p.id)
+                    .collect();
+                for id in ids {
+                    self.work.push_back((id, Input::Restart));
+                }
+            }
             Msg::Usage(usage) => {
                 for proc in self.procs.values_mut() {
                     proc.usage = usage.get(&proc.id).copied().unwrap_or_default();
+                    // Checked at every sample (PM2 checks every 30 s, main pid only:
+                    // #5670, #3017) against the whole tree; a graceful, counted restart.
+                    if let Some(limit) = proc.spec.max_memory_restart_bytes
+                        && proc.core.status == Status::Online
+                        && proc.usage.memory_bytes > limit
+                    {
+                        tracing::warn!(
+                            app = %proc.spec.name,
+                            id = proc.id,
+                            memory = proc.usage.memory_bytes,
+                            limit,
+                            "exceeds max_memory_restart, restarting"
+                        );
+                        proc.usage = TreeUsage::default();
+                        self.work.push_back((proc.id, Input::Restart));
+                    }
                 }
             }
             Msg::Flush => {
@@ -396,12 +471,24 @@ impl Supervisor {
             Action::Spawn => {
                 proc.generation += 1;
                 let env = proc.spec.instance_env(proc.instance);
-                match process::spawn(&proc.spec, env, &proc.logs) {
-                    Ok(mut child) => {
+                let log_io = match &proc.log_io {
+                    Some(io) => Ok(io.clone()),
+                    None => instance_logs(&self.hub, proc),
+                };
+                let spawned = log_io.and_then(|io| {
+                    proc.log_io = Some(io.clone());
+                    let capture_out = io.captures(crate::logs::Stream::Out);
+                    let capture_err = io.captures(crate::logs::Stream::Err);
+                    process::spawn(&proc.spec, env, capture_out, capture_err).map(|c| (c, io))
+                });
+                match spawned {
+                    Ok((mut child, io)) => {
                         let pid = child.id().map(|p| p as i32);
                         proc.pid = pid;
                         proc.start_ticks = pid.and_then(process::start_ticks);
                         proc.usage = TreeUsage::default();
+                        self.hub
+                            .capture(io, child.stdout.take(), child.stderr.take());
                         let generation = proc.generation;
                         tokio::spawn(async move {
                             let status = child.wait().await;
@@ -460,6 +547,8 @@ impl Supervisor {
             }
             Action::Remove => {
                 self.procs.remove(&id);
+                self.hub.forget(id);
+                self.hub.release_unused();
                 if self.procs.is_empty() {
                     // PM2 numbers from 0 again once the list is empty.
                     self.next_id = 0;
@@ -604,6 +693,16 @@ impl Supervisor {
                 }
                 Ok(Reply::Touched(touched, notes))
             }
+            Request::Views { ids } => Ok(Reply::Views(
+                ids.iter()
+                    .filter_map(|id| self.procs.get(id))
+                    .map(|p| self.view(p, false))
+                    .collect(),
+            )),
+            Request::Persist => {
+                self.write_state();
+                Ok(Reply::Touched(Vec::new(), Vec::new()))
+            }
             Request::StopAll { forget } => {
                 if !forget {
                     // Keep what should run next time before the stops change it.
@@ -688,43 +787,42 @@ impl Supervisor {
         }
     }
 
-    /// Issue-2 scope: features whose machinery lands with later issues are refused
-    /// with a clear message instead of being silently ignored.
+    /// Refuses, with every problem at once, what the agent cannot run: a cron pattern
+    /// or time zone it cannot read, a watch path that does not exist, and the shared
+    /// listening socket whose machinery has not landed yet.
     fn check_supported(&self, apps: &[AppSpec]) -> Result<(), AgentError> {
         let mut problems = Vec::new();
         for spec in apps {
-            let mut no = |what: &str| {
-                problems.push(format!(
-                    "app {}: {what} is not supported by this agent yet",
-                    spec.name
-                ))
-            };
+            let name = &spec.name;
             if spec.exec_mode != ExecMode::Fork {
-                no("exec_mode cluster/proxy (shared listening socket)");
+                problems.push(format!(
+                    "app {name}: exec_mode cluster/proxy (a shared listening socket) is not supported by this agent yet"
+                ));
             }
             if spec.wait_ready {
-                no("wait_ready");
+                problems.push(format!(
+                    "app {name}: wait_ready is not supported by this agent yet"
+                ));
             }
-            if spec.max_memory_restart_bytes.is_some() {
-                no("max_memory_restart");
+            for pattern in spec
+                .cron_restart
+                .iter()
+                .chain(spec.logs.rotation.interval.iter())
+            {
+                if let Err(error) = CronSchedule::parse(pattern, spec.cron_timezone.as_deref()) {
+                    problems.push(format!("app {name}: {error}"));
+                }
             }
-            if spec.cron_restart.is_some() {
-                no("cron_restart");
-            }
-            if !spec.watch.is_empty() {
-                no("watch");
-            }
-            if spec.logs.log_file.is_some() {
-                no("log_file (a combined log)");
-            }
-            if spec.logs.log_date_format.is_some() {
-                no("log_date_format / time");
-            }
-            if spec.logs.log_type != fleet_config::LogType::Raw {
-                no("log_type = \"json\"");
+            for path in &spec.watch {
+                if !path.exists() {
+                    problems.push(format!(
+                        "app {name}: watch path {} does not exist",
+                        path.display()
+                    ));
+                }
             }
             if spec.command.is_empty() {
-                problems.push(format!("app {}: no command to run", spec.name));
+                problems.push(format!("app {name}: no command to run"));
             }
         }
         if problems.is_empty() {
@@ -781,6 +879,7 @@ impl Supervisor {
             let wanted = spec.instances.resolve(self.cpus);
             let spec = Arc::new(spec);
             let mut kept = Vec::new();
+            let mut rearm = Vec::new();
             for &id in &existing {
                 let proc = self.procs.get_mut(&id).expect("selected above");
                 if proc.instance < wanted {
@@ -788,6 +887,8 @@ impl Supervisor {
                     proc.core.policy = core::Policy::from_spec(&spec);
                     proc.logs =
                         LogPaths::for_instance(&spec, proc.instance, wanted, &self.home.logs_dir());
+                    proc.log_io = None;
+                    rearm.push(id);
                     kept.push(proc.instance);
                     let input = match (proc.core.status, count_restart) {
                         (Status::Stopped | Status::Errored, false) => Input::Start,
@@ -798,6 +899,9 @@ impl Supervisor {
                     self.work.push_back((id, Input::Delete));
                 }
                 touched.push(id);
+            }
+            for id in rearm {
+                self.arm_triggers(id);
             }
             for instance in (0..wanted).filter(|i| !kept.contains(i)) {
                 let id = self.next_id;
@@ -861,10 +965,57 @@ impl Supervisor {
                 generation: 0,
                 created_at: SystemTime::now(),
                 logs,
+                log_io: None,
                 usage: TreeUsage::default(),
+                triggers: Triggers::default(),
             },
         );
         self.next_id = self.next_id.max(id + 1);
+        self.arm_triggers(id);
+    }
+
+    /// Starts the instance's cron restart, log rotation by time and watcher (again
+    /// after a config change). Patterns and paths were checked in `validate`.
+    fn arm_triggers(&mut self, id: u32) {
+        let Some(proc) = self.procs.get_mut(&id) else {
+            return;
+        };
+        let spec = proc.spec.clone();
+        let mut triggers = Triggers::default();
+        if let Some(pattern) = &spec.cron_restart {
+            match CronSchedule::parse(pattern, spec.cron_timezone.as_deref()) {
+                Ok(schedule) => {
+                    let tx = self.tx.clone();
+                    triggers.cron_restart = Some(spawn_cron(schedule, move || {
+                        let _ = tx.send(Msg::Cron { id });
+                    }));
+                }
+                Err(error) => tracing::error!(app = %spec.name, %error, "cron_restart ignored"),
+            }
+        }
+        if let Some(pattern) = &spec.logs.rotation.interval
+            && let Ok(schedule) = CronSchedule::parse(pattern, spec.cron_timezone.as_deref())
+        {
+            let hub = self.hub.clone();
+            let files = proc.logs.files();
+            triggers.rotate = Some(spawn_cron(schedule, move || hub.rotate(&files)));
+        }
+        // One watcher per app is enough: instance 0 watches for all of them.
+        if !spec.watch.is_empty() && proc.instance == 0 {
+            let tx = self.tx.clone();
+            let watch = WatchSpec {
+                paths: spec.watch.clone(),
+                ignore: spec.ignore_watch.clone(),
+                delay: Duration::from_millis(spec.watch_delay_ms),
+            };
+            match spawn_watch(watch, move |paths| {
+                let _ = tx.send(Msg::Watched { id, paths });
+            }) {
+                Ok(handle) => triggers.watch = Some(handle),
+                Err(error) => tracing::error!(app = %spec.name, %error, "watch failed"),
+            }
+        }
+        proc.triggers = triggers;
     }
 
     /// Brings back what the state file says was running. An instance whose process
@@ -994,6 +1145,39 @@ impl Supervisor {
                 .collect(),
         }
     }
+}
+
+/// Opens an instance's log files (shared with other instances writing the same path).
+fn instance_logs(hub: &LogHub, proc: &Proc) -> Result<Arc<InstanceLogs>, String> {
+    let rotation = &proc.spec.logs.rotation;
+    let open = |path: &Option<std::path::PathBuf>| -> Result<_, String> {
+        path.as_ref()
+            .map(|p| {
+                hub.file(p, rotation)
+                    .map_err(|e| format!("cannot open the log file {}: {e}", p.display()))
+            })
+            .transpose()
+    };
+    Ok(Arc::new(InstanceLogs {
+        id: proc.id,
+        app: Arc::from(proc.spec.name.as_str()),
+        namespace: Arc::from(proc.spec.namespace.as_str()),
+        instance: proc.instance,
+        out: open(&proc.logs.out)?,
+        err: open(&proc.logs.err)?,
+        combined: open(&proc.logs.combined)?,
+        format: LineFormat {
+            date: proc
+                .spec
+                .logs
+                .log_date_format
+                .as_deref()
+                .map(DateFormat::parse),
+            json: proc.spec.logs.log_type == fleet_config::LogType::Json,
+            app: proc.spec.name.clone(),
+            id: proc.id,
+        },
+    }))
 }
 
 fn exit_of(status: std::process::ExitStatus) -> Exit {

@@ -92,6 +92,33 @@ async fn handshake(mut client: Client) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// How long `fleet kill` waits for the agent process to end after it answered.
+const AGENT_EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Waits until `pid` has exited (a zombie its new parent has not reaped yet counts).
+pub async fn wait_exit(pid: i32) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + AGENT_EXIT_TIMEOUT;
+    loop {
+        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "Z" || state == "X"),
+        };
+        if gone {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the agent (pid {pid}) did not exit within {}s",
+                AGENT_EXIT_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(AGENT_POLL_INTERVAL).await;
+    }
+}
+
 /// `fleet-agent` beside this executable first, then on `PATH` (the contract's order).
 fn agent_binary() -> PathBuf {
     if let Ok(me) = std::env::current_exe() {
