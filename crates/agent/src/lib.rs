@@ -4,9 +4,12 @@
 pub mod core;
 pub mod daemon;
 pub mod error;
+pub mod logs;
 pub mod metrics;
 pub mod process;
+pub mod schedule;
 pub mod service;
 pub mod store;
 pub mod supervisor;
 pub mod target;
+pub mod watch;

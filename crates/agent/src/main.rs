@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use fleet_agent::logs::{LogHub, SharedFile};
 use fleet_agent::{daemon, store::Home};
 
 #[derive(Parser)]
@@ -38,8 +39,9 @@ fn main() -> anyhow::Result<()> {
     }
     runtime()?.block_on(async move {
         let (_lock, listener) = daemon::bind(&home)?;
-        init_logging(&home, args.daemon)?;
-        daemon::run(home, listener, shutdown_signal()).await
+        let hub = LogHub::new();
+        init_logging(&home, &hub, args.daemon)?;
+        daemon::run(home, listener, hub, shutdown_signal()).await
     })
 }
 
@@ -51,7 +53,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn init_logging(home: &Home, daemon: bool) -> anyhow::Result<()> {
+/// The agent's own log goes to `FLEET_HOME/agent.log`, through the same rotating
+/// writer as app logs (PM2's pm2.log is only rotated by the logrotate module).
+fn init_logging(home: &Home, hub: &LogHub, daemon: bool) -> anyhow::Result<()> {
     let level = std::env::var("FLEET_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
@@ -60,18 +64,39 @@ fn init_logging(home: &Home, daemon: bool) -> anyhow::Result<()> {
         .with_max_level(level)
         .with_target(false);
     if daemon {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(home.agent_log())?;
-        builder
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file))
-            .init();
+        let file = hub.file(&home.agent_log(), &fleet_config::Rotation::default())?;
+        builder.with_ansi(false).with_writer(AgentLog(file)).init();
     } else {
         builder.init();
     }
     Ok(())
+}
+
+/// A `MakeWriter` over the shared, rotating agent log file; each event is one write.
+struct AgentLog(SharedFile);
+
+struct AgentLogWriter(SharedFile);
+
+impl std::io::Write for AgentLogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("agent log lock poisoned"))?
+            .write(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AgentLog {
+    type Writer = AgentLogWriter;
+
+    fn make_writer(&'a self) -> AgentLogWriter {
+        AgentLogWriter(self.0.clone())
+    }
 }
 
 /// Resolves on SIGTERM, SIGINT or SIGQUIT. SIGHUP is ignored, as PM2's daemon does.

@@ -2,8 +2,8 @@
 //! so a stop reaches every process it started. The supervisor decides when; this
 //! module only knows how.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -12,8 +12,6 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-/// Log files are private to their owner, like every other file the agent writes.
-const LOG_FILE_MODE: u32 = 0o600;
 const DEV_NULL: &str = "/dev/null";
 
 /// Where one instance's output goes.
@@ -21,6 +19,8 @@ const DEV_NULL: &str = "/dev/null";
 pub struct LogPaths {
     pub out: Option<PathBuf>,
     pub err: Option<PathBuf>,
+    /// `log_file`: both streams in one file.
+    pub combined: Option<PathBuf>,
 }
 
 impl LogPaths {
@@ -34,11 +34,11 @@ impl LogPaths {
         logs_dir: &Path,
     ) -> LogPaths {
         let merged = spec.logs.merge_logs.unwrap_or(instances <= 1);
-        let pick = |custom: &Option<String>, default_suffix: &str| -> Option<PathBuf> {
+        let pick = |custom: &Option<String>, default_name: String| -> Option<PathBuf> {
             let base = match custom.as_deref() {
                 Some(DEV_NULL) | Some("NULL") => return None,
                 Some(path) if !path.is_empty() => spec.cwd.join(path),
-                _ => logs_dir.join(format!("{}-{default_suffix}.log", spec.name)),
+                _ => logs_dir.join(default_name),
             };
             Some(if merged {
                 base
@@ -47,13 +47,24 @@ impl LogPaths {
             })
         };
         LogPaths {
-            out: pick(&spec.logs.out_file, "out"),
-            err: pick(&spec.logs.error_file, "error"),
+            out: pick(&spec.logs.out_file, format!("{}-out.log", spec.name)),
+            err: pick(&spec.logs.error_file, format!("{}-error.log", spec.name)),
+            // PM2 writes no combined file unless `log_file` is set; `true` means the
+            // default `<name>.log`.
+            combined: match &spec.logs.log_file {
+                None => None,
+                custom => pick(custom, format!("{}.log", spec.name)),
+            },
         }
     }
 
     pub fn files(&self) -> Vec<PathBuf> {
-        self.out.iter().chain(self.err.iter()).cloned().collect()
+        self.out
+            .iter()
+            .chain(self.err.iter())
+            .chain(self.combined.iter())
+            .cloned()
+            .collect()
     }
 }
 
@@ -70,43 +81,41 @@ fn with_instance_suffix(path: &Path, instance: u32) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn open_log(path: &Option<PathBuf>) -> std::io::Result<Stdio> {
-    let Some(path) = path else {
-        return Ok(Stdio::null());
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let file: File = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(LOG_FILE_MODE)
-        .open(path)?;
-    Ok(Stdio::from(file))
-}
-
-/// Starts one instance in a new process group. Output is appended to its log files.
+/// Starts one instance in a new process group. Its stdout and stderr are pipes the
+/// agent reads (see `logs`) when `capture_out`/`capture_err`, otherwise /dev/null.
 pub fn spawn(
     spec: &AppSpec,
-    env: impl IntoIterator<Item = (String, String)>,
-    logs: &LogPaths,
+    env: BTreeMap<String, String>,
+    capture_out: bool,
+    capture_err: bool,
 ) -> Result<tokio::process::Child, String> {
     let (program, leading) = spec
         .command
         .split_first()
         .ok_or_else(|| "the app has no command".to_string())?;
-    let stdout = open_log(&logs.out).map_err(|e| format!("cannot open the out log: {e}"))?;
-    let stderr = open_log(&logs.err).map_err(|e| format!("cannot open the error log: {e}"))?;
-    let mut command = tokio::process::Command::new(program);
+    // Resolving the program here (with the app's PATH) lets the standard library use
+    // posix_spawn instead of fork+exec: a bare name with a changed PATH forces the
+    // slow path, which made starting 100 apps measurably slower.
+    let resolved = resolve_program(program, env.get("PATH").map(String::as_str), &spec.cwd)
+        .ok_or_else(|| format!("cannot execute {program}: not found"))?;
+    let pipe = |capture: bool| {
+        if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    let mut command = tokio::process::Command::new(&resolved);
     command
+        .arg0(program)
         .args(leading)
         .args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(env)
         .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
+        .stdout(pipe(capture_out))
+        .stderr(pipe(capture_err))
         .process_group(0)
         // The supervisor owns the exit; it must not be killed when the handle drops.
         .kill_on_drop(false);
@@ -117,6 +126,21 @@ pub fn spawn(
         }
         _ => format!("cannot execute {program}: {e}"),
     })
+}
+
+/// `program` as a path: relative to `cwd` when it has a slash, else searched in `path`.
+fn resolve_program(program: &str, path: Option<&str>, cwd: &Path) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(cwd.join(program));
+    }
+    let path = path.unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path.split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Sends `signal` to every process of the group; an empty group is not an error.
@@ -178,5 +202,23 @@ mod tests {
         let merged = LogPaths::for_instance(&spec, 1, 2, logs);
         assert_eq!(merged.out, Some(PathBuf::from("/srv/app/logs/o.log")));
         assert_eq!(merged.err, None);
+        assert_eq!(merged.combined, None);
+        spec.logs.log_file = Some(String::new());
+        let combined = LogPaths::for_instance(&spec, 1, 2, logs);
+        assert_eq!(combined.combined, Some(logs.join("api.log")));
+    }
+
+    #[test]
+    fn programs_resolve_against_path_and_cwd() {
+        let sh = resolve_program("sh", Some("/nonexistent:/bin:/usr/bin"), Path::new("/"));
+        assert!(sh.is_some_and(|p| p.ends_with("sh")));
+        assert_eq!(
+            resolve_program("./run", None, Path::new("/srv")),
+            Some(PathBuf::from("/srv/./run"))
+        );
+        assert_eq!(
+            resolve_program("no-such-program-here", Some("/bin"), Path::new("/")),
+            None
+        );
     }
 }

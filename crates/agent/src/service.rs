@@ -13,10 +13,12 @@ use tonic::{Request as GrpcRequest, Response, Status};
 
 use crate::core;
 use crate::error::AgentError;
+use crate::logs::{Chunk, LogHub, Stream};
 use crate::supervisor::{Handle, ProcessView, Reply, Request};
 
 pub struct Service {
     handle: Handle,
+    hub: LogHub,
     home: String,
     host: String,
     /// Notified by `Kill` once every app is gone; the daemon then shuts down.
@@ -24,9 +26,16 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(handle: Handle, home: String, host: String, kill: Arc<Notify>) -> Service {
+    pub fn new(
+        handle: Handle,
+        hub: LogHub,
+        home: String,
+        host: String,
+        kill: Arc<Notify>,
+    ) -> Service {
         Service {
             handle,
+            hub,
             home,
             host,
             kill,
@@ -51,6 +60,39 @@ impl Service {
 
     fn info(&self, view: &ProcessView) -> pb::ProcessInfo {
         process_info(view, &self.host)
+    }
+
+    async fn views(&self, targets: Vec<String>, details: bool) -> Result<Vec<ProcessView>, Status> {
+        match self.handle.call(Request::List { targets, details }).await? {
+            Reply::Views(views) => Ok(views),
+            other => Err(AgentError::Internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+}
+
+/// Lines a `logs` client may have in flight before the agent waits for it; a slow
+/// client only ever delays itself (the pumps never wait for followers).
+const LOG_STREAM_BUFFER: usize = 1024;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn entry(chunk: &Chunk, line: String, host: &str) -> pb::LogEntry {
+    pb::LogEntry {
+        ts_unix_ms: chunk.ts_ms,
+        app: chunk.app.to_string(),
+        id: chunk.id,
+        instance: chunk.instance,
+        stream: match chunk.stream {
+            Stream::Out => pb::LogStream::Out,
+            Stream::Err => pb::LogStream::Err,
+        } as i32,
+        line,
+        host: host.to_string(),
+        notice: String::new(),
     }
 }
 
@@ -135,6 +177,115 @@ fn update_env(
 
 #[tonic::async_trait]
 impl AgentService for Service {
+    type LogsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::LogEntry, Status>> + Send + 'static>,
+    >;
+
+    async fn logs(
+        &self,
+        request: GrpcRequest<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let r = request.into_inner();
+        // Unknown targets are an error now, not a silent empty stream.
+        if !r.targets.is_empty() {
+            self.views(r.targets.clone(), false).await?;
+        }
+        let targets = r.targets;
+        let matches = move |chunk: &Chunk| {
+            targets.is_empty()
+                || targets.iter().any(|target| {
+                    let one = [(chunk.id, &*chunk.app, &*chunk.namespace)];
+                    crate::target::select(target, one.into_iter()).is_ok_and(|ids| !ids.is_empty())
+                })
+        };
+        let stream = match pb::LogStream::try_from(r.stream) {
+            Ok(pb::LogStream::Out) => Some(Stream::Out),
+            Ok(pb::LogStream::Err) => Some(Stream::Err),
+            _ => None,
+        };
+        // Subscribe before reading history so no line falls between the two.
+        let mut follow = r.follow.then(|| self.hub.subscribe());
+        let (history, last_seq) =
+            self.hub
+                .history(&matches, r.lines as usize, stream, r.since_unix_ms);
+        let (tx, rx) = tokio::sync::mpsc::channel(LOG_STREAM_BUFFER);
+        let host = self.host.clone();
+        tokio::spawn(async move {
+            for (chunk, line) in history {
+                if tx.send(Ok(entry(&chunk, line, &host))).await.is_err() {
+                    return;
+                }
+            }
+            let Some(follow) = follow.as_mut() else {
+                return;
+            };
+            loop {
+                let chunk = match follow.recv().await {
+                    Ok(chunk) => chunk,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        let notice = pb::LogEntry {
+                            ts_unix_ms: now_ms(),
+                            host: host.clone(),
+                            notice: format!(
+                                "{missed} batches of lines were not shown: this client fell behind (they are in the log files)"
+                            ),
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(notice)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if chunk.seq <= last_seq
+                    || !matches(&chunk)
+                    || stream.is_some_and(|s| s != chunk.stream)
+                {
+                    continue;
+                }
+                for line in chunk.lines() {
+                    let line = String::from_utf8_lossy(line).into_owned();
+                    if tx.send(Ok(entry(&chunk, line, &host))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn flush(
+        &self,
+        request: GrpcRequest<pb::TargetRequest>,
+    ) -> Result<Response<pb::FlushResponse>, Status> {
+        let targets = request.into_inner().targets;
+        let flushed = if targets.is_empty() {
+            // Every app's files and the agent's own log, as `pm2 flush` does.
+            self.hub.flush(None)
+        } else {
+            let views = self.views(targets, false).await?;
+            let paths: Vec<std::path::PathBuf> = views
+                .iter()
+                .flat_map(|v| v.log_files.iter().map(std::path::PathBuf::from))
+                .collect();
+            self.hub.flush(Some(&paths))
+        };
+        Ok(Response::new(pb::FlushResponse {
+            files: flushed.iter().map(|p| p.display().to_string()).collect(),
+        }))
+    }
+
+    async fn reload_logs(
+        &self,
+        _request: GrpcRequest<pb::ReloadLogsRequest>,
+    ) -> Result<Response<pb::ReloadLogsResponse>, Status> {
+        let files = self.hub.reopen_all() as u32;
+        Ok(Response::new(pb::ReloadLogsResponse { files }))
+    }
+
     async fn hello(
         &self,
         request: GrpcRequest<pb::HelloRequest>,

@@ -34,12 +34,21 @@ pub async fn run(command: Command) -> Result<()> {
                 println!("the agent is not running");
                 return Ok(());
             };
+            let pid = client
+                .hello(hello_request())
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .agent_pid;
             let stopped = client
                 .kill(pb::KillRequest {})
                 .await
                 .map_err(status_error)?
                 .into_inner()
                 .stopped;
+            // Return only once the agent is gone, so the next command starts a new one
+            // instead of reaching one that is shutting down.
+            client::wait_exit(pid as i32).await?;
             println!("stopped {stopped} instance(s) and the agent");
             Ok(())
         }
@@ -65,6 +74,7 @@ pub async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Start(args) => start(&home, args).await,
+        Command::Monit => crate::monit::run(&home).await,
         Command::Restart(args) | Command::Reload(args) => {
             let mut client = agent(&home).await?;
             let (files, targets) = split_config_files(&args.targets);
@@ -148,6 +158,35 @@ pub async fn run(command: Command) -> Result<()> {
             println!("saved {} instance(s) to {}", saved.apps, saved.path);
             Ok(())
         }
+        Command::Logs(args) => logs(&home, args).await,
+        Command::Flush(args) => {
+            let mut client = agent(&home).await?;
+            let targets = expand_config_targets(&args.targets, &[])?;
+            let flushed = client
+                .flush(pb::TargetRequest { targets })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .files;
+            for file in &flushed {
+                println!("flushed {file}");
+            }
+            if flushed.is_empty() {
+                println!("no log file to flush");
+            }
+            Ok(())
+        }
+        Command::ReloadLogs => {
+            let mut client = agent(&home).await?;
+            let files = client
+                .reload_logs(pb::ReloadLogsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .files;
+            println!("reopened {files} log file(s)");
+            Ok(())
+        }
         Command::Resurrect => {
             let mut client = agent(&home).await?;
             let response = client
@@ -156,6 +195,64 @@ pub async fn run(command: Command) -> Result<()> {
                 .map_err(status_error)?
                 .into_inner();
             report(&mut client, response).await
+        }
+    }
+}
+
+async fn logs(home: &Path, args: crate::LogsArgs) -> Result<()> {
+    let since_unix_ms = match &args.since {
+        Some(since) => {
+            let ms = fleet_config::parse_duration_ms(since)
+                .map_err(|e| Failure::usage(format!("invalid --since {since:?}: {e}")))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            Some(now.saturating_sub(ms))
+        }
+        None => None,
+    };
+    let mut client = agent(home).await?;
+    let targets = expand_config_targets(&args.targets, &[])?;
+    let stream = if args.out {
+        pb::LogStream::Out
+    } else if args.err {
+        pb::LogStream::Err
+    } else {
+        pb::LogStream::Unspecified
+    };
+    let mut entries = client
+        .logs(pb::LogsRequest {
+            targets,
+            lines: args.lines,
+            follow: args.follow,
+            stream: stream as i32,
+            since_unix_ms,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let style = if args.json {
+        output::LogStyle::Json
+    } else if args.raw {
+        output::LogStyle::Raw
+    } else {
+        output::LogStyle::Pretty(output::use_color())
+    };
+    let mut printer = output::LogPrinter::new(style);
+    loop {
+        let next = tokio::select! {
+            next = entries.message() => next,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match next {
+            Ok(Some(entry)) => {
+                if !printer.print(&entry) {
+                    // stdout closed (`fleet logs | head`): a normal end.
+                    return Ok(());
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(status) => return Err(status_error(status).into()),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod client;
 mod commands;
+mod monit;
 mod output;
 
 use std::process::ExitCode;
@@ -54,6 +55,47 @@ pub enum Command {
     Kill,
     /// Check the agent answers (starts it when it is not running).
     Ping,
+    /// Live dashboard: processes, CPU and memory, the selected app's log.
+    Monit,
+    /// Show the last lines of apps' logs, then (with -f) follow them live.
+    #[command(alias = "log")]
+    Logs(LogsArgs),
+    /// Empty the log files of apps (all apps and the agent's log without a target).
+    Flush(FlushArgs),
+    /// Reopen every log file (after an external tool moved or deleted them).
+    ReloadLogs,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// `all`, an id, a name, a namespace or `/regex/` (default: every app).
+    pub targets: Vec<String>,
+    /// Lines of history per instance.
+    #[arg(long, default_value_t = 15)]
+    pub lines: u32,
+    /// Keep following new lines.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// One JSON object per line: {"ts", "host", "app", "instance", "stream", "line"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Lines only, without the app prefix.
+    #[arg(long, conflicts_with = "json")]
+    pub raw: bool,
+    /// Only standard output.
+    #[arg(long, conflicts_with = "err")]
+    pub out: bool,
+    /// Only standard error.
+    #[arg(long)]
+    pub err: bool,
+    /// Only lines from the last DURATION (`30s`, `10m`, `2h`).
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+#[derive(Args)]
+pub struct FlushArgs {
+    pub targets: Vec<String>,
 }
 
 #[derive(Args)]

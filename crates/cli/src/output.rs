@@ -7,6 +7,105 @@ use comfy_table::{Table, presets};
 use fleet_proto::agent::v1 as pb;
 use serde_json::{Value, json};
 
+/// Colour only on a terminal and never with `NO_COLOR` set.
+pub fn use_color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+pub enum LogStyle {
+    /// `<id>|<app> | line`, as `pm2 logs` prints; coloured on a terminal.
+    Pretty(bool),
+    Raw,
+    /// The contract's `{"ts", "host", "app", "instance", "stream", "line"}`.
+    Json,
+}
+
+pub struct LogPrinter {
+    style: LogStyle,
+    width: usize,
+    out: std::io::BufWriter<std::io::Stdout>,
+}
+
+/// ANSI colours cycled over app names, so each app keeps one colour.
+const APP_COLORS: &[&str] = &["36", "32", "35", "33", "34", "96", "92", "95"];
+
+impl LogPrinter {
+    pub fn new(style: LogStyle) -> LogPrinter {
+        LogPrinter {
+            style,
+            width: 0,
+            out: std::io::BufWriter::new(std::io::stdout()),
+        }
+    }
+
+    /// Prints one entry; false once stdout is closed.
+    pub fn print(&mut self, entry: &pb::LogEntry) -> bool {
+        use std::io::Write;
+        let stream = match pb::LogStream::try_from(entry.stream) {
+            Ok(pb::LogStream::Err) => "err",
+            _ => "out",
+        };
+        let result = if !entry.notice.is_empty() {
+            match self.style {
+                LogStyle::Json => writeln!(
+                    self.out,
+                    "{}",
+                    json!({"ts": entry.ts_unix_ms, "host": entry.host, "notice": entry.notice})
+                ),
+                _ => writeln!(self.out, "[fleet] {}", entry.notice),
+            }
+        } else {
+            match &self.style {
+                LogStyle::Raw => writeln!(self.out, "{}", entry.line),
+                LogStyle::Json => writeln!(
+                    self.out,
+                    "{}",
+                    json!({
+                        "ts": entry.ts_unix_ms,
+                        "host": entry.host,
+                        "app": entry.app,
+                        "instance": entry.instance,
+                        "stream": stream,
+                        "line": entry.line,
+                    })
+                ),
+                LogStyle::Pretty(color) => {
+                    let label = format!("{}|{}", entry.id, entry.app);
+                    self.width = self.width.max(label.len());
+                    if *color {
+                        let hash = entry
+                            .app
+                            .bytes()
+                            .fold(0usize, |h, b| h.wrapping_mul(31) + b as usize);
+                        let app_color = APP_COLORS[hash % APP_COLORS.len()];
+                        // Standard error is marked in text too, not by colour alone.
+                        let (start, mark) = if stream == "err" {
+                            ("\x1b[31m", " err")
+                        } else {
+                            ("", "")
+                        };
+                        writeln!(
+                            self.out,
+                            "\x1b[{app_color}m{label:<width$}\x1b[0m{mark} | {start}{}\x1b[0m",
+                            entry.line,
+                            width = self.width
+                        )
+                    } else {
+                        let mark = if stream == "err" { " err" } else { "" };
+                        writeln!(
+                            self.out,
+                            "{label:<width$}{mark} | {}",
+                            entry.line,
+                            width = self.width
+                        )
+                    }
+                }
+            }
+        };
+        result.is_ok() && self.out.flush().is_ok()
+    }
+}
+
 pub fn print_warnings(warnings: &[String]) {
     for warning in warnings {
         eprintln!("warning: {warning}");

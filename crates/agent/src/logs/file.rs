@@ -1,0 +1,256 @@
+//! One log file and its rotation. Rotation renames the file aside and opens a new one,
+//! never copy-then-truncate (pm2-logrotate loses the lines written between the copy and
+//! the truncate, and can fill a disk when the truncate fails: logrotate#165, #169).
+//! Rotated files are named as pm2-logrotate names them, `<stem>__<date>.log`, kept up
+//! to `retain`, optionally gzipped on a background thread.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use fleet_config::Rotation;
+
+/// Log files are private to their owner, like every other file the agent writes.
+const LOG_FILE_MODE: u32 = 0o600;
+/// pm2-logrotate's `dateFormat` default, `YYYY-MM-DD_HH-mm-ss`, in strftime form.
+const ROTATED_DATE_FORMAT: &str = "%Y-%m-%d_%H-%M-%S";
+
+pub struct LogFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    rotation: Rotation,
+}
+
+impl LogFile {
+    /// Opens (creating it and its directories) `path` for appending.
+    pub fn open(path: &Path, rotation: Rotation) -> io::Result<LogFile> {
+        let file = open_append(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            rotation,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends whole lines; rotates first when the file has reached `max_size`, so a
+    /// rotated file never ends in the middle of a line.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.rotation.max_size_bytes > 0 && self.size >= self.rotation.max_size_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Renames the file aside and opens a new one; prunes old ones beyond `retain`.
+    /// Returns the rotated file's path (compressed later, on another thread).
+    pub fn rotate(&mut self) -> io::Result<Option<PathBuf>> {
+        if self.size == 0 {
+            return Ok(None);
+        }
+        let rotated = self.rotated_name();
+        fs::rename(&self.path, &rotated)?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        if self.rotation.compress {
+            let plain = rotated.clone();
+            let retain = self.rotation.retain;
+            let path = self.path.clone();
+            std::thread::spawn(move || {
+                if let Err(error) = gzip(&plain) {
+                    tracing::warn!(file = %plain.display(), %error, "cannot compress a rotated log");
+                }
+                prune(&path, retain);
+            });
+        } else {
+            prune(&self.path, self.rotation.retain);
+        }
+        Ok(Some(rotated))
+    }
+
+    /// Opens the path again: an external tool may have moved or deleted the file.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        self.file = open_append(&self.path)?;
+        self.size = self.file.metadata()?.len();
+        Ok(())
+    }
+
+    /// Empties the file (`fleet flush`). Writes are in append mode, so the next one
+    /// lands at the new end.
+    pub fn truncate(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        self.size = 0;
+        Ok(())
+    }
+
+    fn rotated_name(&self) -> PathBuf {
+        let (stem, ext) = split_name(&self.path);
+        let date = jiff::Zoned::now().strftime(ROTATED_DATE_FORMAT).to_string();
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut candidate = dir.join(format!("{stem}__{date}{ext}"));
+        // Two rotations in one second (a fast writer and a small max_size) get a counter.
+        let mut n = 1;
+        while candidate.exists() || with_gz(&candidate).exists() {
+            candidate = dir.join(format!("{stem}__{date}.{n}{ext}"));
+            n += 1;
+        }
+        candidate
+    }
+}
+
+/// `api-out.log` -> (`api-out`, `.log`); a name without extension keeps an empty one.
+fn split_name(path: &Path) -> (String, String) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.rfind('.') {
+        Some(dot) if dot > 0 => (name[..dot].to_string(), name[dot..].to_string()),
+        _ => (name, String::new()),
+    }
+}
+
+fn with_gz(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".gz");
+    PathBuf::from(name)
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(LOG_FILE_MODE)
+        .open(path)
+}
+
+/// The rotated files of `path`, oldest first (their names sort by date).
+pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    let (stem, _) = split_name(path);
+    let prefix = format!("{stem}__");
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .collect();
+    files.sort_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
+    files
+}
+
+/// Deletes the oldest rotated files beyond `retain`.
+fn prune(path: &Path, retain: u32) {
+    let files = rotated_files(path);
+    let excess = files.len().saturating_sub(retain as usize);
+    for old in &files[..excess] {
+        if let Err(error) = fs::remove_file(old) {
+            tracing::warn!(file = %old.display(), %error, "cannot delete an old rotated log");
+        }
+    }
+}
+
+fn gzip(path: &Path) -> io::Result<()> {
+    let target = with_gz(path);
+    let mut input = File::open(path)?;
+    let output = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(LOG_FILE_MODE)
+        .open(&target)?;
+    let mut encoder = flate2::write::GzEncoder::new(output, flate2::Compression::default());
+    io::copy(&mut input, &mut encoder)?;
+    encoder.finish()?.sync_all()?;
+    fs::remove_file(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rotation(max: u64, retain: u32, compress: bool) -> Rotation {
+        Rotation {
+            max_size_bytes: max,
+            retain,
+            compress,
+            interval: None,
+        }
+    }
+
+    #[test]
+    fn rotates_by_size_on_line_boundaries_and_keeps_retain_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-out.log");
+        let mut file = LogFile::open(&path, rotation(100, 3, false)).unwrap();
+        let mut written = 0;
+        for i in 0..100 {
+            let line = format!("line {i:04} of the test\n");
+            file.write(line.as_bytes()).unwrap();
+            written += 1;
+        }
+        let rotated = rotated_files(&path);
+        assert_eq!(rotated.len(), 3, "{rotated:?}");
+        // Every file holds whole lines only.
+        for f in rotated.iter().chain([&path]) {
+            let text = fs::read_to_string(f).unwrap();
+            assert!(text.ends_with('\n'));
+            assert!(text.lines().all(|l| l.starts_with("line ")));
+        }
+        let current = fs::read_to_string(&path).unwrap();
+        assert!(current.contains(&format!("line {:04}", written - 1)));
+    }
+
+    #[test]
+    fn compressed_rotation_produces_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let mut file = LogFile::open(&path, rotation(0, 5, true)).unwrap();
+        file.write(b"hello\n").unwrap();
+        let rotated = file.rotate().unwrap().unwrap();
+        let gz = with_gz(&rotated);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !gz.exists() || rotated.exists() {
+            assert!(std::time::Instant::now() < deadline, "no gzip produced");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(File::open(&gz).unwrap()),
+            &mut text,
+        )
+        .unwrap();
+        assert_eq!(text, "hello\n");
+    }
+
+    #[test]
+    fn reopen_recreates_a_deleted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep/er/x.log");
+        let mut file = LogFile::open(&path, Rotation::default()).unwrap();
+        fs::remove_file(&path).unwrap();
+        file.reopen().unwrap();
+        file.write(b"back\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "back\n");
+        file.truncate().unwrap();
+        file.write(b"x\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "x\n");
+    }
+}

@@ -1,0 +1,509 @@
+//! Log capture: every instance's stdout and stderr arrive through pipes the agent owns.
+//! A pump task per stream reads them in large chunks, cuts whole lines (splitting a line
+//! over `MAX_LINE` bytes instead of dropping it), writes them to the instance's files and
+//! only then reads more, so a slow disk slows the app down instead of growing memory.
+//! Recent lines stay in a small ring per instance for `fleet logs --lines`, and followers
+//! (`fleet logs -f`, `monit`) get chunks from a broadcast channel that never blocks the
+//! pumps: a follower that falls behind is told how much it missed.
+
+mod file;
+mod format;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fleet_config::Rotation;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::broadcast;
+
+pub use file::{LogFile, rotated_files};
+pub use format::{DateFormat, LineFormat};
+
+/// Bytes read from a pipe at once: 64 KiB is the default pipe capacity, so one read
+/// usually empties it.
+const READ_CHUNK: usize = 64 * 1024;
+/// A line longer than this is split into several (never dropped, never held forever).
+pub const MAX_LINE: usize = 16 * 1024;
+/// Recent output kept per instance for `fleet logs --lines N`; bounded in bytes so 100
+/// chatty apps cost at most a few MB of agent memory.
+const RING_BYTES: usize = 32 * 1024;
+/// Chunks a follower may lag behind before it is told it missed some.
+const FOLLOW_BUFFER: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Out => "out",
+            Stream::Err => "err",
+        }
+    }
+}
+
+/// Whole lines captured together from one stream of one instance.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Capture order across every instance.
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub id: u32,
+    pub app: Arc<str>,
+    pub namespace: Arc<str>,
+    pub instance: u32,
+    pub stream: Stream,
+    /// Lines as the app wrote them, each ending with `\n`.
+    pub data: Box<[u8]>,
+}
+
+impl Chunk {
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.data
+            .strip_suffix(b"\n")
+            .unwrap_or(&self.data)
+            .split(|b| *b == b'\n')
+    }
+}
+
+/// One log file, shared by every instance that writes to it (merged logs).
+pub type SharedFile = Arc<Mutex<LogFile>>;
+
+/// Where one instance's output goes and how it is written.
+pub struct InstanceLogs {
+    pub id: u32,
+    pub app: Arc<str>,
+    pub namespace: Arc<str>,
+    pub instance: u32,
+    pub out: Option<SharedFile>,
+    pub err: Option<SharedFile>,
+    pub combined: Option<SharedFile>,
+    pub format: LineFormat,
+}
+
+impl InstanceLogs {
+    fn files(&self, stream: Stream) -> Vec<SharedFile> {
+        let own = match stream {
+            Stream::Out => &self.out,
+            Stream::Err => &self.err,
+        };
+        own.iter().chain(self.combined.iter()).cloned().collect()
+    }
+
+    /// Whether anything reads this stream; otherwise the app's output goes to /dev/null.
+    pub fn captures(&self, stream: Stream) -> bool {
+        !self.files(stream).is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Ring {
+    chunks: VecDeque<Arc<Chunk>>,
+    bytes: usize,
+}
+
+struct Inner {
+    files: Mutex<HashMap<PathBuf, SharedFile>>,
+    rings: Mutex<HashMap<u32, Ring>>,
+    follow: broadcast::Sender<Arc<Chunk>>,
+    seq: AtomicU64,
+}
+
+/// The agent's log plumbing; cheap to clone.
+#[derive(Clone)]
+pub struct LogHub {
+    inner: Arc<Inner>,
+}
+
+impl Default for LogHub {
+    fn default() -> Self {
+        LogHub::new()
+    }
+}
+
+impl LogHub {
+    pub fn new() -> LogHub {
+        let (follow, _) = broadcast::channel(FOLLOW_BUFFER);
+        LogHub {
+            inner: Arc::new(Inner {
+                files: Mutex::new(HashMap::new()),
+                rings: Mutex::new(HashMap::new()),
+                follow,
+                seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The shared writer of `path`, opened on first use.
+    pub fn file(&self, path: &Path, rotation: &Rotation) -> io::Result<SharedFile> {
+        let mut files = self.inner.files.lock().expect("log file map");
+        if let Some(file) = files.get(path) {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(Mutex::new(LogFile::open(path, rotation.clone())?));
+        files.insert(path.to_path_buf(), file.clone());
+        Ok(file)
+    }
+
+    /// Closes files no instance writes to any more.
+    pub fn release_unused(&self) {
+        self.inner
+            .files
+            .lock()
+            .expect("log file map")
+            .retain(|_, file| Arc::strong_count(file) > 1);
+    }
+
+    /// Forgets an instance's recent lines (it was deleted).
+    pub fn forget(&self, id: u32) {
+        self.inner.rings.lock().expect("log rings").remove(&id);
+    }
+
+    /// Starts pumping an instance's pipes into its files. The pumps end at EOF, after
+    /// the last byte the app (or any child holding the pipe) wrote has been written.
+    pub fn capture<O, E>(&self, logs: Arc<InstanceLogs>, stdout: Option<O>, stderr: Option<E>)
+    where
+        O: AsyncRead + Unpin + Send + 'static,
+        E: AsyncRead + Unpin + Send + 'static,
+    {
+        if let Some(out) = stdout {
+            tokio::spawn(pump(self.inner.clone(), logs.clone(), Stream::Out, out));
+        }
+        if let Some(err) = stderr {
+            tokio::spawn(pump(self.inner.clone(), logs, Stream::Err, err));
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Chunk>> {
+        self.inner.follow.subscribe()
+    }
+
+    /// The last `lines` lines of each instance `matches` selects (optionally of one
+    /// stream and no older than `since_ms`), in capture order, and the sequence number
+    /// up to which they go (a follower skips what it already got here).
+    pub fn history(
+        &self,
+        matches: &dyn Fn(&Chunk) -> bool,
+        lines: usize,
+        stream: Option<Stream>,
+        since_ms: Option<u64>,
+    ) -> (Vec<(Arc<Chunk>, String)>, u64) {
+        let last_seq = self.inner.seq.load(Ordering::SeqCst);
+        let rings = self.inner.rings.lock().expect("log rings");
+        let mut picked: Vec<(u64, usize, Arc<Chunk>, String)> = Vec::new();
+        for ring in rings.values() {
+            let mut taken = Vec::new();
+            'chunks: for chunk in ring.chunks.iter().rev() {
+                if !matches(chunk)
+                    || stream.is_some_and(|s| s != chunk.stream)
+                    || since_ms.is_some_and(|since| chunk.ts_ms < since)
+                {
+                    continue;
+                }
+                let chunk_lines: Vec<&[u8]> = chunk.lines().collect();
+                for (n, line) in chunk_lines.iter().enumerate().rev() {
+                    if taken.len() >= lines {
+                        break 'chunks;
+                    }
+                    taken.push((
+                        chunk.seq,
+                        n,
+                        chunk.clone(),
+                        String::from_utf8_lossy(line).into_owned(),
+                    ));
+                }
+            }
+            picked.extend(taken);
+        }
+        drop(rings);
+        picked.sort_by_key(|(seq, n, _, _)| (*seq, *n));
+        (
+            picked.into_iter().map(|(_, _, c, l)| (c, l)).collect(),
+            last_seq,
+        )
+    }
+
+    /// Empties the given files (or every open file). Returns the paths emptied.
+    pub fn flush(&self, paths: Option<&[PathBuf]>) -> Vec<PathBuf> {
+        let files = self.inner.files.lock().expect("log file map");
+        let mut flushed = Vec::new();
+        let wanted: Vec<PathBuf> = match paths {
+            Some(paths) => paths.to_vec(),
+            None => files.keys().cloned().collect(),
+        };
+        for path in wanted {
+            let result = match files.get(&path) {
+                Some(file) => file.lock().expect("log file").truncate(),
+                None if path.exists() => std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(0)),
+                None => continue,
+            };
+            match result {
+                Ok(()) => flushed.push(path),
+                Err(error) => tracing::warn!(file = %path.display(), %error, "cannot flush a log"),
+            }
+        }
+        flushed
+    }
+
+    /// Reopens every file (after an external tool moved or deleted them).
+    pub fn reopen_all(&self) -> usize {
+        let files = self.inner.files.lock().expect("log file map");
+        let mut reopened = 0;
+        for (path, file) in files.iter() {
+            match file.lock().expect("log file").reopen() {
+                Ok(()) => reopened += 1,
+                Err(error) => tracing::warn!(file = %path.display(), %error, "cannot reopen a log"),
+            }
+        }
+        reopened
+    }
+
+    /// Rotates the given files now (rotation by time).
+    pub fn rotate(&self, paths: &[PathBuf]) {
+        let files = self.inner.files.lock().expect("log file map");
+        for path in paths {
+            if let Some(file) = files.get(path)
+                && let Err(error) = file.lock().expect("log file").rotate()
+            {
+                tracing::warn!(file = %path.display(), %error, "cannot rotate a log");
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Moves the complete lines at the front of `pending` out, splitting any line longer
+/// than `MAX_LINE`. With `eof`, an unterminated last line counts as complete.
+fn take_lines(pending: &mut Vec<u8>, eof: bool) -> Vec<u8> {
+    let end = match memchr::memrchr(b'\n', pending) {
+        Some(last) => last + 1,
+        None => 0,
+    };
+    let mut out = Vec::with_capacity(end + 16);
+    let mut rest = &pending[..end];
+    while !rest.is_empty() {
+        let len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i);
+        push_split(&mut out, &rest[..len]);
+        rest = &rest[(len + 1).min(rest.len())..];
+    }
+    // The unterminated tail: split off full-size pieces now, keep the remainder unless
+    // the stream ended.
+    let mut tail = &pending[end..];
+    while tail.len() > MAX_LINE {
+        push_split(&mut out, &tail[..MAX_LINE]);
+        tail = &tail[MAX_LINE..];
+    }
+    let remainder = if eof {
+        if !tail.is_empty() {
+            push_split(&mut out, tail);
+        }
+        Vec::new()
+    } else {
+        tail.to_vec()
+    };
+    *pending = remainder;
+    out
+}
+
+fn push_split(out: &mut Vec<u8>, line: &[u8]) {
+    if line.is_empty() {
+        out.push(b'\n');
+        return;
+    }
+    for piece in line.chunks(MAX_LINE) {
+        out.extend_from_slice(piece);
+        out.push(b'\n');
+    }
+}
+
+async fn pump<R: AsyncRead + Unpin>(
+    hub: Arc<Inner>,
+    logs: Arc<InstanceLogs>,
+    stream: Stream,
+    mut reader: R,
+) {
+    let files = logs.files(stream);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut warned = false;
+    loop {
+        let (n, eof) = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => (0, true),
+            Ok(n) => (n, false),
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let lines = take_lines(&mut pending, eof);
+        if !lines.is_empty() {
+            let chunk = Arc::new(Chunk {
+                seq: hub.seq.fetch_add(1, Ordering::SeqCst) + 1,
+                ts_ms: now_ms(),
+                id: logs.id,
+                app: logs.app.clone(),
+                namespace: logs.namespace.clone(),
+                instance: logs.instance,
+                stream,
+                data: lines.into_boxed_slice(),
+            });
+            let formatted = (!logs.format.is_raw()).then(|| {
+                let stamp = logs.format.stamp(&jiff::Zoned::now());
+                let mut out = Vec::with_capacity(chunk.data.len() * 2);
+                for line in chunk.lines() {
+                    logs.format
+                        .write_line(&mut out, line, &stamp, stream.as_str());
+                }
+                out
+            });
+            // Files first: a line is on disk before anyone is shown it.
+            let write_chunk = chunk.clone();
+            let write_files = files.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let bytes = formatted.as_deref().unwrap_or(&write_chunk.data);
+                for file in &write_files {
+                    file.lock().expect("log file").write(bytes)?;
+                }
+                Ok::<(), io::Error>(())
+            })
+            .await;
+            if let Ok(Err(error)) = result
+                && !warned
+            {
+                warned = true;
+                tracing::error!(app = %logs.app, id = logs.id, %error, "cannot write a log file; lines are kept in memory only for `fleet logs`");
+            }
+            remember(&hub, &chunk);
+            if hub.follow.receiver_count() > 0 {
+                let _ = hub.follow.send(chunk);
+            }
+        }
+        if eof {
+            break;
+        }
+    }
+}
+
+fn remember(hub: &Inner, chunk: &Arc<Chunk>) {
+    let mut rings = hub.rings.lock().expect("log rings");
+    let ring = rings.entry(chunk.id).or_default();
+    ring.bytes += chunk.data.len();
+    ring.chunks.push_back(chunk.clone());
+    while ring.bytes > RING_BYTES && ring.chunks.len() > 1 {
+        if let Some(old) = ring.chunks.pop_front() {
+            ring.bytes -= old.data.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_cut_whole_and_long_ones_split() {
+        let mut pending = b"one\ntwo\nthr".to_vec();
+        assert_eq!(take_lines(&mut pending, false), b"one\ntwo\n");
+        assert_eq!(pending, b"thr");
+        pending.extend_from_slice(b"ee\n");
+        assert_eq!(take_lines(&mut pending, false), b"three\n");
+
+        let mut long = vec![b'x'; MAX_LINE * 2 + 10];
+        let out = take_lines(&mut long, false);
+        assert_eq!(out.len(), 2 * (MAX_LINE + 1));
+        assert_eq!(long.len(), 10, "the short remainder waits for its newline");
+        assert_eq!(
+            take_lines(&mut long, true).len(),
+            11,
+            "and is flushed at EOF"
+        );
+        let mut empty_lines = b"\n\n".to_vec();
+        assert_eq!(take_lines(&mut empty_lines, false), b"\n\n");
+    }
+
+    fn logs(hub: &LogHub, dir: &Path, format: LineFormat) -> Arc<InstanceLogs> {
+        Arc::new(InstanceLogs {
+            id: format.id,
+            app: Arc::from(format.app.as_str()),
+            namespace: Arc::from("default"),
+            instance: 0,
+            out: Some(
+                hub.file(&dir.join("out.log"), &Rotation::default())
+                    .unwrap(),
+            ),
+            err: Some(
+                hub.file(&dir.join("err.log"), &Rotation::default())
+                    .unwrap(),
+            ),
+            combined: Some(
+                hub.file(&dir.join("all.log"), &Rotation::default())
+                    .unwrap(),
+            ),
+            format,
+        })
+    }
+
+    #[tokio::test]
+    async fn pumps_write_files_keep_history_and_feed_followers() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = LogHub::new();
+        let format = LineFormat {
+            date: None,
+            json: false,
+            app: "api".into(),
+            id: 7,
+        };
+        let instance = logs(&hub, dir.path(), format);
+        let mut follower = hub.subscribe();
+        let (mut out_w, out_r) = tokio::io::duplex(1024);
+        let (mut err_w, err_r) = tokio::io::duplex(1024);
+        hub.capture(instance, Some(out_r), Some(err_r));
+        use tokio::io::AsyncWriteExt;
+        out_w.write_all(b"hello\nwor").await.unwrap();
+        err_w.write_all(b"oops\n").await.unwrap();
+        out_w.write_all(b"ld\nlast without newline").await.unwrap();
+        drop(out_w);
+        drop(err_w);
+
+        let mut followed = Vec::new();
+        while followed.len() < 4 {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), follower.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            followed.extend(
+                chunk
+                    .lines()
+                    .map(|l| String::from_utf8_lossy(l).into_owned()),
+            );
+        }
+        assert!(followed.contains(&"last without newline".to_string()));
+
+        let out = std::fs::read_to_string(dir.path().join("out.log")).unwrap();
+        assert_eq!(out, "hello\nworld\nlast without newline\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("err.log")).unwrap(),
+            "oops\n"
+        );
+        let all = std::fs::read_to_string(dir.path().join("all.log")).unwrap();
+        assert_eq!(all.lines().count(), 4);
+
+        let (history, _) = hub.history(&|_| true, 2, Some(Stream::Out), None);
+        let lines: Vec<_> = history.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(lines, ["world", "last without newline"]);
+        let (history, _) = hub.history(&|c| c.id == 8, 10, None, None);
+        assert!(history.is_empty());
+    }
+}
