@@ -6,5 +6,6 @@ mod harness;
 
 mod config;
 mod lifecycle;
+mod monit;
 mod persistence;
 mod start;
