@@ -96,14 +96,18 @@ impl LogFile {
         let (stem, ext) = split_name(&self.path);
         let date = jiff::Zoned::now().strftime(ROTATED_DATE_FORMAT).to_string();
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let mut candidate = dir.join(format!("{stem}__{date}{ext}"));
-        // Two rotations in one second (a fast writer and a small max_size) get a counter.
-        let mut n = 1;
-        while candidate.exists() || with_gz(&candidate).exists() {
-            candidate = dir.join(format!("{stem}__{date}.{n}{ext}"));
-            n += 1;
+        // Several rotations in one second (a fast writer, a small max_size) get a
+        // counter above every earlier one, even pruned ones' successors, so names keep
+        // sorting in rotation order.
+        let last = rotations(&self.path)
+            .into_iter()
+            .filter(|((d, _), _)| *d == date)
+            .map(|((_, n), _)| n)
+            .max();
+        match last {
+            None => dir.join(format!("{stem}__{date}{ext}")),
+            Some(n) => dir.join(format!("{stem}__{date}.{}{ext}", n + 1)),
         }
-        candidate
     }
 }
 
@@ -136,33 +140,53 @@ fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// The rotated files of `path`, oldest first (their names sort by date).
+/// The rotated files of `path`, oldest rotation first. The order comes from the names
+/// (`<stem>__<date>[.<n>]<ext>[.gz]`), never from mtimes: compression rewrites files
+/// in the background and out of order.
 pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
-    let (stem, _) = split_name(path);
-    let prefix = format!("{stem}__");
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+    rotations(path)
         .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix))
-        })
-        .collect();
-    files.sort_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
-    files
+        .flat_map(|(_, files)| files)
+        .collect()
 }
 
-/// Deletes the oldest rotated files beyond `retain`.
+/// Rotations of `path` by key, oldest first; a rotation may briefly exist both plain
+/// and gzipped while it is being compressed.
+fn rotations(path: &Path) -> Vec<((String, u32), Vec<PathBuf>)> {
+    let (stem, ext) = split_name(path);
+    let prefix = format!("{stem}__");
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut by_key: std::collections::BTreeMap<(String, u32), Vec<PathBuf>> =
+        std::collections::BTreeMap::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let rest = rest.strip_suffix(".gz").unwrap_or(rest);
+        let rest = rest.strip_suffix(ext.as_str()).unwrap_or(rest);
+        let (date, n) = match rest.rsplit_once('.') {
+            Some((date, n)) if n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty() => {
+                (date.to_string(), n.parse().unwrap_or(0))
+            }
+            _ => (rest.to_string(), 0),
+        };
+        by_key.entry((date, n)).or_default().push(entry.path());
+    }
+    by_key.into_iter().collect()
+}
+
+/// Deletes the oldest rotations beyond `retain`.
 fn prune(path: &Path, retain: u32) {
-    let files = rotated_files(path);
-    let excess = files.len().saturating_sub(retain as usize);
-    for old in &files[..excess] {
-        if let Err(error) = fs::remove_file(old) {
-            tracing::warn!(file = %old.display(), %error, "cannot delete an old rotated log");
+    let rotations = rotations(path);
+    let excess = rotations.len().saturating_sub(retain as usize);
+    for (_, files) in &rotations[..excess] {
+        for old in files {
+            if let Err(error) = fs::remove_file(old)
+                && error.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %old.display(), %error, "cannot delete an old rotated log");
+            }
         }
     }
 }
