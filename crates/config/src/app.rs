@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use crate::load::LoadOptions;
 use crate::reader::{self, Ctx, Field, MapReader, Syntax};
 use crate::resolve::{self, absolute};
-use crate::spec::{AppSpec, ExecMode, Instances, LogType};
+use crate::spec::{
+    AppSpec, Balance, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_TIMEOUT_MS, ExecMode, HealthCheck,
+    Instances, LogType,
+};
 use crate::tree::{Located, Node};
 use crate::units;
 
@@ -324,6 +327,26 @@ pub(crate) fn read_app(
     let cron_restart = r
         .take(ctx, &["cron_restart", "cron"])
         .and_then(|f| read_cron(ctx, &f));
+    let health_check = r
+        .take(ctx, &["health_check"])
+        .and_then(|f| read_health_check(ctx, &f));
+    let balance =
+        r.take(ctx, &["balance"])
+            .and_then(|f| match reader::as_string(ctx, &f)?.as_str() {
+                "round-robin" | "round_robin" | "roundrobin" => Some(Balance::RoundRobin),
+                "least-connections" | "least_connections" | "leastconn" => {
+                    Some(Balance::LeastConnections)
+                }
+                other => {
+                    ctx.error_hint(
+                        f.line,
+                        &f.path,
+                        format!("unknown balancing {other:?}"),
+                        "use \"round-robin\" or \"least-connections\"",
+                    );
+                    None
+                }
+            });
     let cron_timezone = r
         .take(ctx, &["cron_timezone", "cron_tz"])
         .and_then(|f| read_timezone(ctx, &f));
@@ -535,6 +558,8 @@ pub(crate) fn read_app(
     spec.max_memory_restart_bytes = max_memory;
     spec.cron_restart = cron_restart.flatten();
     spec.cron_timezone = cron_timezone;
+    spec.health_check = health_check;
+    spec.balance = balance.unwrap_or_default();
     spec.watch_delay_ms = watch_delay.unwrap_or(spec.watch_delay_ms);
     spec.logs.rotation.max_size_bytes = max_size.unwrap_or(spec.logs.rotation.max_size_bytes);
     spec.logs.rotation.retain = retain.unwrap_or(spec.logs.rotation.retain);
@@ -645,6 +670,52 @@ fn read_exec_mode(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<ExecMode> {
             None
         }
     }
+}
+
+/// `health_check = { path = "/health", interval = "1s", timeout = "2s" }`; a bare
+/// string is the path.
+fn read_health_check(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<HealthCheck> {
+    let (path, interval, timeout) = match &field.value.value {
+        Node::Str(path) => (Some(path.clone()), None, None),
+        Node::Map(entries) => {
+            let mut r = MapReader::new(&field.path, entries);
+            let path = r
+                .take(ctx, &["path"])
+                .and_then(|f| reader::as_string(ctx, &f));
+            let interval = r
+                .take(ctx, &["interval"])
+                .and_then(|f| reader::as_duration_ms(ctx, &f));
+            let timeout = r
+                .take(ctx, &["timeout"])
+                .and_then(|f| reader::as_duration_ms(ctx, &f));
+            r.finish(ctx);
+            (path, interval, timeout)
+        }
+        other => {
+            let got = ctx.type_name(other);
+            ctx.error(
+                field.line,
+                &field.path,
+                format!("expected a path or {{ path, interval, timeout }}, got {got}"),
+            );
+            return None;
+        }
+    };
+    let path = path.unwrap_or_else(|| "/".to_string());
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        ctx.error_hint(
+            field.line,
+            &field.path,
+            format!("{path:?} is not a URL path"),
+            "use a path such as \"/health\"",
+        );
+        return None;
+    }
+    Some(HealthCheck {
+        path,
+        interval_ms: interval.unwrap_or(DEFAULT_HEALTH_INTERVAL_MS).max(1),
+        timeout_ms: timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT_MS).max(1),
+    })
 }
 
 /// An IANA zone name such as `Europe/Paris` or `UTC`; the agent checks it exists.

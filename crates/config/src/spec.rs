@@ -78,6 +78,12 @@ pub struct AppSpec {
     pub kill_signal: String,
     pub wait_ready: bool,
     pub listen_timeout_ms: u64,
+    /// An HTTP check of each instance (`health_check = { path, interval, timeout }`).
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// How the proxy (`exec_mode = "proxy"`) picks an instance (`balance`).
+    #[serde(default)]
+    pub balance: Balance,
     pub stop_exit_codes: Vec<i32>,
     pub watch: Vec<PathBuf>,
     pub ignore_watch: Vec<String>,
@@ -150,6 +156,28 @@ pub enum LogType {
     Json,
 }
 
+/// Defaults of `health_check`: a check a second, each allowed two seconds.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1000;
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 2000;
+
+/// `GET http://127.0.0.1:<instance port><path>` answering 2xx means ready (and, while
+/// running, healthy: an unhealthy instance of a proxied app gets no new connections).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecMode {
@@ -212,6 +240,8 @@ impl AppSpec {
             kill_timeout_ms: DEFAULT_KILL_TIMEOUT_MS,
             kill_signal: DEFAULT_KILL_SIGNAL.to_string(),
             wait_ready: false,
+            health_check: None,
+            balance: Balance::RoundRobin,
             listen_timeout_ms: DEFAULT_LISTEN_TIMEOUT_MS,
             stop_exit_codes: Vec::new(),
             watch: Vec::new(),

@@ -499,3 +499,77 @@ fn load_str_accepts_every_format() {
         assert_eq!(file.apps[0].command, ["sh", "-c", "sleep 1"]);
     }
 }
+
+#[test]
+fn rotation_readiness_cron_zone_and_watch_delay_keys() {
+    let project = Project::new();
+    project.file("app.js", "");
+    let file = expect_ok(project.toml(
+        r#"
+[apps.api]
+script = "app.js"
+exec_mode = "proxy"
+port = 3000
+max_size = "1M"
+retain = 3
+compress = true
+rotate_interval = "0 * * * *"
+cron_restart = "0 3 * * *"
+cron_timezone = "Europe/Paris"
+watch_delay = "2s"
+health_check = { path = "/health", interval = "500ms", timeout = 1000 }
+balance = "least-connections"
+
+[apps.plain]
+script = "app.js"
+rotate_interval = false
+health_check = "/up"
+"#,
+    ));
+    let api = &file.apps[0];
+    assert_eq!(api.logs.rotation.max_size_bytes, 1024 * 1024);
+    assert_eq!(api.logs.rotation.retain, 3);
+    assert!(api.logs.rotation.compress);
+    assert_eq!(api.logs.rotation.interval.as_deref(), Some("0 * * * *"));
+    assert_eq!(api.cron_timezone.as_deref(), Some("Europe/Paris"));
+    assert_eq!(api.watch_delay_ms, 2000);
+    let check = api.health_check.as_ref().unwrap();
+    assert_eq!(
+        (check.path.as_str(), check.interval_ms, check.timeout_ms),
+        ("/health", 500, 1000)
+    );
+    assert_eq!(api.balance, fleet_config::Balance::LeastConnections);
+    let plain = &file.apps[1];
+    assert_eq!(
+        plain.logs.rotation.interval, None,
+        "false disables rotation by time"
+    );
+    assert_eq!(plain.health_check.as_ref().unwrap().path, "/up");
+    assert_eq!(
+        plain.logs.rotation.max_size_bytes,
+        fleet_config::DEFAULT_ROTATE_MAX_SIZE
+    );
+}
+
+#[test]
+fn bad_readiness_and_zone_values_are_errors() {
+    let project = Project::new();
+    project.file("app.js", "");
+    let errors = expect_errors(project.toml(
+        r#"
+[apps.api]
+script = "app.js"
+health_check = { path = "health", every = "1s" }
+balance = "random"
+cron_timezone = "../etc/passwd"
+"#,
+    ));
+    let text = errors.to_string();
+    assert!(text.contains("health_check"), "{text}");
+    assert!(
+        text.contains("every"),
+        "unknown key inside health_check: {text}"
+    );
+    assert!(text.contains("balance"), "{text}");
+    assert!(text.contains("cron_timezone"), "{text}");
+}
