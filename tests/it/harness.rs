@@ -160,6 +160,17 @@ impl Fleet {
         self.work.path().join(name)
     }
 
+    /// The workspace's tiny HTTP server (`crates/testapp`).
+    pub fn testapp(&self) -> PathBuf {
+        let path = self.bin.join("fleet-testapp");
+        assert!(
+            path.is_file(),
+            "{} is missing: run `cargo build --workspace`",
+            path.display()
+        );
+        path
+    }
+
     /// The agent's log, for failure messages.
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(self.home.path().join("agent.log")).unwrap_or_default()

@@ -77,6 +77,10 @@ pub struct Policy {
     pub restart_delay: Duration,
     pub exp_backoff: Option<Duration>,
     pub kill_timeout: Duration,
+    /// The instance is `launching` until the shell reports it ready (sd_notify, a
+    /// health check or its port), or until `listen_timeout` (PM2's `wait_ready`).
+    pub needs_ready: bool,
+    pub listen_timeout: Duration,
 }
 
 impl Policy {
@@ -92,6 +96,10 @@ impl Policy {
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
             kill_timeout: Duration::from_millis(spec.kill_timeout_ms),
+            needs_ready: spec.wait_ready
+                || spec.health_check.is_some()
+                || (spec.exec_mode == fleet_config::ExecMode::Proxy && spec.port.is_some()),
+            listen_timeout: Duration::from_millis(spec.listen_timeout_ms),
         }
     }
 }
@@ -109,6 +117,8 @@ pub enum Input {
     Reset,
     /// The shell started the process.
     Spawned,
+    /// The process said it is ready (or its check passed).
+    Ready,
     /// The shell could not start the process.
     SpawnFailed(String),
     /// The group leader exited; `group_empty` tells whether any process of its group remains.
@@ -149,6 +159,7 @@ pub struct TimerToken {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TimerKind {
     RestartDue,
+    ReadyTimeout,
     KillTimeout,
     BackoffReset,
 }
@@ -177,6 +188,9 @@ pub struct Instance {
     /// In `waiting-restart`: when the next start is due.
     pub restart_at: Option<Instant>,
     pub last_exit: Option<(Exit, Instant, Duration)>,
+    /// The last start went online because `listen_timeout` ran out, not because the
+    /// instance said it was ready (PM2 goes online then too; a reload does not).
+    pub ready_timed_out: bool,
     after_stop: AfterStop,
     leader_alive: bool,
     /// The only timer the core currently honours; others are stale.
@@ -197,6 +211,7 @@ impl Instance {
             prev_restart_delay: Duration::ZERO,
             restart_at: None,
             last_exit: None,
+            ready_timed_out: false,
             after_stop: AfterStop::Stay,
             leader_alive: false,
             timer: None,
@@ -226,11 +241,22 @@ impl Instance {
                 self.prev_restart_delay = Duration::ZERO;
             }
             Input::Spawned => {
-                self.status = Status::Online;
                 self.started_at = Some(now);
                 self.leader_alive = true;
-                if self.policy.exp_backoff.is_some() {
-                    self.schedule(TimerKind::BackoffReset, BACKOFF_RESET_AFTER, &mut out);
+                self.ready_timed_out = false;
+                if self.policy.needs_ready {
+                    self.schedule(
+                        TimerKind::ReadyTimeout,
+                        self.policy.listen_timeout,
+                        &mut out,
+                    );
+                } else {
+                    self.online(&mut out);
+                }
+            }
+            Input::Ready => {
+                if self.status == Status::Launching && self.leader_alive {
+                    self.online(&mut out);
                 }
             }
             Input::SpawnFailed(error) => {
@@ -388,6 +414,12 @@ impl Instance {
                 self.restart_at = None;
                 self.spawn(true, out);
             }
+            (TimerKind::ReadyTimeout, Status::Launching) => {
+                // PM2's `listen_timeout`: online anyway, but remembered, so a reload
+                // can refuse a replacement that never said it was ready.
+                self.ready_timed_out = true;
+                self.online(out);
+            }
             (TimerKind::KillTimeout, Status::Stopping) => {
                 out.push(Action::KillGroup);
                 if !self.leader_alive {
@@ -403,6 +435,15 @@ impl Instance {
                 self.prev_restart_delay = Duration::ZERO;
             }
             _ => {}
+        }
+    }
+
+    fn online(&mut self, out: &mut Vec<Action>) {
+        self.status = Status::Online;
+        if self.policy.exp_backoff.is_some() {
+            self.schedule(TimerKind::BackoffReset, BACKOFF_RESET_AFTER, out);
+        } else {
+            self.timer = None;
         }
     }
 
@@ -441,6 +482,8 @@ mod tests {
             restart_delay: Duration::ZERO,
             exp_backoff: None,
             kill_timeout: Duration::from_millis(1600),
+            needs_ready: false,
+            listen_timeout: Duration::from_millis(3000),
         }
     }
 
@@ -722,6 +765,30 @@ mod tests {
         assert_eq!(instance.restarts, 3);
         instance.handle(Input::Reset, Instant::now());
         assert_eq!((instance.restarts, instance.unstable_restarts), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_that_needs_readiness_is_launching_until_ready() {
+        let mut p = policy();
+        p.needs_ready = true;
+        let mut instance = Instance::new(p.clone(), Instant::now());
+        instance.handle(Input::Start, Instant::now());
+        let actions = instance.handle(Input::Spawned, Instant::now());
+        let (_, after) = scheduled(&actions).expect("a ready timeout");
+        assert_eq!(after, Duration::from_millis(3000));
+        assert_eq!(instance.status, Status::Launching);
+        instance.handle(Input::Ready, Instant::now());
+        assert_eq!(instance.status, Status::Online);
+        assert!(!instance.ready_timed_out);
+
+        // Never ready: online after listen_timeout, as PM2, but flagged.
+        let mut instance = Instance::new(p, Instant::now());
+        instance.handle(Input::Start, Instant::now());
+        let (token, after) = scheduled(&instance.handle(Input::Spawned, Instant::now())).unwrap();
+        advance(after).await;
+        instance.handle(Input::Timer(token), Instant::now());
+        assert_eq!(instance.status, Status::Online);
+        assert!(instance.ready_timed_out);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,12 +1,14 @@
 //! `fleet-agent`: supervises apps on one host, PM2's daemon done again. The binary in
 //! `main.rs` only parses arguments and calls `daemon::run`; everything lives here.
 
+pub mod cluster;
 pub mod core;
 pub mod daemon;
 pub mod error;
 pub mod logs;
 pub mod metrics;
 pub mod process;
+pub mod readiness;
 pub mod schedule;
 pub mod service;
 pub mod store;

@@ -3,10 +3,12 @@
 //! module only knows how.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use command_fds::{CommandFdExt, FdMapping};
 use fleet_config::AppSpec;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
@@ -81,13 +83,22 @@ fn with_instance_suffix(path: &Path, instance: u32) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The first inherited descriptor in the systemd socket-activation protocol
+/// (`SD_LISTEN_FDS_START`).
+const LISTEN_FD: i32 = 3;
+/// `LISTEN_PID` must be the pid of the program itself, which only exists after the
+/// fork; a shell sets it and replaces itself with the program (same pid).
+const LISTEN_PID_SHIM: &str = "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"";
+
 /// Starts one instance in a new process group. Its stdout and stderr are pipes the
 /// agent reads (see `logs`) when `capture_out`/`capture_err`, otherwise /dev/null.
+/// With `listener`, the app's shared socket becomes its fd 3 (`LISTEN_FDS=1`).
 pub fn spawn(
     spec: &AppSpec,
     env: BTreeMap<String, String>,
     capture_out: bool,
     capture_err: bool,
+    listener: Option<OwnedFd>,
 ) -> Result<tokio::process::Child, String> {
     let (program, leading) = spec
         .command
@@ -105,9 +116,27 @@ pub fn spawn(
             Stdio::null()
         }
     };
-    let mut command = tokio::process::Command::new(&resolved);
+    let mut command = match &listener {
+        None => {
+            let mut command = tokio::process::Command::new(&resolved);
+            command.arg0(program);
+            command
+        }
+        Some(_) => {
+            let mut command = tokio::process::Command::new("/bin/sh");
+            command.arg("-c").arg(LISTEN_PID_SHIM).arg(&resolved);
+            command
+        }
+    };
+    if let Some(fd) = listener {
+        command
+            .fd_mappings(vec![FdMapping {
+                parent_fd: fd,
+                child_fd: LISTEN_FD,
+            }])
+            .map_err(|e| format!("cannot pass the listening socket: {e}"))?;
+    }
     command
-        .arg0(program)
         .args(leading)
         .args(&spec.args)
         .current_dir(&spec.cwd)

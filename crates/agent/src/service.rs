@@ -14,7 +14,7 @@ use tonic::{Request as GrpcRequest, Response, Status};
 use crate::core;
 use crate::error::AgentError;
 use crate::logs::{Chunk, LogHub, Stream};
-use crate::supervisor::{Handle, ProcessView, Reply, Request};
+use crate::supervisor::{Handle, ProcessView, Reply, Request, ScaleTo};
 
 pub struct Service {
     handle: Handle,
@@ -68,6 +68,83 @@ impl Service {
             other => Err(AgentError::Internal(format!("unexpected reply {other:?}")).into()),
         }
     }
+}
+
+/// After the last replacement, time for the touched instances to settle.
+const RELOAD_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Beyond `listen_timeout`, how long a replacement may take before the reload gives up.
+const REPLACE_SLACK: std::time::Duration = std::time::Duration::from_secs(2);
+
+struct ReloadUnlock {
+    handle: Handle,
+    names: Vec<String>,
+}
+
+impl Drop for ReloadUnlock {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        let names = std::mem::take(&mut self.names);
+        tokio::spawn(async move {
+            let _ = handle.call(Request::ReloadUnlock { names }).await;
+        });
+    }
+}
+
+/// Reloads one instance: a replacement for a shared-port app, a restart otherwise.
+async fn reload_one(handle: Handle, view: ProcessView) -> Result<(), String> {
+    let label = format!("{}#{} (id {})", view.name, view.instance, view.id);
+    if !view.shares_port || view.status != core::Status::Online {
+        // PM2 restarts fork-mode apps on reload; a stopped instance just starts.
+        let reply = handle
+            .call(Request::Restart {
+                targets: vec![format!("#{}", view.id)],
+                apps: Vec::new(),
+                update_env: None,
+            })
+            .await
+            .map_err(|e| format!("{label}: {e}"))?;
+        if let Reply::Settling { ids, within, .. } = reply {
+            handle.settled(&ids, within).await;
+        }
+        return Ok(());
+    }
+    handle
+        .call(Request::BeginReplace { id: view.id })
+        .await
+        .map_err(|e| format!("{label}: {e}"))?;
+    let timeout = std::time::Duration::from_millis(view.listen_timeout_ms);
+    let until = tokio::time::Instant::now() + timeout + REPLACE_SLACK;
+    let (views, done) = handle
+        .wait_for(&[view.id], until, |views| {
+            views
+                .first()
+                .is_none_or(|v| v.replace_error.is_some() || v.status == core::Status::Online)
+        })
+        .await;
+    let Some(now) = views.first() else {
+        return Err(format!("{label} was deleted during the reload"));
+    };
+    if let Some(error) = &now.replace_error {
+        return Err(format!("{label} was not replaced: {error}"));
+    }
+    if !done || now.ready_timed_out {
+        let reason = format!(
+            "the replacement was not ready within {}ms",
+            timeout.as_millis()
+        );
+        let _ = handle
+            .call(Request::AbortReplace {
+                id: view.id,
+                reason: reason.clone(),
+            })
+            .await;
+        return Err(format!("{label}: {reason}"));
+    }
+    handle
+        .call(Request::CommitReplace { id: view.id })
+        .await
+        .map_err(|e| format!("{label}: {e}"))?;
+    Ok(())
 }
 
 /// Lines a `logs` client may have in flight before the agent waits for it; a slow
@@ -344,6 +421,94 @@ impl AgentService for Service {
             update_env: update_env(r.update_env, r.cli_env),
         })
         .await
+    }
+
+    async fn reload(
+        &self,
+        request: GrpcRequest<pb::ReloadRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        let r = request.into_inner();
+        let apps = specs(r.apps)?;
+        let mut targets = r.targets;
+        if !apps.is_empty() {
+            targets.extend(apps.iter().map(|a| a.name.clone()));
+            self.handle
+                .call(Request::Apply {
+                    apps,
+                    update_env: r.update_env,
+                })
+                .await?;
+        } else if r.update_env {
+            self.handle
+                .call(Request::RefreshEnv {
+                    targets: targets.clone(),
+                    env: r.cli_env.into_iter().collect(),
+                })
+                .await?;
+        }
+        let views = self.views(targets, false).await?;
+        let mut names: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
+        names.dedup();
+        self.handle
+            .call(Request::ReloadLock {
+                names: names.clone(),
+            })
+            .await?;
+        // Unlock on every exit path, including a client that hangs up mid-reload.
+        let _unlock = ReloadUnlock {
+            handle: self.handle.clone(),
+            names,
+        };
+        let parallel = r.parallel.max(1) as usize;
+        let ids: Vec<u32> = views.iter().map(|v| v.id).collect();
+        for batch in views.chunks(parallel) {
+            let mut jobs = tokio::task::JoinSet::new();
+            for view in batch {
+                jobs.spawn(reload_one(self.handle.clone(), view.clone()));
+            }
+            let mut failures = Vec::new();
+            while let Some(result) = jobs.join_next().await {
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(failure)) => failures.push(failure),
+                    Err(panic) => failures.push(format!("internal error: {panic}")),
+                }
+            }
+            if !failures.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "reload stopped: {}\nthe instances not yet replaced keep serving",
+                    failures.join("; ")
+                )));
+            }
+        }
+        let views = self.handle.settled(&ids, RELOAD_SETTLE).await;
+        Ok(Response::new(pb::OperationResponse {
+            processes: views.iter().map(|v| self.info(v)).collect(),
+            warnings: Vec::new(),
+        }))
+    }
+
+    async fn scale(
+        &self,
+        request: GrpcRequest<pb::ScaleRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        let r = request.into_inner();
+        let count = r.count.trim();
+        let parse = |digits: &str| {
+            digits.parse::<u32>().map_err(|_| {
+                AgentError::InvalidArgument(format!(
+                    "invalid instance count {count:?}: expected N, +N or -N"
+                ))
+            })
+        };
+        let to = if let Some(more) = count.strip_prefix('+') {
+            ScaleTo::More(parse(more)?)
+        } else if let Some(fewer) = count.strip_prefix('-') {
+            ScaleTo::Fewer(parse(fewer)?)
+        } else {
+            ScaleTo::Exactly(parse(count)?)
+        };
+        self.operate(Request::Scale { name: r.app, to }).await
     }
 
     async fn delete(

@@ -75,7 +75,40 @@ pub async fn run(command: Command) -> Result<()> {
         }
         Command::Start(args) => start(&home, args).await,
         Command::Monit => crate::monit::run(&home).await,
-        Command::Restart(args) | Command::Reload(args) => {
+        Command::Reload(args) => {
+            let mut client = agent(&home).await?;
+            let (files, targets) = split_config_files(&args.targets);
+            let options = load_options(args.env_stage.clone(), args.only.clone())?;
+            let mut apps = Vec::new();
+            for file in &files {
+                apps.extend(load_config(file, &options)?.apps);
+            }
+            let response = client
+                .reload(pb::ReloadRequest {
+                    targets,
+                    apps: encode(&apps)?,
+                    update_env: args.update_env,
+                    cli_env: cli_env(),
+                    parallel: args.parallel,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            report(&mut client, response).await
+        }
+        Command::Scale(args) => {
+            let mut client = agent(&home).await?;
+            let response = client
+                .scale(pb::ScaleRequest {
+                    app: args.app,
+                    count: args.count,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            report(&mut client, response).await
+        }
+        Command::Restart(args) => {
             let mut client = agent(&home).await?;
             let (files, targets) = split_config_files(&args.targets);
             let options = load_options(args.env_stage.clone(), args.only.clone())?;

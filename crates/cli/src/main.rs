@@ -31,8 +31,11 @@ pub enum Command {
     Stop(TargetArgs),
     /// Restart apps (counted in restarts).
     Restart(RestartArgs),
-    /// Reload apps; fork-mode apps are restarted, as PM2 does.
-    Reload(RestartArgs),
+    /// Zero-downtime reload: each instance is replaced once its successor is ready.
+    /// Fork-mode apps without a port are restarted, as PM2 does.
+    Reload(ReloadArgs),
+    /// Set an app's number of instances: `4`, `+2` or `-1`.
+    Scale(ScaleArgs),
     /// Stop apps and remove them from the list.
     #[command(alias = "del")]
     Delete(TargetArgs),
@@ -155,6 +158,30 @@ pub struct RestartArgs {
     /// Replace the apps' inherited environment with this shell's.
     #[arg(short = 'a', long)]
     pub update_env: bool,
+}
+
+#[derive(Args)]
+pub struct ReloadArgs {
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    #[arg(long = "env")]
+    pub env_stage: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Replace the apps' inherited environment with this shell's.
+    #[arg(short = 'a', long)]
+    pub update_env: bool,
+    /// Instances replaced at once.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: u32,
+}
+
+#[derive(Args)]
+pub struct ScaleArgs {
+    pub app: String,
+    /// `N`, `+N` or `-N`.
+    #[arg(allow_hyphen_values = true)]
+    pub count: String,
 }
 
 #[derive(Args)]

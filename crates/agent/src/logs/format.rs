@@ -214,7 +214,11 @@ mod tests {
     #[test]
     fn a_bogus_format_is_text_not_a_crash() {
         assert_eq!(DateFormat::parse("qqq!").format(&at()), "qqq!");
-        assert_eq!(DateFormat::parse("[qq").format(&at()), "[qq", "an unclosed bracket is text");
+        assert_eq!(
+            DateFormat::parse("[qq").format(&at()),
+            "[qq",
+            "an unclosed bracket is text"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! state machine and the resulting actions are carried out here (spawn, signal,
 //! timers). Nothing else mutates the table, so no lock is ever held across an await.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod replace;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -97,6 +99,49 @@ pub enum Request {
     Views {
         ids: Vec<u32>,
     },
+    /// Takes the new configs of existing apps without restarting them (a reload
+    /// of a config file applies them instance by instance).
+    Apply {
+        apps: Vec<AppSpec>,
+        update_env: bool,
+    },
+    /// Replaces the inherited environment of the targets (`--update-env`).
+    RefreshEnv {
+        targets: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
+    /// Marks apps as being reloaded; refused if one already is.
+    ReloadLock {
+        names: Vec<String>,
+    },
+    ReloadUnlock {
+        names: Vec<String>,
+    },
+    /// Starts a replacement for a running instance, keeping the old one serving.
+    BeginReplace {
+        id: u32,
+    },
+    /// The replacement is ready: the old process drains and stops.
+    CommitReplace {
+        id: u32,
+    },
+    /// The replacement failed: it is killed and the old process stays.
+    AbortReplace {
+        id: u32,
+        reason: String,
+    },
+    /// `fleet scale <app> <n|+n|-n>`.
+    Scale {
+        name: String,
+        to: ScaleTo,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleTo {
+    Exactly(u32),
+    More(u32),
+    Fewer(u32),
 }
 
 #[derive(Debug)]
@@ -138,6 +183,15 @@ pub struct ProcessView {
     pub script: String,
     /// Only with details: the resolved config, secrets redacted.
     pub config: Option<serde_json::Value>,
+    /// The last start went online because `listen_timeout` ran out.
+    pub ready_timed_out: bool,
+    /// Why the last replacement of this instance (a reload) failed.
+    pub replace_error: Option<String>,
+    /// A replacement is starting while the previous process keeps serving.
+    pub replacing: bool,
+    /// A shared socket or proxy port (cluster and proxy modes), else fork.
+    pub shares_port: bool,
+    pub listen_timeout_ms: u64,
     pub log_files: Vec<String>,
 }
 
@@ -168,6 +222,17 @@ enum Msg {
     /// `cron_restart` fired for an instance.
     Cron {
         id: u32,
+    },
+    /// An instance's sd_notify message or health check result.
+    Readiness {
+        id: u32,
+        generation: u64,
+        signal: crate::readiness::Signal,
+    },
+    /// The kill timeout of a retiring process (replaced by a reload) ran out.
+    RetireKill {
+        id: u32,
+        generation: u64,
     },
     /// A watched path of an app changed (`watch`).
     Watched {
@@ -226,6 +291,30 @@ impl Handle {
         }
     }
 
+    /// Waits until `done` holds for the views of `ids` (gone ones left out), or until
+    /// `until`; returns the last views and whether `done` held.
+    pub async fn wait_for(
+        &self,
+        ids: &[u32],
+        until: Instant,
+        done: impl Fn(&[ProcessView]) -> bool,
+    ) -> (Vec<ProcessView>, bool) {
+        let mut changed = self.changed.clone();
+        loop {
+            changed.mark_unchanged();
+            let views = self.views(ids).await;
+            if done(&views) {
+                return (views, true);
+            }
+            if tokio::time::timeout_at(until, changed.changed())
+                .await
+                .is_err()
+            {
+                return (views, false);
+            }
+        }
+    }
+
     /// The leader pid of every running instance, for the metrics sampler.
     pub async fn leaders(&self) -> Vec<(u32, i32)> {
         let (reply, rx) = oneshot::channel();
@@ -262,6 +351,19 @@ struct Proc {
     usage: TreeUsage,
     /// Timers and watchers that live as long as the instance (dropping stops them).
     triggers: Triggers,
+    /// Proxy mode: the private port of the running process.
+    private_port: Option<u16>,
+    /// Readiness probes of the running process (dropping stops them).
+    probes: replace::Probes,
+    /// False while a health check fails: no new proxied connections.
+    healthy: bool,
+    /// The process sent `STOPPING=1`: no new proxied connections.
+    draining: bool,
+    /// During a reload: the previous process, still serving.
+    standby: Option<replace::Standby>,
+    /// Replaced processes finishing their in-flight work.
+    retiring: Vec<replace::Retiring>,
+    replace_error: Option<String>,
 }
 
 #[derive(Default)]
@@ -274,6 +376,12 @@ struct Triggers {
 struct Supervisor {
     home: Home,
     hub: LogHub,
+    /// Listening sockets and proxies, by app name, kept across restarts and reloads.
+    ports: HashMap<String, replace::AppPort>,
+    reloading: HashSet<String>,
+    /// Spawn generations are unique across instances and aborted replacements, so a
+    /// late exit or timer can never be taken for the current process's.
+    next_generation: u64,
     cpus: u32,
     procs: BTreeMap<u32, Proc>,
     next_id: u32,
@@ -293,6 +401,9 @@ pub fn start(home: Home, hub: LogHub, saved: Vec<SavedProcess>) -> Handle {
     let mut supervisor = Supervisor {
         home,
         hub,
+        ports: HashMap::new(),
+        reloading: HashSet::new(),
+        next_generation: 0,
         cpus,
         procs: BTreeMap::new(),
         next_id: 0,
@@ -335,13 +446,24 @@ impl Supervisor {
                 let Some(proc) = self.procs.get(&id) else {
                     return;
                 };
-                if proc.generation != generation {
-                    return;
-                }
                 let exit = match status {
                     Ok(status) => exit_of(status),
                     Err(error) => Exit::SpawnError(format!("cannot wait for the process: {error}")),
                 };
+                if proc.generation != generation {
+                    // A standby or retiring process of a reload, or a stale one.
+                    self.other_exited(id, generation, &exit);
+                    return;
+                }
+                if proc.standby.is_some() {
+                    // The replacement died before it was ready: the reload fails and
+                    // the previous process keeps serving.
+                    self.abort_replace(
+                        id,
+                        format!("it exited before it was ready ({})", describe_exit(&exit)),
+                    );
+                    return;
+                }
                 let group_empty = proc.pid.is_none_or(|pgid| !process::group_alive(pgid));
                 tracing::info!(app = %proc.spec.name, id, ?exit, group_empty, "instance exited");
                 self.work
@@ -377,6 +499,12 @@ impl Supervisor {
                     .collect();
                 let _ = reply.send(leaders);
             }
+            Msg::Readiness {
+                id,
+                generation,
+                signal,
+            } => self.on_readiness(id, generation, signal),
+            Msg::RetireKill { id, generation } => self.retire_kill(id, generation),
             Msg::Cron { id } => {
                 // PM2's cron also starts a stopped app; fleet leaves an app the user
                 // stopped alone and restarts it only when it runs (or has errored).
@@ -457,6 +585,7 @@ impl Supervisor {
             touched = true;
         }
         if touched {
+            self.update_backends();
             self.changed.send_modify(|v| *v += 1);
             self.schedule_flush();
         }
@@ -468,46 +597,16 @@ impl Supervisor {
             return;
         };
         match action {
-            Action::Spawn => {
-                proc.generation += 1;
-                let env = proc.spec.instance_env(proc.instance);
-                let log_io = match &proc.log_io {
-                    Some(io) => Ok(io.clone()),
-                    None => instance_logs(&self.hub, proc),
-                };
-                let spawned = log_io.and_then(|io| {
-                    proc.log_io = Some(io.clone());
-                    let capture_out = io.captures(crate::logs::Stream::Out);
-                    let capture_err = io.captures(crate::logs::Stream::Err);
-                    process::spawn(&proc.spec, env, capture_out, capture_err).map(|c| (c, io))
-                });
-                match spawned {
-                    Ok((mut child, io)) => {
-                        let pid = child.id().map(|p| p as i32);
-                        proc.pid = pid;
-                        proc.start_ticks = pid.and_then(process::start_ticks);
-                        proc.usage = TreeUsage::default();
-                        self.hub
-                            .capture(io, child.stdout.take(), child.stderr.take());
-                        let generation = proc.generation;
-                        tokio::spawn(async move {
-                            let status = child.wait().await;
-                            let _ = tx.send(Msg::Exited {
-                                id,
-                                generation,
-                                status,
-                            });
-                        });
-                        tracing::info!(app = %proc.spec.name, id, pid, "instance started");
-                        self.work.push_back((id, Input::Spawned));
-                    }
-                    Err(error) => {
+            Action::Spawn => match self.start_process(id) {
+                Ok(()) => self.work.push_back((id, Input::Spawned)),
+                Err(error) => {
+                    if let Some(proc) = self.procs.get_mut(&id) {
                         tracing::warn!(app = %proc.spec.name, id, %error, "cannot start instance");
                         proc.pid = None;
-                        self.work.push_back((id, Input::SpawnFailed(error)));
                     }
+                    self.work.push_back((id, Input::SpawnFailed(error)));
                 }
-            }
+            },
             Action::SignalGroup => {
                 if let Some(pgid) = proc.pid {
                     let signal =
@@ -546,7 +645,10 @@ impl Supervisor {
                 });
             }
             Action::Remove => {
-                self.procs.remove(&id);
+                if let Some(removed) = self.procs.remove(&id) {
+                    replace::kill_retiring(&removed);
+                    self.release_port_if_unused(&removed.spec.name);
+                }
                 self.hub.forget(id);
                 self.hub.release_unused();
                 if self.procs.is_empty() {
@@ -583,7 +685,7 @@ impl Supervisor {
                 if !apps.is_empty() {
                     self.check_supported(&apps)?;
                     if from_config {
-                        touched.extend(self.apply_configs(apps, update_env.is_some(), false));
+                        touched.extend(self.apply_configs(apps, update_env.is_some(), false, true));
                     } else {
                         self.check_duplicates(&apps, force)?;
                         for spec in apps {
@@ -609,7 +711,7 @@ impl Supervisor {
                 }
                 if !apps.is_empty() {
                     self.check_supported(&apps)?;
-                    touched.extend(self.apply_configs(apps, update_env.is_some(), true));
+                    touched.extend(self.apply_configs(apps, update_env.is_some(), true, true));
                 }
                 Ok(Reply::Touched(touched, Vec::new()))
             }
@@ -699,6 +801,41 @@ impl Supervisor {
                     .map(|p| self.view(p, false))
                     .collect(),
             )),
+            Request::Apply { apps, update_env } => {
+                self.check_supported(&apps)?;
+                let ids = self.apply_configs(apps, update_env, true, false);
+                Ok(Reply::Touched(ids, Vec::new()))
+            }
+            Request::RefreshEnv { targets, env } => {
+                let ids = self.select(&targets)?;
+                self.refresh_env(&ids, Some(&env));
+                Ok(Reply::Touched(ids, Vec::new()))
+            }
+            Request::ReloadLock { names } => {
+                if let Some(busy) = names.iter().find(|n| self.reloading.contains(*n)) {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "a reload of {busy} is already running\nhint: wait for it to finish"
+                    )));
+                }
+                self.reloading.extend(names);
+                Ok(Reply::Touched(Vec::new(), Vec::new()))
+            }
+            Request::ReloadUnlock { names } => {
+                for name in names {
+                    self.reloading.remove(&name);
+                }
+                Ok(Reply::Touched(Vec::new(), Vec::new()))
+            }
+            Request::BeginReplace { id } => self.begin_replace(id),
+            Request::CommitReplace { id } => {
+                self.commit_replace(id);
+                Ok(Reply::Touched(vec![id], Vec::new()))
+            }
+            Request::AbortReplace { id, reason } => {
+                self.abort_replace(id, reason);
+                Ok(Reply::Touched(vec![id], Vec::new()))
+            }
+            Request::Scale { name, to } => self.scale(&name, to),
             Request::Persist => {
                 self.write_state();
                 Ok(Reply::Touched(Vec::new(), Vec::new()))
@@ -743,6 +880,11 @@ impl Supervisor {
     fn for_each(&mut self, targets: &[String], input: Input) -> Result<Reply, AgentError> {
         let ids = self.select(targets)?;
         for &id in &ids {
+            if matches!(input, Input::Stop | Input::Delete) {
+                // A stop wins over a reload in progress: the previous process goes back
+                // in place and is stopped like any other.
+                self.abort_replace(id, "stopped during the reload".into());
+            }
             self.work.push_back((id, input.clone()));
         }
         Ok(Reply::Touched(ids, Vec::new()))
@@ -794,14 +936,12 @@ impl Supervisor {
         let mut problems = Vec::new();
         for spec in apps {
             let name = &spec.name;
-            if spec.exec_mode != ExecMode::Fork {
+            if spec.exec_mode == ExecMode::Cluster
+                && spec.port.is_some()
+                && spec.health_check.is_some()
+            {
                 problems.push(format!(
-                    "app {name}: exec_mode cluster/proxy (a shared listening socket) is not supported by this agent yet"
-                ));
-            }
-            if spec.wait_ready {
-                problems.push(format!(
-                    "app {name}: wait_ready is not supported by this agent yet"
+                    "app {name}: health_check cannot address one instance behind a shared socket\nhint: use exec_mode = \"proxy\", or wait_ready with sd_notify (READY=1)"
                 ));
             }
             for pattern in spec
@@ -854,11 +994,14 @@ impl Supervisor {
     /// Applies configs from a file: an app that exists takes the new config (keeping
     /// its inherited environment unless `update_env`), is scaled to the new instance
     /// count and restarted; an app that does not exist is created.
+    /// With `restart_existing` false (a reload), instances that keep running only take
+    /// the new config; the reload then replaces them one by one.
     fn apply_configs(
         &mut self,
         apps: Vec<AppSpec>,
         update_env: bool,
         count_restart: bool,
+        restart_existing: bool,
     ) -> Vec<u32> {
         let mut touched = Vec::new();
         let mut notes = Vec::new();
@@ -894,7 +1037,9 @@ impl Supervisor {
                         (Status::Stopped | Status::Errored, false) => Input::Start,
                         _ => Input::Restart,
                     };
-                    self.work.push_back((id, input));
+                    if restart_existing {
+                        self.work.push_back((id, input));
+                    }
                 } else {
                     self.work.push_back((id, Input::Delete));
                 }
@@ -968,6 +1113,13 @@ impl Supervisor {
                 log_io: None,
                 usage: TreeUsage::default(),
                 triggers: Triggers::default(),
+                private_port: None,
+                probes: replace::Probes::default(),
+                healthy: true,
+                draining: false,
+                standby: None,
+                retiring: Vec::new(),
+                replace_error: None,
             },
         );
         self.next_id = self.next_id.max(id + 1);
@@ -1137,6 +1289,11 @@ impl Supervisor {
                 }),
             script: p.spec.script.clone(),
             config: details.then(|| redacted(&p.spec)),
+            ready_timed_out: p.core.ready_timed_out,
+            replace_error: p.replace_error.clone(),
+            replacing: p.standby.is_some(),
+            shares_port: p.spec.port.is_some() && p.spec.exec_mode != ExecMode::Fork,
+            listen_timeout_ms: p.spec.listen_timeout_ms,
             log_files: p
                 .logs
                 .files()
@@ -1178,6 +1335,18 @@ fn instance_logs(hub: &LogHub, proc: &Proc) -> Result<Arc<InstanceLogs>, String>
             id: proc.id,
         },
     }))
+}
+
+/// `code 1`, `signal SIGKILL`, or the spawn error, for messages.
+pub fn describe_exit(exit: &Exit) -> String {
+    match exit {
+        Exit::Code(code) => format!("code {code}"),
+        Exit::Signal(signal) => match Signal::try_from(*signal) {
+            Ok(signal) => format!("signal {}", signal.as_str()),
+            Err(_) => format!("signal {signal}"),
+        },
+        Exit::SpawnError(error) => error.clone(),
+    }
 }
 
 fn exit_of(status: std::process::ExitStatus) -> Exit {

@@ -1,0 +1,528 @@
+//! The supervisor's process start with shared ports and readiness probes, and the
+//! pieces of a zero-downtime reload: a replacement starts while the previous process
+//! (the standby) keeps serving; once the replacement is ready the standby is taken out
+//! of rotation and drains (it is retiring); if the replacement never gets ready it is
+//! killed and the standby stays. The order of the steps is the service's (`reload`).
+//! Also `scale`.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_config::ExecMode;
+use nix::sys::signal::Signal;
+use tokio::time::Instant;
+
+use super::{Msg, Proc, Reply, ScaleTo, Supervisor, instance_logs};
+use crate::cluster::{self, Proxy};
+use crate::core::{self, Input, Status};
+use crate::error::AgentError;
+use crate::logs::Stream;
+use crate::metrics::TreeUsage;
+use crate::process;
+use crate::readiness::{self, NotifySocket};
+
+/// A listening socket the agent keeps for an app.
+pub(super) enum AppPort {
+    /// Inherited by every instance (`exec_mode = "cluster"`).
+    Shared {
+        port: u16,
+        listener: std::net::TcpListener,
+    },
+    /// Balanced over the instances' private ports (`exec_mode = "proxy"`).
+    Proxy { port: u16, proxy: Proxy },
+}
+
+impl AppPort {
+    fn port(&self) -> u16 {
+        match self {
+            AppPort::Shared { port, .. } | AppPort::Proxy { port, .. } => *port,
+        }
+    }
+
+    fn mode(&self) -> ExecMode {
+        match self {
+            AppPort::Shared { .. } => ExecMode::Cluster,
+            AppPort::Proxy { .. } => ExecMode::Proxy,
+        }
+    }
+}
+
+/// The readiness probes of one process; dropping them stops them.
+#[derive(Default)]
+pub(super) struct Probes {
+    notify: Option<NotifySocket>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The previous process of an instance while its replacement starts.
+pub(super) struct Standby {
+    core: core::Instance,
+    pid: Option<i32>,
+    start_ticks: Option<u64>,
+    generation: u64,
+    port: Option<u16>,
+    probes: Probes,
+    healthy: bool,
+    draining: bool,
+    usage: TreeUsage,
+}
+
+/// A replaced process finishing its in-flight work before it exits.
+pub(super) struct Retiring {
+    pid: i32,
+    start_ticks: Option<u64>,
+    generation: u64,
+}
+
+/// SIGKILLs what is left of an instance's previous processes (it is being removed).
+pub(super) fn kill_retiring(proc: &Proc) {
+    let standby = proc
+        .standby
+        .as_ref()
+        .and_then(|s| s.pid.map(|pid| (pid, s.start_ticks)));
+    let retiring = proc.retiring.iter().map(|r| (r.pid, r.start_ticks));
+    for (pid, ticks) in standby.into_iter().chain(retiring) {
+        if process::start_ticks(pid) == ticks {
+            process::signal_group(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Supervisor {
+    /// Starts the instance's process: its log pipes, the app's shared socket or a
+    /// private port, a `NOTIFY_SOCKET` when it says it will be ready, and its probes.
+    pub(super) fn start_process(&mut self, id: u32) -> Result<(), String> {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let spec = self
+            .procs
+            .get(&id)
+            .ok_or("the instance is gone")?
+            .spec
+            .clone();
+        let shared_mode = spec.port.is_some() && spec.exec_mode != ExecMode::Fork;
+
+        let mut env = {
+            let proc = &self.procs[&id];
+            proc.spec.instance_env(proc.instance)
+        };
+        let mut listener: Option<OwnedFd> = None;
+        let mut private_port = None;
+        if shared_mode {
+            self.ensure_port(&spec)?;
+            match &self.ports[&spec.name] {
+                AppPort::Shared {
+                    listener: socket, ..
+                } => {
+                    let fd = socket
+                        .try_clone()
+                        .map_err(|e| format!("cannot pass the listening socket: {e}"))?;
+                    listener = Some(OwnedFd::from(fd));
+                    env.insert("LISTEN_FDS".into(), "1".into());
+                    env.insert("LISTEN_FDNAMES".into(), spec.name.clone());
+                }
+                AppPort::Proxy { .. } => {
+                    let port = cluster::free_loopback_port()
+                        .map_err(|e| format!("cannot find a free port: {e}"))?;
+                    env.insert("PORT".into(), port.to_string());
+                    private_port = Some(port);
+                }
+            }
+        }
+
+        let mut probes = Probes::default();
+        if spec.wait_ready {
+            let path = self
+                .home
+                .root
+                .join("notify")
+                .join(format!("{id}-{generation}.sock"));
+            let tx = self.tx.clone();
+            let socket = readiness::notify_socket(&path, move |signal| {
+                let _ = tx.send(Msg::Readiness {
+                    id,
+                    generation,
+                    signal,
+                });
+            })
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            env.insert("NOTIFY_SOCKET".into(), path.display().to_string());
+            probes.notify = Some(socket);
+        }
+
+        let proc = self.procs.get_mut(&id).ok_or("the instance is gone")?;
+        let io = match &proc.log_io {
+            Some(io) => io.clone(),
+            None => {
+                let io = instance_logs(&self.hub, proc)?;
+                proc.log_io = Some(io.clone());
+                io
+            }
+        };
+        let mut child = process::spawn(
+            &spec,
+            env,
+            io.captures(Stream::Out),
+            io.captures(Stream::Err),
+            listener,
+        )?;
+        let pid = child.id().map(|p| p as i32);
+        proc.generation = generation;
+        proc.pid = pid;
+        proc.start_ticks = pid.and_then(process::start_ticks);
+        proc.usage = TreeUsage::default();
+        proc.private_port = private_port;
+        proc.healthy = true;
+        proc.draining = false;
+        self.hub
+            .capture(io, child.stdout.take(), child.stderr.take());
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let _ = tx.send(Msg::Exited {
+                id,
+                generation,
+                status,
+            });
+        });
+
+        // The port a probe checks: the private one behind the proxy, or the app's own
+        // in fork mode. A shared socket cannot address one instance.
+        let probe_port = private_port.or(if shared_mode { None } else { spec.port });
+        let tx = self.tx.clone();
+        let report = move |signal| {
+            let _ = tx.send(Msg::Readiness {
+                id,
+                generation,
+                signal,
+            });
+        };
+        if let (Some(check), Some(port)) = (&spec.health_check, probe_port) {
+            probes.task = Some(readiness::watch_health(port, check.clone(), report));
+        } else if let (false, Some(port)) = (spec.wait_ready, private_port) {
+            probes.task = Some(readiness::watch_port(port, move || {
+                report(readiness::Signal::Ready)
+            }));
+        }
+        proc.probes = probes;
+        tracing::info!(app = %spec.name, id, pid, "instance started");
+        Ok(())
+    }
+
+    /// Binds the app's port the first time an instance needs it; afterwards it stays
+    /// bound until the app is deleted, so restarts and reloads never drop a connection.
+    fn ensure_port(&mut self, spec: &fleet_config::AppSpec) -> Result<(), String> {
+        let port = spec.port.expect("shared mode has a port");
+        if let Some(existing) = self.ports.get(&spec.name)
+            && existing.port() == port
+            && existing.mode() == spec.exec_mode
+        {
+            return Ok(());
+        }
+        self.ports.remove(&spec.name);
+        let listener =
+            cluster::bind_shared(port).map_err(|e| format!("cannot listen on port {port}: {e}"))?;
+        let app_port = match spec.exec_mode {
+            ExecMode::Proxy => AppPort::Proxy {
+                port,
+                proxy: Proxy::spawn(listener, spec.balance)
+                    .map_err(|e| format!("cannot start the proxy on port {port}: {e}"))?,
+            },
+            _ => AppPort::Shared { port, listener },
+        };
+        tracing::info!(app = %spec.name, port, mode = ?spec.exec_mode, "listening");
+        self.ports.insert(spec.name.clone(), app_port);
+        Ok(())
+    }
+
+    /// Closes an app's port once no instance of it is left.
+    pub(super) fn release_port_if_unused(&mut self, name: &str) {
+        if !self.procs.values().any(|p| p.spec.name == name) && self.ports.remove(name).is_some() {
+            tracing::info!(app = %name, "port closed");
+        }
+    }
+
+    /// Gives each proxy the instances that may take new connections: online, healthy,
+    /// not draining; during a reload the standby too until the replacement is ready.
+    pub(super) fn update_backends(&mut self) {
+        for (name, port) in self.ports.iter_mut() {
+            let AppPort::Proxy { proxy, .. } = port else {
+                continue;
+            };
+            let mut ready = Vec::new();
+            for p in self.procs.values().filter(|p| &p.spec.name == name) {
+                if let Some(standby) = &p.standby
+                    && let Some(port) = standby.port
+                    && standby.pid.is_some()
+                    && standby.healthy
+                    && !standby.draining
+                {
+                    ready.push((p.id, port));
+                }
+                if p.core.status == Status::Online
+                    && p.healthy
+                    && !p.draining
+                    && let Some(port) = p.private_port
+                {
+                    ready.push((p.id, port));
+                }
+            }
+            proxy.set_backends(&ready);
+        }
+    }
+
+    pub(super) fn on_readiness(&mut self, id: u32, generation: u64, signal: readiness::Signal) {
+        let Some(proc) = self.procs.get_mut(&id) else {
+            return;
+        };
+        if proc.generation == generation {
+            match signal {
+                readiness::Signal::Ready => self.work.push_back((id, Input::Ready)),
+                readiness::Signal::Stopping => proc.draining = true,
+                readiness::Signal::Healthy(healthy) => {
+                    if !healthy {
+                        tracing::warn!(app = %proc.spec.name, id, "health check failing: no new connections");
+                    }
+                    proc.healthy = healthy;
+                }
+                readiness::Signal::Watchdog => {}
+            }
+        } else if let Some(standby) = proc.standby.as_mut().filter(|s| s.generation == generation) {
+            match signal {
+                readiness::Signal::Stopping => standby.draining = true,
+                readiness::Signal::Healthy(healthy) => standby.healthy = healthy,
+                _ => {}
+            }
+        }
+        self.update_backends();
+    }
+
+    /// Starts a replacement of a running instance; the current process becomes the
+    /// standby and keeps serving.
+    pub(super) fn begin_replace(&mut self, id: u32) -> Result<Reply, AgentError> {
+        let proc = self
+            .procs
+            .get_mut(&id)
+            .ok_or_else(|| AgentError::NotFound(format!("instance {id} is gone")))?;
+        if proc.standby.is_some() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "{} (id {id}) is already being replaced",
+                proc.spec.name
+            )));
+        }
+        if proc.core.status != Status::Online {
+            return Err(AgentError::FailedPrecondition(format!(
+                "{} (id {id}) is {}, not online",
+                proc.spec.name,
+                proc.core.status.as_str()
+            )));
+        }
+        let mut fresh = core::Instance::new(core::Policy::from_spec(&proc.spec), Instant::now());
+        fresh.restarts = proc.core.restarts + 1;
+        let old = std::mem::replace(&mut proc.core, fresh);
+        proc.standby = Some(Standby {
+            core: old,
+            pid: proc.pid.take(),
+            start_ticks: proc.start_ticks.take(),
+            generation: proc.generation,
+            port: proc.private_port.take(),
+            probes: std::mem::take(&mut proc.probes),
+            healthy: proc.healthy,
+            draining: proc.draining,
+            usage: proc.usage,
+        });
+        proc.replace_error = None;
+        self.work.push_back((id, Input::Start));
+        Ok(Reply::Touched(vec![id], Vec::new()))
+    }
+
+    /// The replacement is ready: the standby leaves the rotation, gets its kill signal
+    /// to finish in-flight work, and SIGKILL if it is still there after `kill_timeout`.
+    pub(super) fn commit_replace(&mut self, id: u32) {
+        let Some(proc) = self.procs.get_mut(&id) else {
+            return;
+        };
+        let Some(standby) = proc.standby.take() else {
+            return;
+        };
+        if let Some(pid) = standby.pid {
+            self.retire(id, pid, standby.start_ticks, standby.generation);
+        }
+        tracing::info!(id, "replaced; the previous process drains");
+        self.update_backends();
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The replacement failed: kill it and put the standby back as the instance.
+    pub(super) fn abort_replace(&mut self, id: u32, reason: String) {
+        let Some(proc) = self.procs.get_mut(&id) else {
+            return;
+        };
+        let Some(standby) = proc.standby.take() else {
+            return;
+        };
+        // Behind a shared socket a replacement may accept connections before it says
+        // it is ready: it is stopped gracefully like a replaced process, not killed.
+        let failed = proc.pid.map(|pid| (pid, proc.start_ticks, proc.generation));
+        tracing::warn!(app = %proc.spec.name, id, %reason, "replacement failed; the previous process keeps serving");
+        proc.core = standby.core;
+        proc.pid = standby.pid;
+        proc.start_ticks = standby.start_ticks;
+        proc.generation = standby.generation;
+        proc.private_port = standby.port;
+        proc.probes = standby.probes;
+        proc.healthy = standby.healthy;
+        proc.draining = standby.draining;
+        proc.usage = standby.usage;
+        proc.replace_error = Some(reason);
+        let restore_crashed = standby.pid.is_none();
+        if let Some((pid, ticks, generation)) = failed {
+            self.retire(id, pid, ticks, generation);
+        }
+        if restore_crashed {
+            // The previous process died meanwhile: an ordinary crash now.
+            self.work.push_back((
+                id,
+                Input::Exited {
+                    exit: core::Exit::Code(-1),
+                    group_empty: true,
+                },
+            ));
+        }
+        self.update_backends();
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Sends a process that no longer is the instance's its kill signal, and SIGKILL if
+    /// it is still there after `kill_timeout`.
+    fn retire(&mut self, id: u32, pid: i32, start_ticks: Option<u64>, generation: u64) {
+        let Some(proc) = self.procs.get_mut(&id) else {
+            return;
+        };
+        let signal = process::signal_from_name(&proc.spec.kill_signal).unwrap_or(Signal::SIGINT);
+        process::signal_group(pid, signal);
+        proc.retiring.push(Retiring {
+            pid,
+            start_ticks,
+            generation,
+        });
+        let tx = self.tx.clone();
+        let after = Duration::from_millis(proc.spec.kill_timeout_ms);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(Msg::RetireKill { id, generation });
+        });
+    }
+
+    /// An exit of a process that is not the instance's current one.
+    pub(super) fn other_exited(&mut self, id: u32, generation: u64, exit: &core::Exit) {
+        let Some(proc) = self.procs.get_mut(&id) else {
+            return;
+        };
+        if let Some(standby) = proc.standby.as_mut().filter(|s| s.generation == generation) {
+            tracing::warn!(app = %proc.spec.name, id, exit = %super::describe_exit(exit), "the previous process exited during its replacement");
+            standby.pid = None;
+            self.update_backends();
+        } else if let Some(at) = proc
+            .retiring
+            .iter()
+            .position(|r| r.generation == generation)
+        {
+            proc.retiring.remove(at);
+        }
+    }
+
+    pub(super) fn retire_kill(&mut self, id: u32, generation: u64) {
+        let Some(proc) = self.procs.get_mut(&id) else {
+            return;
+        };
+        if let Some(at) = proc
+            .retiring
+            .iter()
+            .position(|r| r.generation == generation)
+        {
+            let retiring = proc.retiring.remove(at);
+            if process::start_ticks(retiring.pid) == retiring.start_ticks {
+                tracing::warn!(app = %proc.spec.name, id, pid = retiring.pid, "the previous process outlived kill_timeout: SIGKILL");
+                process::signal_group(retiring.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// `fleet scale`: PM2's semantics. More instances take the lowest free numbers;
+    /// fewer remove the lowest numbers (PM2 keeps 2 and 3 when 4 become 2); the same
+    /// count is an error.
+    pub(super) fn scale(&mut self, name: &str, to: ScaleTo) -> Result<Reply, AgentError> {
+        let mut members: Vec<(u32, u32)> = self
+            .procs
+            .values()
+            .filter(|p| p.spec.name == name)
+            .map(|p| (p.instance, p.id))
+            .collect();
+        if members.is_empty() {
+            return Err(AgentError::NotFound(format!(
+                "no app named {name}\nhint: `fleet list` shows the apps"
+            )));
+        }
+        members.sort();
+        let current = members.len() as u32;
+        let target = match to {
+            ScaleTo::Exactly(n) => n,
+            ScaleTo::More(n) => current.saturating_add(n),
+            ScaleTo::Fewer(n) => current.saturating_sub(n),
+        };
+        if target == 0 {
+            return Err(AgentError::InvalidArgument(format!(
+                "cannot scale {name} to 0 instances\nhint: `fleet stop {name}` stops every instance"
+            )));
+        }
+        if target == current {
+            return Err(AgentError::FailedPrecondition(format!(
+                "{name} already has {current} instance(s)"
+            )));
+        }
+        let first = members[0].1;
+        let running = self
+            .procs
+            .values()
+            .any(|p| p.spec.name == name && p.core.wants_running());
+        let mut spec = (*self.procs[&first].spec).clone();
+        spec.instances = fleet_config::Instances::Count(target);
+        let spec = Arc::new(spec);
+        for (_, id) in &members {
+            if let Some(proc) = self.procs.get_mut(id) {
+                proc.spec = spec.clone();
+            }
+        }
+        let mut touched = Vec::new();
+        if target > current {
+            let mut used: Vec<u32> = members.iter().map(|(instance, _)| *instance).collect();
+            for _ in current..target {
+                let instance = (0..).find(|n| !used.contains(n)).expect("unbounded range");
+                used.push(instance);
+                let id = self.next_id;
+                self.next_id += 1;
+                self.insert(id, instance, spec.clone(), 0);
+                if running {
+                    self.work.push_back((id, Input::Start));
+                }
+                touched.push(id);
+            }
+        } else {
+            for (_, id) in members.iter().take((current - target) as usize) {
+                self.work.push_back((*id, Input::Delete));
+                touched.push(*id);
+            }
+        }
+        Ok(Reply::Touched(touched, Vec::new()))
+    }
+}
