@@ -4,8 +4,10 @@
 
 mod harness;
 
+mod cluster;
 mod config;
 mod lifecycle;
+mod logs;
 mod monit;
 mod persistence;
 mod start;
