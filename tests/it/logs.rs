@@ -439,6 +439,14 @@ fn rotation_line(n: u32) -> String {
     format!("{n:06} {}", "x".repeat(33))
 }
 
+/// A rotated file's name and modification time, which decides what `retain` prunes.
+fn with_mtime(dir: &Path, name: &str) -> String {
+    let modified = std::fs::metadata(dir.join(name))
+        .and_then(|m| m.modified())
+        .map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_nanos());
+    format!("{name} (mtime {modified:?})")
+}
+
 /// The numbers of a rotation app's lines, checking each line is whole.
 fn numbers(what: &str, text: &str) -> Vec<u32> {
     text.lines()
@@ -500,7 +508,10 @@ fn rotation_by_size_under_continuous_writing_loses_no_line_and_keeps_retain_file
             name.ends_with(".log") && name.len() > "rot-out__.log".len(),
             "rotated as <stem>__<date>.log: {name}"
         );
-        segments.push((name.clone(), numbers(name, &read(&logs.join(name)))));
+        segments.push((
+            with_mtime(&logs, name),
+            numbers(name, &read(&logs.join(name))),
+        ));
     }
     assert_contiguous(segments);
 }
@@ -548,7 +559,7 @@ fn compressed_rotation_produces_gzip_files_and_loses_no_line() {
             String::from_utf8_lossy(&output.stderr)
         );
         let text = String::from_utf8(output.stdout).unwrap();
-        segments.push((name.clone(), numbers(name, &text)));
+        segments.push((with_mtime(&logs, name), numbers(name, &text)));
     }
     assert_contiguous(segments);
 }

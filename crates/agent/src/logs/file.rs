@@ -21,6 +21,9 @@ pub struct LogFile {
     file: File,
     size: u64,
     rotation: Rotation,
+    /// One compression at a time per log: concurrent gzip and prune threads would
+    /// count a rotation twice (plain and gzipped) and prune the wrong one.
+    compressing: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl LogFile {
@@ -33,6 +36,7 @@ impl LogFile {
             file,
             size,
             rotation,
+            compressing: std::sync::Arc::default(),
         })
     }
 
@@ -65,7 +69,9 @@ impl LogFile {
             let plain = rotated.clone();
             let retain = self.rotation.retain;
             let path = self.path.clone();
+            let lock = self.compressing.clone();
             std::thread::spawn(move || {
+                let _one_at_a_time = lock.lock();
                 if let Err(error) = gzip(&plain) {
                     tracing::warn!(file = %plain.display(), %error, "cannot compress a rotated log");
                 }
@@ -163,6 +169,10 @@ fn rotations(path: &Path) -> Vec<((String, u32), Vec<PathBuf>)> {
         let Some(rest) = name.strip_prefix(&prefix) else {
             continue;
         };
+        if rest.ends_with(".tmp") {
+            // A compression in progress (or cut short by a crash).
+            continue;
+        }
         let rest = rest.strip_suffix(".gz").unwrap_or(rest);
         let rest = rest.strip_suffix(ext.as_str()).unwrap_or(rest);
         let (date, n) = match rest.rsplit_once('.') {
@@ -191,18 +201,24 @@ fn prune(path: &Path, retain: u32) {
     }
 }
 
+/// Compresses into a temporary name and renames it into place, so a `.gz` file is
+/// always whole; the plain file goes only after that.
 fn gzip(path: &Path) -> io::Result<()> {
     let target = with_gz(path);
+    let mut temporary = target.clone().into_os_string();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
     let mut input = File::open(path)?;
     let output = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(LOG_FILE_MODE)
-        .open(&target)?;
+        .open(&temporary)?;
     let mut encoder = flate2::write::GzEncoder::new(output, flate2::Compression::default());
     io::copy(&mut input, &mut encoder)?;
     encoder.finish()?.sync_all()?;
+    fs::rename(&temporary, &target)?;
     fs::remove_file(path)
 }
 

@@ -22,6 +22,10 @@ use crate::metrics::TreeUsage;
 use crate::process;
 use crate::readiness::{self, NotifySocket};
 
+/// How long a replaced instance behind the proxy keeps its listener after it left the
+/// rotation, so connections already handed to it get accepted rather than reset.
+const PROXY_RETIRE_GRACE: Duration = Duration::from_millis(250);
+
 /// A listening socket the agent keeps for an app.
 pub(super) enum AppPort {
     /// Inherited by every instance (`exec_mode = "cluster"`).
@@ -409,7 +413,14 @@ impl Supervisor {
             return;
         };
         let signal = process::signal_from_name(&proc.spec.kill_signal).unwrap_or(Signal::SIGINT);
-        process::signal_group(pid, signal);
+        // Behind the proxy, a connection handed to this process just before it left the
+        // rotation may still sit in its accept queue; closing the listener now would
+        // reset it. Signal only once such connections have been accepted.
+        let grace = if proc.spec.exec_mode == ExecMode::Proxy {
+            PROXY_RETIRE_GRACE
+        } else {
+            Duration::ZERO
+        };
         proc.retiring.push(Retiring {
             pid,
             start_ticks,
@@ -418,6 +429,10 @@ impl Supervisor {
         let tx = self.tx.clone();
         let after = Duration::from_millis(proc.spec.kill_timeout_ms);
         tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if process::start_ticks(pid) == start_ticks {
+                process::signal_group(pid, signal);
+            }
             tokio::time::sleep(after).await;
             let _ = tx.send(Msg::RetireKill { id, generation });
         });
