@@ -11,3 +11,4 @@ mod logs;
 mod monit;
 mod persistence;
 mod start;
+mod testbed;
