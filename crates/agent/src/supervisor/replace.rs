@@ -5,7 +5,7 @@
 //! killed and the standby stays. The order of the steps is the service's (`reload`).
 //! Also `scale`.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,8 +187,21 @@ impl Supervisor {
         proc.private_port = private_port;
         proc.healthy = true;
         proc.draining = false;
-        self.hub
-            .capture(io, child.stdout.take(), child.stderr.take());
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        for pipe in [
+            stdout.as_ref().map(|p| p.as_fd()),
+            stderr.as_ref().map(|p| p.as_fd()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            // Best effort: a smaller pipe only means more hand-offs.
+            let _ = nix::fcntl::fcntl(
+                pipe,
+                nix::fcntl::FcntlArg::F_SETPIPE_SZ(crate::logs::PIPE_CAPACITY as i32),
+            );
+        }
+        self.hub.capture(io, stdout, stderr);
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
