@@ -3,7 +3,13 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let fds = protox::compile([root.join("fleet/agent/v1/agent.proto")], [&root])?;
+    let fds = protox::compile(
+        [
+            root.join("fleet/agent/v1/agent.proto"),
+            root.join("fleet/controller/v1/controller.proto"),
+        ],
+        [&root],
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -104,13 +104,22 @@ pub async fn run(
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
     let kill = Arc::new(Notify::new());
-    let service = Service::new(
+    let service = Arc::new(Service::new(
         handle.clone(),
         hub,
         home.root.display().to_string(),
         host,
         kill.clone(),
-    );
+    ));
+    match crate::link::LinkConfig::load(&home) {
+        Ok(Some(config)) => {
+            tokio::spawn(crate::link::run(config, service.clone(), handle.clone()));
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "cannot read the controller settings; not connecting")
+        }
+    }
     let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = {
         let killed = killed.clone();
@@ -123,7 +132,7 @@ pub async fn run(
     };
     tracing::info!(home = %home.root.display(), pid = std::process::id(), "agent serving");
     tonic::transport::Server::builder()
-        .add_service(AgentServiceServer::new(service))
+        .add_service(AgentServiceServer::from_arc(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
         .await?;
 

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod core;
 pub mod daemon;
 pub mod error;
+pub mod link;
 pub mod logs;
 pub mod metrics;
 pub mod process;

@@ -22,6 +22,25 @@ struct Args {
     /// The CLI starts the agent this way.
     #[arg(long)]
     daemon: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Enroll this agent with a controller using a one-time join token; the agent
+    /// connects to it from its next start on.
+    Join {
+        /// The controller, e.g. https://controller.example:7443
+        url: String,
+        token: String,
+        /// The name this host has in the fleet (default: its hostname).
+        #[arg(long)]
+        host: Option<String>,
+        /// The controller's CA certificate (its `<data>/ca.pem`).
+        #[arg(long, env = "FLEET_CA")]
+        ca: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +52,26 @@ fn main() -> anyhow::Result<()> {
             .join(".fleet"),
     };
     let home = Home::new(root);
+    // One crypto backend for every TLS connection (the controller link).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if let Some(Command::Join {
+        url,
+        token,
+        host,
+        ca,
+    }) = args.command
+    {
+        let host = match host {
+            Some(host) => host,
+            None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+        };
+        return runtime()?.block_on(async move {
+            home.create()?;
+            fleet_agent::link::join(&home, &url, &token, &host, &ca).await?;
+            println!("joined {url} as {host}; the agent connects from its next start\nhint: `fleet kill` then any command restarts the agent");
+            Ok(())
+        });
+    }
     if args.daemon {
         // A new session: closing the terminal that ran `fleet` must not reach the agent.
         let _ = nix::unistd::setsid();

@@ -9,13 +9,114 @@ use fleet_proto::agent::v1 as pb;
 
 use crate::client::{self, Client};
 use crate::output;
-use crate::{Command, Failure, status_error};
+use crate::{Command, Failure, stage, status_error};
 
 type Result<T> = std::result::Result<T, Failure>;
 
-pub async fn run(command: Command) -> Result<()> {
+pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
     let home = client::home()?;
+    // A first word naming a stage of fleet.toml makes it a fleet command.
+    let fleet = |targets: &[String]| -> Result<Option<(stage::Stage, Vec<String>)>> {
+        match targets.split_first() {
+            Some((first, rest)) => Ok(stage::find(first)?.map(|s| (s, rest.to_vec()))),
+            None => Ok(None),
+        }
+    };
+    match &command {
+        Command::Status(args) => {
+            if let Some(name) = &args.stage {
+                let stage = stage::find(name)?.ok_or_else(|| {
+                    Failure::usage(format!(
+                        "no stage {name:?}: fleet.toml has no [deploy.{name}]\nhint: `fleet status` without a stage lists this host's apps"
+                    ))
+                })?;
+                return fleet_status(&stage, args.json, accept_new_host_keys).await;
+            }
+        }
+        Command::Logs(args) => {
+            if let Some((stage, targets)) = fleet(&args.targets)? {
+                let mut remote = stage.connect(accept_new_host_keys).await?;
+                let style = if args.json {
+                    output::LogStyle::Json
+                } else if args.raw {
+                    output::LogStyle::Raw
+                } else {
+                    output::LogStyle::Pretty(output::use_color())
+                };
+                let mut printer = output::LogPrinter::new(style).with_hosts();
+                let ok = stage::logs(
+                    &stage,
+                    &mut remote,
+                    targets,
+                    args.lines,
+                    args.follow,
+                    &mut printer,
+                )
+                .await?;
+                return if ok {
+                    Ok(())
+                } else {
+                    Err(Failure::failed("some hosts could not be reached"))
+                };
+            }
+        }
+        Command::Start(args) if args.targets.len() >= 2 => {
+            if let Some((stage, targets)) = fleet(&args.targets)? {
+                return fleet_command(
+                    &stage,
+                    fleet_proto::controller::v1::Action::Start,
+                    targets,
+                    accept_new_host_keys,
+                )
+                .await;
+            }
+        }
+        Command::Stop(args) if args.targets.len() >= 2 => {
+            if let Some((stage, targets)) = fleet(&args.targets)? {
+                return fleet_command(
+                    &stage,
+                    fleet_proto::controller::v1::Action::Stop,
+                    targets,
+                    accept_new_host_keys,
+                )
+                .await;
+            }
+        }
+        Command::Restart(args) if args.targets.len() >= 2 => {
+            if let Some((stage, targets)) = fleet(&args.targets)? {
+                return fleet_command(
+                    &stage,
+                    fleet_proto::controller::v1::Action::Restart,
+                    targets,
+                    accept_new_host_keys,
+                )
+                .await;
+            }
+        }
+        Command::Reload(args) if args.targets.len() >= 2 => {
+            if let Some((stage, targets)) = fleet(&args.targets)? {
+                return fleet_command(
+                    &stage,
+                    fleet_proto::controller::v1::Action::Reload,
+                    targets,
+                    accept_new_host_keys,
+                )
+                .await;
+            }
+        }
+        _ => {}
+    }
     match command {
+        Command::Status(args) => {
+            let mut client = agent(&home).await?;
+            let processes = list(&mut client, Vec::new(), false).await?;
+            if args.json {
+                output::print_json(&processes, false);
+            } else {
+                output::print_table(&processes);
+            }
+            Ok(())
+        }
         Command::Ping => {
             let mut client = agent(&home).await?;
             let hello = client
@@ -288,6 +389,40 @@ async fn logs(home: &Path, args: crate::LogsArgs) -> Result<()> {
             Err(status) => return Err(status_error(status).into()),
         }
     }
+}
+
+/// `fleet status <stage>`: every instance of every host; exit 1 if a host is unreachable.
+async fn fleet_status(stage: &stage::Stage, json: bool, accept_new_host_keys: bool) -> Result<()> {
+    let mut remote = stage.connect(accept_new_host_keys).await?;
+    let outcomes = stage::status(stage, &mut remote).await?;
+    output::print_fleet_status(&outcomes, json);
+    let unreachable = outcomes.iter().filter(|o| o.result.is_err()).count();
+    if unreachable > 0 {
+        return Err(Failure::failed(format!(
+            "{unreachable} of {} hosts could not be reached",
+            outcomes.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn fleet_command(
+    stage: &stage::Stage,
+    action: fleet_proto::controller::v1::Action,
+    targets: Vec<String>,
+    accept_new_host_keys: bool,
+) -> Result<()> {
+    let mut remote = stage.connect(accept_new_host_keys).await?;
+    let outcomes = stage::command(stage, &mut remote, action, targets).await?;
+    output::print_host_results(&outcomes);
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    if failed > 0 {
+        return Err(Failure::failed(format!(
+            "{failed} of {} hosts failed",
+            outcomes.len()
+        )));
+    }
+    Ok(())
 }
 
 async fn agent(home: &Path) -> Result<Client> {

@@ -6,6 +6,8 @@ mod client;
 mod commands;
 mod monit;
 mod output;
+mod ssh;
+mod stage;
 
 use std::process::ExitCode;
 
@@ -21,6 +23,9 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Learn the host keys of hosts never seen before (changed keys are still refused).
+    #[arg(long, global = true)]
+    accept_new_host_keys: bool,
 }
 
 #[derive(Subcommand)]
@@ -40,8 +45,10 @@ pub enum Command {
     #[command(alias = "del")]
     Delete(TargetArgs),
     /// List every instance.
-    #[command(visible_alias = "ls", alias = "status", alias = "l", alias = "ps")]
+    #[command(visible_alias = "ls", alias = "l", alias = "ps")]
     List(ListArgs),
+    /// Without a stage, `list`; with one, every app on every host of the stage.
+    Status(StatusArgs),
     /// Show everything about the selected instances.
     #[command(alias = "desc", alias = "info", alias = "show")]
     Describe(DescribeArgs),
@@ -185,6 +192,14 @@ pub struct ScaleArgs {
 }
 
 #[derive(Args)]
+pub struct StatusArgs {
+    /// A stage of fleet.toml (`[deploy.<stage>]`).
+    pub stage: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
 pub struct ListArgs {
     /// Print a JSON array, one object per instance.
     #[arg(long)]
@@ -280,7 +295,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::run(cli.command)) {
+    // One crypto backend for TLS to the controller.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match runtime.block_on(commands::run(cli.command, cli.accept_new_host_keys)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("error: {}", failure.message);

@@ -23,6 +23,8 @@ pub enum LogStyle {
 pub struct LogPrinter {
     style: LogStyle,
     width: usize,
+    /// Fleet logs: prefix every line with its host too.
+    hosts: bool,
     out: std::io::BufWriter<std::io::Stdout>,
 }
 
@@ -34,8 +36,14 @@ impl LogPrinter {
         LogPrinter {
             style,
             width: 0,
+            hosts: false,
             out: std::io::BufWriter::new(std::io::stdout()),
         }
+    }
+
+    pub fn with_hosts(mut self) -> LogPrinter {
+        self.hosts = true;
+        self
     }
 
     /// Prints one entry; false once stdout is closed.
@@ -70,7 +78,11 @@ impl LogPrinter {
                     })
                 ),
                 LogStyle::Pretty(color) => {
-                    let label = format!("{}|{}", entry.id, entry.app);
+                    let label = if self.hosts {
+                        format!("{} {}#{}", entry.host, entry.app, entry.instance)
+                    } else {
+                        format!("{}|{}", entry.id, entry.app)
+                    };
                     self.width = self.width.max(label.len());
                     if *color {
                         let hash = entry
@@ -241,6 +253,101 @@ pub fn print_table(processes: &[pb::ProcessInfo]) {
             format!("{:.1}%", p.cpu_percent),
             bytes(p.memory_bytes),
         ]);
+    }
+    println!("{table}");
+}
+
+/// `fleet status <stage>`: one table for every host, unreachable hosts after it.
+pub fn print_fleet_status(outcomes: &[crate::stage::HostOutcome], json: bool) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if json {
+        let mut array = Vec::new();
+        for outcome in outcomes {
+            match &outcome.result {
+                Ok(processes) => {
+                    for p in processes {
+                        let mut value = process_json(p, false);
+                        value["host"] = json!(outcome.host);
+                        value["release"] = json!(crate::stage::release_of(&p.script));
+                        array.push(value);
+                    }
+                }
+                Err(error) => array.push(json!({
+                    "host": outcome.host,
+                    "reachable": false,
+                    "error": error,
+                    "last_seen_ms": outcome.last_seen_unix_ms,
+                })),
+            }
+        }
+        println!("{}", Value::Array(array));
+        return;
+    }
+    let mut table = new_table();
+    table.set_header(vec![
+        "host", "id", "name", "instance", "status", "pid", "cpu", "mem", "uptime", "↺", "release",
+    ]);
+    let mut rows = 0;
+    for outcome in outcomes {
+        let Ok(processes) = &outcome.result else {
+            continue;
+        };
+        for p in processes {
+            rows += 1;
+            table.add_row(vec![
+                outcome.host.clone(),
+                p.id.to_string(),
+                p.name.clone(),
+                p.instance.to_string(),
+                status_name(p.status).to_string(),
+                p.pid.map_or("-".into(), |pid| pid.to_string()),
+                format!("{:.1}%", p.cpu_percent),
+                bytes(p.memory_bytes),
+                p.uptime_ms.map_or("-".into(), duration),
+                p.restarts.to_string(),
+                crate::stage::release_of(&p.script)
+                    .unwrap_or("-")
+                    .to_string(),
+            ]);
+        }
+    }
+    if rows > 0 {
+        println!("{table}");
+    }
+    for outcome in outcomes {
+        match &outcome.result {
+            Ok(processes) if processes.is_empty() => println!("{}: no app", outcome.host),
+            Ok(_) => {}
+            Err(error) => {
+                let seen = outcome
+                    .last_seen_unix_ms
+                    .map(|at| format!(" (last seen {} ago)", duration(now_ms.saturating_sub(at))))
+                    .unwrap_or_default();
+                println!("{}: unreachable: {error}{seen}", outcome.host);
+            }
+        }
+    }
+}
+
+/// The result of an action on each host.
+pub fn print_host_results(outcomes: &[crate::stage::HostOutcome]) {
+    let mut table = new_table();
+    table.set_header(vec!["host", "result", "instances"]);
+    for outcome in outcomes {
+        let (result, instances) = match &outcome.result {
+            Ok(processes) => (
+                "ok".to_string(),
+                processes
+                    .iter()
+                    .map(|p| format!("{}#{} {}", p.name, p.instance, status_name(p.status)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            Err(error) => (format!("failed: {error}"), String::new()),
+        };
+        table.add_row(vec![outcome.host.clone(), result, instances]);
     }
     println!("{table}");
 }

@@ -54,6 +54,10 @@ pub struct DeployStage {
     pub shared_files: Vec<String>,
     /// ssh `-J`.
     pub proxy_jump: Option<String>,
+    /// `FLEET_HOME` of the agent on the hosts (absolute); `None` means the SSH user's
+    /// `$FLEET_HOME`, else `~/.fleet`, asked from the host.
+    #[serde(default)]
+    pub fleet_home: Option<String>,
     pub strategy: DeployStrategy,
     /// Hosts deployed at once.
     pub batch: Batch,
@@ -263,6 +267,19 @@ fn read_stage(
     let post_deploy = string(ctx, &mut r, "post_deploy");
     let fetch = string(ctx, &mut r, "fetch");
     let proxy_jump = string(ctx, &mut r, "proxy_jump");
+    let fleet_home = r.take(ctx, &["fleet_home"]).and_then(|f| {
+        let home = reader::as_string(ctx, &f)?;
+        if home.starts_with('/') && !home.contains('\'') && !home.contains('\n') {
+            Some(home)
+        } else {
+            ctx.error(
+                f.line,
+                &f.path,
+                format!("{home:?} must be an absolute path on the hosts"),
+            );
+            None
+        }
+    });
     let forward_agent = bool_or(ctx, &mut r, "forward_agent", false);
     let needs_tty = bool_or(ctx, &mut r, "needs_tty", false);
     let canary = bool_or(ctx, &mut r, "canary", false);
@@ -336,6 +353,7 @@ fn read_stage(
         shared_dirs,
         shared_files,
         proxy_jump,
+        fleet_home,
         strategy,
         batch,
         canary,

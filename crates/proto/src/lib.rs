@@ -12,3 +12,14 @@ pub mod agent {
         pub const PROTOCOL_MINOR: u32 = 0;
     }
 }
+
+/// The controller's API (`fleet.controller.v1`): agents' sessions (mTLS) and the CLI's
+/// calls (bearer token), both over TLS.
+pub mod controller {
+    pub mod v1 {
+        tonic::include_proto!("fleet.controller.v1");
+
+        pub const PROTOCOL_MAJOR: u32 = 1;
+        pub const PROTOCOL_MINOR: u32 = 0;
+    }
+}

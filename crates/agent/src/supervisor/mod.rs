@@ -315,6 +315,12 @@ impl Handle {
         }
     }
 
+    /// A receiver that changes whenever any instance does (the controller link sends
+    /// deltas on it).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.clone()
+    }
+
     /// The leader pid of every running instance, for the metrics sampler.
     pub async fn leaders(&self) -> Vec<(u32, i32)> {
         let (reply, rx) = oneshot::channel();

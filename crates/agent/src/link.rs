@@ -1,0 +1,486 @@
+//! The agent's link to a controller: `fleet-agent join` trades a one-time token for a
+//! certificate (the key is generated here and never leaves the host), and `run` keeps
+//! one mTLS session open: hello and a full snapshot first, then deltas when instances
+//! change, metrics with each heartbeat, and commands and log subscriptions from the
+//! controller. It reconnects with jittered backoff and never stops the agent from
+//! supervising: apps keep running while the controller is away.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cpb::agent_link_client::AgentLinkClient;
+use fleet_proto::agent::v1 as apb;
+use fleet_proto::agent::v1::agent_service_server::AgentService;
+use fleet_proto::controller::v1 as cpb;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::service::Service;
+use crate::store::{Home, write_atomic};
+use crate::supervisor::{Handle, Reply, Request};
+
+/// First reconnect delay; doubled per failure up to `RECONNECT_MAX`, with jitter so a
+/// restarted controller is not hit by every agent at once.
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// A session that lasted this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// Until the controller's `welcome` says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Log lines are sent in batches of at most this many, or after this long.
+const LOG_BATCH_LINES: usize = 256;
+const LOG_BATCH_WAIT: Duration = Duration::from_millis(50);
+
+/// Where a joined agent keeps its controller settings: `FLEET_HOME/controller/`.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    pub url: String,
+    pub host: String,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn dir(home: &Home) -> PathBuf {
+    home.root.join("controller")
+}
+
+impl LinkConfig {
+    /// The saved settings, if this agent has joined a controller.
+    pub fn load(home: &Home) -> anyhow::Result<Option<LinkConfig>> {
+        let dir = dir(home);
+        if !dir.join("url").exists() {
+            return Ok(None);
+        }
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .with_context(|| format!("cannot read {}", dir.join(name).display()))
+        };
+        Ok(Some(LinkConfig {
+            url: read("url")?.trim().to_string(),
+            host: read("host")?.trim().to_string(),
+            ca_pem: read("ca.pem")?,
+            cert_pem: read("agent.pem")?,
+            key_pem: read("agent.key")?,
+        }))
+    }
+
+    fn save(&self, home: &Home) -> anyhow::Result<()> {
+        let dir = dir(home);
+        std::fs::create_dir_all(&dir)?;
+        for (name, content) in [
+            ("url", &self.url),
+            ("host", &self.host),
+            ("ca.pem", &self.ca_pem),
+            ("agent.pem", &self.cert_pem),
+            ("agent.key", &self.key_pem),
+        ] {
+            write_atomic(&dir.join(name), content.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+fn tls(url: &str, ca_pem: &str) -> anyhow::Result<ClientTlsConfig> {
+    let uri: tonic::transport::Uri = url
+        .parse()
+        .with_context(|| format!("bad controller url {url}"))?;
+    let domain = uri
+        .host()
+        .context("the controller url has no host")?
+        .to_string();
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(domain))
+}
+
+/// `fleet-agent join <url> <token>`: enrolls this agent as `host`.
+pub async fn join(
+    home: &Home,
+    url: &str,
+    token: &str,
+    host: &str,
+    ca: &Path,
+) -> anyhow::Result<()> {
+    let ca_pem = std::fs::read_to_string(ca)
+        .with_context(|| format!("cannot read the controller's CA {}", ca.display()))?;
+    let key = rcgen::KeyPair::generate().context("cannot generate the agent key")?;
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, host);
+    let csr = params.serialize_request(&key)?.pem()?;
+    let channel = Endpoint::from_shared(url.to_string())?
+        .tls_config(tls(url, &ca_pem)?)?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the controller at {url}"))?;
+    let response = AgentLinkClient::new(channel)
+        .join(cpb::JoinRequest {
+            token: token.to_string(),
+            host: host.to_string(),
+            csr_pem: csr,
+            protocol_major: cpb::PROTOCOL_MAJOR,
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("the controller refused to join: {}", status.message()))?
+        .into_inner();
+    LinkConfig {
+        url: url.to_string(),
+        host: host.to_string(),
+        ca_pem: response.ca_pem,
+        cert_pem: response.certificate_pem,
+        key_pem: key.serialize_pem(),
+    }
+    .save(home)?;
+    Ok(())
+}
+
+/// Keeps a session with the controller open until the agent stops.
+pub async fn run(config: LinkConfig, service: Arc<Service>, handle: Handle) {
+    let mut attempt: u32 = 0;
+    loop {
+        let started = tokio::time::Instant::now();
+        match session(&config, &service, &handle).await {
+            Ok(()) => tracing::info!("controller closed the session"),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "controller session failed")
+            }
+        }
+        if started.elapsed() >= STABLE_SESSION {
+            attempt = 0;
+        }
+        let exp = RECONNECT_MIN
+            .saturating_mul(1 << attempt.min(10))
+            .min(RECONNECT_MAX);
+        attempt = attempt.saturating_add(1);
+        // Jitter in [50%, 100%] of the delay, from the clock's nanoseconds: enough to
+        // spread a thousand agents reconnecting to a restarted controller.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let jitter = 0.5 + f64::from(nanos % 1000) / 2000.0;
+        tokio::time::sleep(exp.mul_f64(jitter)).await;
+    }
+}
+
+/// The process list as the controller sees it: the enrolled host name, not the
+/// machine's hostname (several test-bed hosts share one kernel hostname).
+async fn snapshot(handle: &Handle, host: &str) -> HashMap<u32, apb::ProcessInfo> {
+    match handle
+        .call(Request::List {
+            targets: Vec::new(),
+            details: false,
+        })
+        .await
+    {
+        Ok(Reply::Views(views)) => views
+            .iter()
+            .map(|v| (v.id, crate::service::process_info(v, host)))
+            .collect(),
+        _ => HashMap::new(),
+    }
+}
+
+/// Two infos differ in what a status change is about (not the ever-moving metrics).
+fn same_state(a: &apb::ProcessInfo, b: &apb::ProcessInfo) -> bool {
+    let strip = |p: &apb::ProcessInfo| apb::ProcessInfo {
+        cpu_percent: 0.0,
+        memory_bytes: 0,
+        uptime_ms: None,
+        ..p.clone()
+    };
+    strip(a) == strip(b)
+}
+
+async fn session(
+    config: &LinkConfig,
+    service: &Arc<Service>,
+    handle: &Handle,
+) -> anyhow::Result<()> {
+    let identity = Identity::from_pem(&config.cert_pem, &config.key_pem);
+    let channel = Endpoint::from_shared(config.url.clone())?
+        .tls_config(tls(&config.url, &config.ca_pem)?.identity(identity))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {}", config.url))?;
+    let (tx, rx) = mpsc::channel::<cpb::AgentMessage>(256);
+    let send = |body| cpb::AgentMessage { body: Some(body) };
+    tx.send(send(cpb::agent_message::Body::Hello(cpb::AgentHello {
+        protocol_major: cpb::PROTOCOL_MAJOR,
+        protocol_minor: cpb::PROTOCOL_MINOR,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        host: config.host.clone(),
+        boot_id: boot_id(),
+    })))
+    .await?;
+    let mut sent = snapshot(handle, &config.host).await;
+    let mut seq = 1u64;
+    tx.send(send(cpb::agent_message::Body::Snapshot(cpb::Snapshot {
+        processes: sent.values().cloned().collect(),
+        seq,
+    })))
+    .await?;
+
+    let mut inbound = AgentLinkClient::new(channel)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|status| {
+            anyhow::anyhow!("the controller refused the session: {}", status.message())
+        })?
+        .into_inner();
+    let mut heartbeat = DEFAULT_HEARTBEAT;
+    if let Some(cpb::ControllerMessage {
+        body: Some(cpb::controller_message::Body::Welcome(welcome)),
+    }) = inbound.message().await?
+    {
+        if welcome.heartbeat_interval_ms > 0 {
+            heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms);
+        }
+    } else {
+        bail!("the controller did not welcome this agent");
+    }
+    tracing::info!(url = %config.url, host = %config.host, "connected to the controller");
+
+    let mut changes = handle.changes();
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.tick().await;
+    let mut subscriptions: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
+    let result = loop {
+        tokio::select! {
+            message = inbound.message() => {
+                let message = match message {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break Ok(()),
+                    Err(status) => break Err(anyhow::anyhow!("{}", status.message())),
+                };
+                match message.body {
+                    Some(cpb::controller_message::Body::Command(command)) => {
+                        let (service, tx, host) = (service.clone(), tx.clone(), config.host.clone());
+                        tokio::spawn(async move {
+                            let result = execute(&service, command, &host).await;
+                            let _ = tx.send(cpb::AgentMessage {
+                                body: Some(cpb::agent_message::Body::Result(result)),
+                            }).await;
+                        });
+                    }
+                    Some(cpb::controller_message::Body::Subscribe(subscribe)) => {
+                        let id = subscribe.subscription_id;
+                        let task = tokio::spawn(forward_logs(service.clone(), subscribe, tx.clone(), config.host.clone()));
+                        if let Some(old) = subscriptions.insert(id, task) {
+                            old.abort();
+                        }
+                    }
+                    Some(cpb::controller_message::Body::Unsubscribe(unsubscribe)) => {
+                        if let Some(task) = subscriptions.remove(&unsubscribe.subscription_id) {
+                            task.abort();
+                        }
+                    }
+                    Some(cpb::controller_message::Body::Resync(_)) => {
+                        sent = snapshot(handle, &config.host).await;
+                        seq += 1;
+                        if tx.send(send(cpb::agent_message::Body::Snapshot(cpb::Snapshot {
+                            processes: sent.values().cloned().collect(),
+                            seq,
+                        }))).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    Some(cpb::controller_message::Body::Welcome(_)) | None => {}
+                }
+            }
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                // A state change: send what changed now, metrics wait for the heartbeat.
+                let now = snapshot(handle, &config.host).await;
+                let changed: Vec<apb::ProcessInfo> = now
+                    .values()
+                    .filter(|p| sent.get(&p.id).is_none_or(|old| !same_state(old, p)))
+                    .cloned()
+                    .collect();
+                let removed: Vec<u32> = sent.keys().filter(|id| !now.contains_key(id)).copied().collect();
+                if changed.is_empty() && removed.is_empty() {
+                    continue;
+                }
+                for p in &changed {
+                    sent.insert(p.id, p.clone());
+                }
+                for id in &removed {
+                    sent.remove(id);
+                }
+                seq += 1;
+                if tx.send(send(cpb::agent_message::Body::Delta(cpb::Delta { changed, removed, seq }))).await.is_err() {
+                    break Ok(());
+                }
+            }
+            _ = tick.tick() => {
+                // The heartbeat carries the metrics that moved since the last one.
+                let now = snapshot(handle, &config.host).await;
+                let moved: Vec<apb::ProcessInfo> = now
+                    .values()
+                    .filter(|p| sent.get(&p.id) != Some(*p))
+                    .cloned()
+                    .collect();
+                seq += 1;
+                let body = if moved.is_empty() {
+                    cpb::agent_message::Body::Heartbeat(cpb::Heartbeat { seq })
+                } else {
+                    for p in &moved {
+                        sent.insert(p.id, p.clone());
+                    }
+                    cpb::agent_message::Body::Delta(cpb::Delta { changed: moved, removed: Vec::new(), seq })
+                };
+                if tx.send(send(body)).await.is_err() {
+                    break Ok(());
+                }
+            }
+        }
+    };
+    for task in subscriptions.into_values() {
+        task.abort();
+    }
+    result
+}
+
+/// Runs a controller command through the same code as the local API.
+async fn execute(service: &Service, command: cpb::AgentCommand, host: &str) -> cpb::CommandResult {
+    let targets = command.targets.clone();
+    let result = match cpb::Action::try_from(command.action).unwrap_or(cpb::Action::Unspecified) {
+        cpb::Action::Start => {
+            service
+                .start(tonic::Request::new(apb::StartRequest {
+                    targets,
+                    ..Default::default()
+                }))
+                .await
+        }
+        cpb::Action::Stop => {
+            service
+                .stop(tonic::Request::new(apb::TargetRequest { targets }))
+                .await
+        }
+        cpb::Action::Restart => {
+            service
+                .restart(tonic::Request::new(apb::RestartRequest {
+                    targets,
+                    ..Default::default()
+                }))
+                .await
+        }
+        cpb::Action::Reload => {
+            service
+                .reload(tonic::Request::new(apb::ReloadRequest {
+                    targets,
+                    parallel: 1,
+                    ..Default::default()
+                }))
+                .await
+        }
+        cpb::Action::Scale => {
+            service
+                .scale(tonic::Request::new(apb::ScaleRequest {
+                    app: targets.first().cloned().unwrap_or_default(),
+                    count: command.count.clone(),
+                }))
+                .await
+        }
+        cpb::Action::Unspecified => Err(tonic::Status::invalid_argument("no action given")),
+    };
+    match result {
+        Ok(response) => cpb::CommandResult {
+            request_id: command.request_id,
+            ok: true,
+            error: String::new(),
+            processes: response
+                .into_inner()
+                .processes
+                .into_iter()
+                .map(|mut p| {
+                    p.host = host.to_string();
+                    p
+                })
+                .collect(),
+            code: 0,
+        },
+        Err(status) => cpb::CommandResult {
+            request_id: command.request_id,
+            ok: false,
+            error: status.message().to_string(),
+            processes: Vec::new(),
+            code: status.code() as i32,
+        },
+    }
+}
+
+/// Streams the agent's log lines for one subscription in small batches.
+async fn forward_logs(
+    service: Arc<Service>,
+    subscribe: cpb::LogSubscribe,
+    tx: mpsc::Sender<cpb::AgentMessage>,
+    host: String,
+) {
+    let request = apb::LogsRequest {
+        targets: subscribe.targets,
+        lines: subscribe.lines,
+        follow: subscribe.follow,
+        ..Default::default()
+    };
+    let Ok(response) = service.logs(tonic::Request::new(request)).await else {
+        return;
+    };
+    let mut lines = response.into_inner();
+    loop {
+        let mut entries = Vec::new();
+        let deadline = tokio::time::Instant::now() + LOG_BATCH_WAIT;
+        while entries.len() < LOG_BATCH_LINES {
+            match tokio::time::timeout_at(deadline, lines.next()).await {
+                Ok(Some(Ok(mut entry))) => {
+                    entry.host = host.clone();
+                    entries.push(entry);
+                }
+                Ok(Some(Err(_))) | Ok(None) => {
+                    if !entries.is_empty() {
+                        let _ = tx.send(batch(subscribe.subscription_id, entries)).await;
+                    }
+                    return;
+                }
+                Err(_) => break,
+            }
+        }
+        if !entries.is_empty()
+            && tx
+                .send(batch(subscribe.subscription_id, entries))
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn batch(subscription_id: u64, entries: Vec<apb::LogEntry>) -> cpb::AgentMessage {
+    cpb::AgentMessage {
+        body: Some(cpb::agent_message::Body::Logs(cpb::LogBatch {
+            subscription_id,
+            entries,
+        })),
+    }
+}
+
+/// Different for every agent process: the pid and start time.
+fn boot_id() -> String {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{}-{started}", std::process::id())
+}

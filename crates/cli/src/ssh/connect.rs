@@ -1,0 +1,478 @@
+//! One SSH connection: TCP (or a direct-tcpip channel through a jump host), the
+//! handshake with host key checking, authentication, keepalives; then session
+//! channels (exec) and direct-streamlocal channels on it. Which connection to reuse
+//! is left to `Pool`.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, Handle, Msg};
+use russh::keys::{Algorithm, PublicKeyOrCertificate};
+use russh::{ChannelMsg, ChannelOpenFailure, ChannelStream, ChannelWriteHalf, Preferred};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::known_hosts::{self, Verdict};
+use super::options::{Resolved, StrictHostKeyChecking};
+use super::{ExecOutput, SshError, auth};
+
+/// Session channels (exec) open at once on one connection: below OpenSSH's
+/// `MaxSessions` default of 10 (a real sshd refused the 11th of 30 concurrent
+/// execs), leaving room for the user's own `ssh` multiplexed on a ControlMaster.
+pub const MAX_SESSIONS_PER_CONNECTION: usize = 8;
+/// Output kept per stream of one exec; the rest is dropped and `truncated` set.
+const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
+
+/// The russh handler: checks the server's host key against known_hosts.
+pub struct Checker {
+    label: String,
+    hostname: String,
+    port: u16,
+    user_known_hosts: Vec<PathBuf>,
+    global_known_hosts: Vec<PathBuf>,
+    strict: StrictHostKeyChecking,
+    warnings: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Debug)]
+pub enum CheckerError {
+    Ssh(russh::Error),
+    Refused(SshError),
+}
+
+impl From<russh::Error> for CheckerError {
+    fn from(error: russh::Error) -> CheckerError {
+        CheckerError::Ssh(error)
+    }
+}
+
+impl client::Handler for Checker {
+    type Error = CheckerError;
+
+    async fn check_server_key(
+        &mut self,
+        server_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, CheckerError> {
+        // fleet does not advertise certificate host-key algorithms, so a
+        // conforming server never sends one.
+        let PublicKeyOrCertificate::PublicKey { key, .. } = server_key else {
+            return Ok(false);
+        };
+        let fingerprint = known_hosts::fingerprint(key);
+        let files: Vec<PathBuf> = self
+            .user_known_hosts
+            .iter()
+            .chain(&self.global_known_hosts)
+            .cloned()
+            .collect();
+        match known_hosts::check(&files, &self.hostname, self.port, key) {
+            Verdict::Known => Ok(true),
+            Verdict::Revoked { file, line } => {
+                Err(CheckerError::Refused(SshError::RevokedHostKey {
+                    host: self.label.clone(),
+                    fingerprint,
+                    known_hosts: file,
+                    line,
+                }))
+            }
+            Verdict::Changed { file, line } => {
+                if self.strict == StrictHostKeyChecking::No {
+                    self.warn(format!(
+                        "the host key of {} changed ({}:{} holds another; it now offers {fingerprint}); connected anyway, as StrictHostKeyChecking=no asks",
+                        self.label,
+                        file.display(),
+                        line
+                    ));
+                    return Ok(true);
+                }
+                Err(CheckerError::Refused(SshError::ChangedHostKey {
+                    host: self.label.clone(),
+                    fingerprint,
+                    known_hosts: file,
+                    line,
+                }))
+            }
+            Verdict::Unknown => {
+                // `UserKnownHostsFile none` leaves nowhere to learn into.
+                let learn_into = self.user_known_hosts.first().cloned();
+                if self.strict == StrictHostKeyChecking::Yes {
+                    return Err(CheckerError::Refused(SshError::UnknownHostKey {
+                        host: self.label.clone(),
+                        fingerprint,
+                        known_hosts: learn_into.unwrap_or_else(|| PathBuf::from("none")),
+                    }));
+                }
+                if let Some(file) = learn_into
+                    && let Err(error) = known_hosts::learn(&file, &self.hostname, self.port, key)
+                {
+                    self.warn(format!(
+                        "cannot add the host key of {} to {}: {error}",
+                        self.label,
+                        file.display()
+                    ));
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+impl Checker {
+    fn warn(&self, message: String) {
+        if let Ok(mut warnings) = self.warnings.lock() {
+            warnings.push(message);
+        }
+    }
+}
+
+/// Asks for the algorithms of the host's known keys first, as OpenSSH orders
+/// HostKeyAlgorithms, so a host with several keys shows the one on file.
+fn preferred_for(known: &[Algorithm]) -> Preferred {
+    let default = Preferred::default();
+    let family = |a: &Algorithm, b: &Algorithm| {
+        a == b || (matches!(a, Algorithm::Rsa { .. }) && matches!(b, Algorithm::Rsa { .. }))
+    };
+    let mut keys: Vec<Algorithm> = default
+        .key
+        .iter()
+        .filter(|a| known.iter().any(|k| family(k, a)))
+        .cloned()
+        .collect();
+    let rest: Vec<Algorithm> = default
+        .key
+        .iter()
+        .filter(|a| !keys.contains(a))
+        .cloned()
+        .collect();
+    keys.extend(rest);
+    Preferred {
+        key: Cow::Owned(keys),
+        ..default
+    }
+}
+
+/// An authenticated connection to one host.
+pub struct Connection {
+    pub handle: Handle<Checker>,
+    /// Queues session channels below the server's MaxSessions.
+    sessions: Semaphore,
+    /// What errors call the host.
+    pub label: String,
+    pub connect_timeout: Duration,
+    /// The jump host's connection, kept alive while this one lives.
+    _via: Option<Arc<Connection>>,
+}
+
+/// Tracks handshakes in flight (for the concurrency test and for `--verbose` one day).
+#[derive(Default)]
+pub struct HandshakeGauge {
+    pub current: std::sync::atomic::AtomicUsize,
+    pub peak: std::sync::atomic::AtomicUsize,
+}
+
+struct GaugeGuard<'a>(&'a HandshakeGauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn new(gauge: &'a HandshakeGauge) -> GaugeGuard<'a> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = gauge.current.fetch_add(1, SeqCst) + 1;
+        gauge.peak.fetch_max(now, SeqCst);
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .current
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Connects, checks the host key and authenticates, holding a handshake permit
+/// throughout (the jump host's connection must already exist: waiting for it while
+/// holding a permit could starve it).
+pub async fn establish(
+    resolved: &Resolved,
+    label: String,
+    via: Option<Arc<Connection>>,
+    handshakes: &Semaphore,
+    gauge: &HandshakeGauge,
+    warnings: Arc<Mutex<Vec<String>>>,
+) -> Result<Connection, SshError> {
+    let Ok(_permit) = handshakes.acquire().await else {
+        return Err(SshError::Channel {
+            host: label,
+            message: "the connection pool is closed".to_string(),
+        });
+    };
+    let _gauge = GaugeGuard::new(gauge);
+    let timeout = resolved.connect_timeout;
+    let address = format!("{}:{}", resolved.hostname, resolved.port);
+    let checker = Checker {
+        label: label.clone(),
+        hostname: resolved.hostname.clone(),
+        port: resolved.port,
+        user_known_hosts: resolved.user_known_hosts.clone(),
+        global_known_hosts: resolved.global_known_hosts.clone(),
+        strict: resolved.strict,
+        warnings,
+    };
+    let known_files: Vec<PathBuf> = resolved
+        .user_known_hosts
+        .iter()
+        .chain(&resolved.global_known_hosts)
+        .cloned()
+        .collect();
+    let config = Arc::new(client::Config {
+        keepalive_interval: resolved.keepalive_interval,
+        keepalive_max: resolved.keepalive_max,
+        // Long silent commands must not end the connection; keepalives find dead peers.
+        inactivity_timeout: None,
+        nodelay: true,
+        preferred: preferred_for(&known_hosts::known_algorithms(
+            &known_files,
+            &resolved.hostname,
+            resolved.port,
+        )),
+        ..client::Config::default()
+    });
+    let timed_out = |step: &'static str| SshError::Timeout {
+        host: label.clone(),
+        step,
+        after: timeout,
+    };
+    let mut handle = match &via {
+        Some(jump) => {
+            let channel = tokio::time::timeout(
+                timeout,
+                jump.handle.channel_open_direct_tcpip(
+                    resolved.hostname.clone(),
+                    u32::from(resolved.port),
+                    "127.0.0.1",
+                    0,
+                ),
+            )
+            .await
+            .map_err(|_| timed_out("connect through the jump host"))?
+            .map_err(|error| SshError::Connect {
+                host: label.clone(),
+                source: format!(
+                    "jump host {} cannot reach {address}: {}",
+                    jump.label,
+                    describe(&error)
+                ),
+            })?;
+            handshake(channel.into_stream(), config, checker, timeout, &label).await?
+        }
+        None => {
+            let stream = tokio::time::timeout(
+                timeout,
+                tokio::net::TcpStream::connect((resolved.hostname.as_str(), resolved.port)),
+            )
+            .await
+            .map_err(|_| timed_out("connect"))?
+            .map_err(|error| SshError::Connect {
+                host: label.clone(),
+                source: format!("{address}: {}", lower_first(&error.to_string())),
+            })?;
+            let _ = stream.set_nodelay(true);
+            handshake(stream, config, checker, timeout, &label).await?
+        }
+    };
+    tokio::time::timeout(timeout, auth::authenticate(&mut handle, resolved, &label))
+        .await
+        .map_err(|_| timed_out("authentication"))??;
+    Ok(Connection {
+        handle,
+        sessions: Semaphore::new(MAX_SESSIONS_PER_CONNECTION),
+        label,
+        connect_timeout: timeout,
+        _via: via,
+    })
+}
+
+async fn handshake<R>(
+    stream: R,
+    config: Arc<client::Config>,
+    checker: Checker,
+    timeout: Duration,
+    label: &str,
+) -> Result<Handle<Checker>, SshError>
+where
+    R: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match tokio::time::timeout(timeout, client::connect_stream(config, stream, checker)).await {
+        Err(_) => Err(SshError::Timeout {
+            host: label.to_string(),
+            step: "ssh handshake",
+            after: timeout,
+        }),
+        Ok(Ok(handle)) => Ok(handle),
+        Ok(Err(CheckerError::Refused(error))) => Err(error),
+        Ok(Err(CheckerError::Ssh(error))) => Err(SshError::Connect {
+            host: label.to_string(),
+            source: format!("ssh handshake failed: {}", describe(&error)),
+        }),
+    }
+}
+
+/// A russh error in fleet's words.
+pub fn describe(error: &russh::Error) -> String {
+    match error {
+        russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed) => {
+            "the host could not connect (nothing listening?)".to_string()
+        }
+        russh::Error::ChannelOpenFailure(ChannelOpenFailure::AdministrativelyProhibited) => {
+            "forbidden by the host's sshd configuration".to_string()
+        }
+        russh::Error::NoCommonAlgo { kind, .. } => {
+            format!("no {kind:?} algorithm in common with the server").to_lowercase()
+        }
+        other => lower_first(&other.to_string()),
+    }
+}
+
+fn lower_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Closes a session channel when dropped (a cancelled exec), as russh sends no
+/// CHANNEL_CLOSE for a dropped channel and leaked sessions count against MaxSessions.
+struct CloseOnDrop(Option<ChannelWriteHalf<Msg>>);
+
+impl CloseOnDrop {
+    async fn close(mut self) {
+        if let Some(channel) = self.0.take() {
+            let _ = channel.close().await;
+        }
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(channel) = self.0.take() {
+            tokio::spawn(async move {
+                let _ = channel.close().await;
+            });
+        }
+    }
+}
+
+impl Connection {
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Runs `command` (already wrapped by `super::remote_command`) and collects its
+    /// output until the channel closes or `timeout` passes (queueing excluded).
+    pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
+        let Ok(_permit) = self.sessions.acquire().await else {
+            return Err(self.channel_error("the connection is closed".to_string()));
+        };
+        let deadline = Instant::now() + timeout;
+        let timed_out = || SshError::Timeout {
+            host: self.label.clone(),
+            step: "command",
+            after: timeout,
+        };
+        let channel = tokio::time::timeout_at(deadline, self.handle.channel_open_session())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|error| {
+                self.channel_error(format!("cannot open a session: {}", describe(&error)))
+            })?;
+        let (mut read, write) = channel.split();
+        let write = CloseOnDrop(Some(write));
+        let run = async {
+            let Some(channel) = &write.0 else {
+                return Err(self.channel_error("the session closed".to_string()));
+            };
+            channel
+                .exec(true, command)
+                .await
+                .map_err(|error| self.channel_error(describe(&error)))?;
+            let mut output = ExecOutput::default();
+            while let Some(message) = read.wait().await {
+                match message {
+                    ChannelMsg::Data { data } => {
+                        append(&mut output.stdout, &data, &mut output.truncated)
+                    }
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        append(&mut output.stderr, &data, &mut output.truncated)
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        output.exit_status = Some(exit_status)
+                    }
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        output.exit_signal = Some(format!("{signal_name:?}"))
+                    }
+                    ChannelMsg::Failure => {
+                        return Err(
+                            self.channel_error("the host refused to run the command".to_string())
+                        );
+                    }
+                    // Exit status may come after EOF: read until the channel closes.
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            Ok(output)
+        };
+        let result = tokio::time::timeout_at(deadline, run).await;
+        write.close().await;
+        result.map_err(|_| timed_out())?
+    }
+
+    /// Opens a direct-streamlocal channel to a unix socket on the host.
+    pub async fn open_socket(&self, socket: &str) -> Result<ChannelStream<Msg>, SshError> {
+        let channel = tokio::time::timeout(
+            self.connect_timeout,
+            self.handle.channel_open_direct_streamlocal(socket),
+        )
+        .await
+        .map_err(|_| SshError::Timeout {
+            host: self.label.clone(),
+            step: "open the agent socket",
+            after: self.connect_timeout,
+        })?
+        .map_err(|error| {
+            let hint = match &error {
+                russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed) => {
+                    "\nhint: is fleet-agent running there? start it with `fleet-agent --daemon`, or set fleet_home if it uses another FLEET_HOME"
+                }
+                russh::Error::ChannelOpenFailure(
+                    ChannelOpenFailure::AdministrativelyProhibited,
+                ) => "\nhint: set `AllowStreamLocalForwarding yes` in the host's sshd_config",
+                _ => "",
+            };
+            self.channel_error(format!(
+                "cannot open {socket}: {}{hint}",
+                describe(&error)
+            ))
+        })?;
+        Ok(channel.into_stream())
+    }
+
+    fn channel_error(&self, message: String) -> SshError {
+        SshError::Channel {
+            host: self.label.clone(),
+            message,
+        }
+    }
+}
+
+fn append(buffer: &mut Vec<u8>, data: &[u8], truncated: &mut bool) {
+    let room = MAX_EXEC_OUTPUT.saturating_sub(buffer.len());
+    if data.len() > room {
+        *truncated = true;
+    }
+    buffer.extend_from_slice(&data[..data.len().min(room)]);
+}
