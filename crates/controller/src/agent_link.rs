@@ -1,0 +1,264 @@
+//! `AgentLink`, the agents' face: `Join` trades a one-time token and a CSR for a
+//! certificate; `Session` is the one long-lived stream per agent, identified by its
+//! certificate's common name. What a session reports goes into the registry; what the
+//! CLI asks of a host goes out on it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use fleet_proto::controller::v1::agent_link_server::AgentLink;
+use fleet_proto::controller::v1::{
+    AgentMessage, ControllerMessage, JoinRequest, JoinResponse, LogUnsubscribe, PROTOCOL_MAJOR,
+    PROTOCOL_MINOR, ResyncRequest, Welcome, agent_message, controller_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::Refusal;
+use crate::registry::{After, Delivery, HostHandle};
+use crate::server::Controller;
+use crate::store::{self, AuditEntry};
+use crate::{now_unix_ms, pki};
+
+/// An agent must say `hello` this soon after opening its session.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued for one agent (commands, subscriptions, resyncs) before senders wait.
+const OUTBOUND_QUEUE: usize = 64;
+
+pub(crate) struct AgentLinkService {
+    controller: Arc<Controller>,
+}
+
+impl AgentLinkService {
+    pub(crate) fn new(controller: Arc<Controller>) -> AgentLinkService {
+        AgentLinkService { controller }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentLink for AgentLinkService {
+    type SessionStream = Outbound;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Outbound>, Status> {
+        let certified = certified_host(&request)?;
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => return Err(Refusal::HelloTimeout(HELLO_TIMEOUT.as_secs()).into()),
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => {
+                return Err(Status::cancelled(
+                    "the agent closed the session before `hello`",
+                ));
+            }
+            Ok(Ok(Some(AgentMessage {
+                body: Some(agent_message::Body::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(Some(_))) => return Err(Refusal::HelloFirst.into()),
+        };
+        if hello.protocol_major != PROTOCOL_MAJOR {
+            return Err(Refusal::AgentProtocol {
+                agent: hello.protocol_major,
+                controller: PROTOCOL_MAJOR,
+            }
+            .into());
+        }
+        if hello.host != certified {
+            return Err(Refusal::HostMismatch {
+                certificate: certified,
+                claimed: hello.host,
+            }
+            .into());
+        }
+
+        let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
+        let welcome = ControllerMessage {
+            body: Some(controller_message::Body::Welcome(Welcome {
+                protocol_major: PROTOCOL_MAJOR,
+                protocol_minor: PROTOCOL_MINOR,
+                heartbeat_interval_ms: self.controller.config.heartbeat_interval.as_millis() as u64,
+            })),
+        };
+        outbound
+            .try_send(welcome)
+            .expect("a new queue has room for the welcome");
+        let handle = self.controller.registry.connect(&hello, outbound);
+        let (host, version, boot) = (
+            hello.host.clone(),
+            hello.agent_version.clone(),
+            hello.boot_id.clone(),
+        );
+        self.controller.store.write("host connected", move |conn| {
+            store::host_connected(conn, &host, &version, &boot, now_unix_ms())
+        });
+        tracing::info!(host = %hello.host, agent_version = %hello.agent_version, "agent connected");
+        let ended = Box::pin(handle.link.ended());
+        tokio::spawn(read_session(self.controller.clone(), handle, inbound));
+        Ok(Response::new(Outbound {
+            queue,
+            ended,
+            done: false,
+        }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let request = request.into_inner();
+        if request.protocol_major != PROTOCOL_MAJOR {
+            return Err(Refusal::AgentProtocol {
+                agent: request.protocol_major,
+                controller: PROTOCOL_MAJOR,
+            }
+            .into());
+        }
+        crate::validate_host(&request.host).map_err(Refusal::InvalidArgument)?;
+        // Parse the CSR before touching the token, so a bad request does not use it up.
+        let csr =
+            pki::parse_csr(&request.csr_pem).map_err(|error| Refusal::BadCsr(error.to_string()))?;
+        let hash = pki::token_hash(&request.token);
+        let host = request.host.clone();
+        let store = &self.controller.store;
+        {
+            let (hash, host) = (hash.clone(), host.clone());
+            store
+                .call(move |conn| store::check_join_token(conn, &hash, &host, now_unix_ms()))
+                .await??;
+        }
+        let certificate_pem = self
+            .controller
+            .pki
+            .sign_agent_csr(&csr, &host)
+            .map_err(|error| Refusal::BadCsr(error.to_string()))?;
+        let claimed = {
+            let (hash, host) = (hash.clone(), host.clone());
+            store
+                .call(move |conn| store::claim_join_token(conn, &hash, &host, now_unix_ms()))
+                .await?
+        };
+        if !claimed {
+            // Another `Join` used it (or it expired) since the check: say which.
+            store
+                .call(move |conn| store::check_join_token(conn, &hash, &host, now_unix_ms()))
+                .await??;
+            return Err(Refusal::UnknownJoinToken.into());
+        }
+        let entry = AuditEntry {
+            at_ms: now_unix_ms(),
+            who: format!("agent:{}", request.host),
+            action: "join".to_owned(),
+            stage: String::new(),
+            targets: vec![request.host.clone()],
+            result: "ok".to_owned(),
+        };
+        store
+            .call(move |conn| store::append_audit(conn, &entry))
+            .await?;
+        tracing::info!(host = %request.host, "agent joined");
+        Ok(Response::new(JoinResponse {
+            certificate_pem,
+            ca_pem: self.controller.pki.ca_pem.clone(),
+        }))
+    }
+}
+
+/// The host a verified client certificate was issued for. TLS already checked the
+/// chain against the controller's CA; a connection without a certificate gets here
+/// with none (client auth is optional because `Join` has none yet).
+fn certified_host<T>(request: &Request<T>) -> Result<String, Refusal> {
+    let certificates = request.peer_certs().ok_or(Refusal::NoClientCertificate)?;
+    let leaf = certificates.first().ok_or(Refusal::NoClientCertificate)?;
+    pki::certificate_host(leaf.as_ref()).ok_or(Refusal::NamelessCertificate)
+}
+
+/// Reads one session's messages into the registry until the agent hangs up or the
+/// controller closes the session (a newer one replaced it, or shutdown).
+async fn read_session(
+    controller: Arc<Controller>,
+    handle: HostHandle,
+    mut inbound: Streaming<AgentMessage>,
+) {
+    let link = handle.link.clone();
+    let ended = link.ended();
+    tokio::pin!(ended);
+    let reason = loop {
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            () = &mut ended => break "the controller closed the session".to_owned(),
+        };
+        let body = match message {
+            Ok(Some(AgentMessage { body: Some(body) })) => body,
+            // A message type this controller does not know, from a newer agent.
+            Ok(Some(AgentMessage { body: None })) => {
+                handle.heard();
+                continue;
+            }
+            Ok(None) => break "the agent closed the session".to_owned(),
+            Err(status) => break format!("connection lost: {}", status.message()),
+        };
+        if handle.heard() == After::Replaced {
+            break "replaced by a newer session".to_owned();
+        }
+        let after = match body {
+            agent_message::Body::Hello(_) => {
+                tracing::warn!(host = %link.host, "a second hello on one session; ignored");
+                After::Continue
+            }
+            agent_message::Body::Snapshot(snapshot) => handle.snapshot(snapshot),
+            agent_message::Body::Delta(delta) => handle.delta(delta),
+            agent_message::Body::Heartbeat(heartbeat) => handle.heartbeat(heartbeat.seq),
+            agent_message::Body::Result(result) => {
+                link.resolve(result);
+                After::Continue
+            }
+            agent_message::Body::Logs(batch) => {
+                let subscription_id = batch.subscription_id;
+                if link.deliver_logs(batch) == Delivery::Unwatched {
+                    link.send_soon(controller_message::Body::Unsubscribe(LogUnsubscribe {
+                        subscription_id,
+                    }));
+                }
+                After::Continue
+            }
+        };
+        match after {
+            After::Continue => {}
+            After::Resync => link.send_soon(controller_message::Body::Resync(ResyncRequest {})),
+            After::Replaced => break "replaced by a newer session".to_owned(),
+        }
+    };
+    if let Some(last_seen) = handle.disconnect(&reason) {
+        let host = link.host.clone();
+        controller.store.write("host disconnected", move |conn| {
+            store::host_disconnected(conn, &host, last_seen)
+        });
+        tracing::info!(host = %link.host, %reason, "agent disconnected");
+    }
+    link.close();
+}
+
+/// The controller's side of a session: queued messages until the session is closed.
+pub(crate) struct Outbound {
+    queue: mpsc::Receiver<ControllerMessage>,
+    ended: Pin<Box<dyn Future<Output = ()> + Send>>,
+    done: bool,
+}
+
+impl Stream for Outbound {
+    type Item = Result<ControllerMessage, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.ended.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        this.queue.poll_recv(cx).map(|message| message.map(Ok))
+    }
+}

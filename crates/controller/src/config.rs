@@ -1,0 +1,41 @@
+//! The controller's settings, as the binary's flags give them and tests build them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the controller listens unless told otherwise (the contract's default).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+/// How often agents send a heartbeat. Nomad's and the kubelet's lease renewals are
+/// around 10 s; 5 s keeps `fleet status` fresh at a thousand hosts for 200 tiny
+/// messages a second.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// A host with no message for this long is unreachable: three missed heartbeats.
+pub const DEFAULT_UNREACHABLE_AFTER: Duration = Duration::from_secs(15);
+/// A join token lasts an hour unless asked otherwise (the contract's default).
+pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// Everything `serve` needs besides its listener and shutdown signal.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Holds `ca.pem`, `ca.key`, `server.pem`, `server.key` and `controller.db`;
+    /// created (mode 0700) on first start.
+    pub data_dir: PathBuf,
+    /// Names and addresses the server certificate is valid for, besides the listener's
+    /// own address, `localhost` and `127.0.0.1`.
+    pub sans: Vec<String>,
+    /// Sent to agents in `Welcome`.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a connected host counts as unreachable.
+    pub unreachable_after: Duration,
+}
+
+impl ControllerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> ControllerConfig {
+        ControllerConfig {
+            data_dir: data_dir.into(),
+            sans: Vec::new(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            unreachable_after: DEFAULT_UNREACHABLE_AFTER,
+        }
+    }
+}

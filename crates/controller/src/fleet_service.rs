@@ -1,0 +1,443 @@
+//! `FleetService`, the CLI's face: every call carries a bearer API token. Status is
+//! answered from the registry's memory; commands and log subscriptions go out on the
+//! hosts' sessions; commands and join tokens are written to the audit log.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use fleet_proto::agent::v1::LogEntry;
+use fleet_proto::controller::v1::fleet_service_server::FleetService;
+use fleet_proto::controller::v1::{
+    Action, AgentCommand, CommandRequest, CommandResponse, CreateJoinTokenRequest,
+    CreateJoinTokenResponse, FleetHello, FleetHelloReply, FleetLogsRequest, HostResult, HostStatus,
+    LogSubscribe, LogUnsubscribe, PROTOCOL_MAJOR, PROTOCOL_MINOR, Stage, StatusRequest,
+    StatusResponse, controller_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::config::DEFAULT_JOIN_TOKEN_TTL;
+use crate::error::Refusal;
+use crate::registry::{SessionLink, lock};
+use crate::server::Controller;
+use crate::store::{self, AuditEntry};
+use crate::{now_unix_ms, pki};
+
+/// How long a host gets to carry out start, stop, restart or scale (PM2's CLI waits
+/// about as long for its daemon).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// A reload waits for every new instance to be ready, so it gets longer.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Batches of log lines buffered for one watcher before lines are dropped (and the
+/// watcher told), so a slow terminal never slows any agent's session.
+const LOG_QUEUE_BATCHES: usize = 256;
+/// A `logs` call without `follow` ends when every host has sent its history, or after
+/// this long, whichever comes first.
+const LOG_HISTORY_DEADLINE: Duration = Duration::from_secs(30);
+
+pub(crate) struct FleetApi {
+    controller: Arc<Controller>,
+    /// The stages as last written to the database, so Status writes only changes.
+    recorded_stages: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl FleetApi {
+    pub(crate) fn new(controller: Arc<Controller>) -> FleetApi {
+        FleetApi {
+            controller,
+            recorded_stages: Mutex::default(),
+        }
+    }
+
+    /// Checks the call's bearer token; returns who made the call, for the audit log.
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or(Refusal::BadApiToken)?;
+        let hash = pki::token_hash(token);
+        let id = self
+            .controller
+            .store
+            .call(move |conn| store::verify_api_token(conn, &hash, now_unix_ms()))
+            .await?
+            .ok_or(Refusal::BadApiToken)?;
+        Ok(format!("token:{id}"))
+    }
+
+    /// The request's stage with duplicate hosts removed, recorded in the database when
+    /// it changed.
+    fn stage(&self, stage: Option<Stage>) -> Result<Stage, Refusal> {
+        let mut stage = stage
+            .ok_or_else(|| Refusal::InvalidArgument("the request names no stage".to_owned()))?;
+        let mut seen = HashSet::new();
+        stage.hosts.retain(|host| seen.insert(host.clone()));
+        let changed = {
+            let mut recorded = lock(&self.recorded_stages);
+            if recorded.get(&stage.name) == Some(&stage.hosts) {
+                false
+            } else {
+                recorded.insert(stage.name.clone(), stage.hosts.clone());
+                true
+            }
+        };
+        if changed {
+            let (name, hosts) = (stage.name.clone(), stage.hosts.clone());
+            self.controller.store.write("stage", move |conn| {
+                store::save_stage(conn, &name, &hosts, now_unix_ms())
+            });
+        }
+        Ok(stage)
+    }
+
+    async fn audit(&self, entry: AuditEntry) -> Result<(), Status> {
+        self.controller
+            .store
+            .call(move |conn| store::append_audit(conn, &entry))
+            .await?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl FleetService for FleetApi {
+    type LogsStream = MergedLogs;
+
+    async fn hello(
+        &self,
+        request: Request<FleetHello>,
+    ) -> Result<Response<FleetHelloReply>, Status> {
+        self.authorize(&request).await?;
+        let hello = request.into_inner();
+        if hello.protocol_major != PROTOCOL_MAJOR {
+            let side = if hello.protocol_major < PROTOCOL_MAJOR {
+                "fleet CLI"
+            } else {
+                "controller"
+            };
+            return Err(Refusal::ProtocolMismatch {
+                client: hello.protocol_major,
+                controller: PROTOCOL_MAJOR,
+                side,
+            }
+            .into());
+        }
+        Ok(Response::new(FleetHelloReply {
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: PROTOCOL_MINOR,
+            controller_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        self.authorize(&request).await?;
+        let stage = self.stage(request.into_inner().stage)?;
+        let registry = &self.controller.registry;
+        let hosts = stage
+            .hosts
+            .into_iter()
+            .map(|host| {
+                let view = registry.view(&host);
+                HostStatus {
+                    host,
+                    reachable: view.reachable,
+                    error: view.error,
+                    last_seen_unix_ms: view.last_seen_unix_ms,
+                    processes: view.processes,
+                    agent_version: view.agent_version,
+                }
+            })
+            .collect();
+        Ok(Response::new(StatusResponse { hosts }))
+    }
+
+    async fn logs(
+        &self,
+        request: Request<FleetLogsRequest>,
+    ) -> Result<Response<MergedLogs>, Status> {
+        self.authorize(&request).await?;
+        let request = request.into_inner();
+        let stage = self.stage(request.stage)?;
+        let registry = &self.controller.registry;
+        let (tx, rx) = mpsc::channel(LOG_QUEUE_BATCHES);
+        let mut subscriptions = Vec::new();
+        let mut notices = Vec::new();
+        for host in stage.hosts {
+            match registry.reach(&host) {
+                Ok(link) => {
+                    let subscription_id = registry.next_id();
+                    link.add_log_subscription(subscription_id, tx.clone(), request.follow);
+                    if link.is_ended() {
+                        link.remove_log_subscription(subscription_id);
+                        continue;
+                    }
+                    link.send_soon(controller_message::Body::Subscribe(LogSubscribe {
+                        subscription_id,
+                        targets: request.targets.clone(),
+                        lines: request.lines,
+                        follow: request.follow,
+                    }));
+                    subscriptions.push((link, subscription_id));
+                }
+                Err(why) => notices.push(LogEntry {
+                    ts_unix_ms: now_unix_ms(),
+                    host,
+                    notice: format!("unreachable: {why}"),
+                    ..LogEntry::default()
+                }),
+            }
+        }
+        Ok(Response::new(MergedLogs {
+            queue: rx,
+            ready: notices.into_iter(),
+            subscriptions,
+            deadline: (!request.follow).then(|| Box::pin(tokio::time::sleep(LOG_HISTORY_DEADLINE))),
+        }))
+    }
+
+    async fn command(
+        &self,
+        request: Request<CommandRequest>,
+    ) -> Result<Response<CommandResponse>, Status> {
+        let who = self.authorize(&request).await?;
+        let request = request.into_inner();
+        let action = match Action::try_from(request.action) {
+            Ok(Action::Unspecified) | Err(_) => {
+                return Err(Refusal::InvalidArgument(
+                    "no action: start, stop, restart, reload or scale".to_owned(),
+                )
+                .into());
+            }
+            Ok(action) => action,
+        };
+        if action == Action::Scale && request.count.is_empty() {
+            return Err(
+                Refusal::InvalidArgument("scale needs a count: N, +N or -N".to_owned()).into(),
+            );
+        }
+        let stage = self.stage(request.stage)?;
+        let command = HostCommand {
+            action,
+            targets: request.targets.clone(),
+            count: request.count.clone(),
+        };
+        let hosts = if action == Action::Reload {
+            self.rolling(&stage.hosts, &command).await
+        } else {
+            self.parallel(&stage.hosts, &command).await
+        };
+        let failures: Vec<String> = hosts
+            .iter()
+            .filter(|host| !host.ok)
+            .map(|host| format!("{}: {}", host.host, host.error))
+            .collect();
+        self.audit(AuditEntry {
+            at_ms: now_unix_ms(),
+            who,
+            action: action_name(action).to_owned(),
+            stage: stage.name,
+            targets: request.targets,
+            result: if failures.is_empty() {
+                "ok".to_owned()
+            } else {
+                format!("failed: {}", failures.join("; "))
+            },
+        })
+        .await?;
+        Ok(Response::new(CommandResponse { hosts }))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        let who = self.authorize(&request).await?;
+        let request = request.into_inner();
+        crate::validate_host(&request.host).map_err(Refusal::InvalidArgument)?;
+        let ttl = match request.ttl_seconds {
+            0 => DEFAULT_JOIN_TOKEN_TTL,
+            seconds => Duration::from_secs(seconds),
+        };
+        let host = request.host.clone();
+        let (token, expires_unix_ms) = self
+            .controller
+            .store
+            .call(move |conn| store::create_join_token(conn, &host, ttl, now_unix_ms()))
+            .await?;
+        self.audit(AuditEntry {
+            at_ms: now_unix_ms(),
+            who,
+            action: "join-token".to_owned(),
+            stage: String::new(),
+            targets: vec![request.host],
+            result: "ok".to_owned(),
+        })
+        .await?;
+        Ok(Response::new(CreateJoinTokenResponse {
+            token,
+            expires_unix_ms,
+        }))
+    }
+}
+
+/// What to do on each host of a command.
+#[derive(Clone)]
+struct HostCommand {
+    action: Action,
+    targets: Vec<String>,
+    count: String,
+}
+
+impl FleetApi {
+    /// Every host at once; results in the stage's order.
+    async fn parallel(&self, hosts: &[String], command: &HostCommand) -> Vec<HostResult> {
+        let tasks: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                let (controller, host, command) =
+                    (self.controller.clone(), host.clone(), command.clone());
+                tokio::spawn(async move { run_on_host(&controller, &host, &command).await })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for (task, host) in tasks.into_iter().zip(hosts) {
+            results.push(task.await.unwrap_or_else(|error| HostResult {
+                host: host.clone(),
+                ok: false,
+                error: format!("internal error: {error}"),
+                processes: Vec::new(),
+            }));
+        }
+        results
+    }
+
+    /// One host after another, as PM2's reload goes one instance after another; the
+    /// first failure stops the roll so a bad release reaches one host, not all.
+    async fn rolling(&self, hosts: &[String], command: &HostCommand) -> Vec<HostResult> {
+        let mut results = Vec::with_capacity(hosts.len());
+        let mut failed = false;
+        for host in hosts {
+            if failed {
+                results.push(HostResult {
+                    host: host.clone(),
+                    ok: false,
+                    error: "not reloaded: an earlier host failed".to_owned(),
+                    processes: Vec::new(),
+                });
+                continue;
+            }
+            let result = run_on_host(&self.controller, host, command).await;
+            failed = !result.ok;
+            results.push(result);
+        }
+        results
+    }
+}
+
+async fn run_on_host(controller: &Controller, host: &str, command: &HostCommand) -> HostResult {
+    let failed = |error: String| HostResult {
+        host: host.to_owned(),
+        ok: false,
+        error,
+        processes: Vec::new(),
+    };
+    let link = match controller.registry.reach(host) {
+        Ok(link) => link,
+        Err(why) => return failed(format!("unreachable: {why}")),
+    };
+    let timeout = if command.action == Action::Reload {
+        RELOAD_TIMEOUT
+    } else {
+        COMMAND_TIMEOUT
+    };
+    let request = AgentCommand {
+        request_id: controller.registry.next_id(),
+        action: command.action.into(),
+        targets: command.targets.clone(),
+        count: command.count.clone(),
+    };
+    match link.command(request, timeout).await {
+        Ok(result) => HostResult {
+            host: host.to_owned(),
+            ok: result.ok,
+            error: result.error,
+            processes: result
+                .processes
+                .into_iter()
+                .map(|mut process| {
+                    if process.host.is_empty() {
+                        process.host = host.to_owned();
+                    }
+                    process
+                })
+                .collect(),
+        },
+        Err(error) => failed(error),
+    }
+}
+
+fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Unspecified => "unspecified",
+        Action::Start => "start",
+        Action::Stop => "stop",
+        Action::Restart => "restart",
+        Action::Reload => "reload",
+        Action::Scale => "scale",
+    }
+}
+
+/// The log lines of a stage's hosts, merged as they arrive. Dropping it (the CLI went
+/// away) unsubscribes every host, so lines flow only while someone watches.
+pub(crate) struct MergedLogs {
+    queue: mpsc::Receiver<Vec<LogEntry>>,
+    ready: std::vec::IntoIter<LogEntry>,
+    subscriptions: Vec<(Arc<SessionLink>, u64)>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stream for MergedLogs {
+    type Item = Result<LogEntry, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(entry) = this.ready.next() {
+                return Poll::Ready(Some(Ok(entry)));
+            }
+            if let Some(deadline) = &mut this.deadline
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(None);
+            }
+            match this.queue.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => this.ready = batch.into_iter(),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for MergedLogs {
+    fn drop(&mut self) {
+        for (link, subscription_id) in self.subscriptions.drain(..) {
+            if link.remove_log_subscription(subscription_id) && !link.is_ended() {
+                link.send_soon(controller_message::Body::Unsubscribe(LogUnsubscribe {
+                    subscription_id,
+                }));
+            }
+        }
+    }
+}

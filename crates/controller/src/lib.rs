@@ -1,0 +1,136 @@
+//! fleet's controller: the central service agents dial into (one mTLS session each)
+//! and the CLI asks about a stage's hosts. It keeps hosts' live state in memory and
+//! hosts, stages, tokens and the audit log in SQLite; it never forks an app and never
+//! opens an SSH connection. `serve` takes its listener and a shutdown future so tests
+//! run a controller in-process.
+
+mod agent_link;
+pub mod config;
+mod error;
+mod fleet_service;
+pub mod pki;
+pub mod registry;
+mod server;
+pub mod store;
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+pub use config::ControllerConfig;
+pub use error::{Error, Refusal};
+pub use server::serve;
+
+/// The database's file name in the data directory.
+pub const DATABASE_FILE: &str = "controller.db";
+/// The data directory holds the CA's key: owner only.
+const DATA_DIR_MODE: u32 = 0o700;
+/// Host names become certificate common names and SQL keys; DNS's limit is plenty.
+const MAX_HOST_LEN: usize = 253;
+
+/// Creates the data directory (mode 0700) if it does not exist.
+pub fn prepare_data_dir(path: &Path) -> Result<(), Error> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DATA_DIR_MODE)
+        .create(path)
+        .map_err(|source| Error::io(path, source))?;
+    // The umask still applies to the mode given to `create`; make it exact.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(DATA_DIR_MODE))
+        .map_err(|source| Error::io(path, source))
+}
+
+/// `fleet-controller token create`: a new API token, stored hashed. Returns its id and
+/// the token, which is shown once and never stored.
+pub fn create_api_token(data_dir: &Path) -> Result<(i64, String), Error> {
+    prepare_data_dir(data_dir)?;
+    let path = data_dir.join(DATABASE_FILE);
+    let conn = store::open(&path)?;
+    let (id, token) =
+        store::create_api_token(&conn, now_unix_ms()).map_err(|source| Error::Database {
+            path: path.clone(),
+            source,
+        })?;
+    audit_local(&conn, &path, "token create", vec![format!("token:{id}")])?;
+    Ok((id, token))
+}
+
+/// `fleet-controller join-token <host>`: a one-time token `host` trades for its
+/// certificate. Returns the token and when it expires (unix ms).
+pub fn create_join_token(
+    data_dir: &Path,
+    host: &str,
+    ttl: Duration,
+) -> Result<(String, u64), Error> {
+    validate_host(host).map_err(Error::Invalid)?;
+    prepare_data_dir(data_dir)?;
+    let path = data_dir.join(DATABASE_FILE);
+    let conn = store::open(&path)?;
+    let created = store::create_join_token(&conn, host, ttl, now_unix_ms()).map_err(|source| {
+        Error::Database {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    audit_local(&conn, &path, "join-token", vec![host.to_owned()])?;
+    Ok(created)
+}
+
+/// Audits what was done on the controller's machine, with its database directly.
+fn audit_local(
+    conn: &rusqlite::Connection,
+    path: &Path,
+    action: &str,
+    targets: Vec<String>,
+) -> Result<(), Error> {
+    let entry = store::AuditEntry {
+        at_ms: now_unix_ms(),
+        who: "local".to_owned(),
+        action: action.to_owned(),
+        stage: String::new(),
+        targets,
+        result: "ok".to_owned(),
+    };
+    store::append_audit(conn, &entry).map_err(|source| Error::Database {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A host name as fleet accepts it: what a DNS name or an inventory alias uses.
+pub fn validate_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("the host name is empty".to_owned());
+    }
+    if host.len() > MAX_HOST_LEN {
+        return Err(format!(
+            "the host name is longer than {MAX_HOST_LEN} characters"
+        ));
+    }
+    if let Some(bad) = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "the host name {host:?} contains {bad:?}\nhint: use letters, digits, '.', '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A unix time in ms as users read it: RFC 3339, UTC, to the second.
+pub(crate) fn format_unix_ms(ms: u64) -> String {
+    jiff::Timestamp::from_second((ms / 1000) as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("{ms} ms after the epoch"))
+}

@@ -1,0 +1,154 @@
+//! `serve`: prepares the data directory (CA, server certificate, database), then serves
+//! `AgentLink` and `FleetService` on one TLS port until the shutdown future resolves.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::controller::v1::agent_link_server::AgentLinkServer;
+use fleet_proto::controller::v1::fleet_service_server::FleetServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::agent_link::AgentLinkService;
+use crate::config::ControllerConfig;
+use crate::error::Error;
+use crate::fleet_service::FleetApi;
+use crate::pki::{Pki, PkiPaths};
+use crate::registry::Registry;
+use crate::store::{self, Store};
+
+/// A client that opens TCP but never finishes the TLS handshake is dropped after this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings find dead TCP connections that application heartbeats cannot tell from
+/// silent agents (the research note's 20 s, as in Nomad's and the kubelet's links).
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A snapshot of a host with many instances is bigger than tonic's 4 MiB default.
+const MAX_AGENT_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// After shutdown is asked for, open calls get this long to finish before the server
+/// stops regardless.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What both services share.
+pub(crate) struct Controller {
+    pub config: ControllerConfig,
+    pub store: Store,
+    pub registry: Registry,
+    pub pki: Pki,
+}
+
+/// Serves the controller on `listener` until `shutdown` resolves. The first start
+/// creates the data directory with the CA, the server certificate and the database;
+/// later starts load them.
+pub async fn serve(
+    config: ControllerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    // One crypto backend (aws-lc-rs); installing it as the process default keeps rustls
+    // working even if some dependency also enables ring. Already installed is fine.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let local = listener
+        .local_addr()
+        .map_err(|source| Error::io(&config.data_dir, source))?;
+    let data_dir = config.data_dir.clone();
+    let sans = server_sans(&config, local);
+    let pki = tokio::task::spawn_blocking(move || {
+        crate::prepare_data_dir(&data_dir)?;
+        Pki::load_or_create(&PkiPaths::new(&data_dir), &sans)
+    })
+    .await
+    .expect("loading the PKI does not panic")?;
+    let store = Store::start(&config.data_dir.join(crate::DATABASE_FILE))?;
+    let known = store.call(|conn| store::known_hosts(conn)).await?;
+    let registry = Registry::new(config.unreachable_after, known);
+
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            &pki.server_cert_pem,
+            &pki.server_key_pem,
+        ))
+        .client_ca_root(Certificate::from_pem(&pki.ca_pem))
+        // `Join` comes without a client certificate; `Session` checks for one itself.
+        .client_auth_optional(true)
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    let controller = Arc::new(Controller {
+        config,
+        store,
+        registry,
+        pki,
+    });
+
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            // Commands and heartbeats are small messages; don't let Nagle hold them.
+            let _ = stream.set_nodelay(true);
+        }
+        stream
+    });
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let controller = controller.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("controller stopping");
+            // Sessions and log streams never end on their own: close them so the
+            // graceful shutdown has nothing to wait for.
+            controller.registry.close_all();
+            let _ = stopping.send(());
+        }
+    };
+    tracing::info!(
+        address = %local,
+        ca = %controller.config.data_dir.join("ca.pem").display(),
+        "controller serving; the CLI trusts it with FLEET_CA=<ca>"
+    );
+    let server = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .add_service(
+            AgentLinkServer::new(AgentLinkService::new(controller.clone()))
+                .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
+        )
+        .add_service(FleetServiceServer::new(FleetApi::new(controller.clone())))
+        .serve_with_incoming_shutdown(incoming, signal);
+    let grace = async move {
+        match stopped.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = server => result?,
+        () = grace => tracing::warn!("calls still open {}s after shutdown; stopping anyway", SHUTDOWN_GRACE.as_secs()),
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// The names the server certificate must carry: the listener's address, the local
+/// names, the machine's host name when listening on every address, and `--san`s.
+fn server_sans(config: &ControllerConfig, local: SocketAddr) -> BTreeSet<String> {
+    let mut sans: BTreeSet<String> = ["localhost".to_owned(), "127.0.0.1".to_owned()].into();
+    if local.ip().is_unspecified() {
+        if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            let name = name.trim();
+            if !name.is_empty() {
+                sans.insert(name.to_owned());
+            }
+        }
+        tracing::info!(
+            "listening on every address: pass --san <name> for each name agents and the CLI use"
+        );
+    } else {
+        sans.insert(local.ip().to_string());
+    }
+    sans.extend(config.sans.iter().cloned());
+    sans
+}

@@ -1,0 +1,468 @@
+//! The controller's database (`controller.db`, SQLite in WAL mode): hosts, stages, the
+//! append-only audit log, hashed API tokens and hashed one-time join tokens. One thread
+//! owns the connection; async code sends it jobs. Heartbeats never come here: live
+//! state is the registry's, in memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Error, Refusal};
+use crate::pki;
+
+/// Schema migrations; entry `n` takes the database from `user_version` n to n + 1.
+/// Never edit a released entry: add one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "
+    CREATE TABLE hosts (
+        name TEXT PRIMARY KEY,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        agent_version TEXT NOT NULL DEFAULT '',
+        boot_id TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE stages (
+        name TEXT PRIMARY KEY,
+        hosts TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        stage TEXT NOT NULL DEFAULT '',
+        targets TEXT NOT NULL DEFAULT '[]',
+        result TEXT NOT NULL
+    );
+    -- The audit log is append-only, whoever holds the database.
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        sha256 BLOB NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        last_used INTEGER
+    );
+    CREATE TABLE join_tokens (
+        sha256 BLOB PRIMARY KEY,
+        host TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER
+    );
+    ",
+];
+
+/// SQLite waits this long for a lock another process holds (`token create` while the
+/// controller runs) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// `api_tokens.last_used` is a hint for humans; writing it on every call would put a
+/// write on the CLI's hot path, so it is refreshed at most this often.
+const LAST_USED_RESOLUTION_MS: u64 = 60_000;
+
+/// Opens (creating if needed) and migrates the database.
+pub fn open(path: &Path) -> Result<Connection, Error> {
+    let context = |source| Error::Database {
+        path: path.to_owned(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(context)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(context)?;
+    // WAL: readers never wait for the writer, and `token create` can write while the
+    // controller runs. NORMAL is durable across application crashes in WAL mode.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(context)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(context)?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// Brings the schema to the latest version, one transaction per step.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+    let context = |source| Error::Database {
+        path: path.to_owned(),
+        source,
+    };
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(context)?;
+    if found > known {
+        return Err(Error::NewerSchema {
+            path: path.to_owned(),
+            found,
+            known,
+        });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(context)?;
+        tx.execute_batch(migration).map_err(context)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)
+            .map_err(context)?;
+        tx.commit().map_err(context)?;
+    }
+    Ok(())
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A handle on the database thread. Cheap to clone; the thread ends with the last handle.
+#[derive(Clone)]
+pub struct Store {
+    jobs: std::sync::mpsc::Sender<Job>,
+    path: Arc<PathBuf>,
+}
+
+impl Store {
+    /// Opens the database and starts the thread that owns the connection.
+    pub fn start(path: &Path) -> Result<Store, Error> {
+        let mut conn = open(path)?;
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("controller-db".into())
+            .spawn(move || {
+                while let Ok(job) = queue.recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|source| Error::io(path, source))?;
+        Ok(Store {
+            jobs,
+            path: Arc::new(path.to_owned()),
+        })
+    }
+
+    /// Runs `job` on the database thread and waits for its answer.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, Error> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |conn| {
+                let _ = reply.send(job(conn));
+            }))
+            .map_err(|_| Error::StoreStopped)?;
+        answer
+            .await
+            .map_err(|_| Error::StoreStopped)?
+            .map_err(|source| Error::Database {
+                path: self.path.as_ref().clone(),
+                source,
+            })
+    }
+
+    /// Queues a write nobody waits for (host seen, stage recorded); a failure is logged.
+    pub fn write(
+        &self,
+        what: &'static str,
+        job: impl FnOnce(&mut Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) {
+        let path = self.path.clone();
+        let _ = self.jobs.send(Box::new(move |conn| {
+            if let Err(error) = job(conn) {
+                tracing::error!(%error, db = %path.display(), what, "database write failed");
+            }
+        }));
+    }
+}
+
+/// Creates an API token; returns its id and the token, which is never stored.
+pub fn create_api_token(conn: &Connection, now_ms: u64) -> rusqlite::Result<(i64, String)> {
+    let token = pki::new_token(pki::API_TOKEN_PREFIX);
+    conn.execute(
+        "INSERT INTO api_tokens (sha256, created_at) VALUES (?1, ?2)",
+        params![pki::token_hash(&token), now_ms as i64],
+    )?;
+    Ok((conn.last_insert_rowid(), token))
+}
+
+/// The id of the API token whose hash is `hash`. Every stored hash is compared in
+/// constant time (there are few tokens), so timing tells nothing about near misses.
+pub fn verify_api_token(
+    conn: &Connection,
+    hash: &[u8],
+    now_ms: u64,
+) -> rusqlite::Result<Option<i64>> {
+    let mut statement = conn.prepare_cached("SELECT id, sha256, last_used FROM api_tokens")?;
+    let mut found = None;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, Vec<u8>>(1)?,
+            row.get::<_, Option<i64>>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, stored, last_used) = row?;
+        if pki::hashes_equal(&stored, hash) {
+            found = Some((id, last_used));
+        }
+    }
+    let Some((id, last_used)) = found else {
+        return Ok(None);
+    };
+    if last_used.is_none_or(|at| now_ms.saturating_sub(at as u64) >= LAST_USED_RESOLUTION_MS) {
+        conn.execute(
+            "UPDATE api_tokens SET last_used = ?1 WHERE id = ?2",
+            params![now_ms as i64, id],
+        )?;
+    }
+    Ok(Some(id))
+}
+
+/// Creates a one-time join token for `host`; returns it and when it expires.
+pub fn create_join_token(
+    conn: &Connection,
+    host: &str,
+    ttl: Duration,
+    now_ms: u64,
+) -> rusqlite::Result<(String, u64)> {
+    let token = pki::new_token(pki::JOIN_TOKEN_PREFIX);
+    let expires = now_ms.saturating_add(ttl.as_millis() as u64);
+    conn.execute(
+        "INSERT INTO join_tokens (sha256, host, expires_at) VALUES (?1, ?2, ?3)",
+        params![pki::token_hash(&token), host, expires as i64],
+    )?;
+    Ok((token, expires))
+}
+
+/// Checks a join token without using it up: unknown, for another host, expired and
+/// already used are each refused with their own message.
+pub fn check_join_token(
+    conn: &Connection,
+    hash: &[u8],
+    host: &str,
+    now_ms: u64,
+) -> rusqlite::Result<Result<(), Refusal>> {
+    let row = conn
+        .query_row(
+            "SELECT host, expires_at, used_at FROM join_tokens WHERE sha256 = ?1",
+            params![hash],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(match row {
+        None => Err(Refusal::UnknownJoinToken),
+        Some((token_host, _, _)) if token_host != host => Err(Refusal::JoinTokenHost {
+            token_host,
+            host: host.to_owned(),
+        }),
+        Some((_, _, Some(used))) => Err(Refusal::JoinTokenUsed(crate::format_unix_ms(used as u64))),
+        Some((_, expires, None)) if (expires as u64) <= now_ms => Err(Refusal::JoinTokenExpired(
+            crate::format_unix_ms(expires as u64),
+        )),
+        Some(_) => Ok(()),
+    })
+}
+
+/// Uses up a join token; false when another `Join` got there first or it just expired.
+pub fn claim_join_token(
+    conn: &Connection,
+    hash: &[u8],
+    host: &str,
+    now_ms: u64,
+) -> rusqlite::Result<bool> {
+    let changed = conn.execute(
+        "UPDATE join_tokens SET used_at = ?1
+         WHERE sha256 = ?2 AND host = ?3 AND used_at IS NULL AND expires_at > ?1",
+        params![now_ms as i64, hash, host],
+    )?;
+    Ok(changed == 1)
+}
+
+/// A host the database remembers from earlier runs.
+#[derive(Debug, Clone)]
+pub struct KnownHost {
+    pub name: String,
+    pub last_seen_ms: u64,
+    pub agent_version: String,
+}
+
+pub fn known_hosts(conn: &Connection) -> rusqlite::Result<Vec<KnownHost>> {
+    let mut statement = conn.prepare("SELECT name, last_seen, agent_version FROM hosts")?;
+    let rows = statement.query_map([], |row| {
+        Ok(KnownHost {
+            name: row.get(0)?,
+            last_seen_ms: row.get::<_, i64>(1)? as u64,
+            agent_version: row.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// A session opened: the host exists from now on, with its agent's version and boot.
+pub fn host_connected(
+    conn: &Connection,
+    name: &str,
+    agent_version: &str,
+    boot_id: &str,
+    now_ms: u64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO hosts (name, first_seen, last_seen, agent_version, boot_id)
+         VALUES (?1, ?2, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET
+            last_seen = excluded.last_seen,
+            agent_version = excluded.agent_version,
+            boot_id = excluded.boot_id",
+        params![name, now_ms as i64, agent_version, boot_id],
+    )?;
+    Ok(())
+}
+
+/// A session ended: the last time the host was heard from.
+pub fn host_disconnected(conn: &Connection, name: &str, last_seen_ms: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE hosts SET last_seen = ?1 WHERE name = ?2",
+        params![last_seen_ms as i64, name],
+    )?;
+    Ok(())
+}
+
+pub fn save_stage(
+    conn: &Connection,
+    name: &str,
+    hosts: &[String],
+    now_ms: u64,
+) -> rusqlite::Result<()> {
+    let hosts = serde_json::to_string(hosts).expect("a list of strings serializes");
+    conn.execute(
+        "INSERT INTO stages (name, hosts, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET hosts = excluded.hosts, updated_at = excluded.updated_at",
+        params![name, hosts, now_ms as i64],
+    )?;
+    Ok(())
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub at_ms: u64,
+    /// `token:<id>` for the CLI, `agent:<host>` for an agent.
+    pub who: String,
+    pub action: String,
+    pub stage: String,
+    pub targets: Vec<String>,
+    pub result: String,
+}
+
+pub fn append_audit(conn: &Connection, entry: &AuditEntry) -> rusqlite::Result<()> {
+    let targets = serde_json::to_string(&entry.targets).expect("a list of strings serializes");
+    conn.execute(
+        "INSERT INTO audit_log (at, who, action, stage, targets, result) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            entry.at_ms as i64,
+            entry.who,
+            entry.action,
+            entry.stage,
+            targets,
+            entry.result
+        ],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("controller.db")).unwrap();
+        (dir, conn)
+    }
+
+    #[test]
+    fn migrating_twice_is_a_no_op_and_a_newer_schema_is_refused() {
+        let (dir, mut conn) = temp_db();
+        let path = dir.path().join("controller.db");
+        migrate(&mut conn, &path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(
+            migrate(&mut conn, &path),
+            Err(Error::NewerSchema { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn api_tokens_are_stored_hashed_and_verified() {
+        let (_dir, conn) = temp_db();
+        let (id, token) = create_api_token(&conn, 1_000).unwrap();
+        let stored: Vec<u8> = conn
+            .query_row("SELECT sha256 FROM api_tokens", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, pki::token_hash(&token));
+        assert_eq!(
+            verify_api_token(&conn, &pki::token_hash(&token), 2_000).unwrap(),
+            Some(id)
+        );
+        assert_eq!(
+            verify_api_token(&conn, &pki::token_hash("fct_nope"), 2_000).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_join_token_works_once_for_its_host_until_it_expires() {
+        let (_dir, conn) = temp_db();
+        let (token, expires) =
+            create_join_token(&conn, "web-1", Duration::from_secs(60), 1_000).unwrap();
+        assert_eq!(expires, 61_000);
+        let hash = pki::token_hash(&token);
+        assert!(matches!(
+            check_join_token(&conn, &hash, "web-2", 2_000).unwrap(),
+            Err(Refusal::JoinTokenHost { .. })
+        ));
+        assert!(matches!(
+            check_join_token(&conn, &hash, "web-1", 61_000).unwrap(),
+            Err(Refusal::JoinTokenExpired(_))
+        ));
+        assert!(
+            check_join_token(&conn, &hash, "web-1", 2_000)
+                .unwrap()
+                .is_ok()
+        );
+        assert!(claim_join_token(&conn, &hash, "web-1", 2_000).unwrap());
+        assert!(!claim_join_token(&conn, &hash, "web-1", 2_001).unwrap());
+        assert!(matches!(
+            check_join_token(&conn, &hash, "web-1", 3_000).unwrap(),
+            Err(Refusal::JoinTokenUsed(_))
+        ));
+    }
+
+    #[test]
+    fn the_audit_log_is_append_only() {
+        let (_dir, conn) = temp_db();
+        let entry = AuditEntry {
+            at_ms: 1,
+            who: "token:1".into(),
+            action: "restart".into(),
+            stage: "prod".into(),
+            targets: vec!["api".into()],
+            result: "ok".into(),
+        };
+        append_audit(&conn, &entry).unwrap();
+        assert!(conn.execute("DELETE FROM audit_log", []).is_err());
+        assert!(
+            conn.execute("UPDATE audit_log SET result = 'x'", [])
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! A controller running in the test, CLI clients with a token, and fake agents that
+//! join and hold a session like `fleet-agent` does.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleet_controller::ControllerConfig;
+use fleet_proto::agent::v1::ProcessInfo;
+use fleet_proto::controller::v1::agent_link_client::AgentLinkClient;
+use fleet_proto::controller::v1::fleet_service_client::FleetServiceClient;
+use fleet_proto::controller::v1::{
+    AgentHello, AgentMessage, ControllerMessage, JoinRequest, Stage, StatusRequest, StatusResponse,
+    Welcome, agent_message, controller_message,
+};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status, Streaming};
+
+/// Every wait in these tests is bounded by this; a hang fails instead of blocking CI.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A controller serving in this test's runtime, or the real binary in a child process.
+pub struct Controller {
+    pub data: PathBuf,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), fleet_controller::Error>>>,
+    pub process: Option<std::process::Child>,
+}
+
+impl Controller {
+    /// Starts a controller on `data` with the default settings.
+    pub async fn start(data: &Path) -> Controller {
+        Controller::start_with(data, |_| {}).await
+    }
+
+    /// Starts a controller on `data` after `adjust` changed its config.
+    pub async fn start_with(data: &Path, adjust: impl FnOnce(&mut ControllerConfig)) -> Controller {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut config = ControllerConfig::new(data);
+        adjust(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(fleet_controller::serve(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let controller = Controller {
+            data: data.to_owned(),
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            process: None,
+        };
+        controller.wait_until_up().await;
+        controller
+    }
+
+    /// Runs the `fleet-controller` binary on `data` and a free loopback port; the child
+    /// is killed when this is dropped.
+    pub async fn spawn_binary(data: &Path) -> Controller {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let process = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-controller"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data")
+            .arg(data)
+            .env("FLEET_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let controller = Controller {
+            data: data.to_owned(),
+            addr,
+            stop: None,
+            task: None,
+            process: Some(process),
+        };
+        controller.wait_until_up().await;
+        controller
+    }
+
+    /// The data directory (CA, database) is ready once the port answers TLS.
+    async fn wait_until_up(&self) {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        while !self.data.join("ca.pem").exists() || self.channel(None).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the controller did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the controller and waits for `serve` (or the child) to end.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.as_mut() {
+            let result = tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("serve returns after shutdown")
+                .unwrap();
+            result.unwrap();
+        }
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.data.join("ca.pem")).unwrap()
+    }
+
+    /// A TLS channel trusting the controller's CA, with a client certificate if given.
+    pub async fn channel(
+        &self,
+        identity: Option<&AgentIdentity>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca_pem()));
+        if let Some(identity) = identity {
+            tls = tls.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+        }
+        // By IP: the server certificate names 127.0.0.1 as well as localhost.
+        Endpoint::from_shared(format!("https://127.0.0.1:{}", self.addr.port()))
+            .unwrap()
+            .tls_config(tls)?
+            .connect_timeout(DEADLINE)
+            .connect()
+            .await
+    }
+
+    /// A new API token, made as `fleet-controller token create` makes it.
+    pub fn api_token(&self) -> String {
+        fleet_controller::create_api_token(&self.data).unwrap().1
+    }
+
+    pub async fn fleet(&self) -> FleetServiceClient<Channel> {
+        FleetServiceClient::new(self.channel(None).await.unwrap())
+    }
+
+    /// Joins `host` with a fresh key, as `fleet-agent join` does.
+    pub async fn join(&self, host: &str) -> AgentIdentity {
+        let (token, _) =
+            fleet_controller::create_join_token(&self.data, host, Duration::from_secs(3600))
+                .unwrap();
+        let (key, csr_pem) = csr(host);
+        let response = AgentLinkClient::new(self.channel(None).await.unwrap())
+            .join(JoinRequest {
+                token,
+                host: host.to_owned(),
+                csr_pem,
+                protocol_major: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.ca_pem, self.ca_pem());
+        AgentIdentity {
+            cert_pem: response.certificate_pem,
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// `Status` for a stage of `hosts`.
+    pub async fn status(&self, token: &str, hosts: &[&str]) -> StatusResponse {
+        self.fleet()
+            .await
+            .status(authed(
+                StatusRequest {
+                    stage: Some(stage(hosts)),
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+/// A key and the certificate the controller issued for it.
+#[derive(Clone)]
+pub struct AgentIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A new key and a PEM CSR for it, with `host` as the requested common name.
+pub fn csr(host: &str) -> (KeyPair, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, host);
+    params.distinguished_name = name;
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key, csr)
+}
+
+pub fn stage(hosts: &[&str]) -> Stage {
+    Stage {
+        name: "test".to_owned(),
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+    }
+}
+
+/// A request carrying `token` as the CLI sends it.
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+pub fn hello(host: &str) -> AgentHello {
+    AgentHello {
+        protocol_major: 1,
+        protocol_minor: 0,
+        agent_version: "0.1.0-test".to_owned(),
+        host: host.to_owned(),
+        boot_id: "boot-1".to_owned(),
+    }
+}
+
+pub fn process(id: u32, name: &str) -> ProcessInfo {
+    ProcessInfo {
+        id,
+        name: name.to_owned(),
+        pid: Some(1000 + id),
+        status: fleet_proto::agent::v1::ProcessStatus::Online.into(),
+        ..ProcessInfo::default()
+    }
+}
+
+/// An agent's session, driven by the test.
+pub struct FakeAgent {
+    outbound: mpsc::Sender<AgentMessage>,
+    pub inbound: Streaming<ControllerMessage>,
+    pub welcome: Welcome,
+}
+
+impl FakeAgent {
+    /// Opens a session on `channel` and says `hello`; the error is the controller's
+    /// refusal.
+    pub async fn connect(channel: Channel, hello: AgentHello) -> Result<FakeAgent, Status> {
+        let (outbound, queue) = mpsc::channel(64);
+        outbound
+            .send(AgentMessage {
+                body: Some(agent_message::Body::Hello(hello)),
+            })
+            .await
+            .unwrap();
+        let mut inbound = tokio::time::timeout(
+            DEADLINE,
+            AgentLinkClient::new(channel).session(ReceiverStream::new(queue)),
+        )
+        .await
+        .expect("the controller answers the session")?
+        .into_inner();
+        let first = tokio::time::timeout(DEADLINE, inbound.message())
+            .await
+            .expect("the controller says welcome")?;
+        let Some(ControllerMessage {
+            body: Some(controller_message::Body::Welcome(welcome)),
+        }) = first
+        else {
+            panic!("the first message is not a welcome: {first:?}");
+        };
+        Ok(FakeAgent {
+            outbound,
+            inbound,
+            welcome,
+        })
+    }
+
+    /// Joins `host` and opens its session.
+    pub async fn joined(controller: &Controller, host: &str) -> (FakeAgent, AgentIdentity) {
+        let identity = controller.join(host).await;
+        let channel = controller.channel(Some(&identity)).await.unwrap();
+        let agent = FakeAgent::connect(channel, hello(host)).await.unwrap();
+        (agent, identity)
+    }
+
+    pub async fn send(&self, body: agent_message::Body) {
+        self.outbound
+            .send(AgentMessage { body: Some(body) })
+            .await
+            .unwrap();
+    }
+
+    /// The next message from the controller, or None when the session ended.
+    pub async fn next(&mut self) -> Option<controller_message::Body> {
+        tokio::time::timeout(DEADLINE, self.inbound.message())
+            .await
+            .expect("a message from the controller in time")
+            .ok()
+            .flatten()
+            .map(|message| message.body.expect("a message with a body"))
+    }
+}
+
+/// Polls `status` until `done` holds, failing after `within`.
+pub async fn wait_for_status(
+    controller: &Controller,
+    token: &str,
+    hosts: &[&str],
+    within: Duration,
+    done: impl Fn(&StatusResponse) -> bool,
+) -> StatusResponse {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let status = controller.status(token, hosts).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "status did not settle: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,12 @@
+//! The controller in-process: `serve` on a temp data directory and port 0, real TLS over
+//! loopback, the CLI's calls through the generated client and agents played by tests
+//! (a real certificate from `Join`, a hand-driven session). Compiled into one binary.
+
+mod harness;
+
+mod auth;
+mod command;
+mod logs;
+mod restart;
+mod scale;
+mod session;
