@@ -6,6 +6,7 @@ mod harness;
 
 mod cluster;
 mod config;
+mod fleet;
 mod lifecycle;
 mod logs;
 mod monit;

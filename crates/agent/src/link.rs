@@ -331,13 +331,15 @@ async fn session(
                     .filter(|p| sent.get(&p.id) != Some(*p))
                     .cloned()
                     .collect();
-                seq += 1;
+                // Deltas count up by one; a heartbeat repeats the last sequence number,
+                // so the controller can tell it missed nothing.
                 let body = if moved.is_empty() {
                     cpb::agent_message::Body::Heartbeat(cpb::Heartbeat { seq })
                 } else {
                     for p in &moved {
                         sent.insert(p.id, p.clone());
                     }
+                    seq += 1;
                     cpb::agent_message::Body::Delta(cpb::Delta { changed: moved, removed: Vec::new(), seq })
                 };
                 if tx.send(send(body)).await.is_err() {
@@ -451,6 +453,10 @@ async fn forward_logs(
                 Ok(Some(Err(_))) | Ok(None) => {
                     if !entries.is_empty() {
                         let _ = tx.send(batch(subscribe.subscription_id, entries)).await;
+                    }
+                    if !subscribe.follow {
+                        // An empty batch tells the controller the history is complete.
+                        let _ = tx.send(batch(subscribe.subscription_id, Vec::new())).await;
                     }
                     return;
                 }
