@@ -99,21 +99,25 @@ pub async fn run(options: Options, source: Source) -> i32 {
         shutdown.await;
         return 0;
     }
-    let (listener, how) = match source {
+    let (listener, kind) = match source {
         Source::Inherited(std) => match TcpListener::from_std(std) {
-            Ok(l) => (l, "inherited"),
+            Ok(l) => (l, server::Listener::Shared),
             Err(e) => {
                 eprintln!("fleet-testapp: cannot use the inherited socket: {e}");
                 return 1;
             }
         },
         Source::Port(port) => match TcpListener::bind(("127.0.0.1", port)).await {
-            Ok(l) => (l, "PORT"),
+            Ok(l) => (l, server::Listener::Private),
             Err(e) => {
                 eprintln!("fleet-testapp: cannot listen on 127.0.0.1:{port}: {e}");
                 return 1;
             }
         },
+    };
+    let how = match kind {
+        server::Listener::Shared => "inherited",
+        server::Listener::Private => "PORT",
     };
     match listener.local_addr() {
         Ok(addr) => println!("listening on {addr} ({how})"),
@@ -131,7 +135,7 @@ pub async fn run(options: Options, source: Source) -> i32 {
         version: std::env::var("VERSION").unwrap_or_else(|_| "v1".to_string()),
         healthy: !options.never_ready,
     };
-    server::serve(listener, identity, shutdown).await;
+    server::serve(listener, kind, identity, shutdown).await;
     println!("stopped");
     0
 }

@@ -39,6 +39,11 @@ pub const MAX_SLOW_MS: u64 = 600_000;
 /// `/slow` without `ms`.
 pub const DEFAULT_SLOW_MS: u64 = 1000;
 
+/// At most this many queued connections are taken when a private listener closes
+/// (Linux's default `somaxconn`), so a client that keeps connecting cannot delay the
+/// stop forever.
+const MAX_BACKLOG_TAKEN: usize = 4096;
+
 /// Pause after an `accept` error (EMFILE and the like) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -64,28 +69,43 @@ impl Identity {
     }
 }
 
+/// Whether other processes accept on the same socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// Inherited (fd 3): closing our descriptor leaves the socket to the others.
+    Shared,
+    /// Our own `PORT`: closing it resets the connections still in its accept queue.
+    Private,
+}
+
 /// Serves `listener` until `shutdown` completes, then drains and returns once every
 /// connection is closed.
-pub async fn serve(listener: TcpListener, identity: Identity, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    kind: Listener,
+    identity: Identity,
+    shutdown: impl Future<Output = ()>,
+) {
     let (drain_tx, drain_rx) = watch::channel(false);
     // Every connection task holds a clone of `open_tx`; `recv` returns `None` once all
     // of them (and this one) are dropped, which is "every connection closed".
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
+    let spawn = |stream: TcpStream| {
+        let connection = Connection {
+            stream,
+            identity: identity.clone(),
+            drain: drain_rx.clone(),
+            _open: open_tx.clone(),
+        };
+        tokio::spawn(connection.run());
+    };
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let connection = Connection {
-                        stream,
-                        identity: identity.clone(),
-                        drain: drain_rx.clone(),
-                        _open: open_tx.clone(),
-                    };
-                    tokio::spawn(connection.run());
-                }
+                Ok((stream, _)) => spawn(stream),
                 Err(e) => {
                     eprintln!("fleet-testapp: accept failed: {e}");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -94,11 +114,41 @@ pub async fn serve(listener: TcpListener, identity: Identity, shutdown: impl Fut
         }
     }
     // Closing our listener first: with an inherited socket the kernel's accept queue is
-    // shared, and the connections in it now go to the instances still accepting.
-    drop(listener);
+    // shared, and the connections in it now go to the instances still accepting. A
+    // private listener's queue has no one else to go to (in proxy mode the agent may
+    // have connected just before the signal), so those connections are taken first.
+    if kind == Listener::Private {
+        for stream in take_backlog(listener) {
+            spawn(stream);
+        }
+    } else {
+        drop(listener);
+    }
     drain_tx.send_replace(true);
     drop(open_tx);
     let _ = open_rx.recv().await;
+}
+
+/// Accepts what is already queued on `listener` without waiting, then closes it.
+fn take_backlog(listener: TcpListener) -> Vec<TcpStream> {
+    let mut streams = Vec::new();
+    let Ok(listener) = listener.into_std() else {
+        return streams;
+    };
+    while streams.len() < MAX_BACKLOG_TAKEN {
+        match listener.accept() {
+            Ok((stream, _)) => match stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream))
+            {
+                Ok(stream) => streams.push(stream),
+                Err(e) => eprintln!("fleet-testapp: cannot take a queued connection: {e}"),
+            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break, // WouldBlock: the queue is empty
+        }
+    }
+    streams
 }
 
 struct Connection {

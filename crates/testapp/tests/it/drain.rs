@@ -18,7 +18,7 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     assert_eq!(idle.get("/").status, 200); // now an idle keep-alive connection
     let mut busy = Client::connect(addr).unwrap();
     assert_eq!(busy.get("/health").status, 200);
-    busy.send("/slow?ms=700", "");
+    busy.send("/slow?ms=1500", "");
     std::thread::sleep(Duration::from_millis(200)); // the request is in flight
 
     app.signal(Signal::SIGTERM);
@@ -38,7 +38,7 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
         .read_response()
         .expect("the in-flight response arrives whole");
     assert_eq!(response.status, 200);
-    assert!(response.body.ends_with("slept_ms=700\n"), "{response:?}");
+    assert!(response.body.ends_with("slept_ms=1500\n"), "{response:?}");
     assert!(
         response.closes(),
         "the last response on a draining connection says close"
