@@ -61,29 +61,55 @@ impl PartialEq for Backend {
     }
 }
 
-/// The balancer of one proxied app; dropping it stops accepting.
+/// The balancer of one proxied app; dropping it stops accepting and closes every
+/// proxied connection.
 pub struct Proxy {
     backends: watch::Sender<Vec<Backend>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// Connection counters survive backend list updates, keyed by port.
     counters: std::collections::HashMap<u16, Arc<AtomicUsize>>,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
 impl Proxy {
+    /// Runs the proxy on a thread of its own with a single-threaded runtime: every
+    /// proxied byte is a read and a write, and keeping them off the agent's shared
+    /// workers avoids a cross-thread wake-up per request (`bench/cluster`).
     pub fn spawn(listener: StdListener, balance: Balance) -> std::io::Result<Proxy> {
         listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(listener)?;
         let (backends, rx) = watch::channel(Vec::new());
-        let task = tokio::spawn(accept_loop(listener, rx, balance));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("fleet-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            tracing::error!(%error, "proxy cannot listen");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        _ = accept_loop(listener, rx, balance) => {}
+                        _ = stopped => {}
+                    }
+                });
+                // Dropping the runtime here closes every proxied connection.
+            })?;
         Ok(Proxy {
             backends,
-            task,
+            stop: Some(stop),
             counters: std::collections::HashMap::new(),
         })
     }

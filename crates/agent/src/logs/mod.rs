@@ -322,6 +322,18 @@ fn take_lines(pending: &mut Vec<u8>, eof: bool) -> Vec<u8> {
     out
 }
 
+/// Whether no line of `data` (the unterminated tail included) is longer than `MAX_LINE`.
+fn lines_fit(data: &[u8]) -> bool {
+    let mut start = 0;
+    for newline in memchr::memchr_iter(b'\n', data) {
+        if newline - start > MAX_LINE {
+            return false;
+        }
+        start = newline + 1;
+    }
+    data.len() - start <= MAX_LINE
+}
+
 fn push_split(out: &mut Vec<u8>, line: &[u8]) {
     if line.is_empty() {
         out.push(b'\n');
@@ -348,8 +360,16 @@ async fn pump<R: AsyncRead + Unpin>(
             Ok(0) | Err(_) => (0, true),
             Ok(n) => (n, false),
         };
-        pending.extend_from_slice(&buf[..n]);
-        let lines = take_lines(&mut pending, eof);
+        let data = &buf[..n];
+        let lines = if pending.is_empty() && !eof && lines_fit(data) {
+            // The common case: whole lines of normal length, cut with one copy.
+            let end = memchr::memrchr(b'\n', data).map_or(0, |i| i + 1);
+            pending.extend_from_slice(&data[end..]);
+            data[..end].to_vec()
+        } else {
+            pending.extend_from_slice(data);
+            take_lines(&mut pending, eof)
+        };
         if !lines.is_empty() {
             let chunk = Arc::new(Chunk {
                 seq: hub.seq.fetch_add(1, Ordering::SeqCst) + 1,
@@ -451,6 +471,8 @@ mod tests {
         );
         let mut empty_lines = b"\n\n".to_vec();
         assert_eq!(take_lines(&mut empty_lines, false), b"\n\n");
+        assert!(lines_fit(b"short\nlines\ntail"));
+        assert!(!lines_fit(&vec![b'x'; MAX_LINE + 1]));
     }
 
     fn logs(hub: &LogHub, dir: &Path, format: LineFormat) -> Arc<InstanceLogs> {
