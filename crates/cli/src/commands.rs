@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use fleet_config::{AppSpec, ConfigFile, Instances, LoadOptions};
 use fleet_proto::agent::v1 as pb;
+use fleet_proto::controller::v1::Action;
 
 use crate::client::{self, Client};
 use crate::output;
@@ -22,6 +23,20 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
             None => Ok(None),
         }
     };
+    // `fleet restart production api`: an action across a stage's hosts.
+    let stage_action = match &command {
+        Command::Start(args) => Some((&args.targets, Action::Start)),
+        Command::Stop(args) => Some((&args.targets, Action::Stop)),
+        Command::Restart(args) => Some((&args.targets, Action::Restart)),
+        Command::Reload(args) => Some((&args.targets, Action::Reload)),
+        _ => None,
+    };
+    if let Some((targets, action)) = stage_action
+        && targets.len() >= 2
+        && let Some((stage, targets)) = fleet(targets)?
+    {
+        return fleet_command(&stage, action, targets, accept_new_host_keys).await;
+    }
     match &command {
         Command::Status(args) => {
             if let Some(name) = &args.stage {
@@ -58,50 +73,6 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
                 } else {
                     Err(Failure::failed("some hosts could not be reached"))
                 };
-            }
-        }
-        Command::Start(args) if args.targets.len() >= 2 => {
-            if let Some((stage, targets)) = fleet(&args.targets)? {
-                return fleet_command(
-                    &stage,
-                    fleet_proto::controller::v1::Action::Start,
-                    targets,
-                    accept_new_host_keys,
-                )
-                .await;
-            }
-        }
-        Command::Stop(args) if args.targets.len() >= 2 => {
-            if let Some((stage, targets)) = fleet(&args.targets)? {
-                return fleet_command(
-                    &stage,
-                    fleet_proto::controller::v1::Action::Stop,
-                    targets,
-                    accept_new_host_keys,
-                )
-                .await;
-            }
-        }
-        Command::Restart(args) if args.targets.len() >= 2 => {
-            if let Some((stage, targets)) = fleet(&args.targets)? {
-                return fleet_command(
-                    &stage,
-                    fleet_proto::controller::v1::Action::Restart,
-                    targets,
-                    accept_new_host_keys,
-                )
-                .await;
-            }
-        }
-        Command::Reload(args) if args.targets.len() >= 2 => {
-            if let Some((stage, targets)) = fleet(&args.targets)? {
-                return fleet_command(
-                    &stage,
-                    fleet_proto::controller::v1::Action::Reload,
-                    targets,
-                    accept_new_host_keys,
-                )
-                .await;
             }
         }
         _ => {}
@@ -408,7 +379,7 @@ async fn fleet_status(stage: &stage::Stage, json: bool, accept_new_host_keys: bo
 
 async fn fleet_command(
     stage: &stage::Stage,
-    action: fleet_proto::controller::v1::Action,
+    action: Action,
     targets: Vec<String>,
     accept_new_host_keys: bool,
 ) -> Result<()> {
