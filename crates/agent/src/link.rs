@@ -86,6 +86,9 @@ impl LinkConfig {
 }
 
 fn tls(url: &str, ca_pem: &str) -> anyhow::Result<ClientTlsConfig> {
+    // The one crypto backend, installed only by agents that talk to a controller: an
+    // agent without one never pays for initialising it.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let uri: tonic::transport::Uri = url
         .parse()
         .with_context(|| format!("bad controller url {url}"))?;

@@ -52,8 +52,6 @@ fn main() -> anyhow::Result<()> {
             .join(".fleet"),
     };
     let home = Home::new(root);
-    // One crypto backend for every TLS connection (the controller link).
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if let Some(Command::Join {
         url,
         token,

@@ -35,6 +35,19 @@ pub struct CronSchedule {
     zone: TimeZone,
 }
 
+/// The host's zone, read once: every app has a rotation schedule, and reading
+/// `/etc/localtime` per app made starting 100 apps measurably slower.
+fn host_zone() -> TimeZone {
+    static ZONE: std::sync::OnceLock<TimeZone> = std::sync::OnceLock::new();
+    ZONE.get_or_init(|| {
+        TimeZone::try_system().unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot tell the host's time zone; cron_restart uses UTC");
+            TimeZone::UTC
+        })
+    })
+    .clone()
+}
+
 impl CronSchedule {
     /// Parses a pattern (5 fields, 6 with seconds, or @daily-style nicknames) in
     /// `timezone` (an IANA name; `None` is the host's zone, as in PM2).
@@ -45,10 +58,7 @@ impl CronSchedule {
             }
             // jiff reads `TZ`, then `/etc/localtime`. A host whose zone cannot be told
             // still gets a working schedule, in UTC, rather than an app that will not start.
-            None => TimeZone::try_system().unwrap_or_else(|error| {
-                tracing::warn!(%error, "cannot tell the host's time zone; cron_restart uses UTC");
-                TimeZone::UTC
-            }),
+            None => host_zone(),
         };
         let trimmed = pattern.trim();
         // The config crate accepts `@midnight` (a Vixie cron nickname); croner does not

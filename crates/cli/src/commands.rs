@@ -200,36 +200,9 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
                 .into_inner();
             report(&mut client, response).await
         }
-        Command::Stop(args) => {
-            let mut client = agent(&home).await?;
-            let targets = expand_config_targets(&args.targets, &args.only)?;
-            let response = client
-                .stop(pb::TargetRequest { targets })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            report(&mut client, response).await
-        }
-        Command::Delete(args) => {
-            let mut client = agent(&home).await?;
-            let targets = expand_config_targets(&args.targets, &args.only)?;
-            let response = client
-                .delete(pb::TargetRequest { targets })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            report(&mut client, response).await
-        }
-        Command::Reset(args) => {
-            let mut client = agent(&home).await?;
-            let targets = expand_config_targets(&args.targets, &args.only)?;
-            let response = client
-                .reset(pb::TargetRequest { targets })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            report(&mut client, response).await
-        }
+        Command::Stop(args) => target_action(&home, args, TargetAction::Stop).await,
+        Command::Delete(args) => target_action(&home, args, TargetAction::Delete).await,
+        Command::Reset(args) => target_action(&home, args, TargetAction::Reset).await,
         Command::SendSignal(args) => {
             fleet_config::parse_signal(&args.signal).map_err(Failure::usage)?;
             let mut client = agent(&home).await?;
@@ -394,6 +367,28 @@ async fn fleet_command(
         )));
     }
     Ok(())
+}
+
+/// The actions that take only targets.
+enum TargetAction {
+    Stop,
+    Delete,
+    Reset,
+}
+
+async fn target_action(home: &Path, args: crate::TargetArgs, action: TargetAction) -> Result<()> {
+    let mut client = agent(home).await?;
+    let request = pb::TargetRequest {
+        targets: expand_config_targets(&args.targets, &args.only)?,
+    };
+    let response = match action {
+        TargetAction::Stop => client.stop(request).await,
+        TargetAction::Delete => client.delete(request).await,
+        TargetAction::Reset => client.reset(request).await,
+    }
+    .map_err(status_error)?
+    .into_inner();
+    report(&mut client, response).await
 }
 
 async fn agent(home: &Path) -> Result<Client> {

@@ -28,6 +28,9 @@ pub use format::{DateFormat, LineFormat};
 /// 1 MiB (the unprivileged maximum) cut the hand-offs 16-fold (`bench/logs`).
 pub const PIPE_CAPACITY: usize = 1024 * 1024;
 const READ_CHUNK: usize = PIPE_CAPACITY;
+/// The first read buffer of a stream: enough for a few lines; it doubles while reads
+/// fill it, so a flooding app reaches `READ_CHUNK` within a dozen reads.
+const INITIAL_READ: usize = 1024;
 /// A line longer than this is split into several (never dropped, never held forever).
 pub const MAX_LINE: usize = 16 * 1024;
 /// Recent output kept per instance for `fleet logs --lines N`; bounded in bytes so 100
@@ -352,14 +355,21 @@ async fn pump<R: AsyncRead + Unpin>(
     mut reader: R,
 ) {
     let files = logs.files(stream);
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Most apps write little: the buffer starts small and uninitialised (nothing is
+    // resident until bytes arrive) and doubles, up to `READ_CHUNK`, only while reads
+    // fill it. 100 apps with 1 MiB each cost the agent megabytes it never used.
+    let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_READ);
     let mut pending: Vec<u8> = Vec::new();
     let mut warned = false;
     loop {
-        let (n, eof) = match reader.read(&mut buf).await {
+        buf.clear();
+        let (n, eof) = match reader.read_buf(&mut buf).await {
             Ok(0) | Err(_) => (0, true),
             Ok(n) => (n, false),
         };
+        if n == buf.capacity() && buf.capacity() < READ_CHUNK {
+            buf.reserve_exact(buf.capacity());
+        }
         let data = &buf[..n];
         let lines = if pending.is_empty() && !eof && lines_fit(data) {
             // The common case: whole lines of normal length, cut with one copy.

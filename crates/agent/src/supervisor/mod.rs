@@ -234,6 +234,11 @@ enum Msg {
         id: u32,
         generation: u64,
     },
+    /// A `rotate_interval` fired: rotate the files of every instance using it.
+    RotateLogs {
+        pattern: String,
+        timezone: Option<String>,
+    },
     /// A watched path of an app changed (`watch`).
     Watched {
         id: u32,
@@ -375,7 +380,6 @@ struct Proc {
 #[derive(Default)]
 struct Triggers {
     cron_restart: Option<CronHandle>,
-    rotate: Option<CronHandle>,
     watch: Option<WatchHandle>,
 }
 
@@ -385,6 +389,8 @@ struct Supervisor {
     /// Listening sockets and proxies, by app name, kept across restarts and reloads.
     ports: HashMap<String, replace::AppPort>,
     reloading: HashSet<String>,
+    /// `rotate_interval` timers by (pattern, time zone), shared by every app using them.
+    rotation_timers: HashMap<(String, Option<String>), CronHandle>,
     /// Spawn generations are unique across instances and aborted replacements, so a
     /// late exit or timer can never be taken for the current process's.
     next_generation: u64,
@@ -409,6 +415,7 @@ pub fn start(home: Home, hub: LogHub, saved: Vec<SavedProcess>) -> Handle {
         hub,
         ports: HashMap::new(),
         reloading: HashSet::new(),
+        rotation_timers: HashMap::new(),
         next_generation: 0,
         cpus,
         procs: BTreeMap::new(),
@@ -511,6 +518,20 @@ impl Supervisor {
                 signal,
             } => self.on_readiness(id, generation, signal),
             Msg::RetireKill { id, generation } => self.retire_kill(id, generation),
+            Msg::RotateLogs { pattern, timezone } => {
+                let files: Vec<std::path::PathBuf> = self
+                    .procs
+                    .values()
+                    .filter(|p| {
+                        p.spec.logs.rotation.interval.as_deref() == Some(pattern.as_str())
+                            && p.spec.cron_timezone == timezone
+                    })
+                    .flat_map(|p| p.logs.files())
+                    .collect();
+                let hub = self.hub.clone();
+                // Renames and reopens are file system work: off the supervisor task.
+                tokio::task::spawn_blocking(move || hub.rotate(&files));
+            }
             Msg::Cron { id } => {
                 // PM2's cron also starts a stopped app; fleet leaves an app the user
                 // stopped alone and restarts it only when it runs (or has errored).
@@ -1151,12 +1172,23 @@ impl Supervisor {
                 Err(error) => tracing::error!(app = %spec.name, %error, "cron_restart ignored"),
             }
         }
-        if let Some(pattern) = &spec.logs.rotation.interval
-            && let Ok(schedule) = CronSchedule::parse(pattern, spec.cron_timezone.as_deref())
-        {
-            let hub = self.hub.clone();
-            let files = proc.logs.files();
-            triggers.rotate = Some(spawn_cron(schedule, move || hub.rotate(&files)));
+        // Rotation by time: one timer per distinct pattern and zone for the whole
+        // agent (a timer per app cost memory for 100 identical daily schedules).
+        if let Some(pattern) = spec.logs.rotation.interval.clone() {
+            let key = (pattern, spec.cron_timezone.clone());
+            if !self.rotation_timers.contains_key(&key)
+                && let Ok(schedule) = CronSchedule::parse(&key.0, key.1.as_deref())
+            {
+                let tx = self.tx.clone();
+                let fired = key.clone();
+                let handle = spawn_cron(schedule, move || {
+                    let _ = tx.send(Msg::RotateLogs {
+                        pattern: fired.0.clone(),
+                        timezone: fired.1.clone(),
+                    });
+                });
+                self.rotation_timers.insert(key, handle);
+            }
         }
         // One watcher per app is enough: instance 0 watches for all of them.
         if !spec.watch.is_empty() && proc.instance == 0 {
