@@ -27,13 +27,14 @@ export LC_ALL=C # EPOCHREALTIME with a '.' separator
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE="$ROOT/bench/.cache"
+# shellcheck source=../lib.sh
+source "$ROOT/bench/lib.sh"
 
 N_APPS=100
 CYCLES=10
 RUNS=3
 WITH_PM2=1
 BUILD=1
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 while (($#)); do
   case "$1" in
     --fleet-only) WITH_PM2=0 ;;
@@ -50,8 +51,6 @@ for v in "$N_APPS" "$CYCLES" "$RUNS"; do
   [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "--apps, --cycles and --runs take positive integers" >&2; exit 2; }
 done
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 # --- private homes, set before any pm2 or fleet command can run ---------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fleet-bench.XXXXXX")
@@ -66,35 +65,13 @@ export PM2_DISCRETE_MODE=true # no "PM2 welcome" banner
 FLEET="$ROOT/target/release/fleet"
 PM2=""
 
-pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
 
 cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
-  # Only if the daemon is up: neither `kill` should start one.
-  if [[ -n $PM2 ]] && pid_alive "$({ tr -dc '0-9' <"$PM2_HOME/pm2.pid"; } 2>/dev/null)"; then
-    timeout 30 "$PM2" kill >/dev/null 2>&1
-  fi
-  if [[ -x $FLEET ]] && pid_alive "$({ tr -dc '0-9' <"$FLEET_HOME/agent.pid"; } 2>/dev/null)"; then
-    timeout 30 "$FLEET" kill >/dev/null 2>&1
-  fi
-  # Safety net: any process still carrying our mark (daemons, apps).
-  local p left=()
-  for p in /proc/[0-9]*; do
-    p=${p#/proc/}
-    [[ $p == "$$" || $p == "$BASHPID" ]] && continue
-    if { tr '\0' '\n' <"/proc/$p/environ"; } 2>/dev/null | grep -qxF "FLEET_BENCH_MARK=$WORK"; then
-      left+=("$p")
-    fi
-  done
-  if ((${#left[@]})); then
-    log "stopping ${#left[@]} leftover process(es): ${left[*]}"
-    kill -TERM "${left[@]}" 2>/dev/null
-    sleep 1
-    kill -KILL "${left[@]}" 2>/dev/null
-  fi
-  rm -rf "$WORK"
+  stop_daemons
+  sweep_marked
   exit "$rc"
 }
 trap cleanup EXIT
@@ -102,10 +79,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- helpers -----------------------------------------------------------------
-now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
-ms_since() { echo $((($(now_us) - $1) / 1000)); } # whole ms since a now_us stamp
-rss_kb() { local k; k=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || true; echo "${k:-0}"; }
-kb_to_mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 # Count entries of a JSON array on stdin whose status (a jq path) is "online".
 count_online() {
@@ -158,21 +131,12 @@ wait_pidfile() {
 
 # --- build and install -------------------------------------------------------
 if ((BUILD)); then
-  log "building fleet (release)"
-  (cd "$ROOT" && cargo build --release -q -p fleet-cli -p fleet-agent) || die "cargo build failed"
+  build_fleet fleet-cli fleet-agent
 fi
 [[ -x $FLEET && -x $ROOT/target/release/fleet-agent ]] || die "missing $FLEET or fleet-agent (run without --no-build)"
 
 if ((WITH_PM2)); then
-  command -v npm >/dev/null && command -v node >/dev/null || die "PM2 needs node and npm (or use --fleet-only)"
-  PM2="$CACHE/pm2/node_modules/.bin/pm2"
-  if [[ ! -x $PM2 ]]; then
-    log "installing pm2@latest from npm into $CACHE/pm2"
-    mkdir -p "$CACHE/pm2"
-    timeout 300 npm install --prefix "$CACHE/pm2" --no-audit --no-fund --loglevel=error pm2@latest >&2 ||
-      die "npm install pm2 failed"
-  fi
-  PM2_VERSION=$(node -p "require('$CACHE/pm2/node_modules/pm2/package.json').version")
+  install_pm2
 fi
 FLEET_VERSION=$("$FLEET" --version 2>/dev/null | head -1 || echo fleet)
 

@@ -34,6 +34,8 @@ export LC_ALL=C # EPOCHREALTIME with a '.' separator, wrk's output in English
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE="$ROOT/bench/.cache"
+# shellcheck source=../lib.sh
+source "$ROOT/bench/lib.sh"
 APP_JS="$HERE/app.js"
 
 DURATION=10
@@ -49,7 +51,6 @@ WRK_CONNS=16
 WARMUP=2      # seconds of wrk before each measured run (JIT, connection setup)
 RELOAD_GAP=3  # seconds between the starts of two reloads (the issue's "~3 s apart")
 FIRST_RELOAD=1.5 # seconds of load before the first reload
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 while (($#)); do
   case "$1" in
     --fleet-only) WITH_PM2=0 ;;
@@ -70,8 +71,6 @@ done
 RELOAD_WINDOW=$(awk -v f="$FIRST_RELOAD" -v n="$RELOADS" -v g="$RELOAD_GAP" 'BEGIN { printf "%d", f + (n - 1) * g + 4.5 + 0.5 }')
 ((RELOAD_WINDOW < 12)) && RELOAD_WINDOW=12 # the issue's `-d12s` for 3 reloads
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 # --- private homes, set before any pm2 or fleet command can run ---------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fleet-bench-cluster.XXXXXX")
@@ -87,36 +86,14 @@ FLEET="$ROOT/target/release/fleet"
 PM2=""
 DIRECT_PID=""
 
-pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
 
 cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
   pid_alive "$DIRECT_PID" && kill -TERM "$DIRECT_PID" 2>/dev/null
-  # Only if the daemon is up: neither `kill` should start one.
-  if [[ -n $PM2 ]] && pid_alive "$({ tr -dc '0-9' <"$PM2_HOME/pm2.pid"; } 2>/dev/null)"; then
-    timeout 30 "$PM2" kill >/dev/null 2>&1
-  fi
-  if [[ -x $FLEET ]] && pid_alive "$({ tr -dc '0-9' <"$FLEET_HOME/agent.pid"; } 2>/dev/null)"; then
-    timeout 30 "$FLEET" kill >/dev/null 2>&1
-  fi
-  # Safety net: any process still carrying our mark (daemons, apps, wrk).
-  local p left=()
-  for p in /proc/[0-9]*; do
-    p=${p#/proc/}
-    [[ $p == "$$" || $p == "$BASHPID" ]] && continue
-    if { tr '\0' '\n' <"/proc/$p/environ"; } 2>/dev/null | grep -qxF "FLEET_BENCH_MARK=$WORK"; then
-      left+=("$p")
-    fi
-  done
-  if ((${#left[@]})); then
-    log "stopping ${#left[@]} leftover process(es): ${left[*]}"
-    kill -TERM "${left[@]}" 2>/dev/null
-    sleep 1
-    kill -KILL "${left[@]}" 2>/dev/null
-  fi
-  rm -rf "$WORK"
+  stop_daemons
+  sweep_marked
   exit "$rc"
 }
 trap cleanup EXIT
@@ -136,28 +113,17 @@ if ! command -v wrk >/dev/null; then
 fi
 
 if ((BUILD)); then
-  log "building fleet (release)"
-  (cd "$ROOT" && cargo build --release -q -p fleet-cli -p fleet-agent) || die "cargo build failed"
+  build_fleet fleet-cli fleet-agent
 fi
 [[ -x $FLEET && -x $ROOT/target/release/fleet-agent ]] || die "missing $FLEET or fleet-agent (run without --no-build)"
 
 if ((WITH_PM2)); then
-  command -v npm >/dev/null || die "PM2 needs npm (or use --fleet-only)"
-  PM2="$CACHE/pm2/node_modules/.bin/pm2"
-  if [[ ! -x $PM2 ]]; then
-    log "installing pm2@latest from npm into $CACHE/pm2"
-    mkdir -p "$CACHE/pm2"
-    timeout 300 npm install --prefix "$CACHE/pm2" --no-audit --no-fund --loglevel=error pm2@latest >&2 ||
-      die "npm install pm2 failed"
-  fi
-  PM2_VERSION=$(node -p "require('$CACHE/pm2/node_modules/pm2/package.json').version")
+  install_pm2
 fi
 FLEET_VERSION=$("$FLEET" --version 2>/dev/null | head -1 || echo fleet)
 WRK_VERSION=$({ wrk -v 2>&1 || true; } | awk 'NR == 1 { print $2 }')
 
 # --- helpers -----------------------------------------------------------------
-now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
-ms_since() { echo $((($(now_us) - $1) / 1000)); }
 
 # A free TCP port on 127.0.0.1 (the kernel's pick; closed again at once).
 free_port() {

@@ -39,6 +39,8 @@ export LC_ALL=C # EPOCHREALTIME with a '.' separator
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+# shellcheck source=../lib.sh
+source "$ROOT/bench/lib.sh"
 TESTBED="$ROOT/deploy/testbed/testbed"
 SCALE_RS="$ROOT/crates/controller/tests/it/scale.rs"
 SCALE_TEST=scale::status_of_a_thousand_hosts_answers_within_50ms_p99
@@ -51,7 +53,6 @@ SCALE_RUNS=3
 APPS=10
 WITH_SCALE=1
 BUILD=1
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 while (($#)); do
   case "$1" in
     --ssh-runs) SSH_RUNS=${2:?--ssh-runs needs a number}; shift ;;
@@ -69,8 +70,6 @@ for v in "$SSH_RUNS" "$CTL_RUNS" "$SCALE_RUNS" "$APPS"; do
   [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "--ssh-runs, --controller-runs, --scale-runs and --apps take positive integers" >&2; exit 2; }
 done
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 (($(id -u) == 0)) || die "the test bed needs root (namespaces, bridges, mounts)"
 command -v jq >/dev/null || command -v python3 >/dev/null || die "needs jq or python3 (to read --json output)"
@@ -92,7 +91,6 @@ CTL_PID=""
 SCALE_PID=""
 BED_UP=0
 
-pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
 bed() { "$TESTBED" --dir "$BED" "$@"; }
 
 cleanup() {
@@ -114,22 +112,7 @@ cleanup() {
       log "testbed down failed; run: $TESTBED down --id $id"
     }
   fi
-  # Safety net: any process still carrying our mark.
-  local p left=()
-  for p in /proc/[0-9]*; do
-    p=${p#/proc/}
-    [[ $p == "$$" || $p == "$BASHPID" ]] && continue
-    if { tr '\0' '\n' <"/proc/$p/environ"; } 2>/dev/null | grep -qxF "FLEET_BENCH_MARK=$WORK"; then
-      left+=("$p")
-    fi
-  done
-  if ((${#left[@]})); then
-    log "stopping ${#left[@]} leftover process(es): ${left[*]}"
-    kill -TERM "${left[@]}" 2>/dev/null
-    sleep 1
-    kill -KILL "${left[@]}" 2>/dev/null
-  fi
-  rm -rf "$WORK"
+  sweep_marked
   exit "$rc"
 }
 trap cleanup EXIT
@@ -137,10 +120,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- helpers -----------------------------------------------------------------
-now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
-rss_kb() { local k; k=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || true; echo "${k:-0}"; }
 cpu_ticks() { local s; s=$(cut -d' ' -f14,15 "/proc/$1/stat" 2>/dev/null) || true; echo $((${s% *} + ${s#* })); }
-kb_to_mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 CLK_TCK=$(getconf CLK_TCK)
 
 # Entries of a `fleet status --json` array (on stdin) whose status is "online".
@@ -177,8 +157,7 @@ wait_for() {
 # --- build -------------------------------------------------------------------
 SCALE_BIN=""
 if ((BUILD)); then
-  log "building fleet, fleet-agent, fleet-controller (release)"
-  (cd "$ROOT" && cargo build --release -q -p fleet-cli -p fleet-agent -p fleet-controller) || die "cargo build failed"
+  build_fleet fleet-cli fleet-agent fleet-controller
   if ((WITH_SCALE)); then
     log "building the controller's test binary (release)"
     SCALE_BIN=$(cd "$ROOT" && cargo test -q -p fleet-controller --release --test it --no-run --message-format=json 2>/dev/null |
