@@ -149,16 +149,11 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
         Command::Monit => crate::monit::run(&home).await,
         Command::Reload(args) => {
             let mut client = agent(&home).await?;
-            let (files, targets) = split_config_files(&args.targets);
-            let options = load_options(args.env_stage.clone(), args.only.clone())?;
-            let mut apps = Vec::new();
-            for file in &files {
-                apps.extend(load_config(file, &options)?.apps);
-            }
+            let (targets, apps) = targets_and_apps(&args.targets, &args.env_stage, &args.only)?;
             let response = client
                 .reload(pb::ReloadRequest {
                     targets,
-                    apps: encode(&apps)?,
+                    apps,
                     update_env: args.update_env,
                     cli_env: cli_env(),
                     parallel: args.parallel,
@@ -182,16 +177,11 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
         }
         Command::Restart(args) => {
             let mut client = agent(&home).await?;
-            let (files, targets) = split_config_files(&args.targets);
-            let options = load_options(args.env_stage.clone(), args.only.clone())?;
-            let mut apps = Vec::new();
-            for file in &files {
-                apps.extend(load_config(file, &options)?.apps);
-            }
+            let (targets, apps) = targets_and_apps(&args.targets, &args.env_stage, &args.only)?;
             let response = client
                 .restart(pb::RestartRequest {
                     targets,
-                    apps: encode(&apps)?,
+                    apps,
                     update_env: args.update_env,
                     cli_env: cli_env(),
                 })
@@ -570,6 +560,22 @@ fn load_config(path: &Path, options: &LoadOptions) -> Result<ConfigFile> {
         )));
     }
     Ok(file)
+}
+
+/// Targets that are not config files, and the apps the config files among them
+/// resolve to (restart and reload send both).
+fn targets_and_apps(
+    arguments: &[String],
+    env_stage: &Option<String>,
+    only: &[String],
+) -> Result<(Vec<String>, Vec<pb::AppConfig>)> {
+    let (files, targets) = split_config_files(arguments);
+    let options = load_options(env_stage.clone(), only.to_vec())?;
+    let mut apps = Vec::new();
+    for file in &files {
+        apps.extend(load_config(file, &options)?.apps);
+    }
+    Ok((targets, encode(&apps)?))
 }
 
 /// Splits arguments into config files and other targets.
