@@ -4,13 +4,10 @@
 //! a replacement that never gets ready, and a crashed instance out of rotation.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
+use crate::http::Load;
 
 const SETTLE: Duration = Duration::from_secs(15);
 
@@ -39,24 +36,9 @@ fn config(fleet: &Fleet, name: &str, mode: &str, port: u16, instances: u32, extr
     );
 }
 
-/// One request on a new connection; the body.
+/// One request on a new connection to loopback; the body.
 fn get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    if !response.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("bad response: {response:?}")));
-    }
-    Ok(response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string())
+    crate::http::get("127.0.0.1", port, path)
 }
 
 fn pid_of(body: &str) -> String {
@@ -64,124 +46,6 @@ fn pid_of(body: &str) -> String {
         .find_map(|w| w.strip_prefix("pid="))
         .unwrap_or_default()
         .to_string()
-}
-
-/// Requests on one keep-alive connection; a response saying `Connection: close`
-/// (a draining instance) is followed by a new connection, as any HTTP client does.
-struct KeepAlive {
-    port: u16,
-    reader: Option<BufReader<TcpStream>>,
-}
-
-impl KeepAlive {
-    fn request(&mut self) -> std::io::Result<()> {
-        if self.reader.is_none() {
-            let stream = TcpStream::connect(("127.0.0.1", self.port))?;
-            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-            self.reader = Some(BufReader::new(stream));
-        }
-        let reader = self.reader.as_mut().expect("connected above");
-        reader
-            .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")?;
-        let mut status = String::new();
-        reader.read_line(&mut status)?;
-        if !status.starts_with("HTTP/1.1 200") {
-            return Err(std::io::Error::other(format!("bad status {status:?}")));
-        }
-        let (mut length, mut close) = (0usize, false);
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header)?;
-            let header = header.trim_end().to_ascii_lowercase();
-            if header.is_empty() {
-                break;
-            }
-            if let Some(v) = header.strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-            if header == "connection: close" {
-                close = true;
-            }
-        }
-        let mut body = vec![0u8; length];
-        reader.read_exact(&mut body)?;
-        if close {
-            self.reader = None;
-        }
-        Ok(())
-    }
-}
-
-/// Clients hammering `port` until stopped: half on keep-alive connections, half on a
-/// new connection per request. Counts successes and failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    errors: Arc<std::sync::Mutex<Vec<String>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(port: u16, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let threads = (0..clients)
-            .map(|n| {
-                let (stop, ok, failed, errors) =
-                    (stop.clone(), ok.clone(), failed.clone(), errors.clone());
-                std::thread::spawn(move || {
-                    let mut keep_alive = KeepAlive { port, reader: None };
-                    while !stop.load(Ordering::Relaxed) {
-                        let result = if n % 2 == 0 {
-                            keep_alive.request()
-                        } else {
-                            get(port, "/").map(|_| ())
-                        };
-                        match result {
-                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                            Err(error) => {
-                                keep_alive.reader = None;
-                                errors.lock().unwrap().push(error.to_string());
-                                failed.fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            errors,
-            threads,
-        }
-    }
-
-    /// Stops the clients; (successes, failures, first errors).
-    fn finish(self) -> (usize, usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads {
-            thread.join().unwrap();
-        }
-        let errors = self
-            .errors
-            .lock()
-            .unwrap()
-            .iter()
-            .take(5)
-            .cloned()
-            .collect();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            errors,
-        )
-    }
 }
 
 fn pids(fleet: &Fleet, name: &str) -> BTreeSet<i64> {
@@ -237,7 +101,7 @@ fn reloads_under_load_fail_no_request(mode: &str) {
     });
     let before = pids(&fleet, "web");
 
-    let load = Load::start(port, 8);
+    let load = Load::start("127.0.0.1", port, 8);
     let mut seen_pids = before.clone();
     for _ in 0..3 {
         fleet.ok(&["reload", "web"]);
@@ -305,7 +169,7 @@ fn a_replacement_that_never_gets_ready_leaves_the_old_instances_serving() {
             app.display()
         ),
     );
-    let load = Load::start(port, 4);
+    let load = Load::start("127.0.0.1", port, 4);
     let err = fleet.fails(&["reload", "fleet.toml"], 1);
     let (ok, failed, errors) = load.finish();
     assert!(err.contains("web") && err.contains("not ready"), "{err}");

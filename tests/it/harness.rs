@@ -216,7 +216,7 @@ impl Drop for Fleet {
     }
 }
 
-fn wait_output(mut child: Child, timeout: Duration) -> Output {
+pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
     let until = Instant::now() + timeout;
     loop {
         match child.try_wait().expect("wait for fleet") {

@@ -6,7 +6,9 @@ mod harness;
 
 mod cluster;
 mod config;
+mod deploy;
 mod fleet;
+mod http;
 mod lifecycle;
 mod logs;
 mod monit;

@@ -245,6 +245,33 @@ fn specs(apps: Vec<pb::AppConfig>) -> Result<Vec<AppSpec>, AgentError> {
         .collect()
 }
 
+/// A config file on this host, loaded as `fleet start` would load it here: scripts and
+/// interpreters resolve on this host, with the agent's environment.
+fn load_host_config(path: &str, env_stage: &str) -> Result<Vec<AppSpec>, AgentError> {
+    let path = std::path::Path::new(path);
+    if !path.is_absolute() {
+        return Err(AgentError::InvalidArgument(format!(
+            "config_path {} is not absolute",
+            path.display()
+        )));
+    }
+    let options = fleet_config::LoadOptions {
+        env_stage: (!env_stage.is_empty()).then(|| env_stage.to_string()),
+        only: Vec::new(),
+        inherited_env: std::env::vars().collect(),
+        cwd: path.parent().map(Into::into).unwrap_or_default(),
+    };
+    let file = fleet_config::load(path, &options)
+        .map_err(|errors| AgentError::InvalidArgument(errors.to_string()))?;
+    if file.apps.is_empty() {
+        return Err(AgentError::InvalidArgument(format!(
+            "{}: no app to start",
+            path.display()
+        )));
+    }
+    Ok(file.apps)
+}
+
 fn update_env(
     update: bool,
     env: std::collections::HashMap<String, String>,
@@ -428,7 +455,10 @@ impl AgentService for Service {
         request: GrpcRequest<pb::ReloadRequest>,
     ) -> Result<Response<pb::OperationResponse>, Status> {
         let r = request.into_inner();
-        let apps = specs(r.apps)?;
+        let mut apps = specs(r.apps)?;
+        if !r.config_path.is_empty() {
+            apps.extend(load_host_config(&r.config_path, &r.env_stage)?);
+        }
         let mut targets = r.targets;
         if !apps.is_empty() {
             targets.extend(apps.iter().map(|a| a.name.clone()));

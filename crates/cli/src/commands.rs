@@ -78,6 +78,7 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
         _ => {}
     }
     match command {
+        Command::Deploy(args) => deploy(args, accept_new_host_keys).await,
         Command::Status(args) => {
             let mut client = agent(&home).await?;
             let processes = list(&mut client, Vec::new(), false).await?;
@@ -157,6 +158,7 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
                     update_env: args.update_env,
                     cli_env: cli_env(),
                     parallel: args.parallel,
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?
@@ -326,6 +328,41 @@ async fn logs(home: &Path, args: crate::LogsArgs) -> Result<()> {
 }
 
 /// `fleet status <stage>`: every instance of every host; exit 1 if a host is unreachable.
+/// `fleet deploy [config] <stage> [action...]`.
+async fn deploy(args: crate::DeployArgs, accept_new_host_keys: bool) -> Result<()> {
+    let mut words = vec![args.stage];
+    words.extend(args.action);
+    // PM2's `pm2 deploy ecosystem.config.js production`: the config file first.
+    let first = PathBuf::from(&words[0]);
+    let explicit = (words.len() >= 2 && first.is_file() && fleet_config::is_config_file(&first))
+        .then(|| {
+            words.remove(0);
+            first
+        });
+    let stage_name = words.remove(0);
+    let stage = match &explicit {
+        Some(path) => stage::find_in(path, &stage_name)?,
+        None => stage::find(&stage_name)?,
+    };
+    let stage = stage.ok_or_else(|| {
+        Failure::usage(format!(
+            "no stage {stage_name:?}: the config file has no [deploy.{stage_name}]\nhint: fleet deploy reads fleet.toml or ecosystem.config.js in the current directory, FLEET_CONFIG, or a config file given first"
+        ))
+    })?;
+    crate::deploy::run(
+        stage,
+        crate::deploy::Options {
+            action: crate::deploy::Action::parse(&words)?,
+            git_ref: args.git_ref,
+            json: args.json,
+            no_rollback: args.no_rollback,
+            reason: args.reason,
+            accept_new_host_keys,
+        },
+    )
+    .await
+}
+
 async fn fleet_status(stage: &stage::Stage, json: bool, accept_new_host_keys: bool) -> Result<()> {
     let mut remote = stage.connect(accept_new_host_keys).await?;
     let outcomes = stage::status(stage, &mut remote).await?;

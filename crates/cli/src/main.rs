@@ -4,6 +4,7 @@
 
 mod client;
 mod commands;
+mod deploy;
 mod monit;
 mod output;
 mod ssh;
@@ -74,6 +75,30 @@ pub enum Command {
     Flush(FlushArgs),
     /// Reopen every log file (after an external tool moved or deleted them).
     ReloadLogs,
+    /// Ship releases over SSH: `fleet deploy <stage> [setup|update|revert [n]|list|curr|prev|exec <cmd>|unlock]`.
+    Deploy(DeployArgs),
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// A stage of fleet.toml (`[deploy.<stage>]`) or of an ecosystem file's `deploy`.
+    /// PM2's form with the config file first also works.
+    pub stage: String,
+    /// `setup`, `update` (the default), `revert [n]`, `list`, `curr`, `prev`,
+    /// `exec <cmd>` (quote the command, or put it after `--`), `unlock`.
+    pub action: Vec<String>,
+    /// Deploy this branch, tag or commit instead of the stage's `ref`.
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
+    /// Print the summary as JSON on stdout (progress stays on stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Leave hosts that were switched on the new release when others fail.
+    #[arg(long)]
+    pub no_rollback: bool,
+    /// Why: kept in each host's lock and releases.log.
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 #[derive(Args)]

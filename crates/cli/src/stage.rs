@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_config::{DeployStage, LoadOptions};
+use fleet_config::{DeployStage, DeployTarget, LoadOptions};
 use fleet_proto::agent::v1 as apb;
 use fleet_proto::agent::v1::agent_service_client::AgentServiceClient;
 use fleet_proto::controller::v1 as cpb;
@@ -40,6 +40,8 @@ const CONFIG_NAMES: &[&str] = &[
 /// A stage and how to reach its hosts.
 pub struct Stage {
     pub name: String,
+    /// The config file the stage comes from (absolute).
+    pub config_path: PathBuf,
     pub config: DeployStage,
     pub controller: Option<ControllerSettings>,
 }
@@ -64,16 +66,21 @@ fn config_path() -> Option<PathBuf> {
 /// The stage named `name` in the config file, if there is one (anything else means the
 /// word is a local target, not a stage).
 pub fn find(name: &str) -> Result<Option<Stage>> {
-    let Some(path) = config_path() else {
-        return Ok(None);
-    };
+    match config_path() {
+        Some(path) => find_in(&path, name),
+        None => Ok(None),
+    }
+}
+
+/// The stage named `name` in the config file at `path`.
+pub fn find_in(path: &std::path::Path, name: &str) -> Result<Option<Stage>> {
     let options = LoadOptions {
         cwd: std::env::current_dir().unwrap_or_default(),
         inherited_env: std::env::vars().collect(),
         ..LoadOptions::default()
     };
     // Scripts need not exist here: the apps live on the hosts.
-    let file = fleet_config::load_unresolved(&path, &options)
+    let file = fleet_config::load_unresolved(path, &options)
         .map_err(|errors| Failure::usage(errors.to_string()))?;
     let Some(config) = file.deploy.get(name).cloned() else {
         return Ok(None);
@@ -94,6 +101,7 @@ pub fn find(name: &str) -> Result<Option<Stage>> {
     };
     Ok(Some(Stage {
         name: name.to_string(),
+        config_path: file.path.clone(),
         config,
         controller,
     }))
@@ -117,6 +125,10 @@ pub enum Remote {
     ),
     Ssh(Vec<(String, Arc<Pool>, Option<String>)>),
 }
+
+/// A client of the controller's fleet API, carrying the bearer token.
+pub type ControllerClient =
+    FleetServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
 #[derive(Clone)]
 pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
@@ -145,7 +157,17 @@ impl Stage {
         if let Some(controller) = &self.controller {
             return connect_controller(controller).await.map(Remote::Controller);
         }
-        // One pool per distinct SSH identity, since hosts may override user, port, key.
+        let hosts = self
+            .ssh_targets(accept_new_host_keys)
+            .into_iter()
+            .map(|(target, pool)| (target.host, pool, self.config.fleet_home.clone()))
+            .collect();
+        Ok(Remote::Ssh(hosts))
+    }
+
+    /// Every host with its effective settings and the SSH pool that reaches it: one pool
+    /// per distinct SSH identity, since hosts may override user, port and key.
+    pub fn ssh_targets(&self, accept_new_host_keys: bool) -> Vec<(DeployTarget, Arc<Pool>)> {
         let mut pools: BTreeMap<SshIdentity, Arc<Pool>> = BTreeMap::new();
         let mut hosts = Vec::new();
         for target in self.config.targets() {
@@ -170,15 +192,13 @@ impl Stage {
                     ))
                 })
                 .clone();
-            hosts.push((target.host.clone(), pool, self.config.fleet_home.clone()));
+            hosts.push((target, pool));
         }
-        Ok(Remote::Ssh(hosts))
+        hosts
     }
 }
 
-async fn connect_controller(
-    settings: &ControllerSettings,
-) -> Result<FleetServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>> {
+pub async fn connect_controller(settings: &ControllerSettings) -> Result<ControllerClient> {
     let mut tls = ClientTlsConfig::new();
     if let Some(ca) = &settings.ca {
         let pem = std::fs::read_to_string(ca)

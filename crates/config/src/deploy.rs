@@ -12,6 +12,8 @@ use crate::tree::{Located, Node};
 
 /// Releases kept on each host after a deploy (fleet's own; PM2 keeps one checkout).
 pub const DEFAULT_KEEP_RELEASES: u32 = 5;
+/// How long a host's deploy lock outlives its deployer's last heartbeat (30 s).
+pub const DEFAULT_LOCK_TTL_MS: u64 = 30_000;
 
 /// One deploy stage: where to deploy, what, and how carefully.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,10 @@ pub struct DeployStage {
     /// ssh `-t`.
     pub needs_tty: bool,
     pub keep_releases: u32,
+    /// A deploy renews its lock on each host every few seconds; a lock not renewed for
+    /// this long (the deployer died or lost the host) is released by the host itself.
+    #[serde(default = "default_lock_ttl")]
+    pub lock_ttl_ms: u64,
     /// Directories under `shared/` linked into every release (`logs`, `node_modules`).
     pub shared_dirs: Vec<String>,
     pub shared_files: Vec<String>,
@@ -288,6 +294,21 @@ fn read_stage(
         .and_then(|f| reader::as_ranged(ctx, &f, 1, i64::from(u32::MAX)))
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(DEFAULT_KEEP_RELEASES);
+    let lock_ttl_ms = r
+        .take(ctx, &["lock_ttl"])
+        .and_then(|f| {
+            let ms = reader::as_duration_ms(ctx, &f)?;
+            if ms < 2_000 {
+                ctx.error(
+                    f.line,
+                    &f.path,
+                    "must be at least 2s (the lock is renewed every second)",
+                );
+                return None;
+            }
+            Some(ms)
+        })
+        .unwrap_or(DEFAULT_LOCK_TTL_MS);
     let shared_dirs = shared_paths(ctx, &mut r, "shared_dirs");
     let shared_files = shared_paths(ctx, &mut r, "shared_files");
     let strategy = match r.take(ctx, &["strategy"]) {
@@ -350,6 +371,7 @@ fn read_stage(
         forward_agent,
         needs_tty,
         keep_releases,
+        lock_ttl_ms,
         shared_dirs,
         shared_files,
         proxy_jump,
@@ -360,6 +382,10 @@ fn read_stage(
         max_fail,
         hosts,
     })
+}
+
+fn default_lock_ttl() -> u64 {
+    DEFAULT_LOCK_TTL_MS
 }
 
 fn string(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>, name: &'static str) -> Option<String> {

@@ -18,7 +18,8 @@ mod tree;
 mod units;
 
 pub use deploy::{
-    Batch, DEFAULT_KEEP_RELEASES, DeployStage, DeployStrategy, DeployTarget, HostOverride,
+    Batch, DEFAULT_KEEP_RELEASES, DEFAULT_LOCK_TTL_MS, DeployStage, DeployStrategy, DeployTarget,
+    HostOverride,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{

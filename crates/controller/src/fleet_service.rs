@@ -12,9 +12,9 @@ use fleet_proto::agent::v1::LogEntry;
 use fleet_proto::controller::v1::fleet_service_server::FleetService;
 use fleet_proto::controller::v1::{
     Action, AgentCommand, CommandRequest, CommandResponse, CreateJoinTokenRequest,
-    CreateJoinTokenResponse, FleetHello, FleetHelloReply, FleetLogsRequest, HostResult, HostStatus,
-    LogSubscribe, LogUnsubscribe, PROTOCOL_MAJOR, PROTOCOL_MINOR, Stage, StatusRequest,
-    StatusResponse, controller_message,
+    CreateJoinTokenResponse, DeployRecord, DeployRecordReply, FleetHello, FleetHelloReply,
+    FleetLogsRequest, HostResult, HostStatus, LogSubscribe, LogUnsubscribe, PROTOCOL_MAJOR,
+    PROTOCOL_MINOR, Stage, StatusRequest, StatusResponse, controller_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -288,6 +288,33 @@ impl FleetService for FleetApi {
             token,
             expires_unix_ms,
         }))
+    }
+
+    async fn record_deploy(
+        &self,
+        request: Request<DeployRecord>,
+    ) -> Result<Response<DeployRecordReply>, Status> {
+        let who = self.authorize(&request).await?;
+        let record = request.into_inner();
+        if record.action.len() > 32 || record.release.len() > 128 || record.result.len() > 4096 {
+            return Err(Status::invalid_argument(
+                "deploy record fields are too long",
+            ));
+        }
+        let mut targets = record.hosts;
+        if !record.release.is_empty() {
+            targets.insert(0, format!("release={}", record.release));
+        }
+        self.audit(AuditEntry {
+            at_ms: now_unix_ms(),
+            who: format!("{who} ({})", record.who),
+            action: format!("deploy {}", record.action),
+            stage: record.stage,
+            targets,
+            result: record.result,
+        })
+        .await?;
+        Ok(Response::new(DeployRecordReply {}))
     }
 }
 

@@ -9,7 +9,8 @@ pub mod agent {
         /// The protocol's major version. A client whose major differs is refused in `Hello`.
         pub const PROTOCOL_MAJOR: u32 = 1;
         /// Minor versions add fields and calls only; either side ignores what it doesn't know.
-        pub const PROTOCOL_MINOR: u32 = 0;
+        /// 1.1: `ReloadRequest.config_path` and `env_stage`.
+        pub const PROTOCOL_MINOR: u32 = 1;
     }
 }
 
@@ -20,6 +21,7 @@ pub mod controller {
         tonic::include_proto!("fleet.controller.v1");
 
         pub const PROTOCOL_MAJOR: u32 = 1;
-        pub const PROTOCOL_MINOR: u32 = 0;
+        /// 1.1: `RecordDeploy`.
+        pub const PROTOCOL_MINOR: u32 = 1;
     }
 }

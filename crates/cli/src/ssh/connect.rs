@@ -374,6 +374,17 @@ impl Connection {
     /// Runs `command` (already wrapped by `super::remote_command`) and collects its
     /// output until the channel closes or `timeout` passes (queueing excluded).
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
+        self.exec_with_input(command, None, timeout).await
+    }
+
+    /// `exec` with `input` written to the command's stdin (then EOF) while its output
+    /// is read, so neither side waits on the other's window.
+    pub async fn exec_with_input(
+        &self,
+        command: &str,
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, SshError> {
         let Ok(_permit) = self.sessions.acquire().await else {
             return Err(self.channel_error("the connection is closed".to_string()));
         };
@@ -399,32 +410,43 @@ impl Connection {
                 .exec(true, command)
                 .await
                 .map_err(|error| self.channel_error(describe(&error)))?;
-            let mut output = ExecOutput::default();
-            while let Some(message) = read.wait().await {
-                match message {
-                    ChannelMsg::Data { data } => {
-                        append(&mut output.stdout, &data, &mut output.truncated)
-                    }
-                    ChannelMsg::ExtendedData { data, ext: 1 } => {
-                        append(&mut output.stderr, &data, &mut output.truncated)
-                    }
-                    ChannelMsg::ExitStatus { exit_status } => {
-                        output.exit_status = Some(exit_status)
-                    }
-                    ChannelMsg::ExitSignal { signal_name, .. } => {
-                        output.exit_signal = Some(format!("{signal_name:?}"))
-                    }
-                    ChannelMsg::Failure => {
-                        return Err(
-                            self.channel_error("the host refused to run the command".to_string())
-                        );
-                    }
-                    // Exit status may come after EOF: read until the channel closes.
-                    ChannelMsg::Close => break,
-                    _ => {}
+            let send = async {
+                if let Some(input) = input {
+                    // A command that exits without reading all of its input is reported
+                    // by its exit status, not as a write error.
+                    let _ = channel.data(input).await;
                 }
-            }
-            Ok(output)
+                let _ = channel.eof().await;
+            };
+            let mut output = ExecOutput::default();
+            let receive = async {
+                while let Some(message) = read.wait().await {
+                    match message {
+                        ChannelMsg::Data { data } => {
+                            append(&mut output.stdout, &data, &mut output.truncated)
+                        }
+                        ChannelMsg::ExtendedData { data, ext: 1 } => {
+                            append(&mut output.stderr, &data, &mut output.truncated)
+                        }
+                        ChannelMsg::ExitStatus { exit_status } => {
+                            output.exit_status = Some(exit_status)
+                        }
+                        ChannelMsg::ExitSignal { signal_name, .. } => {
+                            output.exit_signal = Some(format!("{signal_name:?}"))
+                        }
+                        ChannelMsg::Failure => {
+                            return Err(self
+                                .channel_error("the host refused to run the command".to_string()));
+                        }
+                        // Exit status may come after EOF: read until the channel closes.
+                        ChannelMsg::Close => break,
+                        _ => {}
+                    }
+                }
+                Ok(())
+            };
+            let (_, received) = tokio::join!(send, receive);
+            received.map(|()| output)
         };
         let result = tokio::time::timeout_at(deadline, run).await;
         write.close().await;

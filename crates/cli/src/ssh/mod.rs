@@ -437,6 +437,20 @@ impl Pool {
             .await
     }
 
+    /// `exec` with `input` as the command's stdin (an archive for `tar -x`).
+    pub async fn exec_with_input(
+        &self,
+        host: &str,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<ExecOutput, SshError> {
+        let (_, connection) = self.inner.connection(host, Role::Target, 0).await?;
+        connection
+            .exec_with_input(&remote_command(command, timeout), Some(input), timeout)
+            .await
+    }
+
     /// Ends every connection politely and waits (briefly) until they are gone, so
     /// the hosts' sshd and agents see the end now rather than at a TCP timeout. The
     /// pool stays usable: later calls reconnect.

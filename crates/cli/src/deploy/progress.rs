@@ -1,0 +1,90 @@
+//! Live progress of a deploy, per host and step: spinners on a terminal (indicatif),
+//! one line per event otherwise (CI logs, pipes). Always on stderr, so `--json` keeps
+//! stdout for the summary.
+
+use std::collections::HashMap;
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct Progress {
+    bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+}
+
+impl Progress {
+    pub fn new(hosts: Vec<String>, _json: bool) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress { bars: None };
+        }
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let width = hosts.iter().map(String::len).max().unwrap_or(4);
+        let style = ProgressStyle::with_template(&format!(
+            "{{spinner}} {{prefix:<{width}}} {{msg}} {{elapsed:.dim}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let bars = hosts
+            .into_iter()
+            .map(|host| {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(style.clone());
+                bar.set_prefix(host.clone());
+                bar.set_message("waiting");
+                bar.enable_steady_tick(Duration::from_millis(120));
+                (host, bar)
+            })
+            .collect();
+        Progress {
+            bars: Some((multi, bars)),
+        }
+    }
+
+    pub fn step(&self, host: &str, step: &str) {
+        match self.bar(host) {
+            Some(bar) => bar.set_message(step.to_string()),
+            None => eprintln!("{host}: {step}"),
+        }
+    }
+
+    pub fn done(&self, host: &str, message: &str) {
+        match self.bar(host) {
+            Some(bar) => bar.finish_with_message(format!("✓ {message}")),
+            None => eprintln!("{host}: {message}"),
+        }
+    }
+
+    pub fn failed(&self, host: &str, step: &str, error: &str) {
+        let first = error.lines().next().unwrap_or("");
+        match self.bar(host) {
+            Some(bar) => bar.finish_with_message(format!("✗ {step}: {first}")),
+            None => eprintln!("{host}: {step} failed: {first}"),
+        }
+    }
+
+    /// A line above the spinners (hook output, notes).
+    pub fn line(&self, text: &str) {
+        match &self.bars {
+            Some((multi, _)) => {
+                if multi.println(text).is_err() {
+                    eprintln!("{text}");
+                }
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// Stops every spinner (before the summary is printed).
+    pub fn finish(&self) {
+        if let Some((_, bars)) = &self.bars {
+            for bar in bars.values() {
+                if !bar.is_finished() {
+                    bar.finish();
+                }
+            }
+        }
+    }
+
+    fn bar(&self, host: &str) -> Option<&ProgressBar> {
+        self.bars.as_ref().and_then(|(_, bars)| bars.get(host))
+    }
+}

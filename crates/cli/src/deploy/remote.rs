@@ -1,0 +1,641 @@
+//! What `fleet deploy` runs on a host: one sh snippet per step, each built here from
+//! validated values, every value passed through `quote`. Nothing else in the deploy
+//! code writes shell.
+//!
+//! Layout under the stage's `path` (Capistrano's, plus fleet's own `.fleet`):
+//! `releases/<id>/` (with `REVISION`), `shared/`, `current -> releases/<id>`,
+//! `.fleet/lock` and `.fleet/releases.log`.
+
+use std::fmt::Write as _;
+
+use crate::ssh::quote;
+
+/// Config files the agent is asked to apply, looked for in a release in this order
+/// (the CLI's own search order).
+pub const CONFIG_NAMES: &[&str] = &[
+    "fleet.toml",
+    "ecosystem.config.js",
+    "ecosystem.config.cjs",
+    "ecosystem.json",
+    "ecosystem.yaml",
+    "ecosystem.yml",
+];
+
+/// Lines of a step's stdout that carry facts for the deployer, `fleet:<key>=<value>`;
+/// everything else is output for the user.
+const FACT_PREFIX: &str = "fleet:";
+
+/// Exit status of the lock step when another deploy holds the lock.
+pub const LOCKED_STATUS: u32 = 75;
+
+/// A stage's `path` as a shell word: absolute, or under the SSH user's `$HOME`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemotePath(String);
+
+impl RemotePath {
+    /// `path` from the config: `/srv/app`, `~` or `~/app`; no `..`, no control
+    /// characters.
+    pub fn new(path: &str) -> Result<RemotePath, String> {
+        let ok_start = path.starts_with('/') || path == "~" || path.starts_with("~/");
+        if !ok_start {
+            return Err(format!("path {path:?} must be absolute or start with ~/"));
+        }
+        if path.chars().any(char::is_control) {
+            return Err(format!("path {path:?} contains a control character"));
+        }
+        if path.split('/').any(|part| part == "..") {
+            return Err(format!("path {path:?} must not contain `..`"));
+        }
+        let trimmed = path.trim_end_matches('/');
+        Ok(RemotePath(if trimmed.is_empty() {
+            "/".to_string()
+        } else {
+            trimmed.to_string()
+        }))
+    }
+
+    fn shell(&self) -> String {
+        match self.0.strip_prefix('~') {
+            Some("") => "\"$HOME\"".to_string(),
+            Some(rest) => format!("\"$HOME\"{}", quote(rest)),
+            None => quote(&self.0),
+        }
+    }
+}
+
+/// A release id: `20261124T101500.123Z-abc1234`, or any name `[A-Za-z0-9._-]` found on a
+/// host (never `.` or `..`).
+pub fn valid_release(id: &str) -> bool {
+    !id.is_empty()
+        && id != "."
+        && id != ".."
+        && !id.starts_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A git ref as given by `ref` or `--ref`: what git accepts in a refname or revision
+/// (`main`, `origin/main`, `v1.2`, `HEAD~1`, a sha), and nothing a shell would act on.
+pub fn check_ref(git_ref: &str) -> Result<(), String> {
+    let bad = git_ref.is_empty()
+        || git_ref.starts_with('-')
+        || git_ref.contains("..")
+        || git_ref.contains("@{")
+        || git_ref.ends_with('/')
+        || git_ref.ends_with(".lock")
+        || !git_ref.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b'~' | b'^' | b'@')
+        });
+    if bad {
+        Err(format!(
+            "ref {git_ref:?} is not a valid git ref: letters, digits and / . _ - ~ ^ only, no `..`\nhint: name a branch, tag or commit, like \"origin/main\" or \"v1.4.0\""
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Facts a step printed (`fleet:key=value` lines) and the rest of its output.
+pub fn facts(stdout: &str) -> (Vec<(String, String)>, String) {
+    let mut facts = Vec::new();
+    let mut rest = String::new();
+    for line in stdout.lines() {
+        match line
+            .strip_prefix(FACT_PREFIX)
+            .and_then(|fact| fact.split_once('='))
+        {
+            Some((key, value)) => facts.push((key.to_string(), value.to_string())),
+            None => {
+                rest.push_str(line);
+                rest.push('\n');
+            }
+        }
+    }
+    (facts, rest)
+}
+
+/// The lock's contents: `key=value` lines (values on one line).
+pub struct LockInfo<'a> {
+    pub token: &'a str,
+    pub owner: &'a str,
+    pub pid: u32,
+    pub since: &'a str,
+    pub reason: &'a str,
+    pub release: &'a str,
+}
+
+/// Shell that deletes what an abandoned deploy left behind, given `$L` (the lock): its
+/// release directory, unless `current` points at it. Used by the watchdog and by a
+/// deploy that finds a stale lock.
+const ABANDONED_CLEANUP: &str = r#"r=$(sed -n 's/^release=//p' "$L" 2>/dev/null)
+case $r in ''|.|..|*/*) ;; *)
+  c=$(readlink "$P/current" 2>/dev/null || true)
+  if [ "${c##*/}" != "$r" ] && ! grep -q "\"id\":\"$r\",.*\"result\":\"ok\"" "$P/.fleet/releases.log" 2>/dev/null; then rm -rf "$P/releases/$r"; fi ;;
+esac"#;
+
+fn prelude(path: &RemotePath) -> String {
+    format!(
+        "set -eu\numask 022\nP={}\nL=\"$P/.fleet/lock\"\n",
+        path.shell()
+    )
+}
+
+/// Takes the lock (atomically, `set -C`), after clearing a stale one, and starts the
+/// host-side watchdog that releases it once the deployer stops renewing it for `ttl`
+/// seconds. Prints the path, `current`, and every release present. Exits
+/// `LOCKED_STATUS` with the holder's lock on stdout when the lock is held.
+pub fn lock(path: &RemotePath, info: &LockInfo<'_>, ttl_secs: u64) -> String {
+    let mut s = prelude(path);
+    let lines = format!(
+        "token={}\nowner={}\npid={}\nsince={}\nreason={}\nrelease={}\nstate=building\n",
+        info.token,
+        one_line(info.owner),
+        info.pid,
+        info.since,
+        one_line(info.reason),
+        info.release
+    );
+    let _ = write!(
+        s,
+        r#"mkdir -p "$P/releases" "$P/shared" "$P/.fleet"
+chmod 700 "$P/.fleet"
+if [ -f "$L" ]; then
+  age=$(( $(date +%s) - $(stat -c %Y "$L") ))
+  if [ "$age" -le {ttl} ]; then cat "$L"; exit {locked}; fi
+  echo "fleet:stale_lock=$(sed -n 's/^owner=//p' "$L") since $(sed -n 's/^since=//p' "$L")"
+  {cleanup}
+  rm -f "$L"
+fi
+if ! (set -C; printf '%s' {lines} > "$L") 2>/dev/null; then cat "$L"; exit {locked}; fi
+chmod 600 "$L"
+setsid sh -c {watchdog} fleet-lock-watchdog "$P" {token} </dev/null >/dev/null 2>&1 &
+cd "$P"
+echo "fleet:root=$(pwd)"
+echo "fleet:current=$(readlink current 2>/dev/null || true)"
+for r in releases/*; do [ -d "$r" ] && echo "fleet:release=${{r#releases/}}"; done
+true
+"#,
+        ttl = ttl_secs,
+        locked = LOCKED_STATUS,
+        cleanup = ABANDONED_CLEANUP,
+        lines = quote(&lines),
+        watchdog = quote(&watchdog(ttl_secs)),
+        token = quote(info.token),
+    );
+    s
+}
+
+/// The watchdog's own script (`sh -c`, `$1` the path, `$2` the token): polls the lock
+/// every second; exits when the lock is gone or someone else's; when not renewed for
+/// `ttl` seconds, cleans up after the deploy and releases the lock.
+fn watchdog(ttl_secs: u64) -> String {
+    format!(
+        r#"P=$1
+L="$P/.fleet/lock"
+while sleep 1; do
+  [ -f "$L" ] || exit 0
+  grep -qx "token=$2" "$L" 2>/dev/null || exit 0
+  age=$(( $(date +%s) - $(stat -c %Y "$L" 2>/dev/null || date +%s) ))
+  [ "$age" -gt {ttl_secs} ] || continue
+  {ABANDONED_CLEANUP}
+  grep -qx "token=$2" "$L" 2>/dev/null && rm -f "$L"
+  exit 0
+done"#
+    )
+}
+
+/// Renews the lock; fails when it is no longer ours.
+pub fn renew(path: &RemotePath, token: &str) -> String {
+    format!(
+        "{}grep -qx {} \"$L\" && touch \"$L\"\n",
+        prelude(path),
+        quote(&format!("token={token}"))
+    )
+}
+
+/// Releases the lock if it is still ours.
+pub fn unlock(path: &RemotePath, token: &str) -> String {
+    format!(
+        "{}if grep -qx {} \"$L\" 2>/dev/null; then rm -f \"$L\"; fi\n",
+        prelude(path),
+        quote(&format!("token={token}"))
+    )
+}
+
+/// `fleet deploy <stage> unlock`: removes any lock, printing whose it was.
+pub fn force_unlock(path: &RemotePath) -> String {
+    format!(
+        "{}if [ -f \"$L\" ]; then cat \"$L\"; {ABANDONED_CLEANUP}\n rm -f \"$L\"; fi\n",
+        prelude(path)
+    )
+}
+
+/// Unpacks the archive on stdin (gzip'd tar) into `releases/<id>`, writes `REVISION`
+/// and links shared paths.
+pub fn unpack(path: &RemotePath, release: &str, commit: &str, shared: &Shared<'_>) -> String {
+    let mut s = prelude(path);
+    let _ = writeln!(s, "R=\"$P/releases/\"{}", quote(release));
+    s.push_str(
+        "if [ -e \"$R\" ]; then echo \"release directory $R already exists\" >&2; exit 1; fi\n",
+    );
+    s.push_str("mkdir \"$R\"\ntar -xzf - -C \"$R\"\n");
+    finish_release(&mut s, commit, shared);
+    s
+}
+
+/// The clone strategy: updates the host's mirror of `repo`, resolves `git_ref` (or
+/// checks that `commit` is there), and exports that commit into `releases/<id>`.
+/// With `resolve_only`, prints `fleet:commit=<sha>` and stops.
+pub fn clone_release(
+    path: &RemotePath,
+    repo: &str,
+    git_ref: &str,
+    release: &str,
+    commit: &str,
+    shared: &Shared<'_>,
+    resolve_only: bool,
+) -> String {
+    let mut s = prelude(path);
+    let _ = write!(
+        s,
+        r#"command -v git >/dev/null || {{ echo "git is not installed on this host (strategy = \"clone\" needs it)" >&2; exit 1; }}
+M="$P/repo"
+mkdir -p "$P"
+if [ -d "$M" ]; then
+  git -C "$M" remote set-url origin {repo}
+  git -C "$M" fetch --quiet --prune origin '+refs/heads/*:refs/heads/*' '+refs/tags/*:refs/tags/*'
+else
+  git clone --quiet --mirror {repo} "$M"
+fi
+"#,
+        repo = quote(repo)
+    );
+    if resolve_only {
+        let _ = writeln!(
+            s,
+            "echo \"fleet:commit=$(git -C \"$M\" rev-parse --verify --quiet {}^{{commit}})\"",
+            quote(git_ref)
+        );
+        return s;
+    }
+    let _ = write!(
+        s,
+        r#"git -C "$M" cat-file -e {commit}^{{commit}} 2>/dev/null || {{ echo "commit {commit} is not in $M" >&2; exit 1; }}
+R="$P/releases/"{release}
+if [ -e "$R" ]; then echo "release directory $R already exists" >&2; exit 1; fi
+mkdir "$R"
+git -C "$M" archive --format=tar {commit} | tar -xf - -C "$R"
+"#,
+        commit = quote(commit),
+        release = quote(release)
+    );
+    finish_release(&mut s, commit, shared);
+    s
+}
+
+/// Shared paths linked into every release.
+pub struct Shared<'a> {
+    pub dirs: &'a [String],
+    pub files: &'a [String],
+}
+
+fn finish_release(s: &mut String, commit: &str, shared: &Shared<'_>) {
+    let _ = writeln!(s, "printf '%s\\n' {} > \"$R/REVISION\"", quote(commit));
+    for dir in shared.dirs {
+        let d = quote(dir);
+        let _ = writeln!(
+            s,
+            "mkdir -p \"$P/shared/\"{d}\nrm -rf \"$R/\"{d}\nmkdir -p \"$(dirname \"$R/\"{d})\"\nln -s \"$P/shared/\"{d} \"$R/\"{d}"
+        );
+    }
+    for file in shared.files {
+        let f = quote(file);
+        let _ = writeln!(
+            s,
+            "if [ ! -f \"$P/shared/\"{f} ]; then echo \"shared file $P/shared/\"{f}\" is missing: create it on the host first (fleet deploy <stage> exec)\" >&2; exit 1; fi\nrm -rf \"$R/\"{f}\nmkdir -p \"$(dirname \"$R/\"{f})\"\nln -s \"$P/shared/\"{f} \"$R/\"{f}"
+        );
+    }
+}
+
+/// Removes a release that never went live.
+pub fn discard(path: &RemotePath, release: &str) -> String {
+    format!(
+        "{}c=$(readlink \"$P/current\" 2>/dev/null || true)\nif [ \"${{c##*/}}\" != {r} ]; then rm -rf \"$P/releases/\"{r}; fi\n",
+        prelude(path),
+        r = quote(release)
+    )
+}
+
+/// Runs a hook in `dir` (a release, or `path` itself) with the stage's env and the
+/// release's facts exported.
+pub fn hook(
+    path: &RemotePath,
+    dir: Option<&str>,
+    env: &[(String, String)],
+    command: &str,
+) -> String {
+    let mut s = prelude(path);
+    match dir {
+        Some(release) => {
+            let _ = writeln!(s, "cd \"$P/releases/\"{}", quote(release));
+        }
+        None => s.push_str("mkdir -p \"$P\"\ncd \"$P\"\n"),
+    }
+    for (key, value) in env {
+        let _ = writeln!(s, "export {key}={}", quote(value));
+    }
+    let _ = writeln!(s, "sh -c {}", quote(command));
+    s
+}
+
+/// Points `current` at `releases/<id>` with one rename (a new symlink moved over the
+/// old), notes in the lock that the host has switched, and names the release's config.
+pub fn switch(path: &RemotePath, release: &str) -> String {
+    let mut s = format!(
+        "{}cd \"$P\"\n[ -d releases/{r} ] || {{ echo \"release {release} is not on this host\" >&2; exit 1; }}\nln -sfn releases/{r} .current.tmp.$$\nmv -fT .current.tmp.$$ current\nif [ -f \"$L\" ]; then sed -i 's/^state=.*/state=switched/' \"$L\"; fi\nR=\"$P/releases/\"{r}\n",
+        prelude(path),
+        r = quote(release)
+    );
+    config_fact(&mut s);
+    s
+}
+
+fn config_fact(s: &mut String) {
+    s.push_str("for f in");
+    for name in CONFIG_NAMES {
+        let _ = write!(s, " {name}");
+    }
+    s.push_str("; do if [ -f \"$R/$f\" ]; then echo \"fleet:config=$f\"; break; fi; done\n");
+}
+
+/// Appends a JSON line to `.fleet/releases.log`, deletes `prune`d releases and
+/// releases the lock.
+pub fn finish(path: &RemotePath, token: &str, record: &str, prune: &[String]) -> String {
+    let mut s = prelude(path);
+    let _ = writeln!(
+        s,
+        "printf '%s\\n' {} >> \"$P/.fleet/releases.log\"\nchmod 600 \"$P/.fleet/releases.log\"",
+        quote(record)
+    );
+    for release in prune {
+        let _ = writeln!(s, "rm -rf \"$P/releases/\"{}", quote(release));
+    }
+    let _ = writeln!(
+        s,
+        "if grep -qx {} \"$L\" 2>/dev/null; then rm -f \"$L\"; fi",
+        quote(&format!("token={token}"))
+    );
+    s
+}
+
+/// `list`, `curr`, `prev`: `current`, each release with its `REVISION`, and the lock.
+pub fn inspect(path: &RemotePath) -> String {
+    format!(
+        r#"{}[ -d "$P" ] || {{ echo "$P does not exist: run \`fleet deploy <stage> setup\` first" >&2; exit 1; }}
+cd "$P"
+echo "fleet:current=$(readlink current 2>/dev/null || true)"
+for r in releases/*; do [ -d "$r" ] && echo "fleet:release=${{r#releases/}} $(head -c 64 "$r/REVISION" 2>/dev/null | tr -d '\n')"; done
+if [ -f "$L" ]; then echo "fleet:lock=$(sed -n 's/^owner=//p' "$L") since $(sed -n 's/^since=//p' "$L")"; fi
+true
+"#,
+        prelude(path)
+    )
+}
+
+/// `exec <cmd>` in `current`.
+pub fn exec_in_current(path: &RemotePath, env: &[(String, String)], command: &str) -> String {
+    let mut s = prelude(path);
+    s.push_str("cd \"$P/current\"\n");
+    for (key, value) in env {
+        let _ = writeln!(s, "export {key}={}", quote(value));
+    }
+    let _ = writeln!(s, "sh -c {}", quote(command));
+    s
+}
+
+/// `setup`: directories and shared directories; prints where `path` is.
+pub fn setup_dirs(path: &RemotePath, shared_dirs: &[String]) -> String {
+    let mut s = prelude(path);
+    s.push_str("mkdir -p \"$P/releases\" \"$P/shared\" \"$P/.fleet\"\nchmod 700 \"$P/.fleet\"\n");
+    for dir in shared_dirs {
+        let _ = writeln!(s, "mkdir -p \"$P/shared/\"{}", quote(dir));
+    }
+    s.push_str("cd \"$P\"\necho \"fleet:root=$(pwd)\"\n");
+    s
+}
+
+/// Where the agent binary goes and whether the one there already matches: prints the
+/// installed binary's sha256 (empty when absent), whether systemd runs, and the agent
+/// running from `home` if any.
+pub fn agent_probe(home: &str) -> String {
+    format!(
+        r#"set -eu
+H={home}
+B="$H/bin/fleet-agent"
+echo "fleet:sha256=$( (sha256sum "$B" 2>/dev/null || true) | cut -d' ' -f1)"
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then echo fleet:systemd=yes; else echo fleet:systemd=no; fi
+pid=$(cat "$H/agent.pid" 2>/dev/null | tr -dc 0-9 || true)
+if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "fleet:running=$pid $(readlink /proc/$pid/exe 2>/dev/null || true)"; fi
+echo "fleet:uid=$(id -u)"
+true
+"#,
+        home = quote(home)
+    )
+}
+
+/// Installs the agent binary from stdin (written aside, then renamed into place).
+pub fn agent_install(home: &str) -> String {
+    format!(
+        "set -eu\nH={}\nmkdir -p \"$H/bin\"\nchmod 700 \"$H\"\ncat > \"$H/bin/.fleet-agent.new\"\nchmod 755 \"$H/bin/.fleet-agent.new\"\nmv -f \"$H/bin/.fleet-agent.new\" \"$H/bin/fleet-agent\"\n",
+        quote(home)
+    )
+}
+
+/// Starts the agent: a systemd unit where systemd runs (a system unit for root, a user
+/// unit otherwise), else a detached daemon; waits for its socket.
+pub fn agent_start(home: &str, systemd: bool, root: bool) -> String {
+    let mut s = format!("set -eu\nH={}\nB=\"$H/bin/fleet-agent\"\n", quote(home));
+    if systemd {
+        let (dir, ctl) = if root {
+            ("/etc/systemd/system", "systemctl")
+        } else {
+            ("$HOME/.config/systemd/user", "systemctl --user")
+        };
+        let _ = write!(
+            s,
+            r#"U="{dir}/fleet-agent.service"
+mkdir -p "$(dirname "$U")"
+cat > "$U.new" <<EOF
+[Unit]
+Description=fleet agent (process manager)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Environment=FLEET_HOME=$H
+ExecStart=$B --home $H --daemon
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy={target}
+EOF
+mv -f "$U.new" "$U"
+{ctl} daemon-reload
+{ctl} enable --now fleet-agent.service >/dev/null 2>&1
+"#,
+            target = if root {
+                "multi-user.target"
+            } else {
+                "default.target"
+            },
+        );
+    } else {
+        s.push_str(
+            "FLEET_HOME=\"$H\" setsid \"$B\" --home \"$H\" --daemon </dev/null >>\"$H/agent.out\" 2>&1 &\n",
+        );
+    }
+    s.push_str(
+        "i=0\nwhile [ ! -S \"$H/agent.sock\" ]; do i=$((i+1)); if [ $i -gt 100 ]; then echo \"the agent did not open $H/agent.sock within 10s (see $H/agent.log)\" >&2; exit 1; fi; sleep 0.1; done\n",
+    );
+    s
+}
+
+/// Writes the controller's CA for the agent's `join`, then joins.
+pub fn agent_join(home: &str, url: &str, token: &str, host: &str, ca_pem: &str) -> String {
+    format!(
+        "set -eu\nH={home}\nprintf '%s' {ca} > \"$H/controller-ca.pem\"\nchmod 600 \"$H/controller-ca.pem\"\n\"$H/bin/fleet-agent\" --home \"$H\" join {url} {token} --host {host} --ca \"$H/controller-ca.pem\" >/dev/null\n",
+        home = quote(home),
+        ca = quote(ca_pem),
+        url = quote(url),
+        token = quote(token),
+        host = quote(host),
+    )
+}
+
+fn one_line(text: &str) -> String {
+    text.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_with_shell_metacharacters_are_rejected() {
+        for good in [
+            "main",
+            "origin/main",
+            "v1.2.0",
+            "HEAD~1",
+            "abc123^",
+            "feature/x_y-z",
+        ] {
+            assert!(check_ref(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "main; rm -rf /",
+            "$(reboot)",
+            "`id`",
+            "a b",
+            "-rf",
+            "main..dev",
+            "x@{1}",
+            "a|b",
+            "a&b",
+            "a>b",
+            "it's",
+            "",
+            "a\nb",
+        ] {
+            assert!(check_ref(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn paths_are_quoted_and_home_expanded() {
+        assert_eq!(RemotePath::new("/srv/app/").unwrap().shell(), "'/srv/app'");
+        assert_eq!(
+            RemotePath::new("~/my app").unwrap().shell(),
+            "\"$HOME\"'/my app'"
+        );
+        assert_eq!(RemotePath::new("~").unwrap().shell(), "\"$HOME\"");
+        assert!(RemotePath::new("srv/app").is_err());
+        assert!(RemotePath::new("/srv/../etc").is_err());
+        assert!(RemotePath::new("/srv/a\nb").is_err());
+    }
+
+    #[test]
+    fn release_names_found_on_hosts_are_checked() {
+        assert!(valid_release("20261124T101500.123Z-abc1234"));
+        for bad in ["", ".", "..", "-x", "a/b", "a b", "a;b"] {
+            assert!(!valid_release(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn facts_are_split_from_output() {
+        let (facts, rest) = facts("hello\nfleet:current=releases/a\nfleet:release=a\nbye\n");
+        assert_eq!(
+            facts,
+            vec![
+                ("current".to_string(), "releases/a".to_string()),
+                ("release".to_string(), "a".to_string())
+            ]
+        );
+        assert_eq!(rest, "hello\nbye\n");
+    }
+
+    #[test]
+    fn snippets_are_valid_sh() {
+        let path = RemotePath::new("~/it's here").unwrap();
+        let info = LockInfo {
+            token: "t0k",
+            owner: "me@box",
+            pid: 1,
+            since: "2026-11-24T10:00:00Z",
+            reason: "deploy main; rm -rf / `x`",
+            release: "r1",
+        };
+        let shared = Shared {
+            dirs: &["logs".to_string()],
+            files: &["config/.env".to_string()],
+        };
+        let snippets = [
+            lock(&path, &info, 30),
+            renew(&path, "t0k"),
+            unlock(&path, "t0k"),
+            force_unlock(&path),
+            unpack(&path, "r1", "abc", &shared),
+            clone_release(&path, "git@x:y.git", "main", "r1", "abc", &shared, false),
+            discard(&path, "r1"),
+            hook(
+                &path,
+                Some("r1"),
+                &[("A".into(), "b c".into())],
+                "echo 'hi'",
+            ),
+            switch(&path, "r1"),
+            finish(&path, "t0k", "{\"id\":\"r1\"}", &["r0".to_string()]),
+            inspect(&path),
+            exec_in_current(&path, &[], "ls"),
+            setup_dirs(&path, &["logs".to_string()]),
+            agent_probe("/srv/fleet"),
+            agent_install("/srv/fleet"),
+            agent_start("/srv/fleet", true, true),
+            agent_start("/srv/fleet", false, false),
+            agent_join("/srv/fleet", "https://c:7443", "tok", "h1", "PEM'x"),
+            watchdog(30),
+        ];
+        for snippet in snippets {
+            let status = std::process::Command::new("sh")
+                .arg("-n")
+                .arg("-c")
+                .arg(&snippet)
+                .status()
+                .expect("sh");
+            assert!(status.success(), "sh -n rejects:\n{snippet}");
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! `fleet deploy` end to end: a git repository made by the test, test-bed hosts (network
+//! namespaces with their own sshd, private /srv, agents installed by `setup`), the
+//! real CLI over SSH. Clients load every host through deploys and reverts; hooks fail
+//! on one host; a host is cut off mid-deploy; a second deploy meets the lock.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+use crate::http::{Load, get};
+use crate::testbed::{HOST_FLEET_HOME, TestBed};
+
+const APP_PORT: u16 = 8080;
+const APP_PATH: &str = "/srv/app";
+/// A hook that waits (at most 60 s) until the test creates /srv/go on the host.
+const WAIT_FOR_GO: &str =
+    "i=0; while [ ! -e /srv/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done";
+/// Polls for what follows a deploy; covers the 8 s lock TTL after a partition.
+const SETTLE: Duration = Duration::from_secs(40);
+
+/// A bed, and a work dir holding a git repository whose fleet.toml has the app and a
+/// stage `bed` naming every host.
+struct DeployBed {
+    bed: TestBed,
+    fleet: Fleet,
+}
+
+impl DeployBed {
+    fn up(test: &str, hosts: usize, stage_extra: &str) -> Option<DeployBed> {
+        if !TestBed::available_or_skip(test) {
+            return None;
+        }
+        // No agent: `fleet deploy bed setup` installs and starts it.
+        let bed = TestBed::up(hosts, None);
+        let fleet = Fleet::new();
+        let deploy = DeployBed { bed, fleet };
+        deploy.git(&["init", "-q", "-b", "main"]);
+        deploy.write_config("c0", stage_extra);
+        Some(deploy)
+    }
+
+    fn write_config(&self, version: &str, stage_extra: &str) {
+        let addresses: Vec<String> = self
+            .bed
+            .hosts
+            .iter()
+            .map(|h| format!("\"{}\"", h.address))
+            .collect();
+        self.fleet.file(
+            "fleet.toml",
+            &format!(
+                r#"[apps.web]
+script = "{testapp}"
+exec_mode = "cluster"
+port = {APP_PORT}
+instances = 2
+kill_timeout = 3000
+env = {{ VERSION = "{version}" }}
+
+[deploy.bed]
+host = [{hosts}]
+user = "root"
+key = "{key}"
+ssh_options = ["UserKnownHostsFile={known}", "ConnectTimeout=3", "ServerAliveInterval=1", "ServerAliveCountMax=2"]
+fleet_home = "{HOST_FLEET_HOME}"
+path = "{APP_PATH}"
+ref = "main"
+batch = "100%"
+lock_ttl = "8s"
+{stage_extra}
+"#,
+                testapp = self.fleet.testapp().display(),
+                hosts = addresses.join(", "),
+                key = self.bed.client_key().display(),
+                known = self.bed.known_hosts().display(),
+            ),
+        );
+    }
+
+    fn git(&self, args: &[&str]) {
+        let output = Command::new("git")
+            .args([
+                "-c",
+                "user.name=fleet test",
+                "-c",
+                "user.email=test@fleet",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(self.fleet.work.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("git");
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Commits a new version of the app (its VERSION is what it answers with).
+    fn commit(&self, version: &str, stage_extra: &str) {
+        self.write_config(version, stage_extra);
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", version]);
+    }
+
+    /// `fleet deploy bed <args> --json`: exit code, the summary, stderr.
+    fn deploy(&self, args: &[&str]) -> (Option<i32>, Value, String) {
+        let mut all = vec!["deploy", "bed"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let output = self.fleet.run(&all);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        (output.status.code(), json, stderr)
+    }
+
+    fn deploy_ok(&self, args: &[&str]) -> Value {
+        let (code, json, stderr) = self.deploy(args);
+        assert_eq!(code, Some(0), "deploy {args:?}: {json:#}\n{stderr}");
+        json
+    }
+
+    fn sh(&self, host: &str, command: &str) -> (bool, String) {
+        let output = self.bed.exec(host, &["sh", "-c", command]);
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        )
+    }
+
+    fn current(&self, host: &str) -> String {
+        let (_, target) = self.sh(host, &format!("readlink {APP_PATH}/current || true"));
+        target.trim_start_matches("releases/").to_string()
+    }
+
+    fn releases(&self, host: &str) -> Vec<String> {
+        let (_, list) = self.sh(host, &format!("ls {APP_PATH}/releases 2>/dev/null || true"));
+        list.lines().map(str::to_string).collect()
+    }
+
+    fn locked(&self, host: &str) -> bool {
+        self.sh(host, &format!("test -e {APP_PATH}/.fleet/lock")).0
+    }
+
+    fn answer(&self, host: &str) -> String {
+        get(self.bed.address(host), APP_PORT, "/").unwrap_or_else(|e| format!("error: {e}"))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.bed.hosts.iter().map(|h| h.name.clone()).collect()
+    }
+
+    fn on_all(&self, command: &str) {
+        for host in self.names() {
+            let (ok, _) = self.sh(&host, command);
+            assert!(ok, "{command} on {host}");
+        }
+    }
+
+    fn agent_pid(&self, host: &str) -> String {
+        self.sh(host, &format!("cat {HOST_FLEET_HOME}/agent.pid")).1
+    }
+}
+
+fn host_result<'a>(summary: &'a Value, address: &str) -> &'a Value {
+    summary["hosts"]
+        .as_array()
+        .and_then(|hosts| hosts.iter().find(|h| h["host"] == address))
+        .unwrap_or_else(|| panic!("no result for {address} in {summary:#}"))
+}
+
+#[test]
+fn deploy_and_revert_reach_five_hosts_without_a_failed_request() {
+    let Some(d) = DeployBed::up(
+        "deploy_and_revert_reach_five_hosts_without_a_failed_request",
+        5,
+        "keep_releases = 2\nshared_dirs = [\"logs\"]\npost_deploy = \"echo built $FLEET_RELEASE > logs/last\"",
+    ) else {
+        return;
+    };
+    let extra = "keep_releases = 2\nshared_dirs = [\"logs\"]\npost_deploy = \"echo built $FLEET_RELEASE > logs/last\"";
+    let hosts = d.names();
+
+    // setup twice: the second run changes nothing (same agent, binary not re-sent).
+    d.deploy_ok(&["setup"]);
+    let pids: Vec<String> = hosts.iter().map(|h| d.agent_pid(h)).collect();
+    let stamp = |h: &str| {
+        d.sh(
+            h,
+            &format!("stat -c %Y.%i {HOST_FLEET_HOME}/bin/fleet-agent"),
+        )
+        .1
+    };
+    let stamps: Vec<String> = hosts.iter().map(|h| stamp(h)).collect();
+    assert!(pids.iter().all(|p| !p.is_empty()), "agents: {pids:?}");
+    d.deploy_ok(&["setup"]);
+    assert_eq!(
+        hosts.iter().map(|h| d.agent_pid(h)).collect::<Vec<_>>(),
+        pids
+    );
+    assert_eq!(hosts.iter().map(|h| stamp(h)).collect::<Vec<_>>(), stamps);
+
+    // The first release.
+    d.commit("c1", extra);
+    let r1 = d.deploy_ok(&[])["release"].as_str().unwrap().to_string();
+    for host in &hosts {
+        assert_eq!(d.current(host), r1, "{host}");
+        assert!(
+            d.answer(host).contains("version=c1"),
+            "{host}: {}",
+            d.answer(host)
+        );
+    }
+
+    // Under load on every host: deploy c2, then revert to c1.
+    let loads: Vec<Load> = hosts
+        .iter()
+        .map(|h| Load::start(d.bed.address(h), APP_PORT, 2))
+        .collect();
+    d.commit("c2", extra);
+    let summary = d.deploy_ok(&[]);
+    let r2 = summary["release"].as_str().unwrap().to_string();
+    assert_ne!(r1, r2);
+    let commit = summary["commit"].as_str().unwrap();
+    for host in &hosts {
+        assert_eq!(d.current(host), r2, "{host}: one release id everywhere");
+        assert!(
+            d.answer(host).contains("version=c2"),
+            "{host}: {}",
+            d.answer(host)
+        );
+        let (_, revision) = d.sh(host, &format!("cat {APP_PATH}/current/REVISION"));
+        assert_eq!(revision, commit);
+        let (_, built) = d.sh(host, &format!("cat {APP_PATH}/shared/logs/last"));
+        assert_eq!(built, format!("built {r2}"), "{host}: shared dir linked");
+    }
+    d.deploy_ok(&["revert"]);
+    for host in &hosts {
+        assert_eq!(d.current(host), r1, "{host}");
+        assert!(
+            d.answer(host).contains("version=c1"),
+            "{host}: {}",
+            d.answer(host)
+        );
+    }
+    for (host, load) in hosts.iter().zip(loads) {
+        let (ok, failed, errors) = load.finish();
+        assert!(ok > 0, "{host}: no request answered");
+        assert_eq!(failed, 0, "{host}: failed requests: {errors:?}");
+    }
+    let (_, log) = d.sh(&hosts[0], &format!("cat {APP_PATH}/.fleet/releases.log"));
+    let records: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 3, "{log}");
+    assert_eq!(records[1]["id"], r2.as_str());
+    assert_eq!(records[1]["result"], "ok");
+    assert_eq!(records[2]["action"], "revert");
+
+    // keep_releases = 2 prunes old releases, never the current or the previous one:
+    // after c3 the previous (r1, current before) stays although r2 is newer.
+    d.commit("c3", extra);
+    let r3 = d.deploy_ok(&[])["release"].as_str().unwrap().to_string();
+    for host in &hosts {
+        assert_eq!(d.releases(host), vec![r1.clone(), r2.clone(), r3.clone()]);
+    }
+    d.commit("c4", extra);
+    let r4 = d.deploy_ok(&[])["release"].as_str().unwrap().to_string();
+    for host in &hosts {
+        assert_eq!(d.releases(host), vec![r3.clone(), r4.clone()], "{host}");
+        assert!(!d.locked(host), "{host} still locked");
+    }
+
+    // list and curr agree with the hosts.
+    let list = d.fleet.ok(&["deploy", "bed", "curr", "--json"]);
+    let list: Vec<Value> = serde_json::from_str(&list).unwrap();
+    assert!(
+        list.iter().all(|h| h["current"] == r4.as_str()),
+        "{list:#?}"
+    );
+}
+
+#[test]
+fn failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked() {
+    let extra = format!(
+        "pre_deploy = \"{WAIT_FOR_GO}\"\npost_deploy = \"[ ! -e /srv/fail-post-deploy ]\"\n\n[deploy.strict]\nhost = [\"198.18.0.1\"]\npath = \"/srv/app\"\n"
+    );
+    let Some(d) = DeployBed::up(
+        "failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked",
+        3,
+        &extra,
+    ) else {
+        return;
+    };
+    let hosts = d.names();
+    let address = |h: &str| d.bed.address(h).to_string();
+    d.deploy_ok(&["setup"]);
+    d.on_all("touch /srv/go");
+    d.commit("c1", &extra);
+    let r1 = d.deploy_ok(&[])["release"].as_str().unwrap().to_string();
+
+    // A post-deploy that fails on h2: h2 goes back, and so do the others (max_fail 0).
+    d.sh("h2", "touch /srv/fail-post-deploy");
+    d.commit("c2", &extra);
+    let (code, summary, stderr) = d.deploy(&[]);
+    assert_eq!(code, Some(1), "{summary:#}\n{stderr}");
+    let h2 = host_result(&summary, &address("h2"));
+    assert_eq!(h2["result"], "failed", "{summary:#}");
+    assert_eq!(h2["step"], "post-deploy", "{summary:#}");
+    assert_eq!(h2["release"], r1.as_str(), "{summary:#}");
+    for host in ["h1", "h3"] {
+        assert_eq!(
+            host_result(&summary, &address(host))["result"],
+            "rolled_back"
+        );
+    }
+    assert_eq!(summary["rolled_back"], true);
+    for host in &hosts {
+        assert_eq!(d.current(host), r1, "{host}");
+        assert!(
+            d.answer(host).contains("version=c1"),
+            "{host}: {}",
+            d.answer(host)
+        );
+        assert!(!d.locked(host), "{host} still locked");
+    }
+    d.sh("h2", "rm -f /srv/fail-post-deploy");
+
+    // A deploy waiting in pre-deploy holds every host's lock: a second one is refused,
+    // naming the first one's owner and pid.
+    d.on_all("rm -f /srv/go");
+    d.commit("c3", &extra);
+    let first = d
+        .fleet
+        .command(&["deploy", "bed", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the first deploy");
+    let first_pid = first.id();
+    wait_until("every host locked", SETTLE, || {
+        hosts.iter().all(|h| d.locked(h))
+    });
+    let (code, _, stderr) = d.deploy(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("locked by"), "{stderr}");
+    assert!(stderr.contains(&format!("(pid {first_pid})")), "{stderr}");
+
+    // h2 is cut off while the first deploy waits in pre-deploy; the others go on.
+    d.bed.partition("h2");
+    d.sh("h1", "touch /srv/go");
+    d.sh("h3", "touch /srv/go");
+    let output = wait_output(first, Duration::from_secs(60));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{summary:#}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r3 = summary["release"].as_str().unwrap().to_string();
+    let h2 = host_result(&summary, &address("h2"));
+    assert_eq!(h2["result"], "failed", "{summary:#}");
+    assert!(h2["error"].as_str().is_some_and(|e| !e.is_empty()));
+    for host in ["h1", "h3"] {
+        assert_eq!(
+            host_result(&summary, &address(host))["result"],
+            "rolled_back"
+        );
+        assert_eq!(d.current(host), r1, "{host}");
+        assert!(d.answer(host).contains("version=c1"), "{host}");
+    }
+    // Cut off, h2 still serves its release; once back, its lock is gone (the host
+    // released it when the deployer stopped renewing) and the unfinished release too.
+    assert_eq!(d.current("h2"), r1);
+    d.bed.heal("h2");
+    wait_until("h2 unlocked", SETTLE, || !d.locked("h2"));
+    wait_until("h2's unfinished release removed", SETTLE, || {
+        !d.releases("h2").contains(&r3)
+    });
+    assert!(d.answer("h2").contains("version=c1"), "{}", d.answer("h2"));
+
+    // Everything works again.
+    d.sh("h2", "touch /srv/go");
+    let r4 = d.deploy_ok(&[])["release"].as_str().unwrap().to_string();
+    for host in &hosts {
+        assert_eq!(d.current(host), r4, "{host}");
+        assert!(d.answer(host).contains("version=c3"), "{host}");
+    }
+
+    // A host whose key is not in known_hosts is refused, with its fingerprint.
+    let empty = d.fleet.file("empty_known_hosts", "");
+    d.fleet.file(
+        "fleet.toml",
+        &std::fs::read_to_string(d.fleet.path("fleet.toml"))
+            .unwrap()
+            .replace(
+                "host = [\"198.18.0.1\"]",
+                &format!(
+                    "host = [\"{}\"]\nuser = \"root\"\nkey = \"{}\"\nssh_options = [\"UserKnownHostsFile={}\", \"GlobalKnownHostsFile=/dev/null\"]",
+                    address("h1"),
+                    d.bed.client_key().display(),
+                    empty.display()
+                ),
+            ),
+    );
+    let stderr = d.fleet.fails(&["deploy", "strict", "list"], 1);
+    assert!(stderr.contains("unknown host key"), "{stderr}");
+    assert!(stderr.contains("SHA256:"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&empty).unwrap(), "");
+}
+
+#[test]
+fn a_ref_with_shell_metacharacters_is_rejected_before_any_connection() {
+    let fleet = Fleet::new();
+    // A host that records any connection attempt.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stage = |git_ref: &str| {
+        format!(
+            "[deploy.prod]\nhost = [\"127.0.0.1\"]\nport = {port}\nuser = \"root\"\npath = \"/srv/app\"\nref = {git_ref:?}\n"
+        )
+    };
+    fleet.file("fleet.toml", &stage("main"));
+    for bad in [
+        "main; touch /tmp/pwned",
+        "$(id)",
+        "`id`",
+        "main && id",
+        "a|b",
+    ] {
+        let stderr = fleet.fails(&["deploy", "prod", "--ref", bad], 2);
+        assert!(stderr.contains("not a valid git ref"), "{bad}: {stderr}");
+    }
+    fleet.file("fleet.toml", &stage("main;reboot"));
+    let stderr = fleet.fails(&["deploy", "prod"], 2);
+    assert!(stderr.contains("not a valid git ref"), "{stderr}");
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "fleet connected to the host"
+    );
+    assert!(!Path::new("/tmp/pwned").exists());
+}
