@@ -450,3 +450,154 @@ fn a_ref_with_shell_metacharacters_is_rejected_before_any_connection() {
     );
     assert!(!Path::new("/tmp/pwned").exists());
 }
+
+#[test]
+fn setup_joins_agents_to_the_controller_and_deploys_land_in_its_audit_log() {
+    let Some(d) = DeployBed::up(
+        "setup_joins_agents_to_the_controller_and_deploys_land_in_its_audit_log",
+        2,
+        "",
+    ) else {
+        return;
+    };
+    let controller = crate::controller::Controller::start(&d.bed);
+    let env = controller.env();
+    // Any `fleet` command through the controller: exit code, stdout as JSON, stderr.
+    let through_controller = |args: &[&str]| -> (Option<i32>, Value, String) {
+        let mut command = d.fleet.command(args);
+        for (key, value) in &env {
+            command.env(key, value);
+        }
+        let output = d.fleet.run_with(command);
+        let json = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        (
+            output.status.code(),
+            json,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let deploy_ok = |args: &[&str]| -> Value {
+        let mut all = vec!["deploy", "bed"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let (code, summary, stderr) = through_controller(&all);
+        assert_eq!(code, Some(0), "deploy {args:?}: {summary:#}\n{stderr}");
+        assert!(
+            !stderr.contains("did not record"),
+            "deploy {args:?} was not audited: {stderr}"
+        );
+        summary
+    };
+    let addresses: Vec<String> = d.bed.hosts.iter().map(|h| h.address.clone()).collect();
+    let hosts = d.names();
+
+    // setup installs each agent, joins it as the host is named in the stage (its
+    // address) and starts it; the agents dial the controller on their own.
+    deploy_ok(&["setup"]);
+    for host in &hosts {
+        let (_, url) = d.sh(host, &format!("cat {HOST_FLEET_HOME}/controller/url"));
+        assert_eq!(url, controller.url, "{host} joined another controller");
+        let (_, name) = d.sh(host, &format!("cat {HOST_FLEET_HOME}/controller/host"));
+        assert_eq!(
+            name,
+            d.bed.address(host),
+            "{host} joined under another name"
+        );
+    }
+    // With no app yet, a connected host contributes no line; one that never connected
+    // is listed as unreachable and makes the exit code 1.
+    wait_until("both agents connected to the controller", SETTLE, || {
+        let (code, status, _) = through_controller(&["status", "bed", "--json"]);
+        code == Some(0)
+            && status.as_array().is_some_and(|s| {
+                s.iter()
+                    .all(|v| v.get("reachable") != Some(&Value::Bool(false)))
+            })
+    });
+
+    // A second setup finds the agents joined to this controller: no new join (the
+    // controller settings are not rewritten, no join token is asked for), same agents.
+    let joined = |host: &str| {
+        let output = d.bed.exec(
+            host,
+            &[
+                "stat",
+                "-c",
+                "%y %i",
+                &format!("{HOST_FLEET_HOME}/controller/url"),
+            ],
+        );
+        assert!(output.status.success(), "stat on {host}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let stamps: Vec<String> = hosts.iter().map(|h| joined(h)).collect();
+    let pids: Vec<String> = hosts.iter().map(|h| d.agent_pid(h)).collect();
+    deploy_ok(&["setup"]);
+    assert_eq!(hosts.iter().map(|h| joined(h)).collect::<Vec<_>>(), stamps);
+    assert_eq!(
+        hosts.iter().map(|h| d.agent_pid(h)).collect::<Vec<_>>(),
+        pids
+    );
+
+    // A deploy through SSH, recorded by the controller, whose status shows the app.
+    d.commit("c1", "");
+    let release = deploy_ok(&[])["release"].as_str().unwrap().to_string();
+    wait_until(
+        "the app on both hosts through the controller",
+        SETTLE,
+        || {
+            let (code, status, _) = through_controller(&["status", "bed", "--json"]);
+            let status = status.as_array().cloned().unwrap_or_default();
+            code == Some(0)
+                && addresses.iter().all(|address| {
+                    status
+                        .iter()
+                        .filter(|v| v["host"] == address.as_str() && v["name"] == "web")
+                        .filter(|v| v["status"] == "online")
+                        .count()
+                        == 2
+                })
+        },
+    );
+    for host in &hosts {
+        assert!(
+            d.answer(host).contains("version=c1"),
+            "{host}: {}",
+            d.answer(host)
+        );
+    }
+
+    // The audit log, read while the controller runs.
+    let audit = controller.audit();
+    let with_action =
+        |action: &str| -> Vec<&Value> { audit.iter().filter(|e| e["action"] == action).collect() };
+    let setups = with_action("deploy setup");
+    assert_eq!(setups.len(), 2, "{audit:#?}");
+    let updates = with_action("deploy update");
+    assert_eq!(updates.len(), 1, "{audit:#?}");
+    let mut update_targets = vec![Value::from(format!("release={release}"))];
+    update_targets.extend(addresses.iter().map(|a| Value::from(a.as_str())));
+    for (entry, targets) in [
+        (setups[0], Value::from(addresses.clone())),
+        (updates[0], Value::from(update_targets)),
+    ] {
+        assert_eq!(entry["stage"], "bed", "{entry:#}");
+        assert_eq!(entry["result"], "ok", "{entry:#}");
+        assert_eq!(entry["targets"], targets, "{entry:#}");
+        assert!(
+            entry["who"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("token:")),
+            "{entry:#}"
+        );
+    }
+    // One join token per host, asked for by the first setup only.
+    let mut join_tokens: Vec<&str> = with_action("join-token")
+        .iter()
+        .filter_map(|e| e["targets"][0].as_str())
+        .collect();
+    join_tokens.sort_unstable();
+    let mut expected: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(join_tokens, expected, "{audit:#?}");
+}

@@ -5,20 +5,16 @@
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::controller::Controller;
 use crate::harness::*;
 use crate::testbed::{HOST_FLEET_HOME, TestBed, agent_binary};
 
 const SETTLE: Duration = Duration::from_secs(20);
-/// The controller's heartbeat window in these tests (default 15 s is too slow to wait
-/// for in a test); agents send a heartbeat every second.
-const UNREACHABLE_AFTER: &str = "3s";
-const HEARTBEAT: &str = "1s";
 const APP_PORT: u16 = 8080;
 
 /// A bed with an app on every host and a work dir whose fleet.toml names the hosts as
@@ -254,139 +250,33 @@ fn collect_lines(child: &mut Child) -> Lines {
     lines
 }
 
-/// A controller in the root namespace, on the bridge address the hosts can reach.
-struct Controller {
-    child: Option<Child>,
-    data: tempfile::TempDir,
-    url: String,
-    listen: String,
-    token: String,
-}
-
-impl Controller {
-    fn bin() -> PathBuf {
-        agent_binary().with_file_name("fleet-controller")
-    }
-
-    fn start(bed: &TestBed) -> Controller {
-        let data = tempfile::Builder::new()
-            .prefix("fleet-controller-")
-            .tempdir()
-            .unwrap();
-        let bridge = bed.hosts[0].address.rsplit_once('.').unwrap().0.to_string() + ".254";
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("{bridge}:{port}");
-        let token = String::from_utf8(
-            Command::new(Self::bin())
-                .args(["token", "create", "--data"])
-                .arg(data.path())
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap()
-        .trim()
-        .to_string();
-        assert!(token.starts_with("fct_"), "token create printed {token:?}");
-        let mut controller = Controller {
-            child: None,
-            url: format!("https://{listen}"),
-            listen,
-            data,
-            token,
-        };
-        controller.spawn();
-        controller
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(Self::bin())
-            .args(["--listen", &self.listen, "--data"])
-            .arg(self.data.path())
-            .args([
-                "--heartbeat",
-                HEARTBEAT,
-                "--unreachable-after",
-                UNREACHABLE_AFTER,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let address = self.listen.clone();
-        wait_until("the controller to listen", SETTLE, || {
-            TcpStream::connect(&address).is_ok()
-        });
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.data.path().join("ca.pem")
-    }
-
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("FLEET_CONTROLLER", self.url.clone()),
-            ("FLEET_TOKEN", self.token.clone()),
-            ("FLEET_CA", self.ca().display().to_string()),
-        ]
-    }
-
-    /// Joins every host's agent and restarts it so it connects.
-    fn join(&self, fb: &Fleetbed) {
-        for host in &fb.bed.hosts {
-            let out = Command::new(Self::bin())
-                .args(["join-token", &host.address, "--data"])
-                .arg(self.data.path())
-                .output()
-                .unwrap();
-            let join = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            assert!(
-                out.status.success() && !join.is_empty(),
-                "join-token: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let agent = agent_binary();
-            let out = fb.bed.exec(
-                &host.name,
-                &[
-                    agent.to_str().unwrap(),
-                    "--home",
-                    HOST_FLEET_HOME,
-                    "join",
-                    &self.url,
-                    &join,
-                    "--host",
-                    &host.address,
-                    "--ca",
-                    self.ca().to_str().unwrap(),
-                ],
-            );
-            assert!(
-                out.status.success(),
-                "join on {}: {}",
-                host.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            restart_agent(fb, &host.name);
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        self.stop();
+/// Joins every host's agent and restarts it so it connects.
+fn join(controller: &Controller, fb: &Fleetbed) {
+    for host in &fb.bed.hosts {
+        let join = controller.join_token(&host.address);
+        let agent = agent_binary();
+        let out = fb.bed.exec(
+            &host.name,
+            &[
+                agent.to_str().unwrap(),
+                "--home",
+                HOST_FLEET_HOME,
+                "join",
+                &controller.url,
+                &join,
+                "--host",
+                &host.address,
+                "--ca",
+                controller.ca().to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "join on {}: {}",
+            host.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        restart_agent(fb, &host.name);
     }
 }
 
@@ -444,7 +334,7 @@ fn wait_status(
 fn through_the_controller_status_survives_lost_agents_partitions_and_a_restart() {
     let Some(fb) = Fleetbed::up(5) else { return };
     let mut controller = Controller::start(&fb.bed);
-    controller.join(&fb);
+    join(&controller, &fb);
     let env = controller.env();
     let all_up = |status: &[Value]| {
         fb.bed
@@ -520,7 +410,7 @@ fn through_the_controller_status_survives_lost_agents_partitions_and_a_restart()
 fn through_the_controller_logs_follow_three_hosts_and_reload_keeps_answering() {
     let Some(fb) = Fleetbed::up(3) else { return };
     let controller = Controller::start(&fb.bed);
-    controller.join(&fb);
+    join(&controller, &fb);
     let env = controller.env();
     wait_status(&fb, &env, "every host", SETTLE, |s| {
         fb.bed

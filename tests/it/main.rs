@@ -6,6 +6,7 @@ mod harness;
 
 mod cluster;
 mod config;
+mod controller;
 mod deploy;
 mod fleet;
 mod http;

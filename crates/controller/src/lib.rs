@@ -79,6 +79,14 @@ pub fn create_join_token(
     Ok(created)
 }
 
+/// `fleet-controller audit`: the last `limit` entries of the audit log (all for `None`),
+/// newest last. Reads the database read-only, so it works while the controller runs.
+pub fn read_audit(data_dir: &Path, limit: Option<u32>) -> Result<Vec<store::AuditEntry>, Error> {
+    let path = data_dir.join(DATABASE_FILE);
+    let conn = store::open_read_only(&path)?;
+    store::audit_entries(&conn, limit).map_err(|source| Error::Database { path, source })
+}
+
 /// Audits what was done on the controller's machine, with its database directly.
 fn audit_local(
     conn: &rusqlite::Connection,
@@ -129,7 +137,7 @@ pub(crate) fn now_unix_ms() -> u64 {
 }
 
 /// A unix time in ms as users read it: RFC 3339, UTC, to the second.
-pub(crate) fn format_unix_ms(ms: u64) -> String {
+pub fn format_unix_ms(ms: u64) -> String {
     jiff::Timestamp::from_second((ms / 1000) as i64)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| format!("{ms} ms after the epoch"))

@@ -1,5 +1,5 @@
 //! The `fleet-controller` binary: argument parsing and logging, then
-//! `fleet_controller::serve`, or one of the offline token commands.
+//! `fleet_controller::serve`, or one of the offline commands (tokens, the audit log).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use fleet_controller::ControllerConfig;
 use fleet_controller::config::{
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_JOIN_TOKEN_TTL, DEFAULT_LISTEN, DEFAULT_UNREACHABLE_AFTER,
 };
+use fleet_controller::store::AuditEntry;
 
 #[derive(Parser)]
 #[command(
@@ -52,7 +53,21 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
     },
+    /// Print the audit log, newest last: commands, deploys, tokens. Safe while the
+    /// controller runs (the database is opened read-only).
+    Audit {
+        /// One JSON array of entries instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many of the newest entries to print; 0 prints them all.
+        #[arg(long, default_value_t = DEFAULT_AUDIT_LIMIT, value_name = "N")]
+        limit: u32,
+    },
 }
+
+/// `audit` prints this many entries unless told otherwise: a screenful or two, and the
+/// newest are what an operator looks for first.
+const DEFAULT_AUDIT_LIMIT: u32 = 100;
 
 #[derive(Subcommand)]
 enum TokenCommand {
@@ -103,6 +118,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Some(Command::Audit { json, limit }) => {
+            let entries = fleet_controller::read_audit(&data, (limit > 0).then_some(limit))?;
+            if json {
+                println!("{}", audit_json(&entries));
+            } else if entries.is_empty() {
+                eprintln!("the audit log is empty");
+            } else {
+                print!("{}", audit_table(&entries));
+            }
+            Ok(())
+        }
         None => {
             init_logging();
             let mut config = ControllerConfig::new(data);
@@ -128,6 +154,84 @@ fn run(args: Args) -> anyhow::Result<()> {
                 })
         }
     }
+}
+
+/// `audit --json`: one array, each entry's time both as RFC 3339 (UTC, to the second)
+/// and in unix milliseconds.
+fn audit_json(entries: &[AuditEntry]) -> serde_json::Value {
+    entries
+        .iter()
+        .map(|entry| {
+            serde_json::json!({
+                "at": fleet_controller::format_unix_ms(entry.at_ms),
+                "at_ms": entry.at_ms,
+                "who": entry.who,
+                "action": entry.action,
+                "stage": entry.stage,
+                "targets": entry.targets,
+                "result": entry.result,
+            })
+        })
+        .collect()
+}
+
+/// `audit`: aligned columns, the result last since it can be long. Fields come from
+/// clients, so control characters are shown escaped rather than sent to the terminal.
+fn audit_table(entries: &[AuditEntry]) -> String {
+    const HEADER: [&str; 6] = ["time", "who", "action", "stage", "targets", "result"];
+    let or_dash = |text: String| {
+        if text.is_empty() {
+            "-".to_owned()
+        } else {
+            text
+        }
+    };
+    let rows: Vec<[String; 6]> = entries
+        .iter()
+        .map(|entry| {
+            [
+                fleet_controller::format_unix_ms(entry.at_ms),
+                entry.who.clone(),
+                entry.action.clone(),
+                or_dash(entry.stage.clone()),
+                or_dash(entry.targets.join(",")),
+                entry.result.clone(),
+            ]
+            .map(|field| escape_controls(&field))
+        })
+        .collect();
+    let mut widths = HEADER.map(|title| title.chars().count());
+    for row in &rows {
+        for (width, field) in widths.iter_mut().zip(row) {
+            *width = (*width).max(field.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(HEADER.map(str::to_owned)).chain(rows) {
+        let mut line = String::new();
+        for (index, field) in row.iter().enumerate() {
+            line.push_str(field);
+            if index + 1 < row.len() {
+                let pad = widths[index] - field.chars().count();
+                line.extend(std::iter::repeat_n(' ', pad + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn init_logging() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Error, Refusal};
 use crate::pki;
@@ -80,6 +80,41 @@ pub fn open(path: &Path) -> Result<Connection, Error> {
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(context)?;
     migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// Opens the database for reading only, as `fleet-controller audit` does while the
+/// controller runs: no migration (that is the controller's job) and no write, so it
+/// never takes the writer's lock. In WAL mode a reader sees the last committed writes
+/// and never waits for the writer.
+pub fn open_read_only(path: &Path) -> Result<Connection, Error> {
+    let context = |source| Error::Database {
+        path: path.to_owned(),
+        source,
+    };
+    if !path.is_file() {
+        return Err(Error::Invalid(format!(
+            "no controller database at {}\nhint: pass --data with the controller's data directory",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(context)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(context)?;
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(context)?;
+    if found > known {
+        return Err(Error::NewerSchema {
+            path: path.to_owned(),
+            found,
+            known,
+        });
+    }
     Ok(conn)
 }
 
@@ -375,6 +410,33 @@ pub fn append_audit(conn: &Connection, entry: &AuditEntry) -> rusqlite::Result<(
     Ok(())
 }
 
+/// The last `limit` entries of the audit log (all of them for `None`), oldest first so
+/// the newest ends up last, next to the prompt. Ordered by `id`, the order of appending:
+/// two entries in the same millisecond keep their order.
+pub fn audit_entries(conn: &Connection, limit: Option<u32>) -> rusqlite::Result<Vec<AuditEntry>> {
+    // SQLite reads a negative LIMIT as no limit.
+    let limit = limit.map_or(-1, i64::from);
+    let mut statement = conn.prepare(
+        "SELECT at, who, action, stage, targets, result FROM
+            (SELECT * FROM audit_log ORDER BY id DESC LIMIT ?1)
+         ORDER BY id",
+    )?;
+    let rows = statement.query_map(params![limit], |row| {
+        let targets: String = row.get(4)?;
+        Ok(AuditEntry {
+            at_ms: row.get::<_, i64>(0)? as u64,
+            who: row.get(1)?,
+            action: row.get(2)?,
+            stage: row.get(3)?,
+            // Written by `append_audit` as a JSON list; anything else is shown as it is
+            // rather than hidden, since this is the audit log.
+            targets: serde_json::from_str(&targets).unwrap_or_else(|_| vec![targets]),
+            result: row.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,6 +507,71 @@ mod tests {
             check_join_token(&conn, &hash, "web-1", 3_000).unwrap(),
             Err(Refusal::JoinTokenUsed(_))
         ));
+    }
+
+    fn audit_entry(at_ms: u64, action: &str) -> AuditEntry {
+        AuditEntry {
+            at_ms,
+            who: "token:1 (ops@laptop)".into(),
+            action: action.into(),
+            stage: "prod".into(),
+            targets: vec!["release=r1".into(), "web-1".into()],
+            result: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn audit_entries_are_the_newest_ones_with_the_newest_last() {
+        let (_dir, conn) = temp_db();
+        assert!(audit_entries(&conn, Some(10)).unwrap().is_empty());
+        // Two entries in the same millisecond keep the order they were appended in.
+        for (at_ms, action) in [(1_000, "first"), (2_000, "second"), (2_000, "third")] {
+            append_audit(&conn, &audit_entry(at_ms, action)).unwrap();
+        }
+        let actions = |limit| -> Vec<String> {
+            audit_entries(&conn, limit)
+                .unwrap()
+                .into_iter()
+                .map(|entry| entry.action)
+                .collect()
+        };
+        assert_eq!(actions(None), ["first", "second", "third"]);
+        assert_eq!(actions(Some(2)), ["second", "third"]);
+        assert_eq!(actions(Some(1)), ["third"]);
+        let entry = audit_entries(&conn, Some(1)).unwrap().remove(0);
+        assert_eq!(entry.at_ms, 2_000);
+        assert_eq!(entry.who, "token:1 (ops@laptop)");
+        assert_eq!(entry.stage, "prod");
+        assert_eq!(entry.targets, ["release=r1", "web-1"]);
+        assert_eq!(entry.result, "ok");
+    }
+
+    #[test]
+    fn a_read_only_connection_sees_the_writers_commits_and_cannot_write() {
+        let (dir, writer) = temp_db();
+        let path = dir.path().join("controller.db");
+        append_audit(&writer, &audit_entry(1_000, "before")).unwrap();
+        // The writer stays open, as the running controller's does; its commits are in
+        // the WAL, not yet in the database file.
+        let reader = open_read_only(&path).unwrap();
+        append_audit(&writer, &audit_entry(2_000, "after")).unwrap();
+        let actions: Vec<String> = audit_entries(&reader, None)
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.action)
+            .collect();
+        assert_eq!(actions, ["before", "after"]);
+        assert!(append_audit(&reader, &audit_entry(3_000, "sneaky")).is_err());
+    }
+
+    #[test]
+    fn reading_a_missing_database_says_where_it_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        let error = open_read_only(&path).unwrap_err();
+        assert!(matches!(error, Error::Invalid(_)), "{error}");
+        assert!(error.to_string().contains("hint: pass --data"), "{error}");
+        assert!(!path.exists(), "reading created the database");
     }
 
     #[test]

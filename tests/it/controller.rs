@@ -1,0 +1,147 @@
+//! A `fleet-controller` process for tests that reach test-bed hosts through it: it
+//! listens on the bed's bridge address (which every host's namespace can reach), with
+//! its own data directory and an API token; killed on drop. Joining agents is left to
+//! the tests: by hand with `fleet-agent join`, or by `fleet deploy <stage> setup`.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+use crate::testbed::{TestBed, agent_binary};
+
+/// The controller's heartbeat window in these tests (default 15 s is too slow to wait
+/// for in a test); agents send a heartbeat every second.
+const UNREACHABLE_AFTER: &str = "3s";
+const HEARTBEAT: &str = "1s";
+/// Generating the CA and the server certificate takes well under a second; the margin
+/// is for a loaded 2-core runner.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// The offline commands (`token create`, `join-token`, `audit`) only touch the database.
+const OFFLINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A controller in the root namespace, on the bridge address the hosts can reach.
+pub struct Controller {
+    child: Option<Child>,
+    pub data: tempfile::TempDir,
+    pub url: String,
+    listen: String,
+    pub token: String,
+}
+
+impl Controller {
+    fn bin() -> PathBuf {
+        agent_binary().with_file_name("fleet-controller")
+    }
+
+    /// Runs an offline command (`token create`, `join-token`, `audit`) on `data`.
+    fn offline(data: &Path, args: &[&str]) -> String {
+        let mut command = Command::new(Self::bin());
+        command
+            .args(args)
+            .arg("--data")
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let output = wait_output(command.spawn().unwrap(), OFFLINE_TIMEOUT);
+        assert!(
+            output.status.success(),
+            "fleet-controller {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    pub fn start(bed: &TestBed) -> Controller {
+        let data = tempfile::Builder::new()
+            .prefix("fleet-controller-")
+            .tempdir()
+            .unwrap();
+        let bridge = bed.hosts[0].address.rsplit_once('.').unwrap().0.to_string() + ".254";
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("{bridge}:{port}");
+        let token = Self::offline(data.path(), &["token", "create"])
+            .trim()
+            .to_string();
+        assert!(token.starts_with("fct_"), "token create printed {token:?}");
+        let mut controller = Controller {
+            child: None,
+            url: format!("https://{listen}"),
+            listen,
+            data,
+            token,
+        };
+        controller.spawn();
+        controller
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new(Self::bin())
+            .args(["--listen", &self.listen, "--data"])
+            .arg(self.data.path())
+            .args([
+                "--heartbeat",
+                HEARTBEAT,
+                "--unreachable-after",
+                UNREACHABLE_AFTER,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let address = self.listen.clone();
+        wait_until("the controller to listen", LISTEN_TIMEOUT, || {
+            TcpStream::connect(&address).is_ok()
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.data.path().join("ca.pem")
+    }
+
+    /// What the CLI needs to go through this controller.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("FLEET_CONTROLLER", self.url.clone()),
+            ("FLEET_TOKEN", self.token.clone()),
+            ("FLEET_CA", self.ca().display().to_string()),
+        ]
+    }
+
+    /// A one-time join token for `host`, as `fleet-controller join-token` prints it.
+    pub fn join_token(&self, host: &str) -> String {
+        let token = Self::offline(self.data.path(), &["join-token", host])
+            .trim()
+            .to_string();
+        assert!(!token.is_empty(), "join-token printed nothing");
+        token
+    }
+
+    /// `fleet-controller audit --json --limit 0`: the whole audit log, oldest first.
+    pub fn audit(&self) -> Vec<Value> {
+        let stdout = Self::offline(self.data.path(), &["audit", "--json", "--limit", "0"]);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("audit --json: {e}: {stdout}"))
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
