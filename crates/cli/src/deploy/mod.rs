@@ -303,6 +303,12 @@ struct Live {
     /// Every release on the host when it was locked.
     releases: Vec<String>,
     switched: bool,
+    /// The new release is unpacked (archive) by the lock's exec.
+    transferred: bool,
+    /// The lock's exec also switched `current`.
+    switch_done: bool,
+    /// The switched-to release's config file, when `switch_done`.
+    config_file: Option<String>,
     /// Set when the lock could not be renewed (someone removed it).
     lock_lost: Arc<AtomicBool>,
     renewer: tokio::task::JoinHandle<()>,
@@ -675,7 +681,15 @@ impl Deploy {
         };
         let mut live = match self.lock(&host, payload, reason).await {
             Ok(live) => live,
-            Err(f) => return Err(failed(f, None, None)),
+            Err((f, None)) => return Err(failed(f, None, None)),
+            Err((f, Some(mut live))) => {
+                let previous = live.previous.clone();
+                let now_on = self.undo(&mut live, payload).await;
+                self.release_lock(live).await;
+                let mut summary = failed(f, now_on, previous);
+                summary.duration_ms = started.elapsed().as_millis() as u64;
+                return Err(summary);
+            }
         };
         if payload_is_current(payload, &live) {
             self.progress.done(&host.name, "already on this release");
@@ -724,7 +738,7 @@ impl Deploy {
         host: &Arc<Host>,
         payload: &Payload<'_>,
         reason: &str,
-    ) -> std::result::Result<Live, StepFailure> {
+    ) -> std::result::Result<Live, (StepFailure, Option<Live>)> {
         self.progress.step(&host.name, "lock");
         let token = random_token();
         let since = jiff::Timestamp::now().to_string();
@@ -741,11 +755,48 @@ impl Deploy {
                 Payload::Existing { .. } => "",
             },
         };
-        let script = remote::lock(&host.path, &info, self.ttl_secs());
-        let output = host
-            .run(&script, STEP_TIMEOUT)
-            .await
-            .map_err(|e| fail("lock", e))?;
+        // One exec does as much as it can: lock, unpack the archive and (without a
+        // pre-deploy hook) switch. Each sshd session costs a fork, a login shell and its
+        // start-up files on the host.
+        let config = &self.stage.config;
+        let mut script = remote::lock(&host.path, &info, self.ttl_secs());
+        let mut input = None;
+        let mut switches = false;
+        match payload {
+            Payload::New {
+                release,
+                commit,
+                archive: Some(bytes),
+            } => {
+                let shared = remote::Shared {
+                    dirs: &config.shared_dirs,
+                    files: &config.shared_files,
+                };
+                script.push_str("echo fleet:step=transfer\n");
+                script.push_str(&remote::unpack(&host.path, release, commit, &shared));
+                input = Some(*bytes);
+                if config.pre_deploy.is_none() {
+                    script.push_str("echo fleet:step=switch\n");
+                    script.push_str(&remote::switch(&host.path, release));
+                    switches = true;
+                }
+            }
+            Payload::Existing { release } => {
+                script.push_str("echo fleet:step=switch\n");
+                script.push_str(&remote::switch(&host.path, release));
+                switches = true;
+            }
+            Payload::New { archive: None, .. } => {}
+        }
+        let output = match input {
+            Some(bytes) => host
+                .pool
+                .exec_with_input(&host.name, &script, bytes, TRANSFER_TIMEOUT)
+                .await
+                .map_err(|e| ssh_error(&e)),
+            None => host.run(&script, STEP_TIMEOUT).await,
+        }
+        .map_err(|e| (fail("lock", e), None))?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         if output.exit_status == Some(remote::LOCKED_STATUS) {
             let field = |key: &str| {
@@ -755,22 +806,26 @@ impl Deploy {
                     .unwrap_or("?")
                     .to_string()
             };
-            return Err(fail(
-                "lock",
-                format!(
-                    "locked by {} (pid {}) since {}: {}\nhint: wait for that deploy to end; if it is gone, `fleet deploy {} unlock`",
-                    field("owner"),
-                    field("pid"),
-                    field("since"),
-                    field("reason"),
-                    self.stage.name
+            return Err((
+                fail(
+                    "lock",
+                    format!(
+                        "locked by {} (pid {}) since {}: {}\nhint: wait for that deploy to end; if it is gone, `fleet deploy {} unlock`",
+                        field("owner"),
+                        field("pid"),
+                        field("since"),
+                        field("reason"),
+                        self.stage.name
+                    ),
                 ),
+                None,
             ));
         }
-        if !output.success() {
-            return Err(fail("lock", step_error(&output)));
-        }
         let (facts, _) = remote::facts(&stdout);
+        let Some(root) = fact(&facts, "root") else {
+            // The lock was not taken.
+            return Err((fail("lock", step_error(&output)), None));
+        };
         if let Some(stale) = fact(&facts, "stale_lock") {
             self.progress.line(&format!(
                 "{} | took over a stale lock (held by {stale}, not renewed for {}s)",
@@ -778,7 +833,6 @@ impl Deploy {
                 self.ttl_secs()
             ));
         }
-        let root = fact(&facts, "root").unwrap_or_default();
         let previous = fact(&facts, "current")
             .and_then(|c| c.rsplit('/').next().map(str::to_string))
             .filter(|c| remote::valid_release(c));
@@ -795,17 +849,36 @@ impl Deploy {
             Duration::from_millis((self.stage.config.lock_ttl_ms / 4).clamp(500, 10_000)),
             Arc::clone(&lock_lost),
         ));
-        Ok(Live {
+        let reached = facts
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "step")
+            .map(|(_, v)| v.as_str());
+        let live = Live {
             host: Arc::clone(host),
             token,
             root,
             previous,
             releases,
-            switched: false,
+            // Unsure (the connection ended): as if switched, so undo switches back.
+            switched: fact(&facts, "switched").is_some()
+                || (output.exit_status.is_none() && reached == Some("switch")),
+            transferred: matches!(reached, Some("transfer" | "switch")),
+            switch_done: switches && fact(&facts, "switched").is_some(),
+            config_file: fact(&facts, "config"),
             lock_lost,
             renewer,
             started: Instant::now(),
-        })
+        };
+        if !output.success() {
+            let step = match reached {
+                Some("transfer") => "transfer",
+                Some("switch") => "switch",
+                _ => "lock",
+            };
+            return Err((fail(step, step_error(&output)), Some(live)));
+        }
+        Ok(live)
     }
 
     /// Transfer, shared links, pre-deploy, switch, reload, post-deploy, health.
@@ -822,6 +895,11 @@ impl Deploy {
             files: &config.shared_files,
         };
         match payload {
+            Payload::New { .. } if live.transferred => {
+                if let Some(command) = &config.pre_deploy {
+                    self.hook(live, "pre-deploy", release, command).await?;
+                }
+            }
             Payload::New {
                 commit, archive, ..
             } => {
@@ -867,13 +945,18 @@ impl Deploy {
                 }
             }
         }
-        self.check_lock(live, "switch")?;
-        self.progress.step(&host.name, "switch");
-        let config_file = self
-            .switch(&host, release)
-            .await
-            .map_err(|e| fail("switch", e))?;
-        live.switched = true;
+        let config_file = if live.switch_done {
+            live.config_file.clone()
+        } else {
+            self.check_lock(live, "switch")?;
+            self.progress.step(&host.name, "switch");
+            let config_file = self
+                .switch(&host, release)
+                .await
+                .map_err(|e| fail("switch", e))?;
+            live.switched = true;
+            config_file
+        };
         self.apply(live, release, config_file.as_deref(), "reload")
             .await?;
         if let (Payload::New { .. }, Some(command)) = (payload, &config.post_deploy) {
@@ -1200,25 +1283,31 @@ impl Deploy {
         if ok {
             Ok(())
         } else {
-            Err(Failure::failed(format!(
-                "{action} failed on {} of {} host(s): {}",
-                failed.len().max(1),
-                summaries.len(),
+            let detail = if failed.len() > 3 {
+                "see the table above".to_string()
+            } else {
                 failed
                     .iter()
-                    .map(|s| format!(
-                        "{} ({}: {})",
-                        s.host,
-                        s.step,
-                        s.error
-                            .as_deref()
-                            .unwrap_or("")
-                            .lines()
-                            .next()
-                            .unwrap_or("")
-                    ))
+                    .map(|s| {
+                        format!(
+                            "{} ({}: {})",
+                            s.host,
+                            s.step,
+                            s.error
+                                .as_deref()
+                                .unwrap_or("")
+                                .lines()
+                                .next()
+                                .unwrap_or("")
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("; ")
+            };
+            Err(Failure::failed(format!(
+                "{action} failed on {} of {} host(s): {detail}",
+                failed.len().max(1),
+                summaries.len(),
             )))
         }
     }

@@ -353,7 +353,7 @@ pub fn hook(
 /// old), notes in the lock that the host has switched, and names the release's config.
 pub fn switch(path: &RemotePath, release: &str) -> String {
     let mut s = format!(
-        "{}cd \"$P\"\n[ -d releases/{r} ] || {{ echo \"release {release} is not on this host\" >&2; exit 1; }}\nln -sfn releases/{r} .current.tmp.$$\nmv -fT .current.tmp.$$ current\nif [ -f \"$L\" ]; then sed -i 's/^state=.*/state=switched/' \"$L\"; fi\nR=\"$P/releases/\"{r}\n",
+        "{}cd \"$P\"\n[ -d releases/{r} ] || {{ echo \"release {release} is not on this host\" >&2; exit 1; }}\nln -sfn releases/{r} .current.tmp.$$\nmv -fT .current.tmp.$$ current\necho fleet:switched=1\nif [ -f \"$L\" ]; then sed -i 's/^state=.*/state=switched/' \"$L\"; fi\nR=\"$P/releases/\"{r}\n",
         prelude(path),
         r = quote(release)
     );
