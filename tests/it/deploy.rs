@@ -1,7 +1,8 @@
 //! `fleet deploy` end to end: a git repository made by the test, test-bed hosts (network
 //! namespaces with their own sshd, private /srv, agents installed by `setup`), the
 //! real CLI over SSH. Clients load every host through deploys and reverts; hooks fail
-//! on one host; a host is cut off mid-deploy; a second deploy meets the lock.
+//! on one host; a host is cut off mid-deploy; a second deploy meets the lock; `setup`
+//! joins agents to a real controller, whose audit log records every deploy.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
