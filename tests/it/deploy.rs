@@ -287,6 +287,58 @@ fn deploy_and_revert_reach_five_hosts_without_a_failed_request() {
         list.iter().all(|h| h["current"] == r4.as_str()),
         "{list:#?}"
     );
+
+    // exec runs in `current` on every host, its output prefixed with the host.
+    let out = d.fleet.ok(&["deploy", "bed", "exec", "cat REVISION"]);
+    for host in &d.bed.hosts {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{} | ", host.address)) && l.len() > 40),
+            "{out}"
+        );
+    }
+    // unlock says there was nothing to remove.
+    let out = d.fleet.ok(&["deploy", "bed", "unlock"]);
+    assert_eq!(out.matches("not locked").count(), hosts.len(), "{out}");
+}
+
+#[test]
+fn the_clone_strategy_keeps_a_mirror_on_each_host() {
+    let Some(d) = DeployBed::up("the_clone_strategy_keeps_a_mirror_on_each_host", 2, "") else {
+        return;
+    };
+    // The hosts share the machine's file system, so the repository's local path is a
+    // URL they can clone.
+    let extra = format!(
+        "strategy = \"clone\"\nrepo = \"{}\"",
+        d.fleet.work.path().display()
+    );
+    d.deploy_ok(&["setup"]);
+    d.commit("c1", &extra);
+    let summary = d.deploy_ok(&[]);
+    let r1 = summary["release"].as_str().unwrap().to_string();
+    let commit = summary["commit"].as_str().unwrap().to_string();
+    for host in d.names() {
+        assert_eq!(d.current(&host), r1);
+        assert!(
+            d.answer(&host).contains("version=c1"),
+            "{}",
+            d.answer(&host)
+        );
+        let (ok, mirror) = d.sh(&host, &format!("git -C {APP_PATH}/repo rev-parse main"));
+        assert!(ok, "no mirror on {host}");
+        assert_eq!(mirror, commit);
+    }
+    d.commit("c2", &extra);
+    let r2 = d.deploy_ok(&[])["release"].as_str().unwrap().to_string();
+    for host in d.names() {
+        assert_eq!(d.current(&host), r2);
+        assert!(
+            d.answer(&host).contains("version=c2"),
+            "{}",
+            d.answer(&host)
+        );
+    }
 }
 
 #[test]
