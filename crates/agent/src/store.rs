@@ -7,6 +7,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fleet_config::AppSpec;
 use serde::{Deserialize, Serialize};
@@ -66,7 +67,8 @@ impl Home {
 pub struct SavedProcess {
     pub id: u32,
     pub instance: u32,
-    pub spec: AppSpec,
+    /// Shared with the supervisor's table: writing the state file copies no spec.
+    pub spec: Arc<AppSpec>,
     /// Whether it should be running (online, launching or waiting to restart).
     pub wants_running: bool,
     pub restarts: u32,
@@ -106,24 +108,40 @@ impl SavedList {
         Ok(list)
     }
 
+    /// Streams the list into the file (through a small buffer: with 100 apps the JSON is
+    /// hundreds of KB the agent need not hold at once), atomically.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        write_atomic(path, &bytes)
+        write_atomic_with(path, |file| {
+            let mut writer = std::io::BufWriter::new(file);
+            serde_json::to_writer(&mut writer, self).map_err(std::io::Error::other)?;
+            writer.flush()
+        })
     }
 }
 
 /// Writes `bytes` to `path` so a reader sees the old or the new content, never a mix,
 /// even if the agent dies halfway.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |mut file| file.write_all(bytes))
+}
+
+/// `write_atomic` with the content written by `write` into the new file.
+fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(PRIVATE_FILE_MODE)
         .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
+    let written = write(&file).and_then(|()| file.sync_all());
+    if let Err(error) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(error);
+    }
     fs::rename(&tmp, path)
 }
 

@@ -814,7 +814,7 @@ impl Supervisor {
                     }
                     let id = self.next_id;
                     self.next_id += 1;
-                    self.insert(id, saved.instance, Arc::new(saved.spec), saved.restarts);
+                    self.insert(id, saved.instance, saved.spec, saved.restarts);
                     if saved.wants_running {
                         self.work.push_back((id, Input::Start));
                     }
@@ -1213,7 +1213,7 @@ impl Supervisor {
     fn restore(&mut self, saved: Vec<SavedProcess>) {
         for entry in saved {
             let id = entry.id;
-            self.insert(id, entry.instance, Arc::new(entry.spec), entry.restarts);
+            self.insert(id, entry.instance, entry.spec, entry.restarts);
             if let Some(proc) = self.procs.get_mut(&id) {
                 proc.created_at = UNIX_EPOCH + Duration::from_millis(entry.created_at_ms);
             }
@@ -1254,7 +1254,7 @@ impl Supervisor {
             .map(|p| SavedProcess {
                 id: p.id,
                 instance: p.instance,
-                spec: (*p.spec).clone(),
+                spec: Arc::clone(&p.spec),
                 wants_running: p.core.wants_running(),
                 restarts: p.core.restarts,
                 pid: p.pid,
