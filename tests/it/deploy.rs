@@ -449,6 +449,42 @@ fn failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked() {
         assert!(d.answer(host).contains("version=c3"), "{host}");
     }
 
+    // Ctrl-C while hosts wait in pre-deploy: the steps in progress end, no host
+    // switches, every host is unlocked and keeps serving r4; exit 1.
+    d.on_all("rm -f /srv/go");
+    d.commit("c4", &extra);
+    let interrupted = d
+        .fleet
+        .command(&["deploy", "bed", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the deploy to interrupt");
+    wait_until("every host locked", SETTLE, || {
+        hosts.iter().all(|h| d.locked(h))
+    });
+    kill(interrupted.id() as i32, nix::sys::signal::Signal::SIGINT);
+    d.on_all("touch /srv/go");
+    let output = wait_output(interrupted, Duration::from_secs(60));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    assert_eq!(output.status.code(), Some(1), "{summary:#}");
+    let r5 = summary["release"].as_str().unwrap().to_string();
+    for host in &hosts {
+        let result = host_result(&summary, &address(host));
+        assert_eq!(result["result"], "failed", "{summary:#}");
+        assert!(
+            result["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("interrupted"),
+            "{summary:#}"
+        );
+        assert_eq!(d.current(host), r4, "{host}");
+        assert!(!d.locked(host), "{host} still locked");
+        assert!(!d.releases(host).contains(&r5), "{host} kept {r5}");
+        assert!(d.answer(host).contains("version=c3"), "{host}");
+    }
+
     // A host whose key is not in known_hosts is refused, with its fingerprint.
     let empty = d.fleet.file("empty_known_hosts", "");
     d.fleet.file(

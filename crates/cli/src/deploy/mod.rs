@@ -227,7 +227,23 @@ pub async fn run(stage: Stage, options: Options) -> Result<()> {
         hosts,
         options,
         git_ref,
+        interrupted: Arc::new(AtomicBool::new(false)),
     };
+    // Ctrl-C: the steps in progress finish, no new one starts, hosts go back and unlock.
+    // A second Ctrl-C quits at once (locks then expire after lock_ttl on the hosts).
+    let interrupted = Arc::clone(&deploy.interrupted);
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        interrupted.store(true, Ordering::SeqCst);
+        eprintln!(
+            "interrupted: finishing the steps in progress, then going back and unlocking (Ctrl-C again to quit now)"
+        );
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
     let result = match &deploy.options.action {
         Action::Setup => deploy.setup().await,
         Action::Update => deploy.update().await,
@@ -238,6 +254,7 @@ pub async fn run(stage: Stage, options: Options) -> Result<()> {
         Action::Exec(command) => deploy.exec(command).await,
         Action::Unlock => deploy.unlock().await,
     };
+    watcher.abort();
     deploy.progress.finish();
     for host in &deploy.hosts {
         host.pool.close().await;
@@ -256,6 +273,8 @@ struct Deploy {
     stage: Stage,
     hosts: Vec<Arc<Host>>,
     options: Options,
+    /// Set by Ctrl-C.
+    interrupted: Arc<AtomicBool>,
     git_ref: Option<String>,
     progress: Progress,
 }
@@ -602,6 +621,7 @@ impl Deploy {
         let mut failures = 0u32;
         let mut stopped = false;
         for (index, batch) in batches.iter().enumerate() {
+            stopped |= self.interrupted.load(Ordering::SeqCst);
             if stopped {
                 for host in batch {
                     self.progress.done(&host.name, "skipped");
@@ -636,10 +656,14 @@ impl Deploy {
                 }
             }
             let canary_failed = config.canary && index == 0 && failures > 0;
-            if failures > config.max_fail || canary_failed {
+            if failures > config.max_fail
+                || canary_failed
+                || self.interrupted.load(Ordering::SeqCst)
+            {
                 stopped = true;
             }
         }
+        let stopped = stopped || self.interrupted.load(Ordering::SeqCst);
         let roll_back = stopped && !self.options.no_rollback;
         let finishes =
             futures::future::join_all(done.into_iter().map(|(live, summary)| {
@@ -957,6 +981,7 @@ impl Deploy {
             live.switched = true;
             config_file
         };
+        self.check_lock(live, "reload")?;
         self.apply(live, release, config_file.as_deref(), "reload")
             .await?;
         if let (Payload::New { .. }, Some(command)) = (payload, &config.post_deploy) {
@@ -966,7 +991,11 @@ impl Deploy {
         Ok(())
     }
 
+    /// Before each step: the deploy was not interrupted and still holds the host's lock.
     fn check_lock(&self, live: &Live, step: &'static str) -> std::result::Result<(), StepFailure> {
+        if self.interrupted.load(Ordering::SeqCst) {
+            return Err(fail(step, "interrupted (Ctrl-C)"));
+        }
         if live.lock_lost.load(Ordering::SeqCst) {
             return Err(fail(
                 step,
@@ -984,6 +1013,7 @@ impl Deploy {
         command: &str,
     ) -> std::result::Result<(), StepFailure> {
         let host = &live.host;
+        self.check_lock(live, name)?;
         self.progress.step(&host.name, name);
         let env = self.hook_env(release, live.previous.as_deref());
         let output = host
