@@ -1,6 +1,6 @@
-# Shared by the bench/*/run.sh scripts (sourced, not run): logging, /proc readers,
-# building fleet, installing PM2 into bench/.cache, and the cleanup that stops both
-# daemons and every process carrying this run's mark. The caller sets ROOT, CACHE,
+# Shared by the bench/*/run.sh scripts (sourced, not run): logging, /proc readers, the
+# results table, building fleet, installing PM2 into bench/.cache, and the cleanup that
+# stops both daemons and every process carrying this run's mark. The caller sets ROOT, CACHE,
 # WORK (the run's temp dir, also the mark), and PM2/FLEET when it uses them.
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -65,4 +65,25 @@ sweep_marked() {
     kill -KILL "${left[@]}" 2>/dev/null
   fi
   rm -rf "$WORK"
+}
+
+# print_table <header> <rows...>: a Markdown table, columns padded to their widest cell;
+# the header and rows are `|`-separated cells.
+print_table() {
+  local header=$1 rule
+  shift
+  rule=$(sed 's/[^|]*/---/g' <<<"$header")
+  printf '%s\n' "$header" "$rule" "$@" | awk -F'|' '
+    { for (i = 1; i <= NF; i++) { c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; nf = NF }
+    END {
+      for (r = 1; r <= n; r++) {
+        line = "|"
+        for (i = 1; i <= nf; i++) {
+          v = c[r, i]
+          if (v == "---") { s = ""; for (k = 0; k < w[i]; k++) s = s "-"; v = s }
+          line = line sprintf(" %-" w[i] "s |", v)
+        }
+        print line
+      }
+    }'
 }

@@ -293,23 +293,7 @@ echo
 echo "fleet agent benchmark: $N_APPS apps, $RUNS runs, $CYCLES crash cycles, $(nproc) CPUs, $(uname -sr)"
 echo "PM2: ${PM2_VERSION:-not run} (node $(node -v 2>/dev/null || echo -)); fleet: $FLEET_VERSION"
 echo
-{
-  echo "metric|PM2|fleet|target (fleet)|verdict"
-  echo "---|---|---|---|---"
-  printf '%s\n' "${ROWS[@]}"
-} | awk -F'|' '
-  { for (i = 1; i <= NF; i++) { c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; nf = NF }
-  END {
-    for (r = 1; r <= n; r++) {
-      line = "|"
-      for (i = 1; i <= nf; i++) {
-        v = c[r, i]
-        if (v == "---") { s = ""; for (k = 0; k < w[i]; k++) s = s "-"; v = s }
-        line = line sprintf(" %-" w[i] "s |", v)
-      }
-      print line
-    }
-  }'
+print_table "metric|PM2|fleet|target (fleet)|verdict" "${ROWS[@]}"
 echo
 echo "raw:"
 for t in pm2 fleet; do

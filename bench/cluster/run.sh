@@ -401,23 +401,7 @@ echo
 echo "fleet cluster benchmark: wrk $WRK_VERSION -t$WRK_THREADS -c$WRK_CONNS, median of $ROUNDS ${DURATION} s runs, $RELOADS reloads in ${RELOAD_WINDOW} s, $(nproc) CPUs, $(uname -sr)"
 echo "app: bench/cluster/app.js on node $(node -v); PM2: ${PM2_VERSION:-not run}; fleet: $FLEET_VERSION"
 echo
-{
-  echo "measurement|result|target|verdict"
-  echo "---|---|---|---"
-  printf '%s\n' "${ROWS[@]}"
-} | awk -F'|' '
-  { for (i = 1; i <= NF; i++) { c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; nf = NF }
-  END {
-    for (r = 1; r <= n; r++) {
-      line = "|"
-      for (i = 1; i <= nf; i++) {
-        v = c[r, i]
-        if (v == "---") { s = ""; for (k = 0; k < w[i]; k++) s = s "-"; v = s }
-        line = line sprintf(" %-" w[i] "s |", v)
-      }
-      print line
-    }
-  }'
+print_table "measurement|result|target|verdict" "${ROWS[@]}"
 echo
 echo "raw:"
 for m in direct pm2 pm2-close fleet-socket fleet-socket-close fleet-proxy fleet-proxy-close; do

@@ -545,23 +545,7 @@ echo
 echo "deploy benchmark: test bed of $HOSTS hosts, $(nproc) CPUs, $(uname -sr); $FLEET_VERSION${PM2_VERSION:+; pm2 $PM2_VERSION}"
 echo "each timed deploy ships a new commit; median of $RUNS runs per stage after one warm-up deploy"
 echo
-{
-  echo "measurement|result|target|verdict"
-  echo "---|---|---|---"
-  printf '%s\n' "${ROWS[@]}"
-} | awk -F'|' '
-  { for (i = 1; i <= NF; i++) { c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; nf = NF }
-  END {
-    for (r = 1; r <= n; r++) {
-      line = "|"
-      for (i = 1; i <= nf; i++) {
-        v = c[r, i]
-        if (v == "---") { s = ""; for (k = 0; k < w[i]; k++) s = s "-"; v = s }
-        line = line sprintf(" %-" w[i] "s |", v)
-      }
-      print line
-    }
-  }'
+print_table "measurement|result|target|verdict" "${ROWS[@]}"
 echo
 echo "raw (ms per deploy; [n]: hosts not yet serving the new version when the command returned):"
 echo "  bed up ${R[bed_up_s]} s"

@@ -456,23 +456,7 @@ echo
 echo "fleet status benchmark: test bed of $HOSTS hosts x $APPS apps, $(nproc) CPUs, $(uname -sr); $FLEET_VERSION"
 echo "p50/p99 are nearest-rank over the runs (with 20 or 50 runs, p99 is the slowest run)"
 echo
-{
-  echo "measurement|result|target|verdict"
-  echo "---|---|---|---"
-  printf '%s\n' "${ROWS[@]}"
-} | awk -F'|' '
-  { for (i = 1; i <= NF; i++) { c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; nf = NF }
-  END {
-    for (r = 1; r <= n; r++) {
-      line = "|"
-      for (i = 1; i <= nf; i++) {
-        v = c[r, i]
-        if (v == "---") { s = ""; for (k = 0; k < w[i]; k++) s = s "-"; v = s }
-        line = line sprintf(" %-" w[i] "s |", v)
-      }
-      print line
-    }
-  }'
+print_table "measurement|result|target|verdict" "${ROWS[@]}"
 echo
 echo "raw:"
 echo "  bed up ${R[bed_up_s]} s; $HOSTS agents joined and restarted in ${R[join_s]} s"

@@ -128,6 +128,21 @@ lock_ttl = "8s"
         json
     }
 
+    /// Starts `fleet deploy bed --json` and returns once it holds every host's lock.
+    fn deploy_in_background(&self) -> std::process::Child {
+        let child = self
+            .fleet
+            .command(&["deploy", "bed", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fleet deploy");
+        wait_until("every host locked", SETTLE, || {
+            self.names().iter().all(|h| self.locked(h))
+        });
+        child
+    }
+
     fn sh(&self, host: &str, command: &str) -> (bool, String) {
         let output = self.bed.exec(host, &["sh", "-c", command]);
         (
@@ -391,17 +406,8 @@ fn failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked() {
     // naming the first one's owner and pid.
     d.on_all("rm -f /srv/go");
     d.commit("c3", &extra);
-    let first = d
-        .fleet
-        .command(&["deploy", "bed", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the first deploy");
+    let first = d.deploy_in_background();
     let first_pid = first.id();
-    wait_until("every host locked", SETTLE, || {
-        hosts.iter().all(|h| d.locked(h))
-    });
     let (code, _, stderr) = d.deploy(&[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("locked by"), "{stderr}");
@@ -453,16 +459,7 @@ fn failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked() {
     // switches, every host is unlocked and keeps serving r4; exit 1.
     d.on_all("rm -f /srv/go");
     d.commit("c4", &extra);
-    let interrupted = d
-        .fleet
-        .command(&["deploy", "bed", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the deploy to interrupt");
-    wait_until("every host locked", SETTLE, || {
-        hosts.iter().all(|h| d.locked(h))
-    });
+    let interrupted = d.deploy_in_background();
     kill(interrupted.id() as i32, nix::sys::signal::Signal::SIGINT);
     d.on_all("touch /srv/go");
     let output = wait_output(interrupted, Duration::from_secs(60));

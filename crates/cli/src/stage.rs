@@ -28,7 +28,7 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(30);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The config files searched for stages, in order (PM2's names after fleet's own).
-const CONFIG_NAMES: &[&str] = &[
+pub const CONFIG_NAMES: &[&str] = &[
     "fleet.toml",
     "ecosystem.config.js",
     "ecosystem.config.cjs",

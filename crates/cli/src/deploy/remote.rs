@@ -9,17 +9,8 @@
 use std::fmt::Write as _;
 
 use crate::ssh::quote;
-
-/// Config files the agent is asked to apply, looked for in a release in this order
-/// (the CLI's own search order).
-pub const CONFIG_NAMES: &[&str] = &[
-    "fleet.toml",
-    "ecosystem.config.js",
-    "ecosystem.config.cjs",
-    "ecosystem.json",
-    "ecosystem.yaml",
-    "ecosystem.yml",
-];
+// The config files a release may hold, in the CLI's own search order.
+use crate::stage::CONFIG_NAMES;
 
 /// Lines of a step's stdout that carry facts for the deployer, `fleet:<key>=<value>`;
 /// everything else is output for the user.
