@@ -924,35 +924,22 @@ impl Deploy {
                     self.hook(live, "pre-deploy", release, command).await?;
                 }
             }
-            Payload::New {
-                commit, archive, ..
-            } => {
+            // The clone strategy (an archive is unpacked by the lock's exec).
+            Payload::New { commit, .. } => {
                 self.progress.step(&host.name, "transfer");
-                let output = match archive {
-                    Some(bytes) => host
-                        .pool
-                        .exec_with_input(
-                            &host.name,
-                            &remote::unpack(&host.path, release, commit, &shared),
-                            bytes,
-                            TRANSFER_TIMEOUT,
-                        )
-                        .await
-                        .map_err(|e| ssh_error(&e)),
-                    None => {
-                        let script = remote::clone_release(
-                            &host.path,
-                            config.repo.as_deref().unwrap_or_default(),
-                            "",
-                            release,
-                            commit,
-                            &shared,
-                            false,
-                        );
-                        host.run(&script, TRANSFER_TIMEOUT).await
-                    }
-                };
-                let output = output.map_err(|e| fail("transfer", e))?;
+                let script = remote::clone_release(
+                    &host.path,
+                    config.repo.as_deref().unwrap_or_default(),
+                    "",
+                    release,
+                    commit,
+                    &shared,
+                    false,
+                );
+                let output = host
+                    .run(&script, TRANSFER_TIMEOUT)
+                    .await
+                    .map_err(|e| fail("transfer", e))?;
                 if !output.success() {
                     return Err(fail("transfer", step_error(&output)));
                 }
@@ -1408,22 +1395,16 @@ impl Deploy {
         .await;
         let mut summaries = Vec::new();
         for (host, result, elapsed) in results {
-            let (result, step, error, note) = match result {
+            let (result, step, error) = match result {
                 Ok(note) => {
                     self.progress.done(&host, &note);
-                    (HostResult::Ok, "done".to_string(), None, note)
+                    (HostResult::Ok, "done".to_string(), None)
                 }
                 Err(f) => {
                     self.progress.failed(&host, f.step, &f.error);
-                    (
-                        HostResult::Failed,
-                        f.step.to_string(),
-                        Some(f.error),
-                        String::new(),
-                    )
+                    (HostResult::Failed, f.step.to_string(), Some(f.error))
                 }
             };
-            let _ = note;
             summaries.push(HostSummary {
                 host,
                 result,
@@ -1471,13 +1452,11 @@ impl Deploy {
         }
         let home = match &host.fleet_home {
             Some(home) => home.clone(),
-            None => {
-                let output = host
-                    .run(r#"printf '%s' "${FLEET_HOME:-$HOME/.fleet}""#, STEP_TIMEOUT)
-                    .await
-                    .map_err(|e| fail("agent", e))?;
-                String::from_utf8_lossy(&output.stdout).trim().to_string()
-            }
+            None => host
+                .pool
+                .fleet_home(&host.name)
+                .await
+                .map_err(|e| fail("agent", ssh_error(&e)))?,
         };
         if !home.starts_with('/') || home.contains(['\n', '\'']) {
             return Err(fail(

@@ -423,6 +423,12 @@ impl Pool {
             .await
     }
 
+    /// The host's `${FLEET_HOME:-$HOME/.fleet}`, asked once per connection.
+    pub async fn fleet_home(&self, host: &str) -> Result<String, SshError> {
+        let (route, connection) = self.inner.connection(host, Role::Target, 0).await?;
+        self.inner.fleet_home(&route, &connection).await
+    }
+
     /// Runs `command` (a sh snippet) on `host` under `timeout -k 5 <timeout+1>`;
     /// returns its output and exit status, or `Timeout` once `timeout` passes.
     pub async fn exec(
