@@ -4,9 +4,10 @@
 # One Node HTTP app (bench/cluster/app.js, answers "ok") under wrk, measured as:
 #   1. requests per second: one node process direct (no manager), PM2 `-i 2` (cluster
 #      mode), fleet socket mode (exec_mode = "cluster", 2 instances sharing the agent's
-#      listening socket) and fleet proxy mode (exec_mode = "proxy", 2 instances behind
-#      the agent's balancer); all four run side by side and are measured in turns,
-#      several rounds, the median counting;
+#      listening socket), fleet proxy mode (exec_mode = "proxy", 2 instances behind
+#      the agent's balancer, steered in the kernel when run as root) and, for
+#      information, proxy mode with steering off (the agent copies every byte); all
+#      run side by side and are measured in turns, several rounds, the median counting;
 #   2. failed requests (wrk socket errors + non-2xx answers) while the app is reloaded
 #      several times under load: `pm2 reload app`, `fleet reload app` (both fleet modes).
 # and prints a table against the issue's targets (0 failed requests for fleet, socket
@@ -76,6 +77,7 @@ RELOAD_WINDOW=$(awk -v f="$FIRST_RELOAD" -v n="$RELOADS" -v g="$RELOAD_GAP" 'BEG
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fleet-bench-cluster.XXXXXX")
 export PM2_HOME="$WORK/pm2-home"
 export FLEET_HOME="$WORK/fleet-home"
+FLEET_HOME_USER="$WORK/fleet-home-user"
 # Everything this run starts carries this mark in its environment, so cleanup
 # can find stragglers by pid without touching anyone else's processes.
 export FLEET_BENCH_MARK="$WORK"
@@ -247,7 +249,7 @@ reload_test() {
   R[$mode.replaced]=$replaced
 }
 
-mkdir -p "$WORK/apps" "$PM2_HOME" "$FLEET_HOME"
+mkdir -p "$WORK/apps" "$PM2_HOME" "$FLEET_HOME" "$FLEET_HOME_USER"
 cp "$APP_JS" "$WORK/apps/app.js"
 APP="$WORK/apps/app.js"
 declare -A PORT_OF # PORT_OF[mode]
@@ -282,12 +284,17 @@ EOF
   PORT_OF[$mode]=$port
 }
 
-# start_fleet <socket|proxy> <graceful|close>: the app "app-<kind>", 2 instances. A
-# failure is recorded (the mode's rows say n/a), not fatal: the PM2 figures still count.
+# start_fleet <socket|proxy|proxy-user> <graceful|close>: the app "app-<kind>", 2
+# instances. proxy-user is proxy mode with kernel steering off (FLEET_PROXY_STEERING=0),
+# under a second agent of its own (FLEET_HOME_USER). A failure is recorded (the mode's
+# rows say n/a), not fatal: the PM2 figures still count.
 start_fleet() {
   local kind=$1 stop=$2 mode="fleet-$1" exec_mode port
   [[ $kind == socket ]] && exec_mode=cluster || exec_mode=proxy
   [[ $stop == close ]] && mode="$mode-close"
+  if [[ $kind == proxy-user ]]; then
+    local -x FLEET_HOME=$FLEET_HOME_USER FLEET_PROXY_STEERING=0
+  fi
   port=$(free_port)
   cat >"$WORK/apps/$mode.toml" <<EOF
 [apps.app-$kind]
@@ -325,12 +332,13 @@ start_direct
 ((WITH_PM2)) && start_pm2 graceful
 start_fleet socket graceful
 start_fleet proxy graceful
+start_fleet proxy-user graceful
 
 # Throughput in turns (direct, PM2, socket, proxy, and again), so that a change in the
 # machine's load during the run weighs on every setup alike; the median counts.
 MODES=(direct)
 ((WITH_PM2)) && MODES+=(pm2)
-for m in fleet-socket fleet-proxy; do [[ -z ${R[$m.skipped]:-} ]] && MODES+=("$m"); done
+for m in fleet-socket fleet-proxy fleet-proxy-user; do [[ -z ${R[$m.skipped]:-} ]] && MODES+=("$m"); done
 for ((round = 1; round <= ROUNDS; round++)); do
   for m in "${MODES[@]}"; do measure "$m" "${PORT_OF[$m]}" "$round"; done
 done
@@ -341,6 +349,9 @@ done
 kill -INT "$DIRECT_PID" 2>/dev/null || true
 wait "$DIRECT_PID" 2>/dev/null || true
 DIRECT_PID=""
+if [[ -z ${R[fleet-proxy-user.skipped]:-} ]]; then
+  FLEET_HOME=$FLEET_HOME_USER timeout 30 "$FLEET" kill >/dev/null 2>&1 || log "fleet (steering off): kill failed"
+fi
 
 # Reloads under load, one setup at a time.
 ((WITH_PM2)) && reload_test pm2 pm2 app "${PORT_OF[pm2]}"
@@ -388,6 +399,8 @@ else
   row "req/s, fleet socket -i 2" "$S" ">= PM2" "n/a (no PM2)"
 fi
 row "req/s, fleet proxy -i 2" "$P ($(pct "$P" "$S") of socket)" ">= 85% of socket" "$(ok "$P >= 0.85 * $S")"
+U=$(val fleet-proxy-user rps)
+row "  same, steering off (user-space proxy)" "$U ($(pct "$U" "$S") of socket)" "-" "info"
 ((WITH_PM2)) && row "failed requests, $RELOADS reloads: PM2" "$(get pm2.failed)" "-" "info"
 row "failed requests, $RELOADS reloads: fleet socket" "$(val fleet-socket failed)" "0" "$(ok "$(val fleet-socket failed) == 0")"
 row "failed requests, $RELOADS reloads: fleet proxy" "$(val fleet-proxy failed)" "0" "$(ok "$(val fleet-proxy failed) == 0")"
@@ -404,7 +417,7 @@ echo
 print_table "measurement|result|target|verdict" "${ROWS[@]}"
 echo
 echo "raw:"
-for m in direct pm2 pm2-close fleet-socket fleet-socket-close fleet-proxy fleet-proxy-close; do
+for m in direct pm2 pm2-close fleet-socket fleet-socket-close fleet-proxy fleet-proxy-user fleet-proxy-close; do
   [[ $m == pm2* ]] && ((!WITH_PM2)) && continue
   [[ $m == *-close ]] && ((!PLAIN_STOP)) && continue
   if [[ -n ${R[$m.skipped]:-} ]]; then
@@ -413,7 +426,7 @@ for m in direct pm2 pm2-close fleet-socket fleet-socket-close fleet-proxy fleet-
   fi
   [[ $m != *-close ]] &&
     printf '  %-18s req/s per round: %s; latency: %s; failed: %s\n' "$m" "$(get "$m.rps_all")" "$(get "$m.latency_all")" "$(get "$m.failed_steady")"
-  [[ $m == direct ]] && continue
+  [[ $m == direct || $m == fleet-proxy-user ]] && continue # throughput only
   printf '  %-18s reloads: %s requests, %s; reload commands took %s ms\n' "$m" \
     "$(get "$m.reload_requests")" "$(get "$m.errors")" "$(get "$m.reload_ms")"
   printf '  %-18s pids %s (all replaced: %s)%s\n' "$m" "$(get "$m.pids")" "$(get "$m.replaced")" \

@@ -91,6 +91,62 @@ fn four_instances_share_the_port_behind_the_proxy() {
     four_instances_share_the_port("proxy");
 }
 
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0")
+}
+
+/// The local port of the connections a proxy-mode app receives, over `n` requests.
+fn arrival_ports(port: u16, n: usize) -> BTreeSet<u16> {
+    (0..n)
+        .map(|_| {
+            let body = get(port, "/addr").unwrap();
+            let local = body
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("local="))
+                .unwrap_or_else(|| panic!("no local= in {body:?}"));
+            local.rsplit_once(':').unwrap().1.parse().unwrap()
+        })
+        .collect()
+}
+
+/// An agent running as root steers proxy-mode connections in the kernel: each one
+/// arrives at an instance's own listener with the app's public port as its local port.
+/// With `FLEET_PROXY_STEERING=0` in the agent's environment (and where the agent may not
+/// load BPF programs) the agent proxies: connections arrive on the private ports.
+#[test]
+fn proxy_mode_is_steered_in_the_kernel_unless_turned_off() {
+    for steering in [true, false] {
+        let fleet = Fleet::new();
+        let port = free_port();
+        config(&fleet, "web", "proxy", port, 2, "");
+        let mut start = fleet.command(&["start", "fleet.toml"]);
+        if !steering {
+            start.env("FLEET_PROXY_STEERING", "0");
+        }
+        let output = fleet.run_with(start);
+        assert!(output.status.success(), "{output:?}");
+        fleet.wait_list("two online", SETTLE, |l| {
+            status_of(l, "web") == ["online"; 2]
+        });
+        let arrived = arrival_ports(port, 8);
+        if steering && running_as_root() {
+            assert_eq!(arrived, BTreeSet::from([port]), "steered to the instances");
+        } else {
+            // Round-robin over both instances, each on its own private port.
+            assert!(
+                arrived.len() == 2 && !arrived.contains(&port),
+                "proxied: {arrived:?}"
+            );
+        }
+        fleet.ok(&["kill"]);
+    }
+}
+
 fn reloads_under_load_fail_no_request(mode: &str) {
     let fleet = Fleet::new();
     let port = free_port();

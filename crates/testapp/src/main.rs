@@ -9,7 +9,8 @@ use clap::Parser;
 ///
 /// Listens on the inherited socket at fd 3 when LISTEN_FDS (and LISTEN_PID, if set)
 /// say so, else on 127.0.0.1:$PORT. Sends READY=1 to NOTIFY_SOCKET once listening.
-/// Routes: GET / (instance, pid, version), GET /health, GET /slow?ms=N. On SIGINT or
+/// Routes: GET / (instance, pid, version), GET /health, GET /slow?ms=N, GET /addr (the
+/// connection's local and peer addresses). On SIGINT or
 /// SIGTERM: stops accepting, finishes in-flight requests, closes keep-alive connections
 /// gracefully, sends STOPPING=1 and exits 0.
 #[derive(Parser, Debug)]

@@ -276,6 +276,17 @@ impl Connection {
         }
         match request.path() {
             "/" => Response::ok(format!("{}\n", self.identity.line())),
+            // Where this connection arrived and from whom: behind fleet's proxy the local
+            // port is the instance's own, when the kernel steered it the app's public one.
+            "/addr" => Response::ok(format!(
+                "local={} peer={}\n",
+                self.stream
+                    .local_addr()
+                    .map_or_else(|e| e.to_string(), |a| a.to_string()),
+                self.stream
+                    .peer_addr()
+                    .map_or_else(|e| e.to_string(), |a| a.to_string()),
+            )),
             "/health" if self.identity.healthy => Response::ok("ok".into()),
             "/health" => Response::new(503, "Service Unavailable", "not ready".into()),
             "/slow" => {

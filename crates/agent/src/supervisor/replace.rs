@@ -251,7 +251,7 @@ impl Supervisor {
         let app_port = match spec.exec_mode {
             ExecMode::Proxy => AppPort::Proxy {
                 port,
-                proxy: Proxy::spawn(listener, spec.balance)
+                proxy: Proxy::spawn(listener, spec.balance, cluster::steering_allowed())
                     .map_err(|e| format!("cannot start the proxy on port {port}: {e}"))?,
             },
             _ => AppPort::Shared { port, listener },
@@ -279,18 +279,27 @@ impl Supervisor {
             for p in self.procs.values().filter(|p| &p.spec.name == name) {
                 if let Some(standby) = &p.standby
                     && let Some(port) = standby.port
-                    && standby.pid.is_some()
+                    && let Some(pid) = standby.pid
                     && standby.healthy
                     && !standby.draining
                 {
-                    ready.push((p.id, port));
+                    ready.push(cluster::Ready {
+                        id: p.id,
+                        pid,
+                        port,
+                    });
                 }
                 if p.core.status == Status::Online
                     && p.healthy
                     && !p.draining
                     && let Some(port) = p.private_port
+                    && let Some(pid) = p.pid
                 {
-                    ready.push((p.id, port));
+                    ready.push(cluster::Ready {
+                        id: p.id,
+                        pid,
+                        port,
+                    });
                 }
             }
             proxy.set_backends(&ready);

@@ -9,7 +9,14 @@
 //!   a private loopback port; the agent accepts on the public port and hands each
 //!   connection to a ready instance (round-robin or least-connections). An instance
 //!   that is not ready, unhealthy or draining gets no new connections, and a connection
-//!   an instance refuses is retried on another, so a crash costs no request.
+//!   an instance refuses is retried on another, so a crash costs no request. Where the
+//!   agent may load BPF programs (root, Linux 5.9+), round-robin connections are steered
+//!   by the kernel straight to the instances' own listeners instead ([`steer`]): the
+//!   same instances, without the two extra TCP hops per request.
+
+mod steer;
+
+pub use steer::allowed as steering_allowed;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener as StdListener};
 use std::sync::Arc;
@@ -47,17 +54,25 @@ pub fn free_loopback_port() -> std::io::Result<u16> {
     Ok(probe.local_addr()?.port())
 }
 
+/// An instance ready for new connections: its id, the pid of its process and the
+/// private port that process listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ready {
+    pub id: u32,
+    pub pid: i32,
+    pub port: u16,
+}
+
 /// One instance the proxy may send connections to.
 #[derive(Clone, Debug)]
 pub struct Backend {
-    pub id: u32,
-    pub port: u16,
+    pub ready: Ready,
     pub active: Arc<AtomicUsize>,
 }
 
 impl PartialEq for Backend {
     fn eq(&self, other: &Backend) -> bool {
-        self.id == other.id && self.port == other.port
+        self.ready == other.ready
     }
 }
 
@@ -68,6 +83,8 @@ pub struct Proxy {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// Connection counters survive backend list updates, keyed by port.
     counters: std::collections::HashMap<u16, Arc<AtomicUsize>>,
+    /// The kernel-side balancer, where the agent may attach one.
+    steering: Option<steer::Steering>,
 }
 
 impl Drop for Proxy {
@@ -82,8 +99,27 @@ impl Proxy {
     /// Runs the proxy on a thread of its own with a single-threaded runtime: every
     /// proxied byte is a read and a write, and keeping them off the agent's shared
     /// workers avoids a cross-thread wake-up per request (`bench/cluster`).
-    pub fn spawn(listener: StdListener, balance: Balance) -> std::io::Result<Proxy> {
+    ///
+    /// With round-robin balancing and `steer` set, connections are steered in the
+    /// kernel where it allows ([`steer`]); the proxy then carries only those arriving
+    /// while no instance is steered to.
+    pub fn spawn(listener: StdListener, balance: Balance, steer: bool) -> std::io::Result<Proxy> {
         listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let steering = if steer && balance == Balance::RoundRobin {
+            match steer::Steering::attach(port) {
+                Ok(steering) => {
+                    tracing::info!(port, "connections are balanced in the kernel (sk_lookup)");
+                    Some(steering)
+                }
+                Err(error) => {
+                    tracing::info!(port, %error, "connections are balanced by the proxy: the kernel cannot steer them");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (backends, rx) = watch::channel(Vec::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -111,22 +147,27 @@ impl Proxy {
             backends,
             stop: Some(stop),
             counters: std::collections::HashMap::new(),
+            steering,
         })
     }
 
-    /// Replaces the set of instances taking new connections (`(id, port)` pairs).
-    pub fn set_backends(&mut self, ready: &[(u32, u16)]) {
+    /// Whether new connections are steered in the kernel.
+    pub fn steered(&self) -> bool {
+        self.steering.is_some()
+    }
+
+    /// Replaces the set of instances taking new connections.
+    pub fn set_backends(&mut self, ready: &[Ready]) {
         self.counters
-            .retain(|port, _| ready.iter().any(|(_, p)| p == port));
+            .retain(|port, _| ready.iter().any(|r| r.port == *port));
         let list: Vec<Backend> = ready
             .iter()
-            .map(|&(id, port)| Backend {
-                id,
-                port,
-                active: self.counters.entry(port).or_default().clone(),
+            .map(|&ready| Backend {
+                ready,
+                active: self.counters.entry(ready.port).or_default().clone(),
             })
             .collect();
-        self.backends.send_if_modified(|current| {
+        let changed = self.backends.send_if_modified(|current| {
             if *current == list {
                 false
             } else {
@@ -134,6 +175,11 @@ impl Proxy {
                 true
             }
         });
+        if changed && let Some(steering) = self.steering.as_mut() {
+            let pairs: Vec<(i32, u16)> = ready.iter().map(|r| (r.pid, r.port)).collect();
+            let steered = steering.set(&pairs);
+            tracing::debug!(steered, ready = ready.len(), "steering table updated");
+        }
     }
 }
 
@@ -171,13 +217,13 @@ async fn serve(
         let candidates: Vec<Backend> = backends
             .borrow_and_update()
             .iter()
-            .filter(|b| !refused.contains(&b.port))
+            .filter(|b| !refused.contains(&b.ready.port))
             .cloned()
             .collect();
         if let Some(backend) = pick(&candidates, balance, &next) {
             let connect = tokio::time::timeout(
                 BACKEND_CONNECT_TIMEOUT,
-                TcpStream::connect((Ipv4Addr::LOCALHOST, backend.port)),
+                TcpStream::connect((Ipv4Addr::LOCALHOST, backend.ready.port)),
             )
             .await;
             match connect {
@@ -191,7 +237,7 @@ async fn serve(
                 _ => {
                     // Refused or too slow: this instance is going away or stuck; the
                     // client's connection goes to another one.
-                    refused.push(backend.port);
+                    refused.push(backend.ready.port);
                     continue;
                 }
             }
@@ -228,14 +274,16 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A backend that answers each connection with its own name.
+    /// A backend that answers each connection with its name and the local port the
+    /// connection arrived on: its own port when proxied, the public one when steered.
     async fn echo_server(name: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let _ = stream.write_all(name.as_bytes()).await;
+                let local = stream.local_addr().unwrap().port();
+                let _ = stream.write_all(format!("{name}:{local}").as_bytes()).await;
             }
         });
         (port, task)
@@ -246,10 +294,24 @@ mod tests {
             .await
             .unwrap();
         let mut reply = String::new();
-        let mut buf = [0u8; 16];
+        let mut buf = [0u8; 32];
         let n = stream.read(&mut buf).await.unwrap();
         reply.push_str(std::str::from_utf8(&buf[..n]).unwrap());
         reply
+    }
+
+    fn ready(id: u32, port: u16) -> Ready {
+        Ready {
+            id,
+            pid: std::process::id() as i32,
+            port,
+        }
+    }
+
+    fn public() -> (StdListener, u16) {
+        let public = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = public.local_addr().unwrap().port();
+        (public, port)
     }
 
     #[tokio::test]
@@ -257,27 +319,113 @@ mod tests {
         let (a, _ta) = echo_server("a").await;
         let (b, _tb) = echo_server("b").await;
         let dead = free_loopback_port().unwrap();
-        let public = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = public.local_addr().unwrap().port();
-        let mut proxy = Proxy::spawn(public, Balance::RoundRobin).unwrap();
-        proxy.set_backends(&[(0, a), (1, b), (2, dead)]);
+        let (public, port) = public();
+        let mut proxy = Proxy::spawn(public, Balance::RoundRobin, false).unwrap();
+        proxy.set_backends(&[ready(0, a), ready(1, b), ready(2, dead)]);
         let mut seen = Vec::new();
         for _ in 0..6 {
             seen.push(ask(port).await);
         }
-        assert!(seen.contains(&"a".to_string()) && seen.contains(&"b".to_string()));
+        assert!(seen.contains(&format!("a:{a}")), "{seen:?}");
+        assert!(seen.contains(&format!("b:{b}")), "{seen:?}");
         assert_eq!(seen.len(), 6, "the refusing backend cost no connection");
     }
 
     #[tokio::test]
     async fn a_connection_waits_for_a_backend_to_become_ready() {
-        let public = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = public.local_addr().unwrap().port();
-        let mut proxy = Proxy::spawn(public, Balance::LeastConnections).unwrap();
+        let (public, port) = public();
+        let mut proxy = Proxy::spawn(public, Balance::LeastConnections, true).unwrap();
+        assert!(
+            !proxy.steered(),
+            "least-connections needs the proxy's counts"
+        );
         let pending = tokio::spawn(ask(port));
         tokio::time::sleep(Duration::from_millis(100)).await;
         let (a, _ta) = echo_server("late").await;
-        proxy.set_backends(&[(0, a)]);
-        assert_eq!(pending.await.unwrap(), "late");
+        proxy.set_backends(&[ready(0, a)]);
+        assert_eq!(pending.await.unwrap(), format!("late:{a}"));
+    }
+
+    /// Where the kernel allows steering (root; required where CI runs the test bed):
+    /// connections land on the instances' own listeners, round-robin; an instance
+    /// leaving the ready set or closing its listener gets no more; with none steered the
+    /// proxy carries them; dropping the proxy detaches the program.
+    #[tokio::test]
+    async fn steered_connections_reach_the_instances_listeners() {
+        let (public, port) = public();
+        let mut proxy = Proxy::spawn(public, Balance::RoundRobin, true).unwrap();
+        if !proxy.steered() {
+            assert!(
+                std::env::var_os("FLEET_REQUIRE_TESTBED").is_none(),
+                "steering is unavailable where it is required (root)"
+            );
+            eprintln!("skipped: this process may not attach BPF programs");
+            return;
+        }
+        let (a, ta) = echo_server("a").await;
+        let (b, _tb) = echo_server("b").await;
+        proxy.set_backends(&[ready(0, a), ready(1, b)]);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(ask(port).await);
+        }
+        let steered_a = format!("a:{port}");
+        let steered_b = format!("b:{port}");
+        assert_eq!(
+            seen.iter().filter(|s| **s == steered_a).count(),
+            2,
+            "{seen:?}"
+        );
+        assert_eq!(
+            seen.iter().filter(|s| **s == steered_b).count(),
+            2,
+            "{seen:?}"
+        );
+
+        // Out of the ready set: no more connections for a.
+        proxy.set_backends(&[ready(1, b)]);
+        for _ in 0..3 {
+            assert_eq!(ask(port).await, steered_b);
+        }
+
+        // a's listener closes (its process exited) while still in the set: the kernel
+        // drops it from the table and the proxy retries on b.
+        proxy.set_backends(&[ready(0, a), ready(1, b)]);
+        ta.abort();
+        let _ = ta.await;
+        for _ in 0..4 {
+            let reply = ask(port).await;
+            assert!(reply.starts_with("b:"), "{reply}");
+        }
+
+        // Nothing steered: the proxy carries the connection to a backend it knows.
+        proxy.set_backends(&[]);
+        let (c, _tc) = echo_server("c").await;
+        let pending = tokio::spawn(ask(port));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        proxy.steering.as_mut().unwrap().set(&[]);
+        proxy.backends.send_replace(vec![Backend {
+            ready: ready(2, c),
+            active: Arc::default(),
+        }]);
+        assert_eq!(
+            pending.await.unwrap(),
+            format!("c:{c}"),
+            "proxied, not steered"
+        );
+
+        // Dropped: the program is detached with it, so nothing reaches b any more.
+        drop(proxy);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .is_ok()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "port {port} still answers"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
