@@ -258,7 +258,7 @@ fn load_host_config(path: &str, env_stage: &str) -> Result<Vec<AppSpec>, AgentEr
     let options = fleet_config::LoadOptions {
         env_stage: (!env_stage.is_empty()).then(|| env_stage.to_string()),
         only: Vec::new(),
-        inherited_env: std::env::vars().collect(),
+        inherited_env: Arc::new(std::env::vars().collect()),
         cwd: path.parent().map(Into::into).unwrap_or_default(),
     };
     let file = fleet_config::load(path, &options)

@@ -575,7 +575,7 @@ fn load_options(env_stage: Option<String>, only: Vec<String>) -> Result<LoadOpti
     Ok(LoadOptions {
         env_stage,
         only,
-        inherited_env: cli_env().into_iter().collect(),
+        inherited_env: std::sync::Arc::new(cli_env().into_iter().collect()),
         cwd: std::env::current_dir()
             .map_err(|e| Failure::failed(format!("cannot read the current directory: {e}")))?,
     })

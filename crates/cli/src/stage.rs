@@ -76,7 +76,7 @@ pub fn find(name: &str) -> Result<Option<Stage>> {
 pub fn find_in(path: &std::path::Path, name: &str) -> Result<Option<Stage>> {
     let options = LoadOptions {
         cwd: std::env::current_dir().unwrap_or_default(),
-        inherited_env: std::env::vars().collect(),
+        inherited_env: Arc::new(std::env::vars().collect()),
         ..LoadOptions::default()
     };
     // Scripts need not exist here: the apps live on the hosts.

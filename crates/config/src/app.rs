@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::load::LoadOptions;
 use crate::reader::{self, Ctx, Field, MapReader, Syntax};
@@ -541,13 +542,14 @@ pub(crate) fn read_app(
     spec.env = app_env;
     spec.inherited_env = match filter_env.unwrap_or(EnvFilter::None) {
         EnvFilter::None => opts.inherited_env.clone(),
-        EnvFilter::All => BTreeMap::new(),
-        EnvFilter::Containing(parts) => opts
-            .inherited_env
-            .iter()
-            .filter(|(key, _)| !parts.iter().any(|part| key.contains(part.as_str())))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        EnvFilter::All => Arc::default(),
+        EnvFilter::Containing(parts) => Arc::new(
+            opts.inherited_env
+                .iter()
+                .filter(|(key, _)| !parts.iter().any(|part| key.contains(part.as_str())))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
     };
     spec.autorestart = autorestart.unwrap_or(spec.autorestart);
     spec.autostart = autostart.unwrap_or(spec.autostart);

@@ -86,7 +86,7 @@ pub(crate) fn evaluate(
         .arg(script)
         .arg(file)
         .current_dir(cwd)
-        .envs(&opts.inherited_env)
+        .envs(opts.inherited_env.iter())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

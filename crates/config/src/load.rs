@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +28,7 @@ pub struct LoadOptions {
     pub only: Vec<String>,
     /// The CLI's whole environment; copied into `AppSpec::inherited_env`. Its `PATH`
     /// finds interpreters and programs, its `HOME` expands `~`.
-    pub inherited_env: BTreeMap<String, String>,
+    pub inherited_env: Arc<BTreeMap<String, String>>,
     /// The CLI's cwd; relative config paths are resolved against it.
     pub cwd: PathBuf,
 }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -59,8 +60,9 @@ pub struct AppSpec {
     /// `env` < `env_<stage>`), values as strings.
     pub env: BTreeMap<String, String>,
     /// The CLI's environment when the app was started; the app's `env` wins over it.
-    /// Only `--update-env` replaces it (PM2's immutable environment).
-    pub inherited_env: BTreeMap<String, String>,
+    /// Only `--update-env` replaces it (PM2's immutable environment). Shared: the apps
+    /// of one `fleet start` all carry the same one, and the agent keeps a single copy.
+    pub inherited_env: Arc<BTreeMap<String, String>>,
     pub autorestart: bool,
     /// Kept from the config (PM2's `autostart`): false registers the app as `stopped`.
     pub autostart: bool,
@@ -227,7 +229,7 @@ impl AppSpec {
             exec_mode: ExecMode::Fork,
             port: None,
             env: BTreeMap::new(),
-            inherited_env: BTreeMap::new(),
+            inherited_env: Arc::default(),
             autorestart: true,
             autostart: true,
             max_restarts: DEFAULT_MAX_RESTARTS,
@@ -257,7 +259,7 @@ impl AppSpec {
     /// The environment an instance starts with: inherited, then the app's own, then
     /// `PORT`, the instance variables and `increment_var`.
     pub fn instance_env(&self, instance: u32) -> BTreeMap<String, String> {
-        let mut env = self.inherited_env.clone();
+        let mut env = (*self.inherited_env).clone();
         env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(port) = self.port {
             env.insert("PORT".to_string(), port.to_string());

@@ -949,6 +949,8 @@ impl Supervisor {
 
     fn refresh_env(&mut self, ids: &[u32], env: Option<&BTreeMap<String, String>>) {
         let Some(env) = env else { return };
+        let mut env = Arc::new(env.clone());
+        self.share_env(&mut env);
         for id in ids {
             if let Some(proc) = self.procs.get_mut(id) {
                 Arc::make_mut(&mut proc.spec).inherited_env = env.clone();
@@ -1033,6 +1035,7 @@ impl Supervisor {
         let mut touched = Vec::new();
         let mut notes = Vec::new();
         for mut spec in apps {
+            self.share_env(&mut spec.inherited_env);
             let existing: Vec<u32> = self
                 .procs
                 .values()
@@ -1084,6 +1087,12 @@ impl Supervisor {
             }
         }
         touched
+    }
+
+    /// Makes `env` the copy an existing instance already holds when they are equal: a
+    /// `fleet start` of 100 apps sends the CLI's environment 100 times, a few KB each.
+    fn share_env(&self, env: &mut Arc<BTreeMap<String, String>>) {
+        share_env(self.procs.values().map(|p| &p.spec.inherited_env), env);
     }
 
     /// Registers a new app's instances and starts them (unless `autostart` is off).
@@ -1211,8 +1220,9 @@ impl Supervisor {
     /// Brings back what the state file says was running. An instance whose process
     /// outlived the previous agent has been stopped already (see `daemon`).
     fn restore(&mut self, saved: Vec<SavedProcess>) {
-        for entry in saved {
+        for mut entry in saved {
             let id = entry.id;
+            self.share_env(&mut Arc::make_mut(&mut entry.spec).inherited_env);
             self.insert(id, entry.instance, entry.spec, entry.restarts);
             if let Some(proc) = self.procs.get_mut(&id) {
                 proc.created_at = UNIX_EPOCH + Duration::from_millis(entry.created_at_ms);
@@ -1401,6 +1411,15 @@ fn millis_since_epoch(at: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+type Env = Arc<BTreeMap<String, String>>;
+
+/// Replaces `env` with the first of `held` equal to it.
+fn share_env<'a>(mut held: impl Iterator<Item = &'a Env>, env: &mut Env) {
+    if let Some(same) = held.find(|held| Arc::ptr_eq(held, env) || *held == env) {
+        *env = same.clone();
+    }
+}
+
 /// The spec as JSON with secret-looking environment values replaced.
 fn redacted(spec: &AppSpec) -> serde_json::Value {
     let mut value = serde_json::to_value(spec).unwrap_or(serde_json::Value::Null);
@@ -1422,12 +1441,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn equal_environments_are_held_once() {
+        let env = |pairs: &[(&str, &str)]| -> Env {
+            Arc::new(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let held = [env(&[("A", "1")]), env(&[("A", "1"), ("B", "2")])];
+        let mut new = env(&[("A", "1"), ("B", "2")]);
+        share_env(held.iter(), &mut new);
+        assert!(Arc::ptr_eq(&new, &held[1]));
+        let mut other = env(&[("A", "2")]);
+        share_env(held.iter(), &mut other);
+        assert!(!held.iter().any(|h| Arc::ptr_eq(h, &other)));
+        assert_eq!(other["A"], "2");
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let mut spec = AppSpec::with_defaults("api".into(), "api.js".into(), "/".into());
         spec.env.insert("DB_PASSWORD".into(), "hunter2".into());
         spec.env.insert("PORT".into(), "80".into());
-        spec.inherited_env
-            .insert("AWS_SECRET_ACCESS_KEY".into(), "x".into());
+        Arc::make_mut(&mut spec.inherited_env).insert("AWS_SECRET_ACCESS_KEY".into(), "x".into());
         let value = redacted(&spec);
         assert_eq!(value["env"]["DB_PASSWORD"], "[redacted]");
         assert_eq!(value["env"]["PORT"], "80");

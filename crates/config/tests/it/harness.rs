@@ -49,7 +49,7 @@ impl Project {
         let opts = LoadOptions {
             env_stage: None,
             only: Vec::new(),
-            inherited_env,
+            inherited_env: inherited_env.into(),
             cwd: dir.path().to_path_buf(),
         };
         Project { dir, opts }

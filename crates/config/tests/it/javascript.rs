@@ -106,9 +106,7 @@ fn missing_node_is_explained() {
     let mut project = Project::new();
     let empty = project.path().join("empty-bin");
     std::fs::create_dir(&empty).unwrap();
-    project
-        .opts
-        .inherited_env
+    std::sync::Arc::make_mut(&mut project.opts.inherited_env)
         .insert("PATH".to_string(), empty.display().to_string());
     let errors = expect_errors(project.load_file("ecosystem.config.js", "module.exports = {};\n"));
     assert_eq!(
