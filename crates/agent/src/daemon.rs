@@ -99,6 +99,7 @@ pub async fn run(
     let handle = supervisor::start(home.clone(), hub.clone(), saved);
     tokio::spawn(sample_metrics(handle.clone()));
     tokio::spawn(reopen_logs_on_sigusr2(hub.clone()));
+    tokio::spawn(crate::alloc::trim_periodically());
 
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())

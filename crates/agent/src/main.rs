@@ -44,6 +44,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    fleet_agent::alloc::configure();
     let args = Args::parse();
     let root = match args.home {
         Some(home) => home,

@@ -144,12 +144,6 @@ fn spawn_agent(home: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open {}", home.join("agent.log").display()))?;
     let binary = agent_binary();
     let mut command = std::process::Command::new(&binary);
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // glibc gives every thread that allocates an arena of its own and keeps freed
-        // memory in each; the agent's few threads need no more than two (measured:
-        // the agent's RSS with 100 apps, bench/agent).
-        command.env("MALLOC_ARENA_MAX", "2");
-    }
     command
         .arg("--daemon")
         .arg("--home")
