@@ -87,3 +87,7 @@ print_table() {
       }
     }'
 }
+
+# Busy time of the whole machine (all CPUs, in clock ticks) from /proc/stat.
+busy_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+CLK_TCK=$(getconf CLK_TCK)

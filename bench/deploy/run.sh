@@ -340,10 +340,6 @@ start_agents() {
 
 # fleet_deploy <stage> <label>: a new commit, the deploy (timed), its checks. Sets
 # R[fleet.<stage>.<label>.ms] and .late; returns 1 (logged) if it failed.
-# Busy time of the whole machine (all CPUs, in clock ticks) from /proc/stat.
-busy_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
-CLK_TCK=$(getconf CLK_TCK)
-
 fleet_deploy() {
   local stage=$1 label=$2 out="$WORK/fleet-$1-$2" rc=0 t0 t1 b0 b1 ms ok commit
   new_commit "$stage-$label"
