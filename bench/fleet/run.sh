@@ -121,7 +121,6 @@ trap 'exit 143' TERM
 
 # --- helpers -----------------------------------------------------------------
 cpu_ticks() { local s; s=$(cut -d' ' -f14,15 "/proc/$1/stat" 2>/dev/null) || true; echo $((${s% *} + ${s#* })); }
-CLK_TCK=$(getconf CLK_TCK)
 
 # Entries of a `fleet status --json` array (on stdin) whose status is "online".
 count_online() {

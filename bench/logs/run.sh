@@ -95,7 +95,6 @@ file_size() { local s; s=$(stat -c %s "$1" 2>/dev/null) || true; echo "${s:-0}";
 # out_files <dir>: the out log and the files rotated aside from it (fleet rotates at
 # 10 MB by default, keeping 30: nothing is deleted at the default 64 MB), oldest first.
 out_files() { ls -1tr "$1"/out.log "$1"/out__*.log 2>/dev/null || true; }
-CLK_TCK=$(getconf CLK_TCK)
 
 # cpu_ticks <pid>: utime + stime of the whole process (all threads), in clock ticks.
 # The command name (field 2) may hold spaces and parentheses (PM2's "PM2 v7: God
