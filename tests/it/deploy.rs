@@ -194,14 +194,14 @@ fn host_result<'a>(summary: &'a Value, address: &str) -> &'a Value {
 
 #[test]
 fn deploy_and_revert_reach_five_hosts_without_a_failed_request() {
+    let extra = "keep_releases = 2\nshared_dirs = [\"logs\"]\npost_deploy = \"echo built $FLEET_RELEASE > logs/last\"";
     let Some(d) = DeployBed::up(
         "deploy_and_revert_reach_five_hosts_without_a_failed_request",
         5,
-        "keep_releases = 2\nshared_dirs = [\"logs\"]\npost_deploy = \"echo built $FLEET_RELEASE > logs/last\"",
+        extra,
     ) else {
         return;
     };
-    let extra = "keep_releases = 2\nshared_dirs = [\"logs\"]\npost_deploy = \"echo built $FLEET_RELEASE > logs/last\"";
     let hosts = d.names();
 
     // setup twice: the second run changes nothing (same agent, binary not re-sent).

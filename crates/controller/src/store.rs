@@ -104,10 +104,19 @@ pub fn open_read_only(path: &Path) -> Result<Connection, Error> {
     )
     .map_err(context)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(context)?;
+    schema_version(&conn, path)?;
+    Ok(conn)
+}
+
+/// The database's schema version; an error if a newer controller wrote it.
+fn schema_version(conn: &Connection, path: &Path) -> Result<i64, Error> {
     let known = MIGRATIONS.len() as i64;
     let found: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(context)?;
+        .map_err(|source| Error::Database {
+            path: path.to_owned(),
+            source,
+        })?;
     if found > known {
         return Err(Error::NewerSchema {
             path: path.to_owned(),
@@ -115,7 +124,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection, Error> {
             known,
         });
     }
-    Ok(conn)
+    Ok(found)
 }
 
 /// Brings the schema to the latest version, one transaction per step.
@@ -124,17 +133,7 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
         path: path.to_owned(),
         source,
     };
-    let known = MIGRATIONS.len() as i64;
-    let found: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(context)?;
-    if found > known {
-        return Err(Error::NewerSchema {
-            path: path.to_owned(),
-            found,
-            known,
-        });
-    }
+    let found = schema_version(conn, path)?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction().map_err(context)?;
         tx.execute_batch(migration).map_err(context)?;
