@@ -8,6 +8,7 @@
 
 mod app;
 mod deploy;
+mod discover;
 mod error;
 mod js;
 mod load;
@@ -21,6 +22,7 @@ pub use deploy::{
     Batch, DEFAULT_KEEP_RELEASES, DEFAULT_LOCK_TTL_MS, DeployStage, DeployStrategy, DeployTarget,
     HostOverride,
 };
+pub use discover::{CONFIG_NAMES, discover, first_in};
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{
     ConfigFile, ControllerSection, Format, LoadOptions, is_config_file, load, load_str,

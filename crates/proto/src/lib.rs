@@ -1,5 +1,9 @@
-//! Generated code for fleet's gRPC contract. Nothing but generated types lives here:
-//! other crates convert to their domain types at the edge.
+//! fleet's gRPC contract: the generated code, and (`ops`) the few definitions every
+//! speaker of it must share: the agent handshake, the action-to-request mapping, the
+//! per-action timeouts and the rolling-reload policy. Other crates convert to their
+//! domain types at the edge.
+
+pub mod ops;
 
 /// The host agent's local API (`fleet.agent.v1`), served on `FLEET_HOME/agent.sock`.
 pub mod agent {

@@ -1,0 +1,49 @@
+//! Which config file a command reads when none is named: `FLEET_CONFIG`, else the first
+//! of fleet's and PM2's usual names in the working directory. The CLI and the deploy
+//! code (which looks for a release's app config on a host) share this one list.
+
+use std::path::{Path, PathBuf};
+
+/// The config files searched, in order: fleet's own name, then PM2's.
+pub const CONFIG_NAMES: &[&str] = &[
+    "fleet.toml",
+    "ecosystem.config.js",
+    "ecosystem.config.cjs",
+    "ecosystem.json",
+    "ecosystem.yaml",
+    "ecosystem.yml",
+];
+
+/// `FLEET_CONFIG` when set, else the first of `CONFIG_NAMES` that is a file in `dir`.
+pub fn discover(dir: &Path) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("FLEET_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    first_in(dir)
+}
+
+/// The first of `CONFIG_NAMES` that is a file in `dir`.
+pub fn first_in(dir: &Path) -> Option<PathBuf> {
+    CONFIG_NAMES
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_toml_comes_before_pm2_names() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_eq!(first_in(dir.path()), None);
+        std::fs::write(dir.path().join("ecosystem.config.js"), "").expect("write");
+        assert_eq!(
+            first_in(dir.path()),
+            Some(dir.path().join("ecosystem.config.js"))
+        );
+        std::fs::write(dir.path().join("fleet.toml"), "").expect("write");
+        assert_eq!(first_in(dir.path()), Some(dir.path().join("fleet.toml")));
+    }
+}

@@ -1,0 +1,314 @@
+//! What every speaker of the protocols must agree on, written once: the agent
+//! handshake and its version policy, the mapping from a fleet action to the agent
+//! request that carries it out, how long each action may take on one host, and the
+//! rolling-reload policy across hosts. The CLI (locally and over SSH), the controller
+//! and the agent's controller link import these instead of keeping their own copies.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::agent::v1 as apb;
+use crate::controller::v1 as cpb;
+use apb::agent_service_client::AgentServiceClient;
+use tonic::transport::Channel;
+
+/// Start, stop, restart and scale on one host: they wait for instances to settle
+/// (a stop for `kill_timeout`, PM2's 1.6 s default, a start for `min_uptime`).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A reload on one host waits for every replacement instance to be ready, one after
+/// another (`listen_timeout` each, PM2's 3 s default, and apps that take longer to
+/// warm up); a deploy's reload also loads the release's config first. Five minutes
+/// covers a host of many apps; it was 300 s over SSH, 60 s through the controller
+/// and 600 s in a deploy before these shared one definition.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Instances replaced at once in a reload: PM2's reload goes one at a time.
+pub const RELOAD_PARALLEL: u32 = 1;
+
+/// How long `action` may take on one host before the caller gives up on that host.
+pub fn timeout(action: cpb::Action) -> Duration {
+    match action {
+        cpb::Action::Reload => RELOAD_TIMEOUT,
+        _ => COMMAND_TIMEOUT,
+    }
+}
+
+/// The agent request that carries out a fleet action on one host.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentCall {
+    Start(apb::StartRequest),
+    Stop(apb::TargetRequest),
+    Restart(apb::RestartRequest),
+    Reload(apb::ReloadRequest),
+    Scale(apb::ScaleRequest),
+}
+
+/// Why an action cannot become an agent request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("no action: start, stop, restart, reload or scale")]
+    NoAction,
+    #[error("scale needs an app and a count: N, +N or -N")]
+    ScaleWithoutCount,
+}
+
+/// `action` on `targets` (for `scale`, the first target is the app and `count` is
+/// `N`, `+N` or `-N`), as the agent request that does it.
+pub fn agent_call(
+    action: cpb::Action,
+    targets: Vec<String>,
+    count: &str,
+) -> Result<AgentCall, CallError> {
+    Ok(match action {
+        cpb::Action::Unspecified => return Err(CallError::NoAction),
+        cpb::Action::Start => AgentCall::Start(apb::StartRequest {
+            targets,
+            ..Default::default()
+        }),
+        cpb::Action::Stop => AgentCall::Stop(apb::TargetRequest { targets }),
+        cpb::Action::Restart => AgentCall::Restart(apb::RestartRequest {
+            targets,
+            ..Default::default()
+        }),
+        cpb::Action::Reload => AgentCall::Reload(reload_request(targets)),
+        cpb::Action::Scale => {
+            let app = targets.into_iter().next().unwrap_or_default();
+            if app.is_empty() || count.is_empty() {
+                return Err(CallError::ScaleWithoutCount);
+            }
+            AgentCall::Scale(apb::ScaleRequest {
+                app,
+                count: count.to_string(),
+            })
+        }
+    })
+}
+
+/// A readiness-gated reload of `targets`, one instance at a time.
+pub fn reload_request(targets: Vec<String>) -> apb::ReloadRequest {
+    apb::ReloadRequest {
+        targets,
+        parallel: RELOAD_PARALLEL,
+        ..Default::default()
+    }
+}
+
+/// The action's name in the audit log and in messages.
+pub fn action_name(action: cpb::Action) -> &'static str {
+    match action {
+        cpb::Action::Unspecified => "unspecified",
+        cpb::Action::Start => "start",
+        cpb::Action::Stop => "stop",
+        cpb::Action::Restart => "restart",
+        cpb::Action::Reload => "reload",
+        cpb::Action::Scale => "scale",
+    }
+}
+
+/// Whether `action` rolls across hosts (one after another, stopping at the first
+/// failure) rather than running on every host at once. A reload rolls, as PM2's
+/// reload goes one instance after another: a bad release then reaches one host, not
+/// all of them.
+pub fn rolls(action: cpb::Action) -> bool {
+    action == cpb::Action::Reload
+}
+
+/// The error of a host a rolling action did not reach.
+pub const NOT_REACHED: &str = "not reloaded: an earlier host failed";
+
+/// Runs `run` on every host with `action`'s policy: all at once, or rolling (see
+/// `rolls`), in which case hosts after a failure get `skipped(host)`. Results come
+/// back in the order of `hosts`.
+pub async fn fan_out<H, T, F, Fut>(
+    action: cpb::Action,
+    hosts: Vec<H>,
+    run: F,
+    failed: impl Fn(&T) -> bool,
+    skipped: impl Fn(H) -> T,
+) -> Vec<T>
+where
+    H: Send + 'static,
+    T: Send + 'static,
+    F: Fn(H) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let mut results = Vec::with_capacity(hosts.len());
+    if rolls(action) {
+        let mut stopped = false;
+        for host in hosts {
+            if stopped {
+                results.push(skipped(host));
+                continue;
+            }
+            let result = run(host).await;
+            stopped = failed(&result);
+            results.push(result);
+        }
+        return results;
+    }
+    let tasks: Vec<_> = hosts
+        .into_iter()
+        .map(|host| tokio::spawn(run(host)))
+        .collect();
+    for task in tasks {
+        match task.await {
+            Ok(result) => results.push(result),
+            // A panicking host task is a bug; its host's result is lost, the others not.
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+    results
+}
+
+/// Why the handshake with an agent failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The agent refused or could not answer `Hello`.
+    #[error("agent: {message}")]
+    Refused { code: tonic::Code, message: String },
+    /// The agent speaks an older minor version than the caller needs.
+    #[error(
+        "the agent there ({agent_version}) is too old to {what}\nhint: run `fleet deploy <stage> setup` to install the matching agent, then restart it"
+    )]
+    TooOld {
+        agent_version: String,
+        what: &'static str,
+    },
+}
+
+/// The `Hello` every client sends first.
+pub fn hello_request() -> apb::HelloRequest {
+    apb::HelloRequest {
+        protocol_major: apb::PROTOCOL_MAJOR,
+        protocol_minor: apb::PROTOCOL_MINOR,
+        client_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// What a caller needs of the agent's protocol beyond the major version (which the
+/// agent itself checks): a minor version and what it is needed for.
+#[derive(Clone, Copy, Debug)]
+pub struct Needs {
+    pub minor: u32,
+    pub what: &'static str,
+}
+
+/// Any 1.x agent.
+pub const ANY_MINOR: Needs = Needs {
+    minor: 0,
+    what: "answer",
+};
+
+/// 1.1: `ReloadRequest.config_path` (a deploy has the agent load a release's config).
+pub const RELEASE_CONFIG: Needs = Needs {
+    minor: 1,
+    what: "apply a release's config",
+};
+
+/// Says `Hello` over `channel` and applies the version policy: the agent refuses
+/// another major version, and the caller refuses an agent older than `needs`.
+pub async fn handshake(
+    channel: Channel,
+    needs: Needs,
+) -> Result<(AgentServiceClient<Channel>, apb::HelloResponse), HandshakeError> {
+    let mut client = AgentServiceClient::new(channel);
+    let hello = client
+        .hello(hello_request())
+        .await
+        .map_err(|status| HandshakeError::Refused {
+            code: status.code(),
+            message: status.message().to_string(),
+        })?
+        .into_inner();
+    if hello.protocol_minor < needs.minor {
+        return Err(HandshakeError::TooOld {
+            agent_version: hello.agent_version,
+            what: needs.what,
+        });
+    }
+    Ok((client, hello))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_maps_to_one_agent_request() {
+        let targets = vec!["api".to_string()];
+        assert!(matches!(
+            agent_call(cpb::Action::Start, targets.clone(), ""),
+            Ok(AgentCall::Start(r)) if r.targets == targets
+        ));
+        assert!(matches!(
+            agent_call(cpb::Action::Stop, targets.clone(), ""),
+            Ok(AgentCall::Stop(r)) if r.targets == targets
+        ));
+        assert!(matches!(
+            agent_call(cpb::Action::Restart, targets.clone(), ""),
+            Ok(AgentCall::Restart(r)) if r.targets == targets
+        ));
+        assert!(matches!(
+            agent_call(cpb::Action::Reload, targets.clone(), ""),
+            Ok(AgentCall::Reload(r)) if r.targets == targets && r.parallel == 1
+        ));
+        assert_eq!(
+            agent_call(cpb::Action::Scale, targets.clone(), "+2"),
+            Ok(AgentCall::Scale(apb::ScaleRequest {
+                app: "api".into(),
+                count: "+2".into()
+            }))
+        );
+        assert_eq!(
+            agent_call(cpb::Action::Scale, targets, ""),
+            Err(CallError::ScaleWithoutCount)
+        );
+        assert_eq!(
+            agent_call(cpb::Action::Unspecified, Vec::new(), ""),
+            Err(CallError::NoAction)
+        );
+    }
+
+    #[test]
+    fn only_a_reload_rolls_and_waits_longer() {
+        assert!(rolls(cpb::Action::Reload));
+        assert_eq!(timeout(cpb::Action::Reload), RELOAD_TIMEOUT);
+        for action in [
+            cpb::Action::Start,
+            cpb::Action::Stop,
+            cpb::Action::Restart,
+            cpb::Action::Scale,
+        ] {
+            assert!(!rolls(action));
+            assert_eq!(timeout(action), COMMAND_TIMEOUT);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rolling_action_stops_at_the_first_failed_host() {
+        let hosts = vec![1, 2, 3, 4];
+        let results = fan_out(
+            cpb::Action::Reload,
+            hosts,
+            |host| async move { if host == 2 { Err(host) } else { Ok(host) } },
+            |result| result.is_err(),
+            |host| Err(-host),
+        )
+        .await;
+        assert_eq!(results, vec![Ok(1), Err(2), Err(-3), Err(-4)]);
+    }
+
+    #[tokio::test]
+    async fn a_parallel_action_reaches_every_host_in_order() {
+        let results = fan_out(
+            cpb::Action::Restart,
+            vec![1, 2, 3],
+            |host| async move { if host == 1 { Err(host) } else { Ok(host) } },
+            |result| result.is_err(),
+            |host| Err(-host),
+        )
+        .await;
+        assert_eq!(results, vec![Err(1), Ok(2), Ok(3)]);
+    }
+}
