@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fleet_proto::agent::v1 as pb;
-use pb::agent_service_client::AgentServiceClient;
+use fleet_proto::agent::v1::agent_service_client::AgentServiceClient;
+use fleet_proto::ops;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// How long a freshly started agent may take to open its socket. Restoring apps
@@ -55,7 +55,7 @@ pub async fn connect(home: &Path, start: bool) -> anyhow::Result<Option<Client>>
     }
 }
 
-async fn try_connect(socket: &Path) -> anyhow::Result<Client> {
+async fn try_connect(socket: &Path) -> anyhow::Result<Channel> {
     // Fail fast when nothing listens: connecting a unix socket needs no name lookup.
     std::os::unix::net::UnixStream::connect(socket)?;
     let socket = socket.to_path_buf();
@@ -69,19 +69,21 @@ async fn try_connect(socket: &Path) -> anyhow::Result<Client> {
             }
         }))
         .await?;
-    Ok(AgentServiceClient::new(channel))
+    Ok(channel)
 }
 
-async fn handshake(mut client: Client) -> anyhow::Result<Client> {
-    let hello = client
-        .hello(pb::HelloRequest {
-            protocol_major: pb::PROTOCOL_MAJOR,
-            protocol_minor: pb::PROTOCOL_MINOR,
-            client_version: env!("CARGO_PKG_VERSION").to_string(),
-        })
-        .await
-        .map_err(crate::status_error)?
-        .into_inner();
+/// The handshake (`fleet_proto::ops`), and a warning when the agent is another
+/// version than this CLI.
+async fn handshake(channel: Channel) -> anyhow::Result<Client> {
+    let (client, hello) =
+        ops::handshake(channel, ops::ANY_MINOR)
+            .await
+            .map_err(|error| match error {
+                ops::HandshakeError::Refused { code, message } => {
+                    crate::status_error(tonic::Status::new(code, message))
+                }
+                other => anyhow::Error::new(crate::Failure::failed(other.to_string())),
+            })?;
     if hello.agent_version != env!("CARGO_PKG_VERSION") {
         eprintln!(
             "warning: the running agent is {} and this CLI is {}\nhint: `fleet kill` then any command starts the new agent (apps restart)",

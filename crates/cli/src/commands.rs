@@ -10,19 +10,13 @@ use fleet_proto::controller::v1::Action;
 
 use crate::client::{self, Client};
 use crate::output;
-use crate::{Command, Failure, stage, status_error};
+use crate::{Command, Failure, fleet, status_error};
 
 type Result<T> = std::result::Result<T, Failure>;
 
 pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
     let home = client::home()?;
     // A first word naming a stage of fleet.toml makes it a fleet command.
-    let fleet = |targets: &[String]| -> Result<Option<(stage::Stage, Vec<String>)>> {
-        match targets.split_first() {
-            Some((first, rest)) => Ok(stage::find(first)?.map(|s| (s, rest.to_vec()))),
-            None => Ok(None),
-        }
-    };
     // `fleet restart production api`: an action across a stage's hosts.
     let stage_action = match &command {
         Command::Start(args) => Some((&args.targets, Action::Start)),
@@ -33,52 +27,30 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
     };
     if let Some((targets, action)) = stage_action
         && targets.len() >= 2
-        && let Some((stage, targets)) = fleet(targets)?
+        && let Some((stage, targets)) = fleet::stage_of(targets)?
     {
-        return fleet_command(&stage, action, targets, accept_new_host_keys).await;
+        return fleet::command(&stage, action, targets, accept_new_host_keys).await;
     }
     match &command {
         Command::Status(args) => {
             if let Some(name) = &args.stage {
-                let stage = stage::find(name)?.ok_or_else(|| {
+                let stage = fleet_remote::stage::find(name)?.ok_or_else(|| {
                     Failure::usage(format!(
                         "no stage {name:?}: fleet.toml has no [deploy.{name}]\nhint: `fleet status` without a stage lists this host's apps"
                     ))
                 })?;
-                return fleet_status(&stage, args.json, accept_new_host_keys).await;
+                return fleet::status(&stage, args.json, accept_new_host_keys).await;
             }
         }
         Command::Logs(args) => {
-            if let Some((stage, targets)) = fleet(&args.targets)? {
-                let mut remote = stage.connect(accept_new_host_keys).await?;
-                let style = if args.json {
-                    output::LogStyle::Json
-                } else if args.raw {
-                    output::LogStyle::Raw
-                } else {
-                    output::LogStyle::Pretty(output::use_color())
-                };
-                let mut printer = output::LogPrinter::new(style).with_hosts();
-                let ok = stage::logs(
-                    &stage,
-                    &mut remote,
-                    targets,
-                    args.lines,
-                    args.follow,
-                    &mut printer,
-                )
-                .await?;
-                return if ok {
-                    Ok(())
-                } else {
-                    Err(Failure::failed("some hosts could not be reached"))
-                };
+            if let Some((stage, targets)) = fleet::stage_of(&args.targets)? {
+                return fleet::logs(&stage, targets, args, accept_new_host_keys).await;
             }
         }
         _ => {}
     }
     match command {
-        Command::Deploy(args) => deploy(args, accept_new_host_keys).await,
+        Command::Deploy(args) => crate::deploy::run(args, accept_new_host_keys).await,
         Command::Status(args) => {
             let mut client = agent(&home).await?;
             let processes = list(&mut client, Vec::new(), false).await?;
@@ -92,7 +64,7 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
         Command::Ping => {
             let mut client = agent(&home).await?;
             let hello = client
-                .hello(hello_request())
+                .hello(fleet_proto::ops::hello_request())
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -108,7 +80,7 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
                 return Ok(());
             };
             let pid = client
-                .hello(hello_request())
+                .hello(fleet_proto::ops::hello_request())
                 .await
                 .map_err(status_error)?
                 .into_inner()
@@ -327,75 +299,6 @@ async fn logs(home: &Path, args: crate::LogsArgs) -> Result<()> {
     }
 }
 
-/// `fleet status <stage>`: every instance of every host; exit 1 if a host is unreachable.
-/// `fleet deploy [config] <stage> [action...]`.
-async fn deploy(args: crate::DeployArgs, accept_new_host_keys: bool) -> Result<()> {
-    let mut words = vec![args.stage];
-    words.extend(args.action);
-    // PM2's `pm2 deploy ecosystem.config.js production`: the config file first.
-    let first = PathBuf::from(&words[0]);
-    let explicit = (words.len() >= 2 && first.is_file() && fleet_config::is_config_file(&first))
-        .then(|| {
-            words.remove(0);
-            first
-        });
-    let stage_name = words.remove(0);
-    let stage = match &explicit {
-        Some(path) => stage::find_in(path, &stage_name)?,
-        None => stage::find(&stage_name)?,
-    };
-    let stage = stage.ok_or_else(|| {
-        Failure::usage(format!(
-            "no stage {stage_name:?}: the config file has no [deploy.{stage_name}]\nhint: fleet deploy reads fleet.toml or ecosystem.config.js in the current directory, FLEET_CONFIG, or a config file given first"
-        ))
-    })?;
-    crate::deploy::run(
-        stage,
-        crate::deploy::Options {
-            action: crate::deploy::Action::parse(&words)?,
-            git_ref: args.git_ref,
-            json: args.json,
-            no_rollback: args.no_rollback,
-            reason: args.reason,
-            accept_new_host_keys,
-        },
-    )
-    .await
-}
-
-async fn fleet_status(stage: &stage::Stage, json: bool, accept_new_host_keys: bool) -> Result<()> {
-    let mut remote = stage.connect(accept_new_host_keys).await?;
-    let outcomes = stage::status(stage, &mut remote).await?;
-    output::print_fleet_status(&outcomes, json);
-    let unreachable = outcomes.iter().filter(|o| o.result.is_err()).count();
-    if unreachable > 0 {
-        return Err(Failure::failed(format!(
-            "{unreachable} of {} hosts could not be reached",
-            outcomes.len()
-        )));
-    }
-    Ok(())
-}
-
-async fn fleet_command(
-    stage: &stage::Stage,
-    action: Action,
-    targets: Vec<String>,
-    accept_new_host_keys: bool,
-) -> Result<()> {
-    let mut remote = stage.connect(accept_new_host_keys).await?;
-    let outcomes = stage::command(stage, &mut remote, action, targets).await?;
-    output::print_host_results(&outcomes);
-    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
-    if failed > 0 {
-        return Err(Failure::failed(format!(
-            "{failed} of {} hosts failed",
-            outcomes.len()
-        )));
-    }
-    Ok(())
-}
-
 /// The actions that take only targets.
 enum TargetAction {
     Stop,
@@ -422,14 +325,6 @@ async fn agent(home: &Path) -> Result<Client> {
     Ok(client::connect(home, true)
         .await?
         .expect("connect starts the agent when asked to"))
-}
-
-fn hello_request() -> pb::HelloRequest {
-    pb::HelloRequest {
-        protocol_major: pb::PROTOCOL_MAJOR,
-        protocol_minor: pb::PROTOCOL_MINOR,
-        client_version: env!("CARGO_PKG_VERSION").to_string(),
-    }
 }
 
 async fn list(

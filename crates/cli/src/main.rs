@@ -5,10 +5,10 @@
 mod client;
 mod commands;
 mod deploy;
+mod fleet;
 mod monit;
 mod output;
-mod ssh;
-mod stage;
+mod progress;
 
 use std::process::ExitCode;
 

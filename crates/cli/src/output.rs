@@ -258,7 +258,7 @@ pub fn print_table(processes: &[pb::ProcessInfo]) {
 }
 
 /// `fleet status <stage>`: one table for every host, unreachable hosts after it.
-pub fn print_fleet_status(outcomes: &[crate::stage::HostOutcome], json: bool) {
+pub fn print_fleet_status(outcomes: &[fleet_remote::stage::HostOutcome], json: bool) {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -270,7 +270,7 @@ pub fn print_fleet_status(outcomes: &[crate::stage::HostOutcome], json: bool) {
                     for p in processes {
                         let mut value = process_json(p, false);
                         value["host"] = json!(outcome.host);
-                        value["release"] = json!(crate::stage::release_of(&p.script));
+                        value["release"] = json!(fleet_remote::stage::release_of(&p.script));
                         array.push(value);
                     }
                 }
@@ -307,7 +307,7 @@ pub fn print_fleet_status(outcomes: &[crate::stage::HostOutcome], json: bool) {
                 bytes(p.memory_bytes),
                 p.uptime_ms.map_or("-".into(), duration),
                 p.restarts.to_string(),
-                crate::stage::release_of(&p.script)
+                fleet_remote::stage::release_of(&p.script)
                     .unwrap_or("-")
                     .to_string(),
             ]);
@@ -332,7 +332,7 @@ pub fn print_fleet_status(outcomes: &[crate::stage::HostOutcome], json: bool) {
 }
 
 /// The result of an action on each host.
-pub fn print_host_results(outcomes: &[crate::stage::HostOutcome]) {
+pub fn print_host_results(outcomes: &[fleet_remote::stage::HostOutcome]) {
     let mut table = new_table();
     table.set_header(vec!["host", "result", "instances"]);
     for outcome in outcomes {
@@ -429,6 +429,65 @@ pub fn print_description(processes: &[pb::ProcessInfo]) {
         row("log files", p.log_files.join("\n"));
         println!("{table}");
     }
+}
+
+/// The summary table of a deploy: a row per host.
+pub fn deploy_summary(hosts: &[fleet_remote::deploy::HostSummary]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(["HOST", "RESULT", "STEP", "RELEASE", "TIME", "ERROR"]);
+    for s in hosts {
+        table.add_row([
+            s.host.clone(),
+            s.result.label().to_string(),
+            s.step.clone(),
+            s.release.clone().unwrap_or_default(),
+            format!("{:.1}s", s.duration_ms as f64 / 1000.0),
+            s.error.clone().unwrap_or_default(),
+        ]);
+    }
+    table
+}
+
+/// `fleet deploy <stage> list|curr|prev`: each host's releases (newest first, the
+/// current and previous marked, a held lock shown), or its current or previous one.
+pub fn releases_table(releases: &fleet_remote::deploy::Releases) -> comfy_table::Table {
+    use fleet_remote::deploy::ListKind;
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    match releases.kind {
+        ListKind::All => table.set_header(["HOST", "RELEASE", "COMMIT", ""]),
+        _ => table.set_header(["HOST", "RELEASE", "COMMIT"]),
+    };
+    for (host, result) in &releases.hosts {
+        let Ok(state) = result else { continue };
+        match releases.kind {
+            ListKind::All => {
+                for (id, commit) in state.releases.iter().rev() {
+                    let mark = if state.current.as_deref() == Some(id) {
+                        "current"
+                    } else if state.previous.as_deref() == Some(id) {
+                        "previous"
+                    } else {
+                        ""
+                    };
+                    table.add_row([host.as_str(), id, commit.get(..7).unwrap_or(commit), mark]);
+                }
+                if let Some(lock) = &state.lock {
+                    table.add_row([host.as_str(), "(locked)", "", lock.as_str()]);
+                }
+            }
+            ListKind::Current | ListKind::Previous => {
+                let id = match releases.kind {
+                    ListKind::Current => state.current.clone(),
+                    _ => state.previous.clone(),
+                };
+                let id = id.unwrap_or_default();
+                table.add_row([host.as_str(), id.as_str(), &state.short_commit(&id)]);
+            }
+        }
+    }
+    table
 }
 
 #[cfg(test)]

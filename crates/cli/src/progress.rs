@@ -1,19 +1,24 @@
-//! Live progress of a deploy, per host and step: spinners on a terminal (indicatif),
-//! one line per event otherwise (CI logs, pipes). Always on stderr, so `--json` keeps
-//! stdout for the summary.
+//! Draws a deploy's events (`fleet_remote::deploy::Event`), per host and step:
+//! spinners on a terminal (indicatif), one line per event otherwise (CI logs, pipes).
+//! Always on stderr, so `--json` keeps stdout for the summary.
 
 use std::collections::HashMap;
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
+use fleet_remote::deploy::Event;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::mpsc;
+
+/// How often a spinner turns.
+const TICK: Duration = Duration::from_millis(120);
 
 pub struct Progress {
     bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
 }
 
 impl Progress {
-    pub fn new(hosts: Vec<String>, _json: bool) -> Progress {
+    pub fn new(hosts: Vec<String>) -> Progress {
         if !std::io::stderr().is_terminal() {
             return Progress { bars: None };
         }
@@ -30,7 +35,7 @@ impl Progress {
                 bar.set_style(style.clone());
                 bar.set_prefix(host.clone());
                 bar.set_message("waiting");
-                bar.enable_steady_tick(Duration::from_millis(120));
+                bar.enable_steady_tick(TICK);
                 (host, bar)
             })
             .collect();
@@ -39,30 +44,42 @@ impl Progress {
         }
     }
 
-    pub fn step(&self, host: &str, step: &str) {
-        match self.bar(host) {
-            Some(bar) => bar.set_message(step.to_string()),
-            None => eprintln!("{host}: {step}"),
+    /// Draws every event until the deploy drops its sender.
+    pub async fn draw(self, mut events: mpsc::UnboundedReceiver<Event>) -> Progress {
+        while let Some(event) = events.recv().await {
+            self.show(event);
         }
+        self
     }
 
-    pub fn done(&self, host: &str, message: &str) {
-        match self.bar(host) {
-            Some(bar) => bar.finish_with_message(format!("✓ {message}")),
-            None => eprintln!("{host}: {message}"),
-        }
-    }
-
-    pub fn failed(&self, host: &str, step: &str, error: &str) {
-        let first = error.lines().next().unwrap_or("");
-        match self.bar(host) {
-            Some(bar) => bar.finish_with_message(format!("✗ {step}: {first}")),
-            None => eprintln!("{host}: {step} failed: {first}"),
+    fn show(&self, event: Event) {
+        match event {
+            Event::Step { host, step } => match self.bar(&host) {
+                Some(bar) => bar.set_message(step),
+                None => eprintln!("{host}: {step}"),
+            },
+            Event::Done { host, message } => match self.bar(&host) {
+                Some(bar) => bar.finish_with_message(format!("✓ {message}")),
+                None => eprintln!("{host}: {message}"),
+            },
+            Event::Failed { host, step, error } => {
+                let first = error.lines().next().unwrap_or("");
+                match self.bar(&host) {
+                    Some(bar) => bar.finish_with_message(format!("✗ {step}: {first}")),
+                    None => eprintln!("{host}: {step} failed: {first}"),
+                }
+            }
+            Event::Output { host, line } => self.line(&format!("{host} | {line}")),
+            Event::Note {
+                host: Some(host),
+                text,
+            } => self.line(&format!("{host} | {text}")),
+            Event::Note { host: None, text } => self.line(&text),
         }
     }
 
     /// A line above the spinners (hook output, notes).
-    pub fn line(&self, text: &str) {
+    fn line(&self, text: &str) {
         match &self.bars {
             Some((multi, _)) => {
                 if multi.println(text).is_err() {

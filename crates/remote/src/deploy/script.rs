@@ -8,9 +8,10 @@
 
 use std::fmt::Write as _;
 
-use crate::ssh::quote;
 // The config files a release may hold, in the CLI's own search order.
-use crate::stage::CONFIG_NAMES;
+use fleet_config::CONFIG_NAMES;
+
+use crate::ssh::quote;
 
 /// Lines of a step's stdout that carry facts for the deployer, `fleet:<key>=<value>`;
 /// everything else is output for the user.
@@ -194,6 +195,53 @@ while sleep 1; do
   exit 0
 done"#
     )
+}
+
+/// What the lock's exec does after taking the lock.
+pub enum LockThen<'a> {
+    Nothing,
+    /// Unpack the archive on stdin, then switch to it when `switch`.
+    Unpack {
+        release: &'a str,
+        commit: &'a str,
+        shared: Shared<'a>,
+        switch: bool,
+    },
+    /// Switch to an existing release.
+    Switch {
+        release: &'a str,
+    },
+}
+
+/// The lock, then `then`, in one script; `fleet:step=` facts say how far it got.
+pub fn lock_and(
+    path: &RemotePath,
+    info: &LockInfo<'_>,
+    ttl_secs: u64,
+    then: &LockThen<'_>,
+) -> String {
+    let mut s = lock(path, info, ttl_secs);
+    match then {
+        LockThen::Nothing => {}
+        LockThen::Unpack {
+            release,
+            commit,
+            shared,
+            switch: switches,
+        } => {
+            s.push_str("echo fleet:step=transfer\n");
+            s.push_str(&unpack(path, release, commit, shared));
+            if *switches {
+                s.push_str("echo fleet:step=switch\n");
+                s.push_str(&switch(path, release));
+            }
+        }
+        LockThen::Switch { release } => {
+            s.push_str("echo fleet:step=switch\n");
+            s.push_str(&switch(path, release));
+        }
+    }
+    s
 }
 
 /// Renews the lock; fails when it is no longer ours.
@@ -494,6 +542,11 @@ mv -f "$U.new" "$U"
 }
 
 /// Writes the controller's CA for the agent's `join`, then joins.
+/// The controller URL the host's agent joined, if any.
+pub fn agent_controller_url(home: &str) -> String {
+    format!("cat {}/controller/url 2>/dev/null || true", quote(home))
+}
+
 pub fn agent_join(home: &str, url: &str, token: &str, host: &str, ca_pem: &str) -> String {
     format!(
         "set -eu\nH={home}\nprintf '%s' {ca} > \"$H/controller-ca.pem\"\nchmod 600 \"$H/controller-ca.pem\"\n\"$H/bin/fleet-agent\" --home \"$H\" join {url} {token} --host {host} --ca \"$H/controller-ca.pem\" >/dev/null\n",

@@ -2,14 +2,11 @@
 //! host's agent through a direct-streamlocal channel to `<fleet_home>/agent.sock`
 //! (nothing needs to be open but sshd) and runs remote commands, over one reused
 //! connection per host, with a cap on concurrent handshakes. Host keys are checked
-//! strictly against known_hosts by default. The fleet commands that use it live in
-//! `commands`; what to run on the hosts is theirs to decide.
+//! strictly against known_hosts by default. What to run on the hosts is the caller's
+//! to decide (`stage`, `deploy`).
 //!
 //! The agent never opens an SSH connection; only the CLI (and later the controller)
 //! does.
-
-// Parts of the API wait for their callers (the stage commands of issue 5, deploy).
-#![allow(dead_code)]
 
 mod auth;
 mod connect;
@@ -334,8 +331,7 @@ struct Inner {
     settings: SshSettings,
     options: Layer,
     config: SshConfig,
-    handshakes: Semaphore,
-    gauge: HandshakeGauge,
+    handshakes: HandshakeLimit,
     connections: Slots<Arc<Connection>>,
     fleet_homes: Slots<String>,
     agents: Slots<Channel>,
@@ -343,8 +339,28 @@ struct Inner {
     warnings: Arc<Mutex<Vec<String>>>,
 }
 
+/// A cap on SSH handshakes in flight, shared by every pool made with it (a stage's
+/// hosts may need several pools: one per user, port and key).
+#[derive(Clone)]
+pub struct HandshakeLimit(Arc<(Semaphore, HandshakeGauge)>);
+
+impl HandshakeLimit {
+    pub fn new(max_handshakes: usize) -> HandshakeLimit {
+        HandshakeLimit(Arc::new((
+            Semaphore::new(max_handshakes.max(1)),
+            HandshakeGauge::default(),
+        )))
+    }
+}
+
 impl Pool {
+    /// A pool with a handshake cap of its own.
     pub fn new(settings: SshSettings, max_handshakes: usize) -> Pool {
+        Pool::with_limit(settings, HandshakeLimit::new(max_handshakes))
+    }
+
+    /// A pool whose handshakes count against `limit`.
+    pub fn with_limit(settings: SshSettings, limit: HandshakeLimit) -> Pool {
         let mut warnings = Vec::new();
         let options = options::parse_ssh_options(&settings.ssh_options, &mut warnings);
         let config_path = settings
@@ -360,8 +376,7 @@ impl Pool {
                 settings,
                 options,
                 config,
-                handshakes: Semaphore::new(max_handshakes.max(1)),
-                gauge: HandshakeGauge::default(),
+                handshakes: limit,
                 connections: Slots::new(),
                 fleet_homes: Slots::new(),
                 agents: Slots::new(),
@@ -476,7 +491,7 @@ impl Pool {
 
     #[cfg(test)]
     fn peak_handshakes(&self) -> usize {
-        self.inner.gauge.peak.load(Ordering::SeqCst)
+        self.inner.handshakes.0.1.peak.load(Ordering::SeqCst)
     }
 }
 
@@ -537,8 +552,8 @@ impl Inner {
                                 &resolved,
                                 label,
                                 via,
-                                &inner.handshakes,
-                                &inner.gauge,
+                                &inner.handshakes.0.0,
+                                &inner.handshakes.0.1,
                                 Arc::clone(&inner.warnings),
                             )
                             .await?;

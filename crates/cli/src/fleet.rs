@@ -1,0 +1,116 @@
+//! The commands across a stage's hosts: `fleet status <stage>`, `fleet logs <stage>`
+//! and `fleet start|stop|restart|reload <stage> ...`. `fleet_remote::stage` reaches
+//! the hosts (through the controller or over SSH); this file prints and picks the
+//! exit codes, the same either way.
+
+use fleet_proto::controller::v1::Action;
+use fleet_remote::stage::{self, LogsQuery, Stage, StageError};
+
+use crate::{Failure, LogsArgs, output};
+
+type Result<T> = std::result::Result<T, Failure>;
+
+impl From<StageError> for Failure {
+    fn from(error: StageError) -> Failure {
+        if error.is_config() {
+            Failure::usage(error.to_string())
+        } else {
+            Failure::failed(error.to_string())
+        }
+    }
+}
+
+/// The stage named by the first of `targets`, and the rest of them; `None` when the
+/// first word is not a stage (a local target then).
+pub fn stage_of(targets: &[String]) -> Result<Option<(Stage, Vec<String>)>> {
+    match targets.split_first() {
+        Some((first, rest)) => Ok(stage::find(first)?.map(|s| (s, rest.to_vec()))),
+        None => Ok(None),
+    }
+}
+
+/// `fleet status <stage>`: every instance of every host; exit 1 if a host is unreachable.
+pub async fn status(stage: &Stage, json: bool, accept_new_host_keys: bool) -> Result<()> {
+    let mut remote = stage.connect(accept_new_host_keys).await?;
+    let outcomes = remote.status().await?;
+    output::print_fleet_status(&outcomes, json);
+    let unreachable = outcomes.iter().filter(|o| o.result.is_err()).count();
+    if unreachable > 0 {
+        return Err(Failure::failed(format!(
+            "{unreachable} of {} hosts could not be reached",
+            outcomes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// An action on every host of the stage.
+pub async fn command(
+    stage: &Stage,
+    action: Action,
+    targets: Vec<String>,
+    accept_new_host_keys: bool,
+) -> Result<()> {
+    let mut remote = stage.connect(accept_new_host_keys).await?;
+    let outcomes = remote.command(action, targets, String::new()).await?;
+    output::print_host_results(&outcomes);
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    if failed > 0 {
+        return Err(Failure::failed(format!(
+            "{failed} of {} hosts failed",
+            outcomes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Merged log lines of every host, printed as they come, until every stream ended
+/// (without `-f`) or Ctrl-C. Hosts that cannot be reached are reported on stderr and
+/// make the exit status 1.
+pub async fn logs(
+    stage: &Stage,
+    targets: Vec<String>,
+    args: &LogsArgs,
+    accept_new_host_keys: bool,
+) -> Result<()> {
+    let mut remote = stage.connect(accept_new_host_keys).await?;
+    let style = if args.json {
+        output::LogStyle::Json
+    } else if args.raw {
+        output::LogStyle::Raw
+    } else {
+        output::LogStyle::Pretty(output::use_color())
+    };
+    let mut printer = output::LogPrinter::new(style).with_hosts();
+    let mut lines = remote
+        .logs(LogsQuery {
+            targets,
+            lines: args.lines,
+            follow: args.follow,
+        })
+        .await?;
+    let mut all_ok = true;
+    loop {
+        let next = tokio::select! {
+            next = lines.recv() => next,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        match next {
+            Some(Ok(entry)) => {
+                if !printer.print(&entry) {
+                    break;
+                }
+            }
+            Some(Err(error)) => {
+                eprintln!("error: {error}");
+                all_ok = false;
+            }
+            None => break,
+        }
+    }
+    if all_ok {
+        Ok(())
+    } else {
+        Err(Failure::failed("some hosts could not be reached"))
+    }
+}

@@ -1,0 +1,260 @@
+//! `fleet deploy <stage> setup`: on every host, idempotently, the hooks around it,
+//! the directories, the `fleet-agent` beside this binary (uploaded only when its
+//! sha256 differs), the host joined to the controller once (when there is one) and
+//! the agent started (a systemd unit where systemd runs, else a daemon).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fleet_proto::controller::v1 as cpb;
+
+use super::Context;
+use super::error::{DeployError, StepError};
+use super::executor::{Host, Step};
+use super::script;
+use super::summary::{HostResult, HostSummary, Report};
+use crate::stage::ControllerClient;
+
+/// How long a join token made for `setup` lives: long enough for the slowest host.
+const JOIN_TOKEN_TTL_SECS: u64 = 600;
+
+/// The controller the hosts join: its client (one at a time), URL and CA.
+struct Joiner {
+    client: tokio::sync::Mutex<ControllerClient>,
+    url: String,
+    ca: String,
+}
+
+/// A host's setup step failed.
+struct Failure {
+    step: &'static str,
+    error: StepError,
+}
+
+fn at(step: &'static str) -> impl FnOnce(StepError) -> Failure {
+    move |error| Failure { step, error }
+}
+
+impl Context {
+    pub(super) async fn setup(&self) -> Result<Report, DeployError> {
+        let started = Instant::now();
+        let agent_binary = local_agent_binary()?;
+        let bytes = std::fs::read(&agent_binary).map_err(|e| {
+            DeployError::Local(format!("cannot read {}: {e}", agent_binary.display()))
+        })?;
+        let sha = sha256_hex(&bytes);
+        let join = match &self.stage.controller {
+            None => None,
+            Some(controller) => {
+                let Some(path) = &controller.ca else {
+                    return Err(DeployError::Config(
+                        "joining agents to the controller needs its CA: set FLEET_CA to the controller's ca.pem".to_string(),
+                    ));
+                };
+                let ca = std::fs::read_to_string(path).map_err(|e| {
+                    DeployError::Config(format!("cannot read FLEET_CA {}: {e}", path.display()))
+                })?;
+                let client = crate::stage::connect_controller(controller).await?;
+                Some(Arc::new(Joiner {
+                    client: tokio::sync::Mutex::new(client),
+                    url: controller.url.clone(),
+                    ca,
+                }))
+            }
+        };
+        let results = futures::future::join_all(self.hosts.iter().map(|host| {
+            let (join, bytes, sha) = (join.clone(), &bytes, &sha);
+            async move {
+                let started = Instant::now();
+                let result = self.setup_host(host, bytes, sha, join).await;
+                (host.name().to_string(), result, started.elapsed())
+            }
+        }))
+        .await;
+        let mut summaries = Vec::new();
+        for (host, result, elapsed) in results {
+            let (result, step, error) = match result {
+                Ok(note) => {
+                    self.events.done(&host, &note);
+                    (HostResult::Ok, "done".to_string(), None)
+                }
+                Err(f) => {
+                    let error = f.error.to_string();
+                    self.events.failed(&host, f.step, &error);
+                    (HostResult::Failed, f.step.to_string(), Some(error))
+                }
+            };
+            summaries.push(HostSummary {
+                host,
+                result,
+                step,
+                error,
+                release: None,
+                previous: None,
+                duration_ms: elapsed.as_millis() as u64,
+            });
+        }
+        Ok(self
+            .report("setup", None, None, summaries, false, started)
+            .await)
+    }
+
+    /// One host; returns what was done, as a note.
+    async fn setup_host(
+        &self,
+        host: &Host,
+        bytes: &[u8],
+        sha: &str,
+        join: Option<Arc<Joiner>>,
+    ) -> Result<String, Failure> {
+        let config = &self.stage.config;
+        let env = self.hook_env("", None);
+        if let Some(command) = &config.pre_setup {
+            self.events.step(host.name(), "pre-setup");
+            let step = Step::hook(script::hook(&host.path, None, &env, command));
+            host.hook(&step, &self.events)
+                .await
+                .map_err(at("pre-setup"))?;
+        }
+        self.events.step(host.name(), "directories");
+        let step = Step::quick(script::setup_dirs(&host.path, &config.shared_dirs));
+        host.run(&step).await.map_err(at("directories"))?;
+        let home = self.host_home(host).await?;
+        self.events.step(host.name(), "agent");
+        let probe =
+            (host.exec(&Step::quick(script::agent_probe(&home))).await).map_err(at("agent"))?;
+        let installed = probe.fact("sha256").unwrap_or_default();
+        let systemd = probe.fact("systemd").as_deref() == Some("yes");
+        let root = probe.fact("uid").as_deref() == Some("0");
+        let running = probe.fact("running");
+        let mut notes = Vec::new();
+        if installed != sha {
+            self.events.step(host.name(), "upload agent");
+            let step = Step::transfer(script::agent_install(&home), Some(bytes));
+            host.run(&step).await.map_err(at("upload agent"))?;
+            notes.push("agent installed".to_string());
+        }
+        if let Some(join) = join {
+            self.join(host, &home, &join, running.is_some(), &mut notes)
+                .await
+                .map_err(at("join controller"))?;
+        }
+        match running {
+            None => {
+                self.events.step(host.name(), "start agent");
+                let step = Step::quick(script::agent_start(&home, systemd, root));
+                host.run(&step).await.map_err(at("start agent"))?;
+                notes.push(if systemd {
+                    "agent started (systemd unit fleet-agent.service)".to_string()
+                } else {
+                    "agent started".to_string()
+                });
+            }
+            Some(running) => {
+                let (pid, exe) = running.split_once(' ').unwrap_or((&running, ""));
+                if installed != sha && exe.starts_with(&format!("{home}/bin/fleet-agent")) {
+                    notes.push(format!(
+                        "the running agent (pid {pid}) keeps its old version until restarted"
+                    ));
+                } else {
+                    notes.push(format!("agent running (pid {pid})"));
+                }
+            }
+        }
+        if let Some(command) = &config.post_setup {
+            self.events.step(host.name(), "post-setup");
+            let step = Step::hook(script::hook(&host.path, None, &env, command));
+            host.hook(&step, &self.events)
+                .await
+                .map_err(at("post-setup"))?;
+        }
+        Ok(notes.join(", "))
+    }
+
+    /// The host's FLEET_HOME: the stage's `fleet_home`, else asked of the host.
+    async fn host_home(&self, host: &Host) -> Result<String, Failure> {
+        let home = match &host.ssh.fleet_home {
+            Some(home) => home.clone(),
+            None => (host.pool().fleet_home(host.name()).await)
+                .map_err(|e| at("agent")(StepError::Ssh(e)))?,
+        };
+        if !home.starts_with('/') || home.contains(['\n', '\'']) {
+            return Err(at("agent")(StepError::Host(format!(
+                "FLEET_HOME {home:?} on the host is not an absolute path"
+            ))));
+        }
+        Ok(home)
+    }
+
+    /// Joins the host's agent to the controller, unless it already joined this one.
+    async fn join(
+        &self,
+        host: &Host,
+        home: &str,
+        join: &Joiner,
+        running: bool,
+        notes: &mut Vec<String>,
+    ) -> Result<(), StepError> {
+        self.events.step(host.name(), "join controller");
+        let joined = host
+            .exec(&Step::quick(script::agent_controller_url(home)))
+            .await?;
+        if String::from_utf8_lossy(&joined.raw.stdout).trim() == join.url {
+            return Ok(());
+        }
+        let token = {
+            let mut client = join.client.lock().await;
+            client
+                .create_join_token(cpb::CreateJoinTokenRequest {
+                    host: host.name().to_string(),
+                    ttl_seconds: JOIN_TOKEN_TTL_SECS,
+                })
+                .await
+                .map_err(|s| StepError::Controller(s.message().to_string()))?
+                .into_inner()
+                .token
+        };
+        let step = Step::quick(script::agent_join(
+            home,
+            &join.url,
+            &token,
+            host.name(),
+            &join.ca,
+        ));
+        host.run(&step).await?;
+        notes.push("joined the controller".to_string());
+        if running {
+            notes.push(
+                "the running agent connects to the controller from its next start".to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    (sha2::Sha256::digest(bytes).iter())
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The `fleet-agent` uploaded by `setup`: `FLEET_AGENT_BINARY`, else the one next to
+/// this executable (they are built and shipped together, so versions match).
+fn local_agent_binary() -> Result<PathBuf, DeployError> {
+    if let Some(path) = std::env::var_os("FLEET_AGENT_BINARY") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| DeployError::Local(format!("cannot find the fleet binary: {e}")))?;
+    let agent = exe.with_file_name("fleet-agent");
+    if agent.is_file() {
+        Ok(agent)
+    } else {
+        Err(DeployError::Local(format!(
+            "{} is missing: setup uploads the fleet-agent that sits next to fleet\nhint: install both binaries together, or set FLEET_AGENT_BINARY",
+            agent.display()
+        )))
+    }
+}

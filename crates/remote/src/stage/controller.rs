@@ -1,0 +1,181 @@
+//! A stage reached through the controller: one TLS connection with a bearer token; the
+//! controller fans out to the hosts' agents over their sessions.
+
+use std::time::Duration;
+
+use fleet_proto::controller::v1 as cpb;
+use fleet_proto::controller::v1::fleet_service_client::FleetServiceClient;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use super::{HostOutcome, LOG_QUEUE, LogItem, LogsQuery, StageApi, StageError};
+use crate::stage::ControllerSettings;
+
+/// TCP connect and TLS handshake with the controller.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of the controller's fleet API, carrying the bearer token.
+pub type ControllerClient =
+    FleetServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// Connects to the controller and says hello (the controller refuses another major
+/// version).
+pub async fn connect_controller(
+    settings: &ControllerSettings,
+) -> Result<ControllerClient, StageError> {
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &settings.ca {
+        let pem = std::fs::read_to_string(ca).map_err(|e| {
+            StageError::Config(format!("cannot read FLEET_CA {}: {e}", ca.display()))
+        })?;
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
+    } else {
+        tls = tls.with_enabled_roots();
+    }
+    let channel = Endpoint::from_shared(settings.url.clone())
+        .map_err(|e| StageError::Config(format!("bad controller url {}: {e}", settings.url)))?
+        .tls_config(tls)
+        .map_err(|e| StageError::Config(format!("bad TLS settings: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| StageError::ControllerUnreachable {
+            url: settings.url.clone(),
+            reason: e.to_string(),
+        })?;
+    let value = format!("Bearer {}", settings.token).parse().map_err(|_| {
+        StageError::Config("FLEET_TOKEN has characters a header cannot carry".to_string())
+    })?;
+    let mut client = FleetServiceClient::with_interceptor(channel, Bearer(value));
+    client
+        .hello(cpb::FleetHello {
+            protocol_major: cpb::PROTOCOL_MAJOR,
+            protocol_minor: cpb::PROTOCOL_MINOR,
+            client_version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .await
+        .map_err(controller_error)?;
+    Ok(client)
+}
+
+fn controller_error(status: tonic::Status) -> StageError {
+    StageError::Controller(status.message().to_string())
+}
+
+pub(super) struct ControllerStage {
+    pub(super) client: ControllerClient,
+    pub(super) stage: cpb::Stage,
+}
+
+impl StageApi for ControllerStage {
+    fn status(&mut self) -> BoxFuture<'_, Result<Vec<HostOutcome>, StageError>> {
+        async move {
+            let response = self
+                .client
+                .status(cpb::StatusRequest {
+                    stage: Some(self.stage.clone()),
+                })
+                .await
+                .map_err(controller_error)?
+                .into_inner();
+            Ok(response
+                .hosts
+                .into_iter()
+                .map(|h| HostOutcome {
+                    result: if h.reachable {
+                        Ok(h.processes)
+                    } else {
+                        Err(h.error)
+                    },
+                    last_seen_unix_ms: (h.last_seen_unix_ms > 0).then_some(h.last_seen_unix_ms),
+                    host: h.host,
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn command(
+        &mut self,
+        action: cpb::Action,
+        targets: Vec<String>,
+        count: String,
+    ) -> BoxFuture<'_, Result<Vec<HostOutcome>, StageError>> {
+        async move {
+            let response = self
+                .client
+                .command(cpb::CommandRequest {
+                    stage: Some(self.stage.clone()),
+                    action: action as i32,
+                    targets,
+                    count,
+                })
+                .await
+                .map_err(controller_error)?
+                .into_inner();
+            Ok(response
+                .hosts
+                .into_iter()
+                .map(|h| HostOutcome {
+                    result: if h.ok { Ok(h.processes) } else { Err(h.error) },
+                    host: h.host,
+                    last_seen_unix_ms: None,
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn logs(
+        &mut self,
+        query: LogsQuery,
+    ) -> BoxFuture<'_, Result<mpsc::Receiver<LogItem>, StageError>> {
+        async move {
+            let mut stream = self
+                .client
+                .logs(cpb::FleetLogsRequest {
+                    stage: Some(self.stage.clone()),
+                    targets: query.targets,
+                    lines: query.lines,
+                    follow: query.follow,
+                })
+                .await
+                .map_err(controller_error)?
+                .into_inner();
+            let (tx, rx) = mpsc::channel(LOG_QUEUE);
+            tokio::spawn(async move {
+                loop {
+                    let item = match stream.message().await {
+                        Ok(Some(entry)) => Ok(entry),
+                        Ok(None) => return,
+                        Err(status) => Err(format!("controller: {}", status.message())),
+                    };
+                    let last = item.is_err();
+                    if tx.send(item).await.is_err() || last {
+                        return;
+                    }
+                }
+            });
+            Ok(rx)
+        }
+        .boxed()
+    }
+}
