@@ -20,6 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::logs::LogHub;
 use crate::metrics::Sampler;
+use crate::operations::Operations;
 use crate::process;
 use crate::service::Service;
 use crate::store::{Home, SavedList, SavedProcess};
@@ -105,16 +106,16 @@ pub async fn run(
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
     let kill = Arc::new(Notify::new());
+    let operations = Operations::new(handle.clone(), hub, host.clone());
     let service = Arc::new(Service::new(
-        handle.clone(),
-        hub,
+        operations.clone(),
         home.root.display().to_string(),
         host,
         kill.clone(),
     ));
     match crate::link::LinkConfig::load(&home) {
         Ok(Some(config)) => {
-            tokio::spawn(crate::link::run(config, service.clone(), handle.clone()));
+            tokio::spawn(crate::link::run(config, operations, handle.clone()));
         }
         Ok(None) => {}
         Err(error) => {

@@ -7,19 +7,18 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cpb::agent_link_client::AgentLinkClient;
 use fleet_proto::agent::v1 as apb;
-use fleet_proto::agent::v1::agent_service_server::AgentService;
 use fleet_proto::controller::v1 as cpb;
+use fleet_proto::ops;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::service::Service;
+use crate::error::AgentError;
+use crate::operations::Operations;
 use crate::store::{Home, write_atomic};
 use crate::supervisor::{Handle, Reply, Request};
 
@@ -145,11 +144,11 @@ pub async fn join(
 }
 
 /// Keeps a session with the controller open until the agent stops.
-pub async fn run(config: LinkConfig, service: Arc<Service>, handle: Handle) {
+pub async fn run(config: LinkConfig, operations: Operations, handle: Handle) {
     let mut attempt: u32 = 0;
     loop {
         let started = tokio::time::Instant::now();
-        match session(&config, &service, &handle).await {
+        match session(&config, &operations, &handle).await {
             Ok(()) => tracing::info!("controller closed the session"),
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "controller session failed")
@@ -184,7 +183,7 @@ async fn snapshot(handle: &Handle, host: &str) -> HashMap<u32, apb::ProcessInfo>
     {
         Ok(Reply::Views(views)) => views
             .iter()
-            .map(|v| (v.id, crate::service::process_info(v, host)))
+            .map(|v| (v.id, crate::operations::process_info(v, host)))
             .collect(),
         _ => HashMap::new(),
     }
@@ -203,7 +202,7 @@ fn same_state(a: &apb::ProcessInfo, b: &apb::ProcessInfo) -> bool {
 
 async fn session(
     config: &LinkConfig,
-    service: &Arc<Service>,
+    operations: &Operations,
     handle: &Handle,
 ) -> anyhow::Result<()> {
     let identity = Identity::from_pem(&config.cert_pem, &config.key_pem);
@@ -267,9 +266,9 @@ async fn session(
                 };
                 match message.body {
                     Some(cpb::controller_message::Body::Command(command)) => {
-                        let (service, tx, host) = (service.clone(), tx.clone(), config.host.clone());
+                        let (operations, tx, host) = (operations.clone(), tx.clone(), config.host.clone());
                         tokio::spawn(async move {
-                            let result = execute(&service, command, &host).await;
+                            let result = execute(&operations, command, &host).await;
                             let _ = tx.send(cpb::AgentMessage {
                                 body: Some(cpb::agent_message::Body::Result(result)),
                             }).await;
@@ -277,7 +276,7 @@ async fn session(
                     }
                     Some(cpb::controller_message::Body::Subscribe(subscribe)) => {
                         let id = subscribe.subscription_id;
-                        let task = tokio::spawn(forward_logs(service.clone(), subscribe, tx.clone(), config.host.clone()));
+                        let task = tokio::spawn(forward_logs(operations.clone(), subscribe, tx.clone(), config.host.clone()));
                         if let Some(old) = subscriptions.insert(id, task) {
                             old.abort();
                         }
@@ -357,49 +356,17 @@ async fn session(
     result
 }
 
-/// Runs a controller command through the same code as the local API.
-async fn execute(service: &Service, command: cpb::AgentCommand, host: &str) -> cpb::CommandResult {
-    let targets = command.targets.clone();
-    let result = match cpb::Action::try_from(command.action).unwrap_or(cpb::Action::Unspecified) {
-        cpb::Action::Start => {
-            service
-                .start(tonic::Request::new(apb::StartRequest {
-                    targets,
-                    ..Default::default()
-                }))
-                .await
-        }
-        cpb::Action::Stop => {
-            service
-                .stop(tonic::Request::new(apb::TargetRequest { targets }))
-                .await
-        }
-        cpb::Action::Restart => {
-            service
-                .restart(tonic::Request::new(apb::RestartRequest {
-                    targets,
-                    ..Default::default()
-                }))
-                .await
-        }
-        cpb::Action::Reload => {
-            service
-                .reload(tonic::Request::new(apb::ReloadRequest {
-                    targets,
-                    parallel: 1,
-                    ..Default::default()
-                }))
-                .await
-        }
-        cpb::Action::Scale => {
-            service
-                .scale(tonic::Request::new(apb::ScaleRequest {
-                    app: targets.first().cloned().unwrap_or_default(),
-                    count: command.count.clone(),
-                }))
-                .await
-        }
-        cpb::Action::Unspecified => Err(tonic::Status::invalid_argument("no action given")),
+/// Runs a controller command through the same operations as the local API, mapped
+/// by `fleet_proto::ops::agent_call` as every other route maps it.
+async fn execute(
+    operations: &Operations,
+    command: cpb::AgentCommand,
+    host: &str,
+) -> cpb::CommandResult {
+    let action = cpb::Action::try_from(command.action).unwrap_or(cpb::Action::Unspecified);
+    let result = match ops::agent_call(action, command.targets, &command.count) {
+        Ok(call) => operations.call(call).await,
+        Err(error) => Err(AgentError::InvalidArgument(error.to_string())),
     };
     match result {
         Ok(response) => cpb::CommandResult {
@@ -407,7 +374,6 @@ async fn execute(service: &Service, command: cpb::AgentCommand, host: &str) -> c
             ok: true,
             error: String::new(),
             processes: response
-                .into_inner()
                 .processes
                 .into_iter()
                 .map(|mut p| {
@@ -417,19 +383,22 @@ async fn execute(service: &Service, command: cpb::AgentCommand, host: &str) -> c
                 .collect(),
             code: 0,
         },
-        Err(status) => cpb::CommandResult {
-            request_id: command.request_id,
-            ok: false,
-            error: status.message().to_string(),
-            processes: Vec::new(),
-            code: status.code() as i32,
-        },
+        Err(error) => {
+            let status = tonic::Status::from(error);
+            cpb::CommandResult {
+                request_id: command.request_id,
+                ok: false,
+                error: status.message().to_string(),
+                processes: Vec::new(),
+                code: status.code() as i32,
+            }
+        }
     }
 }
 
 /// Streams the agent's log lines for one subscription in small batches.
 async fn forward_logs(
-    service: Arc<Service>,
+    operations: Operations,
     subscribe: cpb::LogSubscribe,
     tx: mpsc::Sender<cpb::AgentMessage>,
     host: String,
@@ -440,20 +409,19 @@ async fn forward_logs(
         follow: subscribe.follow,
         ..Default::default()
     };
-    let Ok(response) = service.logs(tonic::Request::new(request)).await else {
+    let Ok(mut lines) = operations.logs(request).await else {
         return;
     };
-    let mut lines = response.into_inner();
     loop {
         let mut entries = Vec::new();
         let deadline = tokio::time::Instant::now() + LOG_BATCH_WAIT;
         while entries.len() < LOG_BATCH_LINES {
-            match tokio::time::timeout_at(deadline, lines.next()).await {
-                Ok(Some(Ok(mut entry))) => {
+            match tokio::time::timeout_at(deadline, lines.recv()).await {
+                Ok(Some(mut entry)) => {
                     entry.host = host.clone();
                     entries.push(entry);
                 }
-                Ok(Some(Err(_))) | Ok(None) => {
+                Ok(None) => {
                     if !entries.is_empty() {
                         let _ = tx.send(batch(subscribe.subscription_id, entries)).await;
                     }

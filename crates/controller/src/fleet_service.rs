@@ -16,6 +16,7 @@ use fleet_proto::controller::v1::{
     FleetLogsRequest, HostResult, HostStatus, LogSubscribe, LogUnsubscribe, PROTOCOL_MAJOR,
     PROTOCOL_MINOR, Stage, StatusRequest, StatusResponse, controller_message,
 };
+use fleet_proto::ops;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -27,11 +28,6 @@ use crate::server::Controller;
 use crate::store::{self, AuditEntry};
 use crate::{now_unix_ms, pki};
 
-/// How long a host gets to carry out start, stop, restart or scale (PM2's CLI waits
-/// about as long for its daemon).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// A reload waits for every new instance to be ready, so it gets longer.
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Batches of log lines buffered for one watcher before lines are dropped (and the
 /// watcher told), so a slow terminal never slows any agent's session.
 const LOG_QUEUE_BATCHES: usize = 256;
@@ -212,31 +208,33 @@ impl FleetService for FleetApi {
     ) -> Result<Response<CommandResponse>, Status> {
         let who = self.authorize(&request).await?;
         let request = request.into_inner();
-        let action = match Action::try_from(request.action) {
-            Ok(Action::Unspecified) | Err(_) => {
-                return Err(Refusal::InvalidArgument(
-                    "no action: start, stop, restart, reload or scale".to_owned(),
-                )
-                .into());
-            }
-            Ok(action) => action,
-        };
-        if action == Action::Scale && request.count.is_empty() {
-            return Err(
-                Refusal::InvalidArgument("scale needs a count: N, +N or -N".to_owned()).into(),
-            );
-        }
+        let action = Action::try_from(request.action).unwrap_or(Action::Unspecified);
+        // The same check as the agent's, before anything is sent to a host.
+        ops::agent_call(action, request.targets.clone(), &request.count)
+            .map_err(|error| Refusal::InvalidArgument(error.to_string()))?;
         let stage = self.stage(request.stage)?;
         let command = HostCommand {
             action,
             targets: request.targets.clone(),
             count: request.count.clone(),
         };
-        let hosts = if action == Action::Reload {
-            self.rolling(&stage.hosts, &command).await
-        } else {
-            self.parallel(&stage.hosts, &command).await
-        };
+        let controller = self.controller.clone();
+        let hosts = ops::fan_out(
+            action,
+            stage.hosts.clone(),
+            move |host| {
+                let (controller, command) = (controller.clone(), command.clone());
+                async move { run_on_host(&controller, &host, &command).await }
+            },
+            |result| !result.ok,
+            |host| HostResult {
+                host,
+                ok: false,
+                error: ops::NOT_REACHED.to_owned(),
+                processes: Vec::new(),
+            },
+        )
+        .await;
         let failures: Vec<String> = hosts
             .iter()
             .filter(|host| !host.ok)
@@ -245,7 +243,7 @@ impl FleetService for FleetApi {
         self.audit(AuditEntry {
             at_ms: now_unix_ms(),
             who,
-            action: action_name(action).to_owned(),
+            action: ops::action_name(action).to_owned(),
             stage: stage.name,
             targets: request.targets,
             result: if failures.is_empty() {
@@ -326,52 +324,6 @@ struct HostCommand {
     count: String,
 }
 
-impl FleetApi {
-    /// Every host at once; results in the stage's order.
-    async fn parallel(&self, hosts: &[String], command: &HostCommand) -> Vec<HostResult> {
-        let tasks: Vec<_> = hosts
-            .iter()
-            .map(|host| {
-                let (controller, host, command) =
-                    (self.controller.clone(), host.clone(), command.clone());
-                tokio::spawn(async move { run_on_host(&controller, &host, &command).await })
-            })
-            .collect();
-        let mut results = Vec::with_capacity(tasks.len());
-        for (task, host) in tasks.into_iter().zip(hosts) {
-            results.push(task.await.unwrap_or_else(|error| HostResult {
-                host: host.clone(),
-                ok: false,
-                error: format!("internal error: {error}"),
-                processes: Vec::new(),
-            }));
-        }
-        results
-    }
-
-    /// One host after another, as PM2's reload goes one instance after another; the
-    /// first failure stops the roll so a bad release reaches one host, not all.
-    async fn rolling(&self, hosts: &[String], command: &HostCommand) -> Vec<HostResult> {
-        let mut results = Vec::with_capacity(hosts.len());
-        let mut failed = false;
-        for host in hosts {
-            if failed {
-                results.push(HostResult {
-                    host: host.clone(),
-                    ok: false,
-                    error: "not reloaded: an earlier host failed".to_owned(),
-                    processes: Vec::new(),
-                });
-                continue;
-            }
-            let result = run_on_host(&self.controller, host, command).await;
-            failed = !result.ok;
-            results.push(result);
-        }
-        results
-    }
-}
-
 async fn run_on_host(controller: &Controller, host: &str, command: &HostCommand) -> HostResult {
     let failed = |error: String| HostResult {
         host: host.to_owned(),
@@ -383,11 +335,7 @@ async fn run_on_host(controller: &Controller, host: &str, command: &HostCommand)
         Ok(link) => link,
         Err(why) => return failed(format!("unreachable: {why}")),
     };
-    let timeout = if command.action == Action::Reload {
-        RELOAD_TIMEOUT
-    } else {
-        COMMAND_TIMEOUT
-    };
+    let timeout = ops::timeout(command.action);
     let request = AgentCommand {
         request_id: controller.registry.next_id(),
         action: command.action.into(),
@@ -411,17 +359,6 @@ async fn run_on_host(controller: &Controller, host: &str, command: &HostCommand)
                 .collect(),
         },
         Err(error) => failed(error),
-    }
-}
-
-fn action_name(action: Action) -> &'static str {
-    match action {
-        Action::Unspecified => "unspecified",
-        Action::Start => "start",
-        Action::Stop => "stop",
-        Action::Restart => "restart",
-        Action::Reload => "reload",
-        Action::Scale => "scale",
     }
 }
 

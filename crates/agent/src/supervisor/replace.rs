@@ -13,7 +13,7 @@ use fleet_config::ExecMode;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use super::{Msg, Proc, Reply, ScaleTo, Supervisor, instance_logs};
+use super::{Instance, Msg, Reply, ScaleTo, Supervisor, instance_logs};
 use crate::cluster::{self, Proxy};
 use crate::core::{self, Input, Status};
 use crate::error::AgentError;
@@ -88,12 +88,12 @@ pub(super) struct Retiring {
 }
 
 /// SIGKILLs what is left of an instance's previous processes (it is being removed).
-pub(super) fn kill_retiring(proc: &Proc) {
-    let standby = proc
+pub(super) fn kill_retiring(instance: &Instance) {
+    let standby = instance
         .standby
         .as_ref()
         .and_then(|s| s.pid.map(|pid| (pid, s.start_ticks)));
-    let retiring = proc.retiring.iter().map(|r| (r.pid, r.start_ticks));
+    let retiring = instance.retiring.iter().map(|r| (r.pid, r.start_ticks));
     for (pid, ticks) in standby.into_iter().chain(retiring) {
         if process::start_ticks(pid) == ticks {
             process::signal_group(pid, Signal::SIGKILL);
@@ -108,7 +108,7 @@ impl Supervisor {
         self.next_generation += 1;
         let generation = self.next_generation;
         let spec = self
-            .procs
+            .instances
             .get(&id)
             .ok_or("the instance is gone")?
             .spec
@@ -116,8 +116,8 @@ impl Supervisor {
         let shared_mode = spec.port.is_some() && spec.exec_mode != ExecMode::Fork;
 
         let mut env = {
-            let proc = &self.procs[&id];
-            proc.spec.instance_env(proc.instance)
+            let instance = &self.instances[&id];
+            instance.spec.instance_env(instance.instance)
         };
         let mut listener: Option<OwnedFd> = None;
         let mut private_port = None;
@@ -163,12 +163,12 @@ impl Supervisor {
             probes.notify = Some(socket);
         }
 
-        let proc = self.procs.get_mut(&id).ok_or("the instance is gone")?;
-        let io = match &proc.log_io {
+        let instance = self.instances.get_mut(&id).ok_or("the instance is gone")?;
+        let io = match &instance.log_io {
             Some(io) => io.clone(),
             None => {
-                let io = instance_logs(&self.hub, proc)?;
-                proc.log_io = Some(io.clone());
+                let io = instance_logs(&self.hub, instance)?;
+                instance.log_io = Some(io.clone());
                 io
             }
         };
@@ -180,13 +180,13 @@ impl Supervisor {
             listener,
         )?;
         let pid = child.id().map(|p| p as i32);
-        proc.generation = generation;
-        proc.pid = pid;
-        proc.start_ticks = pid.and_then(process::start_ticks);
-        proc.usage = TreeUsage::default();
-        proc.private_port = private_port;
-        proc.healthy = true;
-        proc.draining = false;
+        instance.generation = generation;
+        instance.pid = pid;
+        instance.start_ticks = pid.and_then(process::start_ticks);
+        instance.usage = TreeUsage::default();
+        instance.private_port = private_port;
+        instance.healthy = true;
+        instance.draining = false;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         for pipe in [
             stdout.as_ref().map(|p| p.as_fd()),
@@ -230,7 +230,7 @@ impl Supervisor {
                 report(readiness::Signal::Ready)
             }));
         }
-        proc.probes = probes;
+        instance.probes = probes;
         tracing::info!(app = %spec.name, id, pid, "instance started");
         Ok(())
     }
@@ -263,7 +263,9 @@ impl Supervisor {
 
     /// Closes an app's port once no instance of it is left.
     pub(super) fn release_port_if_unused(&mut self, name: &str) {
-        if !self.procs.values().any(|p| p.spec.name == name) && self.ports.remove(name).is_some() {
+        if !self.instances.values().any(|p| p.spec.name == name)
+            && self.ports.remove(name).is_some()
+        {
             tracing::info!(app = %name, "port closed");
         }
     }
@@ -276,7 +278,7 @@ impl Supervisor {
                 continue;
             };
             let mut ready = Vec::new();
-            for p in self.procs.values().filter(|p| &p.spec.name == name) {
+            for p in self.instances.values().filter(|p| &p.spec.name == name) {
                 if let Some(standby) = &p.standby
                     && let Some(port) = standby.port
                     && let Some(pid) = standby.pid
@@ -307,22 +309,26 @@ impl Supervisor {
     }
 
     pub(super) fn on_readiness(&mut self, id: u32, generation: u64, signal: readiness::Signal) {
-        let Some(proc) = self.procs.get_mut(&id) else {
+        let Some(instance) = self.instances.get_mut(&id) else {
             return;
         };
-        if proc.generation == generation {
+        if instance.generation == generation {
             match signal {
                 readiness::Signal::Ready => self.work.push_back((id, Input::Ready)),
-                readiness::Signal::Stopping => proc.draining = true,
+                readiness::Signal::Stopping => instance.draining = true,
                 readiness::Signal::Healthy(healthy) => {
                     if !healthy {
-                        tracing::warn!(app = %proc.spec.name, id, "health check failing: no new connections");
+                        tracing::warn!(app = %instance.spec.name, id, "health check failing: no new connections");
                     }
-                    proc.healthy = healthy;
+                    instance.healthy = healthy;
                 }
                 readiness::Signal::Watchdog => {}
             }
-        } else if let Some(standby) = proc.standby.as_mut().filter(|s| s.generation == generation) {
+        } else if let Some(standby) = instance
+            .standby
+            .as_mut()
+            .filter(|s| s.generation == generation)
+        {
             match signal {
                 readiness::Signal::Stopping => standby.draining = true,
                 readiness::Signal::Healthy(healthy) => standby.healthy = healthy,
@@ -335,38 +341,39 @@ impl Supervisor {
     /// Starts a replacement of a running instance; the current process becomes the
     /// standby and keeps serving.
     pub(super) fn begin_replace(&mut self, id: u32) -> Result<Reply, AgentError> {
-        let proc = self
-            .procs
+        let instance = self
+            .instances
             .get_mut(&id)
             .ok_or_else(|| AgentError::NotFound(format!("instance {id} is gone")))?;
-        if proc.standby.is_some() {
+        if instance.standby.is_some() {
             return Err(AgentError::FailedPrecondition(format!(
                 "{} (id {id}) is already being replaced",
-                proc.spec.name
+                instance.spec.name
             )));
         }
-        if proc.core.status != Status::Online {
+        if instance.core.status != Status::Online {
             return Err(AgentError::FailedPrecondition(format!(
                 "{} (id {id}) is {}, not online",
-                proc.spec.name,
-                proc.core.status.as_str()
+                instance.spec.name,
+                instance.core.status.as_str()
             )));
         }
-        let mut fresh = core::Instance::new(core::Policy::from_spec(&proc.spec), Instant::now());
-        fresh.restarts = proc.core.restarts + 1;
-        let old = std::mem::replace(&mut proc.core, fresh);
-        proc.standby = Some(Standby {
+        let mut fresh =
+            core::Instance::new(core::Policy::from_spec(&instance.spec), Instant::now());
+        fresh.restarts = instance.core.restarts + 1;
+        let old = std::mem::replace(&mut instance.core, fresh);
+        instance.standby = Some(Standby {
             core: old,
-            pid: proc.pid.take(),
-            start_ticks: proc.start_ticks.take(),
-            generation: proc.generation,
-            port: proc.private_port.take(),
-            probes: std::mem::take(&mut proc.probes),
-            healthy: proc.healthy,
-            draining: proc.draining,
-            usage: proc.usage,
+            pid: instance.pid.take(),
+            start_ticks: instance.start_ticks.take(),
+            generation: instance.generation,
+            port: instance.private_port.take(),
+            probes: std::mem::take(&mut instance.probes),
+            healthy: instance.healthy,
+            draining: instance.draining,
+            usage: instance.usage,
         });
-        proc.replace_error = None;
+        instance.replace_error = None;
         self.work.push_back((id, Input::Start));
         Ok(Reply::Touched(vec![id], Vec::new()))
     }
@@ -374,10 +381,10 @@ impl Supervisor {
     /// The replacement is ready: the standby leaves the rotation, gets its kill signal
     /// to finish in-flight work, and SIGKILL if it is still there after `kill_timeout`.
     pub(super) fn commit_replace(&mut self, id: u32) {
-        let Some(proc) = self.procs.get_mut(&id) else {
+        let Some(instance) = self.instances.get_mut(&id) else {
             return;
         };
-        let Some(standby) = proc.standby.take() else {
+        let Some(standby) = instance.standby.take() else {
             return;
         };
         if let Some(pid) = standby.pid {
@@ -390,26 +397,28 @@ impl Supervisor {
 
     /// The replacement failed: kill it and put the standby back as the instance.
     pub(super) fn abort_replace(&mut self, id: u32, reason: String) {
-        let Some(proc) = self.procs.get_mut(&id) else {
+        let Some(instance) = self.instances.get_mut(&id) else {
             return;
         };
-        let Some(standby) = proc.standby.take() else {
+        let Some(standby) = instance.standby.take() else {
             return;
         };
         // Behind a shared socket a replacement may accept connections before it says
         // it is ready: it is stopped gracefully like a replaced process, not killed.
-        let failed = proc.pid.map(|pid| (pid, proc.start_ticks, proc.generation));
-        tracing::warn!(app = %proc.spec.name, id, %reason, "replacement failed; the previous process keeps serving");
-        proc.core = standby.core;
-        proc.pid = standby.pid;
-        proc.start_ticks = standby.start_ticks;
-        proc.generation = standby.generation;
-        proc.private_port = standby.port;
-        proc.probes = standby.probes;
-        proc.healthy = standby.healthy;
-        proc.draining = standby.draining;
-        proc.usage = standby.usage;
-        proc.replace_error = Some(reason);
+        let failed = instance
+            .pid
+            .map(|pid| (pid, instance.start_ticks, instance.generation));
+        tracing::warn!(app = %instance.spec.name, id, %reason, "replacement failed; the previous process keeps serving");
+        instance.core = standby.core;
+        instance.pid = standby.pid;
+        instance.start_ticks = standby.start_ticks;
+        instance.generation = standby.generation;
+        instance.private_port = standby.port;
+        instance.probes = standby.probes;
+        instance.healthy = standby.healthy;
+        instance.draining = standby.draining;
+        instance.usage = standby.usage;
+        instance.replace_error = Some(reason);
         let restore_crashed = standby.pid.is_none();
         if let Some((pid, ticks, generation)) = failed {
             self.retire(id, pid, ticks, generation);
@@ -431,25 +440,26 @@ impl Supervisor {
     /// Sends a process that no longer is the instance's its kill signal, and SIGKILL if
     /// it is still there after `kill_timeout`.
     fn retire(&mut self, id: u32, pid: i32, start_ticks: Option<u64>, generation: u64) {
-        let Some(proc) = self.procs.get_mut(&id) else {
+        let Some(instance) = self.instances.get_mut(&id) else {
             return;
         };
-        let signal = process::signal_from_name(&proc.spec.kill_signal).unwrap_or(Signal::SIGINT);
+        let signal =
+            process::signal_from_name(&instance.spec.kill_signal).unwrap_or(Signal::SIGINT);
         // Behind the proxy, a connection handed to this process just before it left the
         // rotation may still sit in its accept queue; closing the listener now would
         // reset it. Signal only once such connections have been accepted.
-        let grace = if proc.spec.exec_mode == ExecMode::Proxy {
+        let grace = if instance.spec.exec_mode == ExecMode::Proxy {
             PROXY_RETIRE_GRACE
         } else {
             Duration::ZERO
         };
-        proc.retiring.push(Retiring {
+        instance.retiring.push(Retiring {
             pid,
             start_ticks,
             generation,
         });
         let tx = self.tx.clone();
-        let after = Duration::from_millis(proc.spec.kill_timeout_ms);
+        let after = Duration::from_millis(instance.spec.kill_timeout_ms);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             if process::start_ticks(pid) == start_ticks {
@@ -462,34 +472,38 @@ impl Supervisor {
 
     /// An exit of a process that is not the instance's current one.
     pub(super) fn other_exited(&mut self, id: u32, generation: u64, exit: &core::Exit) {
-        let Some(proc) = self.procs.get_mut(&id) else {
+        let Some(instance) = self.instances.get_mut(&id) else {
             return;
         };
-        if let Some(standby) = proc.standby.as_mut().filter(|s| s.generation == generation) {
-            tracing::warn!(app = %proc.spec.name, id, exit = %super::describe_exit(exit), "the previous process exited during its replacement");
+        if let Some(standby) = instance
+            .standby
+            .as_mut()
+            .filter(|s| s.generation == generation)
+        {
+            tracing::warn!(app = %instance.spec.name, id, exit = %super::describe_exit(exit), "the previous process exited during its replacement");
             standby.pid = None;
             self.update_backends();
-        } else if let Some(at) = proc
+        } else if let Some(at) = instance
             .retiring
             .iter()
             .position(|r| r.generation == generation)
         {
-            proc.retiring.remove(at);
+            instance.retiring.remove(at);
         }
     }
 
     pub(super) fn retire_kill(&mut self, id: u32, generation: u64) {
-        let Some(proc) = self.procs.get_mut(&id) else {
+        let Some(instance) = self.instances.get_mut(&id) else {
             return;
         };
-        if let Some(at) = proc
+        if let Some(at) = instance
             .retiring
             .iter()
             .position(|r| r.generation == generation)
         {
-            let retiring = proc.retiring.remove(at);
+            let retiring = instance.retiring.remove(at);
             if process::start_ticks(retiring.pid) == retiring.start_ticks {
-                tracing::warn!(app = %proc.spec.name, id, pid = retiring.pid, "the previous process outlived kill_timeout: SIGKILL");
+                tracing::warn!(app = %instance.spec.name, id, pid = retiring.pid, "the previous process outlived kill_timeout: SIGKILL");
                 process::signal_group(retiring.pid, Signal::SIGKILL);
             }
         }
@@ -500,7 +514,7 @@ impl Supervisor {
     /// count is an error.
     pub(super) fn scale(&mut self, name: &str, to: ScaleTo) -> Result<Reply, AgentError> {
         let mut members: Vec<(u32, u32)> = self
-            .procs
+            .instances
             .values()
             .filter(|p| p.spec.name == name)
             .map(|p| (p.instance, p.id))
@@ -529,15 +543,15 @@ impl Supervisor {
         }
         let first = members[0].1;
         let running = self
-            .procs
+            .instances
             .values()
             .any(|p| p.spec.name == name && p.core.wants_running());
-        let mut spec = (*self.procs[&first].spec).clone();
+        let mut spec = (*self.instances[&first].spec).clone();
         spec.instances = fleet_config::Instances::Count(target);
         let spec = Arc::new(spec);
         for (_, id) in &members {
-            if let Some(proc) = self.procs.get_mut(id) {
-                proc.spec = spec.clone();
+            if let Some(instance) = self.instances.get_mut(id) {
+                instance.spec = spec.clone();
             }
         }
         let mut touched = Vec::new();

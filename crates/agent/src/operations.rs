@@ -1,0 +1,405 @@
+//! The agent's operations below its gRPC face: start, stop, restart, reload, scale,
+//! delete, reset, signals, resurrect, list and log streams, each taking the
+//! protocol's request and answering with the protocol's response or an
+//! `AgentError`. The tonic service (`service`) and the controller link (`link`) both
+//! call these; neither builds requests for the other.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fleet_config::{AppSpec, ExecMode};
+use fleet_proto::agent::v1 as pb;
+use fleet_proto::ops::AgentCall;
+use tokio::sync::mpsc;
+
+use crate::core;
+use crate::error::AgentError;
+use crate::logs::{Chunk, LogHub, Stream};
+use crate::supervisor::{Handle, ProcessView, Reply, Request, ScaleTo};
+
+/// How long an operation's instances get to settle when the supervisor names no
+/// deadline of its own.
+const DEFAULT_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Operations {
+    handle: Handle,
+    hub: LogHub,
+    /// This host's name in process infos and log entries.
+    host: String,
+}
+
+impl Operations {
+    pub fn new(handle: Handle, hub: LogHub, host: String) -> Operations {
+        Operations { handle, hub, host }
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub fn hub(&self) -> &LogHub {
+        &self.hub
+    }
+
+    /// A fleet action from the controller, as `fleet_proto::ops::agent_call` maps it.
+    pub async fn call(&self, call: AgentCall) -> Result<pb::OperationResponse, AgentError> {
+        match call {
+            AgentCall::Start(request) => self.start(request).await,
+            AgentCall::Stop(request) => self.stop(request).await,
+            AgentCall::Restart(request) => self.restart(request).await,
+            AgentCall::Reload(request) => self.reload(request).await,
+            AgentCall::Scale(request) => self.scale(request).await,
+        }
+    }
+
+    /// Runs a request and answers with the touched instances once they settled.
+    pub async fn operate(&self, request: Request) -> Result<pb::OperationResponse, AgentError> {
+        let (ids, warnings, within) = match self.handle.call(request).await? {
+            Reply::Settling { ids, notes, within } => (ids, notes, within),
+            Reply::Touched(ids, notes) => (ids, notes, DEFAULT_SETTLE),
+            other => return Err(AgentError::Internal(format!("unexpected reply {other:?}"))),
+        };
+        let views = self.handle.settled(&ids, within).await;
+        Ok(pb::OperationResponse {
+            processes: views.iter().map(|v| self.info(v)).collect(),
+            warnings,
+        })
+    }
+
+    pub fn info(&self, view: &ProcessView) -> pb::ProcessInfo {
+        process_info(view, &self.host)
+    }
+
+    pub async fn views(
+        &self,
+        targets: Vec<String>,
+        details: bool,
+    ) -> Result<Vec<ProcessView>, AgentError> {
+        match self.handle.call(Request::List { targets, details }).await? {
+            Reply::Views(views) => Ok(views),
+            other => Err(AgentError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn start(&self, r: pb::StartRequest) -> Result<pb::OperationResponse, AgentError> {
+        self.operate(Request::Start {
+            targets: r.targets,
+            apps: specs(r.apps)?,
+            force: r.force,
+            from_config: r.from_config,
+            update_env: update_env(r.update_env, r.cli_env),
+        })
+        .await
+    }
+
+    pub async fn stop(&self, r: pb::TargetRequest) -> Result<pb::OperationResponse, AgentError> {
+        self.operate(Request::Stop { targets: r.targets }).await
+    }
+
+    pub async fn restart(
+        &self,
+        r: pb::RestartRequest,
+    ) -> Result<pb::OperationResponse, AgentError> {
+        self.operate(Request::Restart {
+            targets: r.targets,
+            apps: specs(r.apps)?,
+            update_env: update_env(r.update_env, r.cli_env),
+        })
+        .await
+    }
+
+    /// Applies new configs (sent, or a config file on this host), then reloads the
+    /// targets and those apps (`supervisor::Handle::reload`).
+    pub async fn reload(&self, r: pb::ReloadRequest) -> Result<pb::OperationResponse, AgentError> {
+        let mut apps = specs(r.apps)?;
+        if !r.config_path.is_empty() {
+            apps.extend(load_host_config(&r.config_path, &r.env_stage)?);
+        }
+        let mut targets = r.targets;
+        if !apps.is_empty() {
+            targets.extend(apps.iter().map(|a| a.name.clone()));
+            self.handle
+                .call(Request::Apply {
+                    apps,
+                    update_env: r.update_env,
+                })
+                .await?;
+        } else if r.update_env {
+            self.handle
+                .call(Request::RefreshEnv {
+                    targets: targets.clone(),
+                    env: r.cli_env.into_iter().collect(),
+                })
+                .await?;
+        }
+        let views = self.views(targets, false).await?;
+        let views = self
+            .handle
+            .reload(views, r.parallel.max(1) as usize)
+            .await?;
+        Ok(pb::OperationResponse {
+            processes: views.iter().map(|v| self.info(v)).collect(),
+            warnings: Vec::new(),
+        })
+    }
+
+    pub async fn scale(&self, r: pb::ScaleRequest) -> Result<pb::OperationResponse, AgentError> {
+        let count = r.count.trim();
+        let parse = |digits: &str| {
+            digits.parse::<u32>().map_err(|_| {
+                AgentError::InvalidArgument(format!(
+                    "invalid instance count {count:?}: expected N, +N or -N"
+                ))
+            })
+        };
+        let to = if let Some(more) = count.strip_prefix('+') {
+            ScaleTo::More(parse(more)?)
+        } else if let Some(fewer) = count.strip_prefix('-') {
+            ScaleTo::Fewer(parse(fewer)?)
+        } else {
+            ScaleTo::Exactly(parse(count)?)
+        };
+        self.operate(Request::Scale { name: r.app, to }).await
+    }
+
+    pub async fn delete(&self, r: pb::TargetRequest) -> Result<pb::OperationResponse, AgentError> {
+        self.operate(Request::Delete { targets: r.targets }).await
+    }
+
+    pub async fn reset(&self, r: pb::TargetRequest) -> Result<pb::OperationResponse, AgentError> {
+        self.operate(Request::Reset { targets: r.targets }).await
+    }
+
+    pub async fn send_signal(
+        &self,
+        r: pb::SendSignalRequest,
+    ) -> Result<pb::OperationResponse, AgentError> {
+        let name = fleet_config::parse_signal(&r.signal).map_err(AgentError::InvalidArgument)?;
+        let signal = crate::process::signal_from_name(&name)
+            .ok_or_else(|| AgentError::InvalidArgument(format!("unknown signal {}", r.signal)))?;
+        self.operate(Request::Signal {
+            targets: r.targets,
+            signal,
+        })
+        .await
+    }
+
+    pub async fn resurrect(&self) -> Result<pb::OperationResponse, AgentError> {
+        self.operate(Request::Resurrect).await
+    }
+
+    pub async fn list(&self, r: pb::ListRequest) -> Result<pb::ListResponse, AgentError> {
+        let views = self.views(r.targets, r.details).await?;
+        Ok(pb::ListResponse {
+            processes: views.iter().map(|v| self.info(v)).collect(),
+        })
+    }
+
+    /// The log lines of the targets: history, then (with `follow`) new lines as they
+    /// come, until the receiver is dropped.
+    pub async fn logs(
+        &self,
+        r: pb::LogsRequest,
+    ) -> Result<mpsc::Receiver<pb::LogEntry>, AgentError> {
+        // Unknown targets are an error now, not a silent empty stream.
+        if !r.targets.is_empty() {
+            self.views(r.targets.clone(), false).await?;
+        }
+        let targets = r.targets;
+        let matches = move |chunk: &Chunk| {
+            targets.is_empty()
+                || targets.iter().any(|target| {
+                    let one = [(chunk.id, &*chunk.app, &*chunk.namespace)];
+                    crate::target::select(target, one.into_iter()).is_ok_and(|ids| !ids.is_empty())
+                })
+        };
+        let stream = match pb::LogStream::try_from(r.stream) {
+            Ok(pb::LogStream::Out) => Some(Stream::Out),
+            Ok(pb::LogStream::Err) => Some(Stream::Err),
+            _ => None,
+        };
+        // Subscribe before reading history so no line falls between the two.
+        let mut follow = r.follow.then(|| self.hub.subscribe());
+        let (history, last_seq) =
+            self.hub
+                .history(&matches, r.lines as usize, stream, r.since_unix_ms);
+        let (tx, rx) = tokio::sync::mpsc::channel(LOG_STREAM_BUFFER);
+        let host = self.host.clone();
+        tokio::spawn(async move {
+            for (chunk, line) in history {
+                if tx.send(entry(&chunk, line, &host)).await.is_err() {
+                    return;
+                }
+            }
+            let Some(follow) = follow.as_mut() else {
+                return;
+            };
+            loop {
+                let chunk = match follow.recv().await {
+                    Ok(chunk) => chunk,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        let notice = pb::LogEntry {
+                            ts_unix_ms: now_ms(),
+                            host: host.clone(),
+                            notice: format!(
+                                "{missed} batches of lines were not shown: this client fell behind (they are in the log files)"
+                            ),
+                            ..Default::default()
+                        };
+                        if tx.send(notice).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if chunk.seq <= last_seq
+                    || !matches(&chunk)
+                    || stream.is_some_and(|s| s != chunk.stream)
+                {
+                    continue;
+                }
+                for line in chunk.lines() {
+                    let line = String::from_utf8_lossy(line).into_owned();
+                    if tx.send(entry(&chunk, line, &host)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Lines a `logs` client may have in flight before the agent waits for it; a slow
+/// client only ever delays itself (the pumps never wait for followers).
+const LOG_STREAM_BUFFER: usize = 1024;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn entry(chunk: &Chunk, line: String, host: &str) -> pb::LogEntry {
+    pb::LogEntry {
+        ts_unix_ms: chunk.ts_ms,
+        app: chunk.app.to_string(),
+        id: chunk.id,
+        instance: chunk.instance,
+        stream: match chunk.stream {
+            Stream::Out => pb::LogStream::Out,
+            Stream::Err => pb::LogStream::Err,
+        } as i32,
+        line,
+        host: host.to_string(),
+        notice: String::new(),
+    }
+}
+
+/// Converts the supervisor's view of an instance to its protobuf form.
+pub fn process_info(view: &ProcessView, host: &str) -> pb::ProcessInfo {
+    pb::ProcessInfo {
+        id: view.id,
+        name: view.name.clone(),
+        namespace: view.namespace.clone(),
+        instance: view.instance,
+        pid: view.pid,
+        status: status_to_pb(view.status) as i32,
+        restarts: view.restarts,
+        uptime_ms: view.uptime_ms,
+        cpu_percent: view.cpu_percent,
+        memory_bytes: view.memory_bytes,
+        exec_mode: match view.exec_mode {
+            ExecMode::Fork => pb::ExecMode::Fork,
+            ExecMode::Cluster | ExecMode::Proxy => pb::ExecMode::Cluster,
+        } as i32,
+        host: host.to_string(),
+        unstable_restarts: view.unstable_restarts,
+        last_exit: view.last_exit.as_ref().map(|exit| {
+            let (code, signal, spawn_error) = match &exit.exit {
+                core::Exit::Code(code) => (Some(*code), None, None),
+                core::Exit::Signal(signal) => (None, Some(signal_name(*signal)), None),
+                core::Exit::SpawnError(error) => (None, None, Some(error.clone())),
+            };
+            pb::ExitInfo {
+                code,
+                signal,
+                spawn_error,
+                at_unix_ms: exit.at_ms,
+                uptime_ms: exit.uptime_ms,
+            }
+        }),
+        created_at_unix_ms: view.created_at_ms,
+        restart_at_unix_ms: view.restart_at_ms,
+        prev_restart_delay_ms: view.prev_restart_delay_ms,
+        config_json: view
+            .config
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        log_files: view.log_files.clone(),
+        script: view.script.clone(),
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| signal.to_string())
+}
+
+fn status_to_pb(status: core::Status) -> pb::ProcessStatus {
+    match status {
+        core::Status::Launching => pb::ProcessStatus::Launching,
+        core::Status::Online => pb::ProcessStatus::Online,
+        core::Status::Stopping => pb::ProcessStatus::Stopping,
+        core::Status::Stopped => pb::ProcessStatus::Stopped,
+        core::Status::Errored => pb::ProcessStatus::Errored,
+        core::Status::WaitingRestart => pb::ProcessStatus::WaitingRestart,
+    }
+}
+
+fn specs(apps: Vec<pb::AppConfig>) -> Result<Vec<AppSpec>, AgentError> {
+    apps.into_iter()
+        .map(|app| {
+            serde_json::from_str::<AppSpec>(&app.json)
+                .map_err(|e| AgentError::InvalidArgument(format!("bad app config: {e}")))
+        })
+        .collect()
+}
+
+/// A config file on this host, loaded as `fleet start` would load it here: scripts and
+/// interpreters resolve on this host, with the agent's environment.
+fn load_host_config(path: &str, env_stage: &str) -> Result<Vec<AppSpec>, AgentError> {
+    let path = std::path::Path::new(path);
+    if !path.is_absolute() {
+        return Err(AgentError::InvalidArgument(format!(
+            "config_path {} is not absolute",
+            path.display()
+        )));
+    }
+    let options = fleet_config::LoadOptions {
+        env_stage: (!env_stage.is_empty()).then(|| env_stage.to_string()),
+        only: Vec::new(),
+        inherited_env: Arc::new(std::env::vars().collect()),
+        cwd: path.parent().map(Into::into).unwrap_or_default(),
+    };
+    let file = fleet_config::load(path, &options)
+        .map_err(|errors| AgentError::InvalidArgument(errors.to_string()))?;
+    if file.apps.is_empty() {
+        return Err(AgentError::InvalidArgument(format!(
+            "{}: no app to start",
+            path.display()
+        )));
+    }
+    Ok(file.apps)
+}
+
+fn update_env(
+    update: bool,
+    env: std::collections::HashMap<String, String>,
+) -> Option<BTreeMap<String, String>> {
+    update.then(|| env.into_iter().collect())
+}

@@ -1,0 +1,117 @@
+//! What the supervisor's helper tasks report, other than requests: a process
+//! exited, a cron restart fired, a rotation timer fired, watched files changed, and
+//! a metrics sample (checked against `max_memory_restart`).
+
+use std::collections::HashMap;
+
+use crate::core::{Exit, Input, Status};
+use crate::metrics::TreeUsage;
+use crate::process;
+use crate::supervisor::{Supervisor, describe_exit, exit_of};
+
+impl Supervisor {
+    pub(super) fn on_exited(
+        &mut self,
+        id: u32,
+        generation: u64,
+        status: std::io::Result<std::process::ExitStatus>,
+    ) {
+        let Some(instance) = self.instances.get(&id) else {
+            return;
+        };
+        let exit = match status {
+            Ok(status) => exit_of(status),
+            Err(error) => Exit::SpawnError(format!("cannot wait for the process: {error}")),
+        };
+        if instance.generation != generation {
+            // A standby or retiring process of a reload, or a stale one.
+            self.other_exited(id, generation, &exit);
+            return;
+        }
+        if instance.standby.is_some() {
+            // The replacement died before it was ready: the reload fails and
+            // the previous process keeps serving.
+            self.abort_replace(
+                id,
+                format!("it exited before it was ready ({})", describe_exit(&exit)),
+            );
+            return;
+        }
+        let group_empty = instance.pid.is_none_or(|pgid| !process::group_alive(pgid));
+        tracing::info!(app = %instance.spec.name, id, ?exit, group_empty, "instance exited");
+        self.work
+            .push_back((id, Input::Exited { exit, group_empty }));
+    }
+
+    /// A `rotate_interval` fired: rotate the files of every instance using it.
+    pub(super) fn on_rotate_logs(&mut self, pattern: &str, timezone: &Option<String>) {
+        let files: Vec<std::path::PathBuf> = self
+            .instances
+            .values()
+            .filter(|p| {
+                p.spec.logs.rotation.interval.as_deref() == Some(pattern)
+                    && p.spec.cron_timezone == *timezone
+            })
+            .flat_map(|p| p.logs.files())
+            .collect();
+        let hub = self.hub.clone();
+        // Renames and reopens are file system work: off the supervisor task.
+        tokio::task::spawn_blocking(move || hub.rotate(&files));
+    }
+
+    pub(super) fn on_cron(&mut self, id: u32) {
+        // PM2's cron also starts a stopped app; fleet leaves an app the user
+        // stopped alone and restarts it only when it runs (or has errored).
+        if let Some(instance) = self.instances.get(&id)
+            && instance.core.status != Status::Stopped
+            && instance.core.status != Status::Stopping
+        {
+            tracing::info!(app = %instance.spec.name, id, "cron_restart");
+            self.work.push_back((id, Input::Restart));
+        }
+    }
+
+    /// A watched path of an app changed: every running instance of it restarts.
+    pub(super) fn on_watched(&mut self, id: u32, paths: &[std::path::PathBuf]) {
+        let Some(name) = self.instances.get(&id).map(|p| p.spec.name.clone()) else {
+            return;
+        };
+        let shown: Vec<String> = paths
+            .iter()
+            .take(3)
+            .map(|p| p.display().to_string())
+            .collect();
+        tracing::info!(app = %name, changed = ?shown, "change detected, restarting");
+        let ids: Vec<u32> = self
+            .instances
+            .values()
+            .filter(|p| p.spec.name == name && p.core.status.wants_running())
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            self.work.push_back((id, Input::Restart));
+        }
+    }
+
+    pub(super) fn on_usage(&mut self, usage: &HashMap<u32, TreeUsage>) {
+        for instance in self.instances.values_mut() {
+            instance.usage = usage.get(&instance.id).copied().unwrap_or_default();
+            // Checked at every sample (PM2 checks every 30 s, main pid only:
+            // #5670, #3017) against the whole tree; a graceful, counted restart.
+            if let Some(limit) = instance.spec.max_memory_restart_bytes
+                && instance.core.status == Status::Online
+                && instance.usage.memory_bytes > limit
+            {
+                tracing::warn!(
+                    app = %instance.spec.name,
+                    id = instance.id,
+                    memory = instance.usage.memory_bytes,
+                    limit,
+                    "exceeds max_memory_restart, restarting"
+                );
+                instance.usage = TreeUsage::default();
+                self.work.push_back((instance.id, Input::Restart));
+            }
+        }
+    }
+}

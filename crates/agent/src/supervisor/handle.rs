@@ -1,0 +1,110 @@
+//! `Handle`: the cheap, clonable way to talk to the supervisor task: a request and
+//! its reply, waits until instances settle or meet a condition, change
+//! notifications, and the metrics sampler's two calls.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::{Msg, ProcessView, Reply, Request};
+use crate::error::AgentError;
+use crate::metrics::TreeUsage;
+
+/// A cheap, clonable way to talk to the supervisor task.
+#[derive(Clone)]
+pub struct Handle {
+    pub(super) tx: mpsc::UnboundedSender<Msg>,
+    pub(super) changed: watch::Receiver<u64>,
+}
+
+impl Handle {
+    pub async fn call(&self, request: Request) -> Result<Reply, AgentError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Request(request, reply))
+            .map_err(|_| AgentError::Internal("the supervisor has stopped".into()))?;
+        rx.await
+            .map_err(|_| AgentError::Internal("the supervisor has stopped".into()))?
+    }
+
+    /// Waits until every instance in `ids` has settled (is neither launching nor
+    /// stopping) or is gone, then returns their views. Gives up at `deadline`
+    /// and returns them as they are.
+    pub async fn settled(&self, ids: &[u32], deadline: Duration) -> Vec<ProcessView> {
+        let mut changed = self.changed.clone();
+        let until = Instant::now() + deadline;
+        loop {
+            changed.mark_unchanged();
+            let views = self.views(ids).await;
+            if views.iter().all(|v| v.status.is_settled()) {
+                return views;
+            }
+            if tokio::time::timeout_at(until, changed.changed())
+                .await
+                .is_err()
+            {
+                return views;
+            }
+        }
+    }
+
+    async fn views(&self, ids: &[u32]) -> Vec<ProcessView> {
+        // By id, not by `#id` targets: an id that is gone is simply absent (a target
+        // matching nothing is an error, which made a stop look settled too early).
+        let ids = ids.to_vec();
+        match self.call(Request::Views { ids }).await {
+            Ok(Reply::Views(views)) => views,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Waits until `done` holds for the views of `ids` (gone ones left out), or until
+    /// `until`; returns the last views and whether `done` held.
+    pub async fn wait_for(
+        &self,
+        ids: &[u32],
+        until: Instant,
+        done: impl Fn(&[ProcessView]) -> bool,
+    ) -> (Vec<ProcessView>, bool) {
+        let mut changed = self.changed.clone();
+        loop {
+            changed.mark_unchanged();
+            let views = self.views(ids).await;
+            if done(&views) {
+                return (views, true);
+            }
+            if tokio::time::timeout_at(until, changed.changed())
+                .await
+                .is_err()
+            {
+                return (views, false);
+            }
+        }
+    }
+
+    /// A receiver that changes whenever any instance does (the controller link sends
+    /// deltas on it).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.clone()
+    }
+
+    /// The leader pid of every running instance, for the metrics sampler.
+    pub async fn leaders(&self) -> Vec<(u32, i32)> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Leaders(reply)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub fn report_usage(&self, usage: HashMap<u32, TreeUsage>) {
+        let _ = self.tx.send(Msg::Usage(usage));
+    }
+
+    /// Resolves once the supervisor task has ended.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
