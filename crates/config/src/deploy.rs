@@ -201,27 +201,7 @@ fn read_stage(
     let user = r
         .take(ctx, &["user"])
         .and_then(|f| non_empty_string(ctx, &f));
-    let host = match r.take(ctx, &["host"]) {
-        Some(f) => {
-            let hosts = reader::as_string_list(ctx, &f, false).unwrap_or_default();
-            if hosts.is_empty() && ctx.errors.len() == errors_before {
-                ctx.error(f.line, &f.path, "no hosts given");
-            }
-            if hosts.iter().any(|h| h.trim().is_empty()) {
-                ctx.error(f.line, &f.path, "a host cannot be empty");
-            }
-            hosts
-        }
-        None => {
-            ctx.error_hint(
-                line,
-                path,
-                "missing `host`",
-                "set `host` to a host name or a list of them",
-            );
-            Vec::new()
-        }
-    };
+    let host = read_host_list(ctx, &mut r, path, line, errors_before);
     let port = r
         .take(ctx, &["port"])
         .and_then(|f| reader::as_port(ctx, &f));
@@ -238,30 +218,7 @@ fn read_stage(
     let git_ref = r
         .take(ctx, &["ref"])
         .and_then(|f| non_empty_string(ctx, &f));
-    let remote_path = match r.take(ctx, &["path"]) {
-        Some(f) => non_empty_string(ctx, &f).and_then(|p| {
-            if p.starts_with('/') || p == "~" || p.starts_with("~/") {
-                Some(p)
-            } else {
-                ctx.error_hint(
-                    f.line,
-                    &f.path,
-                    format!("path must be absolute, got {p:?}"),
-                    "it is a directory on the remote hosts, like \"/var/www/app\"",
-                );
-                None
-            }
-        }),
-        None => {
-            ctx.error_hint(
-                line,
-                path,
-                "missing `path`",
-                "set `path` to the app's directory on the hosts, like \"/var/www/app\"",
-            );
-            None
-        }
-    };
+    let remote_path = read_remote_path(ctx, &mut r, path, line);
     let env = r
         .take(ctx, &["env"])
         .and_then(|f| reader::as_env(ctx, &f))
@@ -273,60 +230,15 @@ fn read_stage(
     let post_deploy = string(ctx, &mut r, "post_deploy");
     let fetch = string(ctx, &mut r, "fetch");
     let proxy_jump = string(ctx, &mut r, "proxy_jump");
-    let fleet_home = r.take(ctx, &["fleet_home"]).and_then(|f| {
-        let home = reader::as_string(ctx, &f)?;
-        if home.starts_with('/') && !home.contains('\'') && !home.contains('\n') {
-            Some(home)
-        } else {
-            ctx.error(
-                f.line,
-                &f.path,
-                format!("{home:?} must be an absolute path on the hosts"),
-            );
-            None
-        }
-    });
+    let fleet_home = read_fleet_home(ctx, &mut r);
     let forward_agent = bool_or(ctx, &mut r, "forward_agent", false);
     let needs_tty = bool_or(ctx, &mut r, "needs_tty", false);
     let canary = bool_or(ctx, &mut r, "canary", false);
-    let keep_releases = r
-        .take(ctx, &["keep_releases"])
-        .and_then(|f| reader::as_ranged(ctx, &f, 1, i64::from(u32::MAX)))
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(DEFAULT_KEEP_RELEASES);
-    let lock_ttl_ms = r
-        .take(ctx, &["lock_ttl"])
-        .and_then(|f| {
-            let ms = reader::as_duration_ms(ctx, &f)?;
-            if ms < 2_000 {
-                ctx.error(
-                    f.line,
-                    &f.path,
-                    "must be at least 2s (the lock is renewed every second)",
-                );
-                return None;
-            }
-            Some(ms)
-        })
-        .unwrap_or(DEFAULT_LOCK_TTL_MS);
+    let keep_releases = read_keep_releases(ctx, &mut r);
+    let lock_ttl_ms = read_lock_ttl(ctx, &mut r);
     let shared_dirs = shared_paths(ctx, &mut r, "shared_dirs");
     let shared_files = shared_paths(ctx, &mut r, "shared_files");
-    let strategy = match r.take(ctx, &["strategy"]) {
-        Some(f) => match reader::as_string(ctx, &f).as_deref() {
-            Some("archive") => DeployStrategy::Archive,
-            Some("clone") => DeployStrategy::Clone,
-            Some(other) => {
-                ctx.error(
-                    f.line,
-                    &f.path,
-                    format!("expected \"archive\" or \"clone\", got {other:?}"),
-                );
-                DeployStrategy::Archive
-            }
-            None => DeployStrategy::Archive,
-        },
-        None => DeployStrategy::Archive,
-    };
+    let strategy = read_strategy(ctx, &mut r);
     if strategy == DeployStrategy::Clone && repo_field.is_none() {
         ctx.error_hint(
             line,
@@ -382,6 +294,133 @@ fn read_stage(
         max_fail,
         hosts,
     })
+}
+
+/// `host`: one name or a list, none empty.
+fn read_host_list(
+    ctx: &mut Ctx<'_>,
+    r: &mut MapReader<'_>,
+    path: &str,
+    line: Option<u32>,
+    errors_before: usize,
+) -> Vec<String> {
+    match r.take(ctx, &["host"]) {
+        Some(f) => {
+            let hosts = reader::as_string_list(ctx, &f, false).unwrap_or_default();
+            if hosts.is_empty() && ctx.errors.len() == errors_before {
+                ctx.error(f.line, &f.path, "no hosts given");
+            }
+            if hosts.iter().any(|h| h.trim().is_empty()) {
+                ctx.error(f.line, &f.path, "a host cannot be empty");
+            }
+            hosts
+        }
+        None => {
+            ctx.error_hint(
+                line,
+                path,
+                "missing `host`",
+                "set `host` to a host name or a list of them",
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// `path`: the app's directory on the hosts, absolute or under `~`.
+fn read_remote_path(
+    ctx: &mut Ctx<'_>,
+    r: &mut MapReader<'_>,
+    path: &str,
+    line: Option<u32>,
+) -> Option<String> {
+    match r.take(ctx, &["path"]) {
+        Some(f) => non_empty_string(ctx, &f).and_then(|p| {
+            if p.starts_with('/') || p == "~" || p.starts_with("~/") {
+                Some(p)
+            } else {
+                ctx.error_hint(
+                    f.line,
+                    &f.path,
+                    format!("path must be absolute, got {p:?}"),
+                    "it is a directory on the remote hosts, like \"/var/www/app\"",
+                );
+                None
+            }
+        }),
+        None => {
+            ctx.error_hint(
+                line,
+                path,
+                "missing `path`",
+                "set `path` to the app's directory on the hosts, like \"/var/www/app\"",
+            );
+            None
+        }
+    }
+}
+
+/// `fleet_home`: an absolute path on the hosts, safe to quote.
+fn read_fleet_home(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>) -> Option<String> {
+    r.take(ctx, &["fleet_home"]).and_then(|f| {
+        let home = reader::as_string(ctx, &f)?;
+        if home.starts_with('/') && !home.contains('\'') && !home.contains('\n') {
+            Some(home)
+        } else {
+            ctx.error(
+                f.line,
+                &f.path,
+                format!("{home:?} must be an absolute path on the hosts"),
+            );
+            None
+        }
+    })
+}
+
+/// `keep_releases`: at least 1 (the current release).
+fn read_keep_releases(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>) -> u32 {
+    r.take(ctx, &["keep_releases"])
+        .and_then(|f| reader::as_ranged(ctx, &f, 1, i64::from(u32::MAX)))
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(DEFAULT_KEEP_RELEASES)
+}
+
+/// `lock_ttl`: at least 2 s, since the lock is renewed every second.
+fn read_lock_ttl(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>) -> u64 {
+    r.take(ctx, &["lock_ttl"])
+        .and_then(|f| {
+            let ms = reader::as_duration_ms(ctx, &f)?;
+            if ms < 2_000 {
+                ctx.error(
+                    f.line,
+                    &f.path,
+                    "must be at least 2s (the lock is renewed every second)",
+                );
+                return None;
+            }
+            Some(ms)
+        })
+        .unwrap_or(DEFAULT_LOCK_TTL_MS)
+}
+
+/// `strategy`: "archive" (the default) or "clone".
+fn read_strategy(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>) -> DeployStrategy {
+    match r.take(ctx, &["strategy"]) {
+        Some(f) => match reader::as_string(ctx, &f).as_deref() {
+            Some("archive") => DeployStrategy::Archive,
+            Some("clone") => DeployStrategy::Clone,
+            Some(other) => {
+                ctx.error(
+                    f.line,
+                    &f.path,
+                    format!("expected \"archive\" or \"clone\", got {other:?}"),
+                );
+                DeployStrategy::Archive
+            }
+            None => DeployStrategy::Archive,
+        },
+        None => DeployStrategy::Archive,
+    }
 }
 
 fn default_lock_ttl() -> u64 {

@@ -66,7 +66,14 @@ fn fleet_toml_fixture_resolves_as_documented() {
     let names: Vec<&str> = file.apps.iter().map(|app| app.name.as_str()).collect();
     assert_eq!(names, ["api", "worker", "report", "ticker"]);
 
-    let api = &file.apps[0];
+    check_api(&file.apps[0], &project, &dir);
+    check_worker(&file.apps[1], &dir);
+    check_report_and_ticker(&file.apps[2], &file.apps[3], &dir);
+    check_production_stage(&file);
+}
+
+/// The fixture's `api`: cluster mode, stage env precedence, log paths.
+fn check_api(api: &AppSpec, project: &Project, dir: &Path) {
     assert_eq!(api.namespace, "web");
     assert_eq!(
         api.command,
@@ -104,8 +111,10 @@ fn fleet_toml_fixture_resolves_as_documented() {
         Some("YYYY-MM-DD HH:mm Z")
     );
     assert_eq!(api.source, Some(dir.join("fleet.toml")));
+}
 
-    let worker = &file.apps[1];
+/// The fixture's `worker`: a Python script in its own cwd, PM2's restart policy keys.
+fn check_worker(worker: &AppSpec, dir: &Path) {
     let worker_dir = dir.join("worker");
     assert_eq!(worker.cwd, worker_dir);
     assert_eq!(
@@ -129,8 +138,10 @@ fn fleet_toml_fixture_resolves_as_documented() {
     assert_eq!(worker.ignore_watch, ["*.pyc"]);
     assert_eq!(worker.instance_var, "WORKER_ID");
     assert_eq!(worker.env.get("DEPLOYED").map(String::as_str), Some("1"));
+}
 
-    let report = &file.apps[2];
+/// The fixture's `report` (cron, JSON logs) and `ticker` (a command string, logs off).
+fn check_report_and_ticker(report: &AppSpec, ticker: &AppSpec, dir: &Path) {
     assert_eq!(
         report.command,
         ["bash".to_string(), display(&dir.join("bin/report.sh"))]
@@ -144,7 +155,6 @@ fn fleet_toml_fixture_resolves_as_documented() {
     assert_eq!(report.logs.log_type, LogType::Json);
     assert_eq!(report.logs.log_file.as_deref(), Some(""));
 
-    let ticker = &file.apps[3];
     assert_eq!(
         ticker.command,
         ["sh", "-c", "while true; do date; sleep 5; done"]
@@ -154,7 +164,10 @@ fn fleet_toml_fixture_resolves_as_documented() {
     assert_eq!(ticker.logs.out_file.as_deref(), Some("/dev/null"));
     assert_eq!(ticker.logs.error_file.as_deref(), Some("/dev/null"));
     assert_eq!(ticker.logs.log_file.as_deref(), Some("/dev/null"));
+}
 
+/// The fixture's `[deploy.production]` and `[controller]`.
+fn check_production_stage(file: &ConfigFile) {
     let stage = &file.deploy["production"];
     assert_eq!(stage.user.as_deref(), Some("deploy"));
     assert_eq!(stage.host, ["web1.example.com", "web2.example.com"]);
@@ -182,7 +195,7 @@ fn fleet_toml_fixture_resolves_as_documented() {
     assert_eq!(targets[1].port, Some(2222));
     assert_eq!(targets[1].user.as_deref(), Some("deploy"));
     assert_eq!(
-        file.controller.unwrap().url,
+        file.controller.as_ref().unwrap().url,
         "https://controller.example.com:7443"
     );
 }
