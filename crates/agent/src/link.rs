@@ -224,13 +224,9 @@ async fn session(
         boot_id: boot_id(),
     })))
     .await?;
-    let mut sent = snapshot(handle, &config.host).await;
-    let mut seq = 1u64;
-    tx.send(send(cpb::agent_message::Body::Snapshot(cpb::Snapshot {
-        processes: sent.values().cloned().collect(),
-        seq,
-    })))
-    .await?;
+    let mut sent = Sent::default();
+    let first = sent.snapshot(snapshot(handle, &config.host).await);
+    tx.send(send(first)).await?;
 
     let mut inbound = AgentLinkClient::new(channel)
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -255,105 +251,159 @@ async fn session(
     let mut changes = handle.changes();
     let mut tick = tokio::time::interval(heartbeat);
     tick.tick().await;
-    let mut subscriptions: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut subscriptions = Subscriptions::default();
     let result = loop {
-        tokio::select! {
+        let body = tokio::select! {
             message = inbound.message() => {
                 let message = match message {
                     Ok(Some(message)) => message,
                     Ok(None) => break Ok(()),
                     Err(status) => break Err(anyhow::anyhow!("{}", status.message())),
                 };
-                match message.body {
-                    Some(cpb::controller_message::Body::Command(command)) => {
-                        let (operations, tx, host) = (operations.clone(), tx.clone(), config.host.clone());
-                        tokio::spawn(async move {
-                            let result = execute(&operations, command, &host).await;
-                            let _ = tx.send(cpb::AgentMessage {
-                                body: Some(cpb::agent_message::Body::Result(result)),
-                            }).await;
-                        });
-                    }
-                    Some(cpb::controller_message::Body::Subscribe(subscribe)) => {
-                        let id = subscribe.subscription_id;
-                        let task = tokio::spawn(forward_logs(operations.clone(), subscribe, tx.clone(), config.host.clone()));
-                        if let Some(old) = subscriptions.insert(id, task) {
-                            old.abort();
-                        }
-                    }
-                    Some(cpb::controller_message::Body::Unsubscribe(unsubscribe)) => {
-                        if let Some(task) = subscriptions.remove(&unsubscribe.subscription_id) {
-                            task.abort();
-                        }
-                    }
-                    Some(cpb::controller_message::Body::Resync(_)) => {
-                        sent = snapshot(handle, &config.host).await;
-                        seq += 1;
-                        if tx.send(send(cpb::agent_message::Body::Snapshot(cpb::Snapshot {
-                            processes: sent.values().cloned().collect(),
-                            seq,
-                        }))).await.is_err() {
-                            break Ok(());
-                        }
-                    }
-                    Some(cpb::controller_message::Body::Welcome(_)) | None => {}
+                let resync = subscriptions.dispatch(message, operations, &tx, &config.host);
+                if !resync {
+                    continue;
                 }
+                sent.snapshot(snapshot(handle, &config.host).await)
             }
             changed = changes.changed() => {
                 if changed.is_err() {
                     break Ok(());
                 }
                 // A state change: send what changed now, metrics wait for the heartbeat.
-                let now = snapshot(handle, &config.host).await;
-                let changed: Vec<apb::ProcessInfo> = now
-                    .values()
-                    .filter(|p| sent.get(&p.id).is_none_or(|old| !same_state(old, p)))
-                    .cloned()
-                    .collect();
-                let removed: Vec<u32> = sent.keys().filter(|id| !now.contains_key(id)).copied().collect();
-                if changed.is_empty() && removed.is_empty() {
-                    continue;
-                }
-                for p in &changed {
-                    sent.insert(p.id, p.clone());
-                }
-                for id in &removed {
-                    sent.remove(id);
-                }
-                seq += 1;
-                if tx.send(send(cpb::agent_message::Body::Delta(cpb::Delta { changed, removed, seq }))).await.is_err() {
-                    break Ok(());
+                match sent.state_delta(snapshot(handle, &config.host).await) {
+                    Some(body) => body,
+                    None => continue,
                 }
             }
-            _ = tick.tick() => {
-                // The heartbeat carries the metrics that moved since the last one.
-                let now = snapshot(handle, &config.host).await;
-                let moved: Vec<apb::ProcessInfo> = now
-                    .values()
-                    .filter(|p| sent.get(&p.id) != Some(*p))
-                    .cloned()
-                    .collect();
-                // Deltas count up by one; a heartbeat repeats the last sequence number,
-                // so the controller can tell it missed nothing.
-                let body = if moved.is_empty() {
-                    cpb::agent_message::Body::Heartbeat(cpb::Heartbeat { seq })
-                } else {
-                    for p in &moved {
-                        sent.insert(p.id, p.clone());
-                    }
-                    seq += 1;
-                    cpb::agent_message::Body::Delta(cpb::Delta { changed: moved, removed: Vec::new(), seq })
-                };
-                if tx.send(send(body)).await.is_err() {
-                    break Ok(());
-                }
-            }
+            _ = tick.tick() => sent.heartbeat(snapshot(handle, &config.host).await),
+        };
+        if tx.send(send(body)).await.is_err() {
+            break Ok(());
         }
     };
-    for task in subscriptions.into_values() {
-        task.abort();
-    }
+    subscriptions.abort_all();
     result
+}
+
+/// What the controller has been told: the process list as of the last snapshot or
+/// delta, and that message's sequence number.
+#[derive(Default)]
+struct Sent {
+    processes: HashMap<u32, apb::ProcessInfo>,
+    seq: u64,
+}
+
+impl Sent {
+    /// A full snapshot (the first message, and after a `Resync`).
+    fn snapshot(&mut self, now: HashMap<u32, apb::ProcessInfo>) -> cpb::agent_message::Body {
+        self.processes = now;
+        self.seq += 1;
+        cpb::agent_message::Body::Snapshot(cpb::Snapshot {
+            processes: self.processes.values().cloned().collect(),
+            seq: self.seq,
+        })
+    }
+
+    /// The instances whose state changed (not just their metrics) and those gone, or
+    /// `None` when nothing did.
+    fn state_delta(
+        &mut self,
+        now: HashMap<u32, apb::ProcessInfo>,
+    ) -> Option<cpb::agent_message::Body> {
+        let changed: Vec<apb::ProcessInfo> = (now.values())
+            .filter(|p| (self.processes.get(&p.id)).is_none_or(|old| !same_state(old, p)))
+            .cloned()
+            .collect();
+        let removed: Vec<u32> = (self.processes.keys())
+            .filter(|id| !now.contains_key(id))
+            .copied()
+            .collect();
+        if changed.is_empty() && removed.is_empty() {
+            return None;
+        }
+        for p in &changed {
+            self.processes.insert(p.id, p.clone());
+        }
+        for id in &removed {
+            self.processes.remove(id);
+        }
+        self.seq += 1;
+        Some(cpb::agent_message::Body::Delta(cpb::Delta {
+            changed,
+            removed,
+            seq: self.seq,
+        }))
+    }
+
+    /// The heartbeat carries the metrics that moved since the last one. Deltas count
+    /// up by one; a heartbeat repeats the last sequence number, so the controller can
+    /// tell it missed nothing.
+    fn heartbeat(&mut self, now: HashMap<u32, apb::ProcessInfo>) -> cpb::agent_message::Body {
+        let moved: Vec<apb::ProcessInfo> = (now.values())
+            .filter(|p| self.processes.get(&p.id) != Some(*p))
+            .cloned()
+            .collect();
+        if moved.is_empty() {
+            return cpb::agent_message::Body::Heartbeat(cpb::Heartbeat { seq: self.seq });
+        }
+        for p in &moved {
+            self.processes.insert(p.id, p.clone());
+        }
+        self.seq += 1;
+        cpb::agent_message::Body::Delta(cpb::Delta {
+            changed: moved,
+            removed: Vec::new(),
+            seq: self.seq,
+        })
+    }
+}
+
+/// The log subscriptions the controller holds on this agent, each a forwarding task.
+#[derive(Default)]
+struct Subscriptions(HashMap<u64, tokio::task::JoinHandle<()>>);
+
+impl Subscriptions {
+    /// Acts on a controller message; returns whether it asked for a fresh snapshot.
+    fn dispatch(
+        &mut self,
+        message: cpb::ControllerMessage,
+        operations: &Operations,
+        tx: &mpsc::Sender<cpb::AgentMessage>,
+        host: &str,
+    ) -> bool {
+        match message.body {
+            Some(cpb::controller_message::Body::Command(command)) => {
+                let (operations, tx, host) = (operations.clone(), tx.clone(), host.to_string());
+                tokio::spawn(async move {
+                    let result = execute(&operations, command, &host).await;
+                    let body = Some(cpb::agent_message::Body::Result(result));
+                    let _ = tx.send(cpb::AgentMessage { body }).await;
+                });
+            }
+            Some(cpb::controller_message::Body::Subscribe(subscribe)) => {
+                let id = subscribe.subscription_id;
+                let forward = forward_logs(operations.clone(), subscribe, tx.clone(), host.into());
+                if let Some(old) = self.0.insert(id, tokio::spawn(forward)) {
+                    old.abort();
+                }
+            }
+            Some(cpb::controller_message::Body::Unsubscribe(unsubscribe)) => {
+                if let Some(task) = self.0.remove(&unsubscribe.subscription_id) {
+                    task.abort();
+                }
+            }
+            Some(cpb::controller_message::Body::Resync(_)) => return true,
+            Some(cpb::controller_message::Body::Welcome(_)) | None => {}
+        }
+        false
+    }
+
+    fn abort_all(self) {
+        for task in self.0.into_values() {
+            task.abort();
+        }
+    }
 }
 
 /// Runs a controller command through the same operations as the local API, mapped
@@ -460,4 +510,52 @@ fn boot_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     format!("{}-{started}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: u32, status: apb::ProcessStatus, cpu: f64) -> (u32, apb::ProcessInfo) {
+        let info = apb::ProcessInfo {
+            id,
+            status: status as i32,
+            cpu_percent: cpu,
+            ..Default::default()
+        };
+        (id, info)
+    }
+
+    #[test]
+    fn deltas_count_up_and_heartbeats_repeat_the_last_sequence_number() {
+        let mut sent = Sent::default();
+        let online = HashMap::from([info(0, apb::ProcessStatus::Online, 1.0)]);
+        assert!(matches!(
+            sent.snapshot(online.clone()),
+            cpb::agent_message::Body::Snapshot(cpb::Snapshot { seq: 1, .. })
+        ));
+        // Nothing changed: no delta, and the heartbeat repeats 1.
+        assert!(sent.state_delta(online.clone()).is_none());
+        assert!(matches!(
+            sent.heartbeat(online),
+            cpb::agent_message::Body::Heartbeat(cpb::Heartbeat { seq: 1 })
+        ));
+        // Metrics alone wait for the heartbeat, which then carries them as a delta.
+        let busier = HashMap::from([info(0, apb::ProcessStatus::Online, 50.0)]);
+        assert!(sent.state_delta(busier.clone()).is_none());
+        assert!(matches!(
+            sent.heartbeat(busier),
+            cpb::agent_message::Body::Delta(cpb::Delta { seq: 2, .. })
+        ));
+        // A state change and a removal go out at once.
+        let stopped = HashMap::from([info(1, apb::ProcessStatus::Stopped, 0.0)]);
+        match sent.state_delta(stopped) {
+            Some(cpb::agent_message::Body::Delta(delta)) => {
+                assert_eq!(delta.seq, 3);
+                assert_eq!(delta.removed, vec![0]);
+                assert_eq!(delta.changed.len(), 1);
+            }
+            other => panic!("expected a delta, got {other:?}"),
+        }
+    }
 }

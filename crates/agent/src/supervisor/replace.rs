@@ -119,48 +119,15 @@ impl Supervisor {
             let instance = &self.instances[&id];
             instance.spec.instance_env(instance.instance)
         };
-        let mut listener: Option<OwnedFd> = None;
-        let mut private_port = None;
-        if shared_mode {
-            self.ensure_port(&spec)?;
-            match &self.ports[&spec.name] {
-                AppPort::Shared {
-                    listener: socket, ..
-                } => {
-                    let fd = socket
-                        .try_clone()
-                        .map_err(|e| format!("cannot pass the listening socket: {e}"))?;
-                    listener = Some(OwnedFd::from(fd));
-                    env.insert("LISTEN_FDS".into(), "1".into());
-                    env.insert("LISTEN_FDNAMES".into(), spec.name.clone());
-                }
-                AppPort::Proxy { .. } => {
-                    let port = cluster::free_loopback_port()
-                        .map_err(|e| format!("cannot find a free port: {e}"))?;
-                    env.insert("PORT".into(), port.to_string());
-                    private_port = Some(port);
-                }
-            }
-        }
+        let (listener, private_port) = if shared_mode {
+            self.port_for_instance(&spec, &mut env)?
+        } else {
+            (None, None)
+        };
 
         let mut probes = Probes::default();
         if spec.wait_ready {
-            let path = self
-                .home
-                .root
-                .join("notify")
-                .join(format!("{id}-{generation}.sock"));
-            let tx = self.tx.clone();
-            let socket = readiness::notify_socket(&path, move |signal| {
-                let _ = tx.send(Msg::Readiness {
-                    id,
-                    generation,
-                    signal,
-                });
-            })
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-            env.insert("NOTIFY_SOCKET".into(), path.display().to_string());
-            probes.notify = Some(socket);
+            probes.notify = Some(self.notify_socket(id, generation, &mut env)?);
         }
 
         let instance = self.instances.get_mut(&id).ok_or("the instance is gone")?;
@@ -188,19 +155,7 @@ impl Supervisor {
         instance.healthy = true;
         instance.draining = false;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        for pipe in [
-            stdout.as_ref().map(|p| p.as_fd()),
-            stderr.as_ref().map(|p| p.as_fd()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            // Best effort: a smaller pipe only means more hand-offs.
-            let _ = nix::fcntl::fcntl(
-                pipe,
-                nix::fcntl::FcntlArg::F_SETPIPE_SZ(crate::logs::PIPE_CAPACITY as i32),
-            );
-        }
+        enlarge_pipes(&stdout, &stderr);
         self.hub.capture(io, stdout, stderr);
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -233,6 +188,59 @@ impl Supervisor {
         instance.probes = probes;
         tracing::info!(app = %spec.name, id, pid, "instance started");
         Ok(())
+    }
+
+    /// The app's shared socket (passed as fd 3, `LISTEN_FDS`) or, behind the proxy, a
+    /// private port (`PORT`) for one instance's process.
+    fn port_for_instance(
+        &mut self,
+        spec: &fleet_config::AppSpec,
+        env: &mut std::collections::BTreeMap<String, String>,
+    ) -> Result<(Option<OwnedFd>, Option<u16>), String> {
+        self.ensure_port(spec)?;
+        match &self.ports[&spec.name] {
+            AppPort::Shared {
+                listener: socket, ..
+            } => {
+                let fd = socket
+                    .try_clone()
+                    .map_err(|e| format!("cannot pass the listening socket: {e}"))?;
+                env.insert("LISTEN_FDS".into(), "1".into());
+                env.insert("LISTEN_FDNAMES".into(), spec.name.clone());
+                Ok((Some(OwnedFd::from(fd)), None))
+            }
+            AppPort::Proxy { .. } => {
+                let port = cluster::free_loopback_port()
+                    .map_err(|e| format!("cannot find a free port: {e}"))?;
+                env.insert("PORT".into(), port.to_string());
+                Ok((None, Some(port)))
+            }
+        }
+    }
+
+    /// The sd_notify socket of one process (`NOTIFY_SOCKET`), reporting to this task.
+    fn notify_socket(
+        &self,
+        id: u32,
+        generation: u64,
+        env: &mut std::collections::BTreeMap<String, String>,
+    ) -> Result<NotifySocket, String> {
+        let path = self
+            .home
+            .root
+            .join("notify")
+            .join(format!("{id}-{generation}.sock"));
+        let tx = self.tx.clone();
+        let socket = readiness::notify_socket(&path, move |signal| {
+            let _ = tx.send(Msg::Readiness {
+                id,
+                generation,
+                signal,
+            });
+        })
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        env.insert("NOTIFY_SOCKET".into(), path.display().to_string());
+        Ok(socket)
     }
 
     /// Binds the app's port the first time an instance needs it; afterwards it stays
@@ -575,5 +583,23 @@ impl Supervisor {
             }
         }
         Ok(Reply::Touched(touched, Vec::new()))
+    }
+}
+
+/// Larger pipes for a process's output, so a chatty app is handed off less often.
+/// Best effort: a smaller pipe only means more hand-offs.
+fn enlarge_pipes(
+    stdout: &Option<tokio::process::ChildStdout>,
+    stderr: &Option<tokio::process::ChildStderr>,
+) {
+    let pipes = [
+        stdout.as_ref().map(|p| p.as_fd()),
+        stderr.as_ref().map(|p| p.as_fd()),
+    ];
+    for pipe in pipes.into_iter().flatten() {
+        let _ = nix::fcntl::fcntl(
+            pipe,
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(crate::logs::PIPE_CAPACITY as i32),
+        );
     }
 }
