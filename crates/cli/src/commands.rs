@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use fleet_config::{AppSpec, ConfigFile, Instances, LoadOptions};
 use fleet_proto::agent::v1 as pb;
-use fleet_proto::controller::v1::Action;
 
 use crate::client::{self, Client};
 use crate::output;
@@ -15,98 +14,16 @@ use crate::{Command, Failure, fleet, status_error};
 type Result<T> = std::result::Result<T, Failure>;
 
 pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
+    if let Some(result) = fleet::route(&command, accept_new_host_keys).await {
+        return result;
+    }
     let home = client::home()?;
-    // A first word naming a stage of fleet.toml makes it a fleet command.
-    // `fleet restart production api`: an action across a stage's hosts.
-    let stage_action = match &command {
-        Command::Start(args) => Some((&args.targets, Action::Start)),
-        Command::Stop(args) => Some((&args.targets, Action::Stop)),
-        Command::Restart(args) => Some((&args.targets, Action::Restart)),
-        Command::Reload(args) => Some((&args.targets, Action::Reload)),
-        _ => None,
-    };
-    if let Some((targets, action)) = stage_action
-        && targets.len() >= 2
-        && let Some((stage, targets)) = fleet::stage_of(targets)?
-    {
-        return fleet::command(&stage, action, targets, accept_new_host_keys).await;
-    }
-    match &command {
-        Command::Status(args) => {
-            if let Some(name) = &args.stage {
-                let stage = fleet_remote::stage::find(name)?.ok_or_else(|| {
-                    Failure::usage(format!(
-                        "no stage {name:?}: fleet.toml has no [deploy.{name}]\nhint: `fleet status` without a stage lists this host's apps"
-                    ))
-                })?;
-                return fleet::status(&stage, args.json, accept_new_host_keys).await;
-            }
-        }
-        Command::Logs(args) => {
-            if let Some((stage, targets)) = fleet::stage_of(&args.targets)? {
-                return fleet::logs(&stage, targets, args, accept_new_host_keys).await;
-            }
-        }
-        _ => {}
-    }
     match command {
         Command::Deploy(args) => crate::deploy::run(args, accept_new_host_keys).await,
-        Command::Status(args) => {
-            let mut client = agent(&home).await?;
-            let processes = list(&mut client, Vec::new(), false).await?;
-            if args.json {
-                output::print_json(&processes, false);
-            } else {
-                output::print_table(&processes);
-            }
-            Ok(())
-        }
-        Command::Ping => {
-            let mut client = agent(&home).await?;
-            let hello = client
-                .hello(fleet_proto::ops::hello_request())
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            println!(
-                "pong: agent {} (pid {}) at {}",
-                hello.agent_version, hello.agent_pid, hello.home
-            );
-            Ok(())
-        }
-        Command::Kill => {
-            let Some(mut client) = client::connect(&home, false).await? else {
-                println!("the agent is not running");
-                return Ok(());
-            };
-            let pid = client
-                .hello(fleet_proto::ops::hello_request())
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .agent_pid;
-            let stopped = client
-                .kill(pb::KillRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .stopped;
-            // Return only once the agent is gone, so the next command starts a new one
-            // instead of reaching one that is shutting down.
-            client::wait_exit(pid as i32).await?;
-            println!("stopped {stopped} instance(s) and the agent");
-            Ok(())
-        }
-        Command::List(args) => {
-            let mut client = agent(&home).await?;
-            let processes = list(&mut client, Vec::new(), false).await?;
-            if args.json {
-                output::print_json(&processes, false);
-            } else {
-                output::print_table(&processes);
-            }
-            Ok(())
-        }
+        Command::Status(args) => list_command(&home, args.json).await,
+        Command::List(args) => list_command(&home, args.json).await,
+        Command::Ping => ping(&home).await,
+        Command::Kill => kill(&home).await,
         Command::Describe(args) => {
             let mut client = agent(&home).await?;
             let targets = expand_config_targets(&args.targets, &[])?;
@@ -120,76 +37,21 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
         }
         Command::Start(args) => start(&home, args).await,
         Command::Monit => crate::monit::run(&home).await,
-        Command::Reload(args) => {
-            let mut client = agent(&home).await?;
-            let (targets, apps) = targets_and_apps(&args.targets, &args.env_stage, &args.only)?;
-            let response = client
-                .reload(pb::ReloadRequest {
-                    targets,
-                    apps,
-                    update_env: args.update_env,
-                    cli_env: cli_env(),
-                    parallel: args.parallel,
-                    ..Default::default()
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            report(&mut client, response).await
-        }
+        Command::Reload(args) => reload(&home, args).await,
         Command::Scale(args) => {
             let mut client = agent(&home).await?;
-            let response = client
-                .scale(pb::ScaleRequest {
-                    app: args.app,
-                    count: args.count,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            report(&mut client, response).await
+            let request = pb::ScaleRequest {
+                app: args.app,
+                count: args.count,
+            };
+            let response = client.scale(request).await.map_err(status_error)?;
+            report(&mut client, response.into_inner()).await
         }
-        Command::Restart(args) => {
-            let mut client = agent(&home).await?;
-            let (targets, apps) = targets_and_apps(&args.targets, &args.env_stage, &args.only)?;
-            let response = client
-                .restart(pb::RestartRequest {
-                    targets,
-                    apps,
-                    update_env: args.update_env,
-                    cli_env: cli_env(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            report(&mut client, response).await
-        }
+        Command::Restart(args) => restart(&home, args).await,
         Command::Stop(args) => target_action(&home, args, TargetAction::Stop).await,
         Command::Delete(args) => target_action(&home, args, TargetAction::Delete).await,
         Command::Reset(args) => target_action(&home, args, TargetAction::Reset).await,
-        Command::SendSignal(args) => {
-            fleet_config::parse_signal(&args.signal).map_err(Failure::usage)?;
-            let mut client = agent(&home).await?;
-            let response = client
-                .send_signal(pb::SendSignalRequest {
-                    targets: args.targets,
-                    signal: args.signal.clone(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            output::print_warnings(&response.warnings);
-            for process in &response.processes {
-                println!(
-                    "sent {} to {} (id {}, pid {})",
-                    args.signal,
-                    process.name,
-                    process.id,
-                    process.pid.map_or("-".into(), |p| p.to_string())
-                );
-            }
-            Ok(())
-        }
+        Command::SendSignal(args) => send_signal(&home, args).await,
         Command::Save(args) => {
             let mut client = agent(&home).await?;
             let saved = client
@@ -201,44 +63,147 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
             Ok(())
         }
         Command::Logs(args) => logs(&home, args).await,
-        Command::Flush(args) => {
-            let mut client = agent(&home).await?;
-            let targets = expand_config_targets(&args.targets, &[])?;
-            let flushed = client
-                .flush(pb::TargetRequest { targets })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .files;
-            for file in &flushed {
-                println!("flushed {file}");
-            }
-            if flushed.is_empty() {
-                println!("no log file to flush");
-            }
-            Ok(())
-        }
+        Command::Flush(args) => flush(&home, args).await,
         Command::ReloadLogs => {
             let mut client = agent(&home).await?;
-            let files = client
-                .reload_logs(pb::ReloadLogsRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .files;
-            println!("reopened {files} log file(s)");
+            let request = pb::ReloadLogsRequest {};
+            let response = client.reload_logs(request).await.map_err(status_error)?;
+            println!("reopened {} log file(s)", response.into_inner().files);
             Ok(())
         }
         Command::Resurrect => {
             let mut client = agent(&home).await?;
-            let response = client
-                .resurrect(pb::ResurrectRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            report(&mut client, response).await
+            let request = pb::ResurrectRequest {};
+            let response = client.resurrect(request).await.map_err(status_error)?;
+            report(&mut client, response.into_inner()).await
         }
     }
+}
+
+/// `fleet list` (and `status` without a stage): every instance of this host.
+async fn list_command(home: &Path, json: bool) -> Result<()> {
+    let mut client = agent(home).await?;
+    let processes = list(&mut client, Vec::new(), false).await?;
+    if json {
+        output::print_json(&processes, false);
+    } else {
+        output::print_table(&processes);
+    }
+    Ok(())
+}
+
+async fn ping(home: &Path) -> Result<()> {
+    let mut client = agent(home).await?;
+    let hello = client
+        .hello(fleet_proto::ops::hello_request())
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "pong: agent {} (pid {}) at {}",
+        hello.agent_version, hello.agent_pid, hello.home
+    );
+    Ok(())
+}
+
+async fn kill(home: &Path) -> Result<()> {
+    let Some(mut client) = client::connect(home, false).await? else {
+        println!("the agent is not running");
+        return Ok(());
+    };
+    let pid = client
+        .hello(fleet_proto::ops::hello_request())
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .agent_pid;
+    let stopped = client
+        .kill(pb::KillRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .stopped;
+    // Return only once the agent is gone, so the next command starts a new one
+    // instead of reaching one that is shutting down.
+    client::wait_exit(pid as i32).await?;
+    println!("stopped {stopped} instance(s) and the agent");
+    Ok(())
+}
+
+async fn reload(home: &Path, args: crate::ReloadArgs) -> Result<()> {
+    let mut client = agent(home).await?;
+    let (targets, apps) = targets_and_apps(&args.targets, &args.env_stage, &args.only)?;
+    let response = client
+        .reload(pb::ReloadRequest {
+            targets,
+            apps,
+            update_env: args.update_env,
+            cli_env: cli_env(),
+            parallel: args.parallel,
+            ..Default::default()
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    report(&mut client, response).await
+}
+
+async fn restart(home: &Path, args: crate::RestartArgs) -> Result<()> {
+    let mut client = agent(home).await?;
+    let (targets, apps) = targets_and_apps(&args.targets, &args.env_stage, &args.only)?;
+    let response = client
+        .restart(pb::RestartRequest {
+            targets,
+            apps,
+            update_env: args.update_env,
+            cli_env: cli_env(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    report(&mut client, response).await
+}
+
+async fn send_signal(home: &Path, args: crate::SignalArgs) -> Result<()> {
+    fleet_config::parse_signal(&args.signal).map_err(Failure::usage)?;
+    let mut client = agent(home).await?;
+    let response = client
+        .send_signal(pb::SendSignalRequest {
+            targets: args.targets,
+            signal: args.signal.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_warnings(&response.warnings);
+    for process in &response.processes {
+        println!(
+            "sent {} to {} (id {}, pid {})",
+            args.signal,
+            process.name,
+            process.id,
+            process.pid.map_or("-".into(), |p| p.to_string())
+        );
+    }
+    Ok(())
+}
+
+async fn flush(home: &Path, args: crate::FlushArgs) -> Result<()> {
+    let mut client = agent(home).await?;
+    let targets = expand_config_targets(&args.targets, &[])?;
+    let flushed = client
+        .flush(pb::TargetRequest { targets })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .files;
+    for file in &flushed {
+        println!("flushed {file}");
+    }
+    if flushed.is_empty() {
+        println!("no log file to flush");
+    }
+    Ok(())
 }
 
 async fn logs(home: &Path, args: crate::LogsArgs) -> Result<()> {

@@ -6,7 +6,7 @@
 use fleet_proto::controller::v1::Action;
 use fleet_remote::stage::{self, LogsQuery, Stage, StageError};
 
-use crate::{Failure, LogsArgs, output};
+use crate::{Command, Failure, LogsArgs, output};
 
 type Result<T> = std::result::Result<T, Failure>;
 
@@ -17,6 +17,48 @@ impl From<StageError> for Failure {
         } else {
             Failure::failed(error.to_string())
         }
+    }
+}
+
+/// A command aimed at a stage rather than this host, run across the stage's hosts;
+/// `None` when the command is for this host. A first word naming a stage of the
+/// config file makes it a fleet command: `fleet restart production api`.
+pub async fn route(command: &Command, accept_new_host_keys: bool) -> Option<Result<()>> {
+    let (targets, action) = match command {
+        Command::Start(args) => (&args.targets, Action::Start),
+        Command::Stop(args) => (&args.targets, Action::Stop),
+        Command::Restart(args) => (&args.targets, Action::Restart),
+        Command::Reload(args) => (&args.targets, Action::Reload),
+        Command::Status(args) => {
+            let name = args.stage.as_ref()?;
+            return Some(match stage::find(name) {
+                Ok(Some(stage)) => status(&stage, args.json, accept_new_host_keys).await,
+                Ok(None) => Err(Failure::usage(format!(
+                    "no stage {name:?}: fleet.toml has no [deploy.{name}]\nhint: `fleet status` without a stage lists this host's apps"
+                ))),
+                Err(error) => Err(error.into()),
+            });
+        }
+        Command::Logs(args) => {
+            return match stage_of(&args.targets) {
+                Ok(Some((stage, targets))) => {
+                    Some(logs(&stage, targets, args, accept_new_host_keys).await)
+                }
+                Ok(None) => None,
+                Err(error) => Some(Err(error)),
+            };
+        }
+        _ => return None,
+    };
+    if targets.len() < 2 {
+        return None;
+    }
+    match stage_of(targets) {
+        Ok(Some((stage, targets))) => {
+            Some(command_on_stage(&stage, action, targets, accept_new_host_keys).await)
+        }
+        Ok(None) => None,
+        Err(error) => Some(Err(error)),
     }
 }
 
@@ -45,7 +87,7 @@ pub async fn status(stage: &Stage, json: bool, accept_new_host_keys: bool) -> Re
 }
 
 /// An action on every host of the stage.
-pub async fn command(
+pub async fn command_on_stage(
     stage: &Stage,
     action: Action,
     targets: Vec<String>,

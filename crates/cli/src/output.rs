@@ -223,9 +223,14 @@ fn new_table() -> Table {
 }
 
 pub fn print_table(processes: &[pb::ProcessInfo]) {
+    println!("{}", process_table(processes));
+}
+
+/// `fleet list`: one row per instance.
+pub fn process_table(processes: &[pb::ProcessInfo]) -> String {
     if processes.is_empty() {
-        println!("no app is running\nhint: `fleet start app.js` or `fleet start fleet.toml`");
-        return;
+        return "no app is running\nhint: `fleet start app.js` or `fleet start fleet.toml`"
+            .to_string();
     }
     let mut table = new_table();
     table.set_header(vec![
@@ -254,7 +259,7 @@ pub fn print_table(processes: &[pb::ProcessInfo]) {
             bytes(p.memory_bytes),
         ]);
     }
-    println!("{table}");
+    table.to_string()
 }
 
 /// `fleet status <stage>`: one table for every host, unreachable hosts after it.
@@ -262,29 +267,37 @@ pub fn print_fleet_status(outcomes: &[fleet_remote::stage::HostOutcome], json: b
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    if json {
-        let mut array = Vec::new();
-        for outcome in outcomes {
-            match &outcome.result {
-                Ok(processes) => {
-                    for p in processes {
-                        let mut value = process_json(p, false);
-                        value["host"] = json!(outcome.host);
-                        value["release"] = json!(fleet_remote::stage::release_of(&p.script));
-                        array.push(value);
-                    }
-                }
-                Err(error) => array.push(json!({
-                    "host": outcome.host,
-                    "reachable": false,
-                    "error": error,
-                    "last_seen_ms": outcome.last_seen_unix_ms,
-                })),
-            }
-        }
-        println!("{}", Value::Array(array));
+    if !json {
+        print!("{}", fleet_status_text(outcomes, now_ms));
         return;
     }
+    let mut array = Vec::new();
+    for outcome in outcomes {
+        match &outcome.result {
+            Ok(processes) => {
+                for p in processes {
+                    let mut value = process_json(p, false);
+                    value["host"] = json!(outcome.host);
+                    value["release"] = json!(fleet_remote::stage::release_of(&p.script));
+                    array.push(value);
+                }
+            }
+            Err(error) => array.push(json!({
+                "host": outcome.host,
+                "reachable": false,
+                "error": error,
+                "last_seen_ms": outcome.last_seen_unix_ms,
+            })),
+        }
+    }
+    println!("{}", Value::Array(array));
+}
+
+/// `fleet status <stage>`: a row per instance of every host, then a line for each
+/// host with no app or out of reach (`now_ms`: for how long it has been).
+pub fn fleet_status_text(outcomes: &[fleet_remote::stage::HostOutcome], now_ms: u64) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
     let mut table = new_table();
     table.set_header(vec![
         "host", "id", "name", "instance", "status", "pid", "cpu", "mem", "uptime", "↺", "release",
@@ -314,21 +327,24 @@ pub fn print_fleet_status(outcomes: &[fleet_remote::stage::HostOutcome], json: b
         }
     }
     if rows > 0 {
-        println!("{table}");
+        let _ = writeln!(text, "{table}");
     }
     for outcome in outcomes {
         match &outcome.result {
-            Ok(processes) if processes.is_empty() => println!("{}: no app", outcome.host),
+            Ok(processes) if processes.is_empty() => {
+                let _ = writeln!(text, "{}: no app", outcome.host);
+            }
             Ok(_) => {}
             Err(error) => {
                 let seen = outcome
                     .last_seen_unix_ms
                     .map(|at| format!(" (last seen {} ago)", duration(now_ms.saturating_sub(at))))
                     .unwrap_or_default();
-                println!("{}: unreachable: {error}{seen}", outcome.host);
+                let _ = writeln!(text, "{}: unreachable: {error}{seen}", outcome.host);
             }
         }
     }
+    text
 }
 
 /// The result of an action on each host.
@@ -489,6 +505,9 @@ pub fn releases_table(releases: &fleet_remote::deploy::Releases) -> comfy_table:
     }
     table
 }
+
+#[cfg(test)]
+mod views;
 
 #[cfg(test)]
 mod tests {

@@ -62,18 +62,53 @@ fn public_key_beside(path: &Path) -> Option<PublicKey> {
     russh::keys::load_public_key(PathBuf::from(public)).ok()
 }
 
-/// Tries each identity until the server accepts one.
+/// What was offered so far: for the error's list and to offer no key twice.
+#[derive(Default)]
+struct Attempts {
+    tried: Vec<String>,
+    offered: Vec<PublicKey>,
+    /// The server's RSA signature algorithm, asked once.
+    rsa_hash: Option<Option<HashAlg>>,
+}
+
+/// How an attempt ended, when it did not just go on to the next key.
+enum Outcome {
+    Accepted,
+    /// The server takes no more public keys.
+    NoMoreKeys,
+}
+
+/// Tries each identity until the server accepts one: the agent's (the configured
+/// keys' copies first), then the key files.
 pub async fn authenticate(
     handle: &mut Handle<Checker>,
     resolved: &Resolved,
     label: &str,
 ) -> Result<(), SshError> {
     let user = resolved.user.as_str();
-    let mut tried: Vec<String> = Vec::new();
-    let mut offered: Vec<PublicKey> = Vec::new();
-    let mut rsa_hash: Option<Option<HashAlg>> = None;
+    let mut attempts = Attempts::default();
+    let files = key_files(resolved);
+    let wanted: Vec<PublicKey> = files
+        .iter()
+        .filter_map(|(_, explicit, key)| match key {
+            KeyFile::Usable(key) if *explicit => Some(key.public_key().clone()),
+            KeyFile::Encrypted(public) if *explicit => Some(public.clone()),
+            _ => None,
+        })
+        .collect();
+    match try_agent(handle, resolved, &wanted, &mut attempts).await {
+        Some(Outcome::Accepted) => return Ok(()),
+        Some(Outcome::NoMoreKeys) => return Err(auth_error(label, user, attempts.tried)),
+        None => {}
+    }
+    if try_files(handle, user, label, files, &mut attempts).await? {
+        return Ok(());
+    }
+    Err(auth_error(label, user, attempts.tried))
+}
 
-    // Configured files first, defaults after: read once, used for the agent's order.
+/// Configured files first, defaults after, each read once (`true`: configured).
+fn key_files(resolved: &Resolved) -> Vec<(PathBuf, bool, KeyFile)> {
     let mut files: Vec<(PathBuf, bool)> = resolved
         .identity_files
         .iter()
@@ -87,103 +122,118 @@ pub async fn authenticate(
             }
         }
     }
-    let files: Vec<(PathBuf, bool, KeyFile)> = files
+    files
         .into_iter()
         .map(|(path, explicit)| {
             let key = read_key_file(&path);
             (path, explicit, key)
         })
-        .collect();
-    let wanted: Vec<PublicKey> = files
-        .iter()
-        .filter_map(|(_, explicit, key)| match key {
-            KeyFile::Usable(key) if *explicit => Some(key.public_key().clone()),
-            KeyFile::Encrypted(public) if *explicit => Some(public.clone()),
-            _ => None,
+        .collect()
+}
+
+/// The agent's identities; the copies of the configured keys go first, since sshd
+/// allows only MaxAuthTries (6) attempts. With IdentitiesOnly, only those.
+async fn try_agent(
+    handle: &mut Handle<Checker>,
+    resolved: &Resolved,
+    wanted: &[PublicKey],
+    attempts: &mut Attempts,
+) -> Option<Outcome> {
+    let user = resolved.user.as_str();
+    let mut agent = connect_agent(&mut attempts.tried).await?;
+    let identities = match agent.request_identities().await {
+        Ok(identities) => identities,
+        Err(error) => {
+            (attempts.tried).push(format!("ssh-agent (cannot list keys: {error})"));
+            return None;
+        }
+    };
+    let mut keys: Vec<PublicKey> = identities
+        .into_iter()
+        .filter_map(|identity| match identity {
+            AgentIdentity::PublicKey { key, .. } => Some(key),
+            // User certificates are not supported yet.
+            AgentIdentity::Certificate { .. } => None,
         })
         .collect();
-
-    if let Some(mut agent) = connect_agent(&mut tried).await {
-        match agent.request_identities().await {
-            Ok(identities) => {
-                let mut keys: Vec<PublicKey> = identities
-                    .into_iter()
-                    .filter_map(|identity| match identity {
-                        AgentIdentity::PublicKey { key, .. } => Some(key),
-                        // User certificates are not supported yet.
-                        AgentIdentity::Certificate { .. } => None,
-                    })
-                    .collect();
-                // The agent's copies of the configured keys go first: sshd allows
-                // only MaxAuthTries (6) attempts. With IdentitiesOnly, only those.
-                keys.sort_by_key(|key| !wanted.iter().any(|w| w.key_data() == key.key_data()));
-                if resolved.identities_only {
-                    keys.retain(|key| wanted.iter().any(|w| w.key_data() == key.key_data()));
-                }
-                for key in keys {
-                    let hash = hash_for(handle, &key, &mut rsa_hash).await;
-                    let described = format!("agent key {}", fingerprint(&key));
-                    let result = handle
-                        .authenticate_publickey_with(user, key.clone(), hash, &mut agent)
-                        .await;
-                    offered.push(key);
-                    match result {
-                        Ok(AuthResult::Success) => return Ok(()),
-                        Ok(AuthResult::Failure {
-                            remaining_methods, ..
-                        }) => {
-                            tried.push(described);
-                            if !remaining_methods.contains(&MethodKind::PublicKey) {
-                                return Err(auth_error(label, user, tried));
-                            }
-                        }
-                        Err(error) => {
-                            tried.push(format!("{described} (agent: {error})"));
-                        }
-                    }
+    keys.sort_by_key(|key| !wanted.iter().any(|w| w.key_data() == key.key_data()));
+    if resolved.identities_only {
+        keys.retain(|key| wanted.iter().any(|w| w.key_data() == key.key_data()));
+    }
+    for key in keys {
+        let hash = hash_for(handle, &key, &mut attempts.rsa_hash).await;
+        let described = format!("agent key {}", fingerprint(&key));
+        let result = handle
+            .authenticate_publickey_with(user, key.clone(), hash, &mut agent)
+            .await;
+        attempts.offered.push(key);
+        match result {
+            Ok(AuthResult::Success) => return Some(Outcome::Accepted),
+            Ok(AuthResult::Failure {
+                remaining_methods, ..
+            }) => {
+                attempts.tried.push(described);
+                if !remaining_methods.contains(&MethodKind::PublicKey) {
+                    return Some(Outcome::NoMoreKeys);
                 }
             }
-            Err(error) => tried.push(format!("ssh-agent (cannot list keys: {error})")),
+            Err(error) => {
+                (attempts.tried).push(format!("{described} (agent: {error})"));
+            }
         }
     }
+    None
+}
 
+/// The key files not already offered through the agent; `true` once one is accepted.
+async fn try_files(
+    handle: &mut Handle<Checker>,
+    user: &str,
+    label: &str,
+    files: Vec<(PathBuf, bool, KeyFile)>,
+    attempts: &mut Attempts,
+) -> Result<bool, SshError> {
     for (path, explicit, key) in files {
         let shown = path.display();
+        let offered = |public: &PublicKey, attempts: &Attempts| {
+            (attempts.offered.iter()).any(|o| o.key_data() == public.key_data())
+        };
         let key = match key {
             KeyFile::Usable(key) => key,
             KeyFile::Missing if explicit => {
-                tried.push(format!("{shown} (not found)"));
+                attempts.tried.push(format!("{shown} (not found)"));
                 continue;
             }
             KeyFile::Missing => continue,
             KeyFile::Encrypted(public) => {
-                if !offered.iter().any(|o| o.key_data() == public.key_data()) {
-                    tried.push(format!("{shown} (encrypted, skipped: add it to ssh-agent)"));
+                if !offered(&public, attempts) {
+                    let note = format!("{shown} (encrypted, skipped: add it to ssh-agent)");
+                    attempts.tried.push(note);
                 }
                 continue;
             }
             KeyFile::Unreadable(reason) => {
-                tried.push(format!("{shown} (unreadable: {reason})"));
+                (attempts.tried).push(format!("{shown} (unreadable: {reason})"));
                 continue;
             }
         };
         let public = key.public_key().clone();
-        if offered.iter().any(|o| o.key_data() == public.key_data()) {
+        if offered(&public, attempts) {
             continue;
         }
-        let hash = hash_for(handle, &public, &mut rsa_hash).await;
+        let hash = hash_for(handle, &public, &mut attempts.rsa_hash).await;
         let result = handle
             .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(*key), hash))
             .await;
-        offered.push(public);
+        attempts.offered.push(public);
         match result {
-            Ok(AuthResult::Success) => return Ok(()),
+            Ok(AuthResult::Success) => return Ok(true),
             Ok(AuthResult::Failure {
                 remaining_methods, ..
             }) => {
-                tried.push(shown.to_string());
+                attempts.tried.push(shown.to_string());
                 if !remaining_methods.contains(&MethodKind::PublicKey) {
-                    break;
+                    return Ok(false);
                 }
             }
             Err(error) => {
@@ -194,7 +244,7 @@ pub async fn authenticate(
             }
         }
     }
-    Err(auth_error(label, user, tried))
+    Ok(false)
 }
 
 fn auth_error(label: &str, user: &str, tried: Vec<String>) -> SshError {

@@ -1,0 +1,161 @@
+//! Parsing without sshd: destinations, ssh_config (first value wins, patterns,
+//! Include, Match), the precedence of settings, quoting and wildcards.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::ssh::SshSettings;
+use crate::ssh::options::{self, Destination, Role, SshConfig, StrictHostKeyChecking};
+
+#[test]
+fn destinations_parse_like_ssh() {
+    let parse = |s| Destination::parse(s).unwrap();
+    assert_eq!(
+        parse("deploy@web1:2222"),
+        Destination {
+            user: Some("deploy".into()),
+            host: "web1".into(),
+            port: Some(2222)
+        }
+    );
+    assert_eq!(parse("ssh://web1").host, "web1");
+    assert_eq!(parse("[::1]:22").host, "::1");
+    assert_eq!(parse("fe80::1").port, None);
+    assert!(Destination::parse("-oProxyCommand=x").is_err());
+    assert!(Destination::parse("web1:0").is_err());
+    assert!(Destination::parse("@web1").is_err());
+}
+
+#[test]
+fn ssh_config_first_value_wins_with_patterns_includes_and_match() {
+    let dir = TempDir::new().unwrap();
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    std::fs::write(
+        dir.path().join("conf.d/10-web.conf"),
+        "Host web*\n  User included\n",
+    )
+    .unwrap();
+    let config = format!(
+        "# global options come first\nConnectTimeout=7\n\
+         Host web? !web9\n  HostName %h.example.com\n  Port 2200\n  IdentityFile ~/.ssh/web_key\n\
+         Include {}/conf.d/*.conf\n\
+         Host *\n  User everyone\n  Port 22\n  IdentityFile \"/keys/with space\"\n\
+         \tStrictHostKeyChecking accept-new # trailing comment\n\
+         Match exec \"true\"\n  User never\n",
+        dir.path().display()
+    );
+    let mut warnings = Vec::new();
+    let config = SshConfig::parse(&config, &mut warnings);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("Match exec"), "{warnings:?}");
+    let settings = SshSettings::default();
+    let resolve = |host: &str| {
+        options::resolve(host, Role::Target, &settings, &Default::default(), &config).unwrap()
+    };
+    let web1 = resolve("web1");
+    assert_eq!(web1.hostname, "web1.example.com");
+    assert_eq!(web1.port, 2200);
+    assert_eq!(web1.user, "included");
+    assert_eq!(web1.connect_timeout, Duration::from_secs(7));
+    assert_eq!(web1.strict, StrictHostKeyChecking::AcceptNew);
+    let home = std::env::home_dir().unwrap();
+    assert_eq!(
+        web1.identity_files,
+        vec![home.join(".ssh/web_key"), PathBuf::from("/keys/with space")]
+    );
+    let web9 = resolve("web9");
+    assert_eq!(web9.hostname, "web9");
+    assert_eq!((web9.port, web9.user.as_str()), (22, "included"));
+    let db = resolve("deploy@db:2022");
+    assert_eq!((db.user.as_str(), db.port), ("deploy", 2022));
+}
+
+#[test]
+fn explicit_settings_beat_ssh_options_which_beat_the_config() {
+    let mut warnings = Vec::new();
+    let config = SshConfig::parse(
+        "Host *\n User fromconfig\n Port 2000\n ProxyJump cfgjump\n StrictHostKeyChecking no\n",
+        &mut warnings,
+    );
+    let options_layer = options::parse_ssh_options(
+        &["Port=3000".to_string(), "User optuser".to_string()],
+        &mut warnings,
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let settings = SshSettings {
+        user: Some("stageuser".into()),
+        accept_new_host_keys: true,
+        ..SshSettings::default()
+    };
+    let host = options::resolve("web", Role::Target, &settings, &options_layer, &config).unwrap();
+    assert_eq!((host.user.as_str(), host.port), ("stageuser", 3000));
+    assert_eq!(host.jumps, vec!["cfgjump".to_string()]);
+    // The user wrote `no`: --accept-new-host-keys does not make it stricter or laxer.
+    assert_eq!(host.strict, StrictHostKeyChecking::No);
+    // A jump host takes neither the stage's user nor its -o Port.
+    let jump = options::resolve(
+        "cfgjump",
+        Role::Jump { jumps: None },
+        &settings,
+        &options_layer,
+        &config,
+    )
+    .unwrap();
+    assert_eq!((jump.user.as_str(), jump.port), ("fromconfig", 2000));
+    // The config's ProxyJump applies to a first hop too (here: itself, which the
+    // pool skips).
+    assert_eq!(jump.jumps, vec!["cfgjump".to_string()]);
+    assert!(jump.identity_files.is_empty());
+
+    // A per-host key replaces the stage's key for that host only.
+    let settings = SshSettings {
+        key: Some("/keys/stage".into()),
+        host_keys: [("web2".to_string(), PathBuf::from("/keys/web2"))].into(),
+        ..SshSettings::default()
+    };
+    let key_of = |host| {
+        options::resolve(host, Role::Target, &settings, &options_layer, &config)
+            .unwrap()
+            .identity_files
+    };
+    assert_eq!(key_of("web2"), vec![PathBuf::from("/keys/web2")]);
+    assert_eq!(key_of("web3"), vec![PathBuf::from("/keys/stage")]);
+}
+
+#[test]
+fn remote_commands_are_quoted_for_sh() {
+    assert_eq!(crate::ssh::quote("it's"), r"'it'\''s'");
+    assert_eq!(
+        crate::ssh::remote_command("echo 'a b'", Duration::from_millis(1500)),
+        r"exec timeout -k 5 3 sh -c 'echo '\''a b'\'''"
+    );
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(crate::ssh::remote_command(
+            r#"printf '%s|' "$0" 'x'\''y' "a  b""#,
+            Duration::from_secs(5),
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "sh|x'y|a  b|");
+}
+
+#[test]
+fn wildcards_match_like_ssh() {
+    use options::{pattern_list_matches, wildcard_match};
+    assert!(wildcard_match("*.example.com", "a.b.example.com"));
+    assert!(wildcard_match("web?", "web1"));
+    assert!(!wildcard_match("web?", "web10"));
+    assert!(wildcard_match("*", ""));
+    assert!(pattern_list_matches(
+        "[10.0.0.1]:2222",
+        "[10.0.0.*]:2222,other"
+    ));
+    assert!(!pattern_list_matches(
+        "bad.example.com",
+        "*.example.com,!bad.*"
+    ));
+}
