@@ -203,7 +203,13 @@ fn deploy_and_revert_reach_five_hosts_without_a_failed_request() {
         return;
     };
     let hosts = d.names();
+    setup_twice_changes_nothing(&d, &hosts);
+    let (r1, r2) = deploy_and_revert_under_load(&d, &hosts, extra);
+    let r4 = prune_keeps_current_and_previous(&d, &hosts, extra, &r1, &r2);
+    list_exec_and_unlock_reach_every_host(&d, &hosts, &r4);
+}
 
+fn setup_twice_changes_nothing(d: &DeployBed, hosts: &[String]) {
     // setup twice: the second run changes nothing (same agent, binary not re-sent).
     d.deploy_ok(&["setup"]);
     let pids: Vec<String> = hosts.iter().map(|h| d.agent_pid(h)).collect();
@@ -222,11 +228,15 @@ fn deploy_and_revert_reach_five_hosts_without_a_failed_request() {
         pids
     );
     assert_eq!(hosts.iter().map(|h| stamp(h)).collect::<Vec<_>>(), stamps);
+}
 
+/// Deploys c1, then c2 under load on every host, then reverts to c1: no request
+/// fails. Returns the two release ids.
+fn deploy_and_revert_under_load(d: &DeployBed, hosts: &[String], extra: &str) -> (String, String) {
     // The first release.
     d.commit("c1", extra);
     let r1 = d.deploy_ok(&[])["release"].as_str().unwrap().to_string();
-    for host in &hosts {
+    for host in hosts {
         assert_eq!(d.current(host), r1, "{host}");
         assert!(
             d.answer(host).contains("version=c1"),
@@ -245,7 +255,7 @@ fn deploy_and_revert_reach_five_hosts_without_a_failed_request() {
     let r2 = summary["release"].as_str().unwrap().to_string();
     assert_ne!(r1, r2);
     let commit = summary["commit"].as_str().unwrap();
-    for host in &hosts {
+    for host in hosts {
         assert_eq!(d.current(host), r2, "{host}: one release id everywhere");
         assert!(
             d.answer(host).contains("version=c2"),
@@ -258,7 +268,7 @@ fn deploy_and_revert_reach_five_hosts_without_a_failed_request() {
         assert_eq!(built, format!("built {r2}"), "{host}: shared dir linked");
     }
     d.deploy_ok(&["revert"]);
-    for host in &hosts {
+    for host in hosts {
         assert_eq!(d.current(host), r1, "{host}");
         assert!(
             d.answer(host).contains("version=c1"),
@@ -281,27 +291,42 @@ fn deploy_and_revert_reach_five_hosts_without_a_failed_request() {
     assert_eq!(records[1]["result"], "ok");
     assert_eq!(records[2]["action"], "revert");
 
+    (r1, r2)
+}
+
+/// keep_releases = 2 over two more deploys; returns the last release id.
+fn prune_keeps_current_and_previous(
+    d: &DeployBed,
+    hosts: &[String],
+    extra: &str,
+    r1: &str,
+    r2: &str,
+) -> String {
     // keep_releases = 2 prunes old releases, never the current or the previous one:
     // after c3 the previous (r1, current before) stays although r2 is newer.
     d.commit("c3", extra);
     let r3 = d.deploy_ok(&[])["release"].as_str().unwrap().to_string();
-    for host in &hosts {
-        assert_eq!(d.releases(host), vec![r1.clone(), r2.clone(), r3.clone()]);
+    for host in hosts {
+        assert_eq!(
+            d.releases(host),
+            vec![r1.to_string(), r2.to_string(), r3.clone()]
+        );
     }
     d.commit("c4", extra);
     let r4 = d.deploy_ok(&[])["release"].as_str().unwrap().to_string();
-    for host in &hosts {
+    for host in hosts {
         assert_eq!(d.releases(host), vec![r3.clone(), r4.clone()], "{host}");
         assert!(!d.locked(host), "{host} still locked");
     }
 
+    r4
+}
+
+fn list_exec_and_unlock_reach_every_host(d: &DeployBed, hosts: &[String], r4: &str) {
     // list and curr agree with the hosts.
     let list = d.fleet.ok(&["deploy", "bed", "curr", "--json"]);
     let list: Vec<Value> = serde_json::from_str(&list).unwrap();
-    assert!(
-        list.iter().all(|h| h["current"] == r4.as_str()),
-        "{list:#?}"
-    );
+    assert!(list.iter().all(|h| h["current"] == r4), "{list:#?}");
 
     // exec runs in `current` on every host, its output prefixed with the host.
     let out = d.fleet.ok(&["deploy", "bed", "exec", "cat REVISION"]);
@@ -369,29 +394,44 @@ fn failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked() {
         return;
     };
     let hosts = d.names();
-    let address = |h: &str| d.bed.address(h).to_string();
     d.deploy_ok(&["setup"]);
     d.on_all("touch /srv/go");
     d.commit("c1", &extra);
     let r1 = d.deploy_ok(&[])["release"].as_str().unwrap().to_string();
 
-    // A post-deploy that fails on h2: h2 goes back, and so do the others (max_fail 0).
+    post_deploy_failure_rolls_every_host_back(&d, &hosts, &extra, &r1);
+    let r4 = a_held_lock_refuses_and_a_lost_host_comes_back(&d, &hosts, &extra, &r1);
+    interrupt_puts_every_host_back(&d, &hosts, &extra, &r4);
+    unknown_host_keys_are_refused(&d);
+}
+
+fn address(d: &DeployBed, host: &str) -> String {
+    d.bed.address(host).to_string()
+}
+
+/// A post-deploy that fails on h2: h2 goes back, and so do the others (max_fail 0).
+fn post_deploy_failure_rolls_every_host_back(
+    d: &DeployBed,
+    hosts: &[String],
+    extra: &str,
+    r1: &str,
+) {
     d.sh("h2", "touch /srv/fail-post-deploy");
-    d.commit("c2", &extra);
+    d.commit("c2", extra);
     let (code, summary, stderr) = d.deploy(&[]);
     assert_eq!(code, Some(1), "{summary:#}\n{stderr}");
-    let h2 = host_result(&summary, &address("h2"));
+    let h2 = host_result(&summary, &address(d, "h2"));
     assert_eq!(h2["result"], "failed", "{summary:#}");
     assert_eq!(h2["step"], "post-deploy", "{summary:#}");
-    assert_eq!(h2["release"], r1.as_str(), "{summary:#}");
+    assert_eq!(h2["release"], r1, "{summary:#}");
     for host in ["h1", "h3"] {
         assert_eq!(
-            host_result(&summary, &address(host))["result"],
+            host_result(&summary, &address(d, host))["result"],
             "rolled_back"
         );
     }
     assert_eq!(summary["rolled_back"], true);
-    for host in &hosts {
+    for host in hosts {
         assert_eq!(d.current(host), r1, "{host}");
         assert!(
             d.answer(host).contains("version=c1"),
@@ -401,11 +441,20 @@ fn failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked() {
         assert!(!d.locked(host), "{host} still locked");
     }
     d.sh("h2", "rm -f /srv/fail-post-deploy");
+}
 
+/// A held lock refuses a second deploy; a host cut off mid-deploy comes back
+/// unlocked and clean, and the next deploy works. Returns its release.
+fn a_held_lock_refuses_and_a_lost_host_comes_back(
+    d: &DeployBed,
+    hosts: &[String],
+    extra: &str,
+    r1: &str,
+) -> String {
     // A deploy waiting in pre-deploy holds every host's lock: a second one is refused,
     // naming the first one's owner and pid.
     d.on_all("rm -f /srv/go");
-    d.commit("c3", &extra);
+    d.commit("c3", extra);
     let first = d.deploy_in_background();
     let first_pid = first.id();
     let (code, _, stderr) = d.deploy(&[]);
@@ -426,12 +475,12 @@ fn failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked() {
         String::from_utf8_lossy(&output.stderr)
     );
     let r3 = summary["release"].as_str().unwrap().to_string();
-    let h2 = host_result(&summary, &address("h2"));
+    let h2 = host_result(&summary, &address(d, "h2"));
     assert_eq!(h2["result"], "failed", "{summary:#}");
     assert!(h2["error"].as_str().is_some_and(|e| !e.is_empty()));
     for host in ["h1", "h3"] {
         assert_eq!(
-            host_result(&summary, &address(host))["result"],
+            host_result(&summary, &address(d, host))["result"],
             "rolled_back"
         );
         assert_eq!(d.current(host), r1, "{host}");
@@ -450,15 +499,19 @@ fn failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked() {
     // Everything works again.
     d.sh("h2", "touch /srv/go");
     let r4 = d.deploy_ok(&[])["release"].as_str().unwrap().to_string();
-    for host in &hosts {
+    for host in hosts {
         assert_eq!(d.current(host), r4, "{host}");
         assert!(d.answer(host).contains("version=c3"), "{host}");
     }
 
+    r4
+}
+
+fn interrupt_puts_every_host_back(d: &DeployBed, hosts: &[String], extra: &str, r4: &str) {
     // Ctrl-C while hosts wait in pre-deploy: the steps in progress end, no host
     // switches, every host is unlocked and keeps serving r4; exit 1.
     d.on_all("rm -f /srv/go");
-    d.commit("c4", &extra);
+    d.commit("c4", extra);
     let interrupted = d.deploy_in_background();
     kill(interrupted.id() as i32, nix::sys::signal::Signal::SIGINT);
     d.on_all("touch /srv/go");
@@ -466,8 +519,8 @@ fn failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked() {
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
     assert_eq!(output.status.code(), Some(1), "{summary:#}");
     let r5 = summary["release"].as_str().unwrap().to_string();
-    for host in &hosts {
-        let result = host_result(&summary, &address(host));
+    for host in hosts {
+        let result = host_result(&summary, &address(d, host));
         assert_eq!(result["result"], "failed", "{summary:#}");
         assert!(
             result["error"]
@@ -481,7 +534,9 @@ fn failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked() {
         assert!(!d.releases(host).contains(&r5), "{host} kept {r5}");
         assert!(d.answer(host).contains("version=c3"), "{host}");
     }
+}
 
+fn unknown_host_keys_are_refused(d: &DeployBed) {
     // A host whose key is not in known_hosts is refused, with its fingerprint.
     let empty = d.fleet.file("empty_known_hosts", "");
     d.fleet.file(
@@ -492,7 +547,7 @@ fn failures_roll_back_locks_hold_and_a_lost_host_comes_back_unlocked() {
                 "host = [\"198.18.0.1\"]",
                 &format!(
                     "host = [\"{}\"]\nuser = \"root\"\nkey = \"{}\"\nssh_options = [\"UserKnownHostsFile={}\", \"GlobalKnownHostsFile=/dev/null\"]",
-                    address("h1"),
+                    address(d, "h1"),
                     d.bed.client_key().display(),
                     empty.display()
                 ),
@@ -547,42 +602,61 @@ fn setup_joins_agents_to_the_controller_and_deploys_land_in_its_audit_log() {
         return;
     };
     let controller = crate::controller::Controller::start(&d.bed);
-    let env = controller.env();
-    // Any `fleet` command through the controller: exit code, stdout as JSON, stderr.
-    let through_controller = |args: &[&str]| -> (Option<i32>, Value, String) {
-        let mut command = d.fleet.command(args);
-        for (key, value) in &env {
+    let via = ThroughController {
+        d: &d,
+        env: controller.env(),
+    };
+    let addresses: Vec<String> = d.bed.hosts.iter().map(|h| h.address.clone()).collect();
+    let hosts = d.names();
+    setup_joins_each_agent(&d, &via, &controller.url, &hosts);
+    a_second_setup_joins_nothing_again(&d, &via, &hosts);
+    let release = a_deploy_shows_in_the_controllers_status(&d, &via, &hosts, &addresses);
+    the_audit_log_has_the_setups_and_the_deploy(&controller, &addresses, &release);
+}
+
+/// `fleet` commands run with the controller's environment.
+struct ThroughController<'a> {
+    d: &'a DeployBed,
+    env: Vec<(&'static str, String)>,
+}
+
+impl ThroughController<'_> {
+    /// Any `fleet` command through the controller: exit code, stdout as JSON, stderr.
+    fn run(&self, args: &[&str]) -> (Option<i32>, Value, String) {
+        let mut command = self.d.fleet.command(args);
+        for (key, value) in &self.env {
             command.env(key, value);
         }
-        let output = d.fleet.run_with(command);
+        let output = self.d.fleet.run_with(command);
         let json = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
         (
             output.status.code(),
             json,
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
-    };
-    let deploy_ok = |args: &[&str]| -> Value {
+    }
+
+    fn deploy_ok(&self, args: &[&str]) -> Value {
         let mut all = vec!["deploy", "bed"];
         all.extend_from_slice(args);
         all.push("--json");
-        let (code, summary, stderr) = through_controller(&all);
+        let (code, summary, stderr) = self.run(&all);
         assert_eq!(code, Some(0), "deploy {args:?}: {summary:#}\n{stderr}");
         assert!(
             !stderr.contains("did not record"),
             "deploy {args:?} was not audited: {stderr}"
         );
         summary
-    };
-    let addresses: Vec<String> = d.bed.hosts.iter().map(|h| h.address.clone()).collect();
-    let hosts = d.names();
+    }
+}
 
+fn setup_joins_each_agent(d: &DeployBed, via: &ThroughController<'_>, url: &str, hosts: &[String]) {
     // setup installs each agent, joins it as the host is named in the stage (its
     // address) and starts it; the agents dial the controller on their own.
-    deploy_ok(&["setup"]);
-    for host in &hosts {
-        let (_, url) = d.sh(host, &format!("cat {HOST_FLEET_HOME}/controller/url"));
-        assert_eq!(url, controller.url, "{host} joined another controller");
+    via.deploy_ok(&["setup"]);
+    for host in hosts {
+        let (_, joined_url) = d.sh(host, &format!("cat {HOST_FLEET_HOME}/controller/url"));
+        assert_eq!(url, joined_url, "{host} joined another controller");
         let (_, name) = d.sh(host, &format!("cat {HOST_FLEET_HOME}/controller/host"));
         assert_eq!(
             name,
@@ -593,14 +667,20 @@ fn setup_joins_agents_to_the_controller_and_deploys_land_in_its_audit_log() {
     // With no app yet, a connected host contributes no line; one that never connected
     // is listed as unreachable and makes the exit code 1.
     wait_until("both agents connected to the controller", SETTLE, || {
-        let (code, status, _) = through_controller(&["status", "bed", "--json"]);
+        let (code, status, _) = via.run(&["status", "bed", "--json"]);
         code == Some(0)
             && status.as_array().is_some_and(|s| {
                 s.iter()
                     .all(|v| v.get("reachable") != Some(&Value::Bool(false)))
             })
     });
+}
 
+fn a_second_setup_joins_nothing_again(
+    d: &DeployBed,
+    via: &ThroughController<'_>,
+    hosts: &[String],
+) {
     // A second setup finds the agents joined to this controller: no new join (the
     // controller settings are not rewritten, no join token is asked for), same agents.
     let joined = |host: &str| {
@@ -618,21 +698,29 @@ fn setup_joins_agents_to_the_controller_and_deploys_land_in_its_audit_log() {
     };
     let stamps: Vec<String> = hosts.iter().map(|h| joined(h)).collect();
     let pids: Vec<String> = hosts.iter().map(|h| d.agent_pid(h)).collect();
-    deploy_ok(&["setup"]);
+    via.deploy_ok(&["setup"]);
     assert_eq!(hosts.iter().map(|h| joined(h)).collect::<Vec<_>>(), stamps);
     assert_eq!(
         hosts.iter().map(|h| d.agent_pid(h)).collect::<Vec<_>>(),
         pids
     );
+}
 
+/// A deploy through SSH, recorded by the controller; returns its release.
+fn a_deploy_shows_in_the_controllers_status(
+    d: &DeployBed,
+    via: &ThroughController<'_>,
+    hosts: &[String],
+    addresses: &[String],
+) -> String {
     // A deploy through SSH, recorded by the controller, whose status shows the app.
     d.commit("c1", "");
-    let release = deploy_ok(&[])["release"].as_str().unwrap().to_string();
+    let release = via.deploy_ok(&[])["release"].as_str().unwrap().to_string();
     wait_until(
         "the app on both hosts through the controller",
         SETTLE,
         || {
-            let (code, status, _) = through_controller(&["status", "bed", "--json"]);
+            let (code, status, _) = via.run(&["status", "bed", "--json"]);
             let status = status.as_array().cloned().unwrap_or_default();
             code == Some(0)
                 && addresses.iter().all(|address| {
@@ -645,7 +733,7 @@ fn setup_joins_agents_to_the_controller_and_deploys_land_in_its_audit_log() {
                 })
         },
     );
-    for host in &hosts {
+    for host in hosts {
         assert!(
             d.answer(host).contains("version=c1"),
             "{host}: {}",
@@ -653,6 +741,14 @@ fn setup_joins_agents_to_the_controller_and_deploys_land_in_its_audit_log() {
         );
     }
 
+    release
+}
+
+fn the_audit_log_has_the_setups_and_the_deploy(
+    controller: &crate::controller::Controller,
+    addresses: &[String],
+    release: &str,
+) {
     // The audit log, read while the controller runs.
     let audit = controller.audit();
     let with_action =
@@ -664,7 +760,7 @@ fn setup_joins_agents_to_the_controller_and_deploys_land_in_its_audit_log() {
     let mut update_targets = vec![Value::from(format!("release={release}"))];
     update_targets.extend(addresses.iter().map(|a| Value::from(a.as_str())));
     for (entry, targets) in [
-        (setups[0], Value::from(addresses.clone())),
+        (setups[0], Value::from(addresses.to_vec())),
         (updates[0], Value::from(update_targets)),
     ] {
         assert_eq!(entry["stage"], "bed", "{entry:#}");

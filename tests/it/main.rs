@@ -16,3 +16,5 @@ mod monit;
 mod persistence;
 mod start;
 mod testbed;
+mod tidy;
+mod triggers;

@@ -307,6 +307,15 @@ fn testbed_hosts_are_reachable_over_ssh_and_isolated() {
     let bed = TestBed::up(3, Some(&agent_binary()));
     assert_eq!(bed.hosts.len(), 3);
 
+    every_host_answers_over_ssh(&bed);
+    let probe = format!("/srv/testbed-probe-{}", bed.id);
+    srv_is_private_and_hosts_reach_each_other(&bed, &probe);
+    a_partition_cuts_a_host_off_until_healed(&bed);
+    a_killed_host_revives_fresh(&bed, &probe);
+    teardown_leaves_nothing(bed);
+}
+
+fn every_host_answers_over_ssh(bed: &TestBed) {
     // Every host answers on its own address, through its own sshd, with its agent up.
     for host in &bed.hosts {
         let addresses = assert_success(
@@ -350,23 +359,24 @@ fn testbed_hosts_are_reachable_over_ssh_and_isolated() {
         .arg("true");
     let output = run(ssh, COMMAND_TIMEOUT).expect("ssh by address hung");
     assert_success("ssh by address with client_key and known_hosts", &output);
+}
 
+fn srv_is_private_and_hosts_reach_each_other(bed: &TestBed, probe: &str) {
     // /srv is private to each host, shared by its sshd sessions and `exec`, and
     // invisible from the machine itself.
-    let probe = format!("/srv/testbed-probe-{}", bed.id);
     assert_success(
         "write the probe on h1",
         &bed.ssh("h1", &format!("echo h1 > {probe}")),
     );
     assert_eq!(
-        assert_success("exec cat on h1", &bed.exec("h1", &["cat", &probe])),
+        assert_success("exec cat on h1", &bed.exec("h1", &["cat", probe])),
         "h1\n"
     );
     assert_success(
         "h2 must not see h1's /srv",
         &bed.ssh("h2", &format!("test ! -e {probe}")),
     );
-    assert!(!Path::new(&probe).exists(), "{probe} leaked to the machine");
+    assert!(!Path::new(probe).exists(), "{probe} leaked to the machine");
 
     // Hosts reach each other over the bridge.
     let h2 = bed.address("h2").to_string();
@@ -375,7 +385,11 @@ fn testbed_hosts_are_reachable_over_ssh_and_isolated() {
         "h1 connects to h2",
         &bed.exec("h1", &["timeout", "2", "bash", "-c", &h1_to_h2]),
     );
+}
 
+fn a_partition_cuts_a_host_off_until_healed(bed: &TestBed) {
+    let h2 = bed.address("h2").to_string();
+    let h1_to_h2 = format!("exec 3<>/dev/tcp/{h2}/22");
     // A partition: h2 keeps running but neither the machine nor h1 reaches it.
     bed.partition("h2");
     wait_until("h2 unreachable", NETWORK_TIMEOUT, || !sshd_accepts(&h2));
@@ -395,7 +409,9 @@ fn testbed_hosts_are_reachable_over_ssh_and_isolated() {
     bed.heal("h2");
     wait_until("h2 reachable again", NETWORK_TIMEOUT, || sshd_accepts(&h2));
     assert_success("ssh h2 after heal", &bed.ssh("h2", "true"));
+}
 
+fn a_killed_host_revives_fresh(bed: &TestBed, probe: &str) {
     // A host loss: everything on h3 dies, /srv with it; revive brings back a fresh host.
     let h3 = bed.address("h3").to_string();
     assert_success(
@@ -417,8 +433,10 @@ fn testbed_hosts_are_reachable_over_ssh_and_isolated() {
         "h3's /srv is fresh after revive",
         &bed.ssh("h3", &format!("test ! -e {probe}")),
     );
+}
 
-    // Teardown leaves nothing: no namespace, link, process or state dir.
+/// Teardown leaves nothing: no namespace, link, process or state dir.
+fn teardown_leaves_nothing(bed: TestBed) {
     let id = bed.id;
     let dir = bed.dir.clone();
     drop(bed);
