@@ -372,14 +372,12 @@ impl Context {
                 let script = script::clone_release(
                     &host.path,
                     config.repo.as_deref().unwrap_or_default(),
-                    "",
                     release,
                     commit,
                     &script::Shared {
                         dirs: &config.shared_dirs,
                         files: &config.shared_files,
                     },
-                    false,
                 );
                 host.run(&Step::transfer(script, None)).await.map(drop)
             }

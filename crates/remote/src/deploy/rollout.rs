@@ -142,11 +142,7 @@ impl Context {
             .map(|r| r.strip_prefix("origin/").map(str::to_string).unwrap_or(r))
             .unwrap_or_else(|| "HEAD".to_string());
         let first = &self.hosts[0];
-        let shared = script::Shared {
-            dirs: &[],
-            files: &[],
-        };
-        let script = script::clone_release(&first.path, &repo, &git_ref, "", "", &shared, true);
+        let script = script::resolve_ref(&first.path, &repo, &git_ref);
         self.events.step(first.name(), "resolve ref");
         let host_error = |message: String| DeployError::Host {
             host: first.name().to_string(),

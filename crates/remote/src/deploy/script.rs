@@ -283,18 +283,9 @@ pub fn unpack(path: &RemotePath, release: &str, commit: &str, shared: &Shared<'_
     s
 }
 
-/// The clone strategy: updates the host's mirror of `repo`, resolves `git_ref` (or
-/// checks that `commit` is there), and exports that commit into `releases/<id>`.
-/// With `resolve_only`, prints `fleet:commit=<sha>` and stops.
-pub fn clone_release(
-    path: &RemotePath,
-    repo: &str,
-    git_ref: &str,
-    release: &str,
-    commit: &str,
-    shared: &Shared<'_>,
-    resolve_only: bool,
-) -> String {
+/// The clone strategy's mirror of `repo` on the host (`<path>/repo`), created or
+/// updated: the start of both of its scripts.
+fn update_mirror(path: &RemotePath, repo: &str) -> String {
     let mut s = prelude(path);
     let _ = write!(
         s,
@@ -310,14 +301,31 @@ fi
 "#,
         repo = quote(repo)
     );
-    if resolve_only {
-        let _ = writeln!(
-            s,
-            "echo \"fleet:commit=$(git -C \"$M\" rev-parse --verify --quiet {}^{{commit}})\"",
-            quote(git_ref)
-        );
-        return s;
-    }
+    s
+}
+
+/// The clone strategy, first host: updates the mirror and prints the commit
+/// `git_ref` names (`fleet:commit=<sha>`), so every host exports exactly that one.
+pub fn resolve_ref(path: &RemotePath, repo: &str, git_ref: &str) -> String {
+    let mut s = update_mirror(path, repo);
+    let _ = writeln!(
+        s,
+        "echo \"fleet:commit=$(git -C \"$M\" rev-parse --verify --quiet {}^{{commit}})\"",
+        quote(git_ref)
+    );
+    s
+}
+
+/// The clone strategy, every host: updates the mirror, checks that `commit` is there
+/// and exports it into `releases/<id>`.
+pub fn clone_release(
+    path: &RemotePath,
+    repo: &str,
+    release: &str,
+    commit: &str,
+    shared: &Shared<'_>,
+) -> String {
+    let mut s = update_mirror(path, repo);
     let _ = write!(
         s,
         r#"git -C "$M" cat-file -e {commit}^{{commit}} 2>/dev/null || {{ echo "commit {commit} is not in $M" >&2; exit 1; }}
@@ -491,11 +499,23 @@ pub fn agent_install(home: &str) -> String {
     )
 }
 
+/// What keeps the agent running on a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Supervision {
+    /// A system unit (root on a host where systemd runs).
+    SystemdSystem,
+    /// A user unit (another user on a host where systemd runs).
+    SystemdUser,
+    /// A detached daemon (no systemd).
+    Daemon,
+}
+
 /// Starts the agent: a systemd unit where systemd runs (a system unit for root, a user
 /// unit otherwise), else a detached daemon; waits for its socket.
-pub fn agent_start(home: &str, systemd: bool, root: bool) -> String {
+pub fn agent_start(home: &str, supervision: Supervision) -> String {
     let mut s = format!("set -eu\nH={}\nB=\"$H/bin/fleet-agent\"\n", quote(home));
-    if systemd {
+    if supervision != Supervision::Daemon {
+        let root = supervision == Supervision::SystemdSystem;
         let (dir, ctl) = if root {
             ("/etc/systemd/system", "systemctl")
         } else {
@@ -541,12 +561,12 @@ mv -f "$U.new" "$U"
     s
 }
 
-/// Writes the controller's CA for the agent's `join`, then joins.
 /// The controller URL the host's agent joined, if any.
 pub fn agent_controller_url(home: &str) -> String {
     format!("cat {}/controller/url 2>/dev/null || true", quote(home))
 }
 
+/// Writes the controller's CA for the agent's `join`, then joins.
 pub fn agent_join(home: &str, url: &str, token: &str, host: &str, ca_pem: &str) -> String {
     format!(
         "set -eu\nH={home}\nprintf '%s' {ca} > \"$H/controller-ca.pem\"\nchmod 600 \"$H/controller-ca.pem\"\n\"$H/bin/fleet-agent\" --home \"$H\" join {url} {token} --host {host} --ca \"$H/controller-ca.pem\" >/dev/null\n",
@@ -652,7 +672,8 @@ mod tests {
             unlock(&path, "t0k"),
             force_unlock(&path),
             unpack(&path, "r1", "abc", &shared),
-            clone_release(&path, "git@x:y.git", "main", "r1", "abc", &shared, false),
+            clone_release(&path, "git@x:y.git", "r1", "abc", &shared),
+            resolve_ref(&path, "git@x:y.git", "main"),
             discard(&path, "r1"),
             hook(
                 &path,
@@ -667,8 +688,8 @@ mod tests {
             setup_dirs(&path, &["logs".to_string()]),
             agent_probe("/srv/fleet"),
             agent_install("/srv/fleet"),
-            agent_start("/srv/fleet", true, true),
-            agent_start("/srv/fleet", false, false),
+            agent_start("/srv/fleet", Supervision::SystemdSystem),
+            agent_start("/srv/fleet", Supervision::Daemon),
             agent_join("/srv/fleet", "https://c:7443", "tok", "h1", "PEM'x"),
             watchdog(30),
         ];

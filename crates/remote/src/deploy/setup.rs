@@ -143,7 +143,12 @@ impl Context {
         match running {
             None => {
                 self.events.step(host.name(), "start agent");
-                let step = Step::quick(script::agent_start(&home, systemd, root));
+                let supervision = match (systemd, root) {
+                    (true, true) => script::Supervision::SystemdSystem,
+                    (true, false) => script::Supervision::SystemdUser,
+                    (false, _) => script::Supervision::Daemon,
+                };
+                let step = Step::quick(script::agent_start(&home, supervision));
                 host.run(&step).await.map_err(at("start agent"))?;
                 notes.push(if systemd {
                     "agent started (systemd unit fleet-agent.service)".to_string()
