@@ -13,6 +13,7 @@ mod http;
 mod lifecycle;
 mod logs;
 mod monit;
+mod node;
 mod persistence;
 mod start;
 mod testbed;

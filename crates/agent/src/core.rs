@@ -98,6 +98,7 @@ impl Policy {
             kill_timeout: Duration::from_millis(spec.kill_timeout_ms),
             needs_ready: spec.wait_ready
                 || spec.health_check.is_some()
+                || crate::node::is_cluster_worker(spec)
                 || (spec.exec_mode == fleet_config::ExecMode::Proxy && spec.port.is_some()),
             listen_timeout: Duration::from_millis(spec.listen_timeout_ms),
         }

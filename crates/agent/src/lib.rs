@@ -9,6 +9,7 @@ pub mod error;
 pub mod link;
 pub mod logs;
 pub mod metrics;
+pub mod node;
 pub mod operations;
 pub mod process;
 pub mod readiness;

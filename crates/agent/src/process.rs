@@ -99,6 +99,7 @@ pub fn spawn(
     capture_out: bool,
     capture_err: bool,
     listener: Option<OwnedFd>,
+    node_channel: Option<OwnedFd>,
 ) -> Result<tokio::process::Child, String> {
     let (program, leading) = spec
         .command
@@ -128,13 +129,23 @@ pub fn spawn(
             command
         }
     };
+    let mut mappings = Vec::new();
     if let Some(fd) = listener {
+        mappings.push(FdMapping {
+            parent_fd: fd,
+            child_fd: LISTEN_FD,
+        });
+    }
+    if let Some(fd) = node_channel {
+        mappings.push(FdMapping {
+            parent_fd: fd,
+            child_fd: crate::node::CHANNEL_FD,
+        });
+    }
+    if !mappings.is_empty() {
         command
-            .fd_mappings(vec![FdMapping {
-                parent_fd: fd,
-                child_fd: LISTEN_FD,
-            }])
-            .map_err(|e| format!("cannot pass the listening socket: {e}"))?;
+            .fd_mappings(mappings)
+            .map_err(|e| format!("cannot pass the listening socket or the IPC channel: {e}"))?;
     }
     command
         .args(leading)

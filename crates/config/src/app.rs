@@ -68,11 +68,6 @@ const UNSUPPORTED_KEYS: &[(&str, &str, &str)] = &[
         "run a fleet agent as that user, with its own FLEET_HOME",
     ),
     (
-        "shutdown_with_message",
-        "fleet has no IPC channel to send a shutdown message",
-        "handle a signal instead and set `kill_signal`",
-    ),
-    (
         "pid_file",
         "fleet does not write pid files",
         "read pids from `fleet list --json`",
@@ -231,12 +226,14 @@ pub(crate) fn read_app(
     policy.apply(&mut spec);
     logs.apply(&mut spec, opts);
     spec.source = Some(env.source.to_path_buf());
+    // A Node app in cluster mode shares what it binds as under PM2 (the agent is its
+    // cluster primary); other programs each bind their own address.
+    let shares_without_port = spec.exec_mode == ExecMode::Cluster && runs_on_node(&spec);
     if matches!(spec.exec_mode, ExecMode::Cluster | ExecMode::Proxy)
         && spec.port.is_none()
+        && !shares_without_port
         && let Some(f) = &exec_mode_field
     {
-        // PM2 ecosystems often say `cluster` and let Node's cluster module share the
-        // port the code binds; fleet shares a socket only when it knows the port.
         ctx.warn(
             f.line,
             &f.path,
@@ -245,6 +242,16 @@ pub(crate) fn read_app(
     }
     read.spec = Some(spec);
     Some(read)
+}
+
+/// Whether the app runs on Node (or Bun), whose instances speak Node's IPC protocol.
+pub fn runs_on_node(spec: &AppSpec) -> bool {
+    let is_node = |program: &str| {
+        let name = program.rsplit('/').next().unwrap_or(program);
+        name == "node" || name == "nodejs" || name == "bun" || name.starts_with("node@")
+    };
+    spec.interpreter.as_deref().is_some_and(is_node)
+        || spec.command.first().is_some_and(|program| is_node(program))
 }
 
 /// The script and the app's name (the table key, `name`, or the script's).

@@ -7,6 +7,8 @@
 //! with `reader`'s helpers, and `resolve` decides what to execute.
 
 mod app;
+
+pub use app::runs_on_node;
 mod deploy;
 mod discover;
 mod error;

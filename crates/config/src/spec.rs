@@ -79,6 +79,10 @@ pub struct AppSpec {
     /// A validated signal name such as `SIGINT`.
     pub kill_signal: String,
     pub wait_ready: bool,
+    /// PM2's `shutdown_with_message`: a stop sends `'shutdown'` over a Node app's IPC
+    /// channel instead of `kill_signal` (SIGKILL after `kill_timeout` still follows).
+    #[serde(default)]
+    pub shutdown_with_message: bool,
     pub listen_timeout_ms: u64,
     /// An HTTP check of each instance (`health_check = { path, interval, timeout }`).
     #[serde(default)]
@@ -242,6 +246,7 @@ impl AppSpec {
             kill_timeout_ms: DEFAULT_KILL_TIMEOUT_MS,
             kill_signal: DEFAULT_KILL_SIGNAL.to_string(),
             wait_ready: false,
+            shutdown_with_message: false,
             health_check: None,
             balance: Balance::RoundRobin,
             listen_timeout_ms: DEFAULT_LISTEN_TIMEOUT_MS,

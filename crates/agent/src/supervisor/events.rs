@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use crate::core::{Exit, Input, Status};
 use crate::metrics::TreeUsage;
+use crate::node::{self, Incoming};
 use crate::process;
+use crate::readiness;
 use crate::supervisor::{Supervisor, describe_exit, exit_of};
 
 impl Supervisor {
@@ -111,6 +113,70 @@ impl Supervisor {
                 );
                 instance.usage = TreeUsage::default();
                 self.work.push_back((instance.id, Input::Restart));
+            }
+        }
+    }
+}
+
+impl Supervisor {
+    /// A Node app's message: readiness, a cluster worker's request for a listening
+    /// socket, or a message for `fleet send --wait`.
+    pub(super) fn on_node_message(&mut self, id: u32, generation: u64, incoming: Incoming) {
+        let Some(instance) = self.instances.get(&id) else {
+            return;
+        };
+        let spec = instance.spec.clone();
+        match incoming {
+            // PM2 takes 'ready' only from apps that said they would send it.
+            Incoming::Ready if spec.wait_ready => {
+                self.on_readiness(id, generation, readiness::Signal::Ready)
+            }
+            Incoming::Listening if !spec.wait_ready && node::is_cluster_worker(&spec) => {
+                self.on_readiness(id, generation, readiness::Signal::Ready)
+            }
+            Incoming::Ready | Incoming::Listening => {}
+            Incoming::QueryServer(query) => self.answer_query(id, generation, &spec.name, query),
+            Incoming::Message(message) => {
+                let _ = self.node_messages.send((id, message));
+            }
+        }
+    }
+
+    /// Answers a cluster worker's `queryServer` with the app's socket for that
+    /// address, bound on first use, or with the bind's error.
+    fn answer_query(&mut self, id: u32, generation: u64, app: &str, query: node::Query) {
+        let sockets = self.node_sockets.entry(app.to_string()).or_default();
+        let key = query.address_key();
+        let socket = match sockets.get(&key) {
+            Some(socket) => socket
+                .try_clone()
+                .map_err(|e| -e.raw_os_error().unwrap_or(22)),
+            None => node::bind(&query).and_then(|socket| {
+                let copy = socket
+                    .try_clone()
+                    .map_err(|e| -e.raw_os_error().unwrap_or(22));
+                tracing::info!(app, address = %key, "cluster socket bound");
+                sockets.insert(key.clone(), socket);
+                copy
+            }),
+        };
+        let Some(instance) = self.instances.get(&id) else {
+            return;
+        };
+        // The asking process: the current one, or the standby during a reload.
+        let channel = if instance.generation == generation {
+            instance.probes.channel.as_ref()
+        } else {
+            instance.standby_channel(generation)
+        };
+        let Some(channel) = channel else {
+            return;
+        };
+        match socket {
+            Ok(socket) => channel.send_handle(query.reply(0), socket),
+            Err(errno) => {
+                tracing::warn!(app, address = %key, errno, "cannot bind for a cluster worker");
+                channel.send(query.reply(errno));
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::metrics::TreeUsage;
 pub struct Handle {
     pub(super) tx: mpsc::UnboundedSender<Msg>,
     pub(super) changed: watch::Receiver<u64>,
+    pub(super) node_messages: tokio::sync::broadcast::Sender<(u32, serde_json::Value)>,
 }
 
 impl Handle {
@@ -82,6 +83,12 @@ impl Handle {
                 return (views, false);
             }
         }
+    }
+
+    /// What Node apps send over their IPC channel (not the protocol's own messages),
+    /// with the instance's id, from now on.
+    pub fn node_messages(&self) -> tokio::sync::broadcast::Receiver<(u32, serde_json::Value)> {
+        self.node_messages.subscribe()
     }
 
     /// A receiver that changes whenever any instance does (the controller link sends

@@ -49,6 +49,9 @@ const GROUP_KILL_GRACE: Duration = Duration::from_secs(2);
 /// a write per restart, and an agent crash loses at most this much.
 const STATE_FLUSH_DELAY: Duration = Duration::from_millis(50);
 
+/// Messages from Node apps kept for `fleet send --wait` listeners that fall behind.
+const NODE_MESSAGE_BACKLOG: usize = 256;
+
 /// Time allowed beyond kill timeouts for an operation to settle (spawns are immediate).
 const SETTLE_SLACK: Duration = Duration::from_secs(5);
 /// Env keys whose values `describe` never prints.
@@ -260,6 +263,12 @@ enum Msg {
     },
     Usage(HashMap<u32, TreeUsage>),
     Flush,
+    /// A Node app's message over its IPC channel.
+    Node {
+        id: u32,
+        generation: u64,
+        incoming: crate::node::Incoming,
+    },
 }
 
 struct Instance {
@@ -305,6 +314,11 @@ struct Supervisor {
     hub: LogHub,
     /// Listening sockets and proxies, by app name, kept across restarts and reloads.
     ports: HashMap<String, replace::AppPort>,
+    /// Node cluster mode: the sockets bound for the workers' `queryServer`s, by app
+    /// name and address, kept across restarts and reloads until the app is deleted.
+    node_sockets: HashMap<String, HashMap<String, crate::node::Socket>>,
+    /// What Node apps send that is not the protocol's, by instance id (`fleet send`).
+    node_messages: tokio::sync::broadcast::Sender<(u32, serde_json::Value)>,
     reloading: HashSet<String>,
     /// `rotate_interval` timers by (pattern, time zone), shared by every app using them.
     rotation_timers: HashMap<(String, Option<String>), CronHandle>,
@@ -326,11 +340,14 @@ struct Supervisor {
 pub fn start(home: Home, hub: LogHub, saved: Vec<SavedProcess>) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
     let (changed, changed_rx) = watch::channel(0);
+    let (node_messages, _) = tokio::sync::broadcast::channel(NODE_MESSAGE_BACKLOG);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let mut supervisor = Supervisor {
         home,
         hub,
         ports: HashMap::new(),
+        node_sockets: HashMap::new(),
+        node_messages: node_messages.clone(),
         reloading: HashSet::new(),
         rotation_timers: HashMap::new(),
         next_generation: 0,
@@ -348,6 +365,7 @@ pub fn start(home: Home, hub: LogHub, saved: Vec<SavedProcess>) -> Handle {
     Handle {
         tx,
         changed: changed_rx,
+        node_messages,
     }
 }
 
@@ -407,6 +425,11 @@ impl Supervisor {
                 self.flush_pending = false;
                 self.write_state();
             }
+            Msg::Node {
+                id,
+                generation,
+                incoming,
+            } => self.on_node_message(id, generation, incoming),
         }
     }
 
@@ -460,10 +483,18 @@ impl Supervisor {
                 }
             },
             Action::SignalGroup => {
-                if let Some(pgid) = instance.pid {
-                    let signal = process::signal_from_name(&instance.spec.kill_signal)
-                        .unwrap_or(Signal::SIGINT);
-                    process::signal_group(pgid, signal);
+                let channel = instance.probes.channel.as_ref();
+                match (instance.pid, channel) {
+                    // PM2's `shutdown_with_message`: the message instead of the signal.
+                    (Some(_), Some(channel)) if instance.spec.shutdown_with_message => {
+                        channel.send(crate::node::SHUTDOWN.into());
+                    }
+                    (Some(pgid), _) => {
+                        let signal = process::signal_from_name(&instance.spec.kill_signal)
+                            .unwrap_or(Signal::SIGINT);
+                        process::signal_group(pgid, signal);
+                    }
+                    (None, _) => {}
                 }
             }
             Action::KillGroup => {

@@ -19,6 +19,7 @@ use crate::core::{self, Input, Status};
 use crate::error::AgentError;
 use crate::logs::Stream;
 use crate::metrics::TreeUsage;
+use crate::node;
 use crate::process;
 use crate::readiness::{self, NotifySocket};
 
@@ -57,6 +58,9 @@ impl AppPort {
 pub(super) struct Probes {
     notify: Option<NotifySocket>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Node's IPC channel: closing it makes a Node cluster worker exit, so it lives
+    /// as long as the process (into `Retiring` after a reload).
+    pub(super) channel: Option<node::Channel>,
 }
 
 impl Drop for Probes {
@@ -85,6 +89,17 @@ pub(super) struct Retiring {
     pid: i32,
     start_ticks: Option<u64>,
     generation: u64,
+    /// Kept until the process exits (see `Probes::channel`).
+    _channel: Option<node::Channel>,
+}
+
+impl Instance {
+    /// The IPC channel of the standby of `generation`, during a reload.
+    pub(super) fn standby_channel(&self, generation: u64) -> Option<&node::Channel> {
+        (self.standby.as_ref())
+            .filter(|standby| standby.generation == generation)
+            .and_then(|standby| standby.probes.channel.as_ref())
+    }
 }
 
 /// SIGKILLs what is left of an instance's previous processes (it is being removed).
@@ -119,6 +134,7 @@ impl Supervisor {
             let instance = &self.instances[&id];
             instance.spec.instance_env(instance.instance)
         };
+        pm2_env(&mut env, id, &spec);
         let (listener, private_port) = if shared_mode {
             self.port_for_instance(&spec, &mut env)?
         } else {
@@ -129,6 +145,20 @@ impl Supervisor {
         if spec.wait_ready {
             probes.notify = Some(self.notify_socket(id, generation, &mut env)?);
         }
+
+        let node_channel = if node::runs_on_node(&spec) {
+            let (channel, theirs) = self.node_channel(id, generation)?;
+            env.insert("NODE_CHANNEL_FD".into(), node::CHANNEL_FD.to_string());
+            env.insert("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into());
+            if node::is_cluster_worker(&spec) {
+                // Node's cluster worker: `cluster.isWorker`, listens through the agent.
+                env.insert("NODE_UNIQUE_ID".into(), id.to_string());
+            }
+            probes.channel = Some(channel);
+            Some(theirs)
+        } else {
+            None
+        };
 
         let instance = self.instances.get_mut(&id).ok_or("the instance is gone")?;
         let io = match &instance.log_io {
@@ -145,6 +175,7 @@ impl Supervisor {
             io.captures(Stream::Out),
             io.captures(Stream::Err),
             listener,
+            node_channel,
         )?;
         let pid = child.id().map(|p| p as i32);
         instance.generation = generation;
@@ -218,6 +249,19 @@ impl Supervisor {
         }
     }
 
+    /// A Node IPC channel for one process, reporting its messages to this task.
+    fn node_channel(&self, id: u32, generation: u64) -> Result<(node::Channel, OwnedFd), String> {
+        let tx = self.tx.clone();
+        node::Channel::open(move |incoming| {
+            let _ = tx.send(Msg::Node {
+                id,
+                generation,
+                incoming,
+            });
+        })
+        .map_err(|e| format!("cannot open the Node IPC channel: {e}"))
+    }
+
     /// The sd_notify socket of one process (`NOTIFY_SOCKET`), reporting to this task.
     fn notify_socket(
         &self,
@@ -271,10 +315,14 @@ impl Supervisor {
 
     /// Closes an app's port once no instance of it is left.
     pub(super) fn release_port_if_unused(&mut self, name: &str) {
-        if !self.instances.values().any(|p| p.spec.name == name)
-            && self.ports.remove(name).is_some()
-        {
+        if self.instances.values().any(|p| p.spec.name == name) {
+            return;
+        }
+        if self.ports.remove(name).is_some() {
             tracing::info!(app = %name, "port closed");
+        }
+        if let Some(sockets) = self.node_sockets.remove(name) {
+            tracing::info!(app = %name, sockets = sockets.len(), "cluster sockets closed");
         }
     }
 
@@ -395,8 +443,10 @@ impl Supervisor {
         let Some(standby) = instance.standby.take() else {
             return;
         };
+        let mut standby = standby;
         if let Some(pid) = standby.pid {
-            self.retire(id, pid, standby.start_ticks, standby.generation);
+            let channel = standby.probes.channel.take();
+            self.retire(id, pid, standby.start_ticks, standby.generation, channel);
         }
         tracing::info!(id, "replaced; the previous process drains");
         self.update_backends();
@@ -422,6 +472,7 @@ impl Supervisor {
         instance.start_ticks = standby.start_ticks;
         instance.generation = standby.generation;
         instance.private_port = standby.port;
+        let failed_channel = instance.probes.channel.take();
         instance.probes = standby.probes;
         instance.healthy = standby.healthy;
         instance.draining = standby.draining;
@@ -429,7 +480,7 @@ impl Supervisor {
         instance.replace_error = Some(reason);
         let restore_crashed = standby.pid.is_none();
         if let Some((pid, ticks, generation)) = failed {
-            self.retire(id, pid, ticks, generation);
+            self.retire(id, pid, ticks, generation, failed_channel);
         }
         if restore_crashed {
             // The previous process died meanwhile: an ordinary crash now.
@@ -447,10 +498,21 @@ impl Supervisor {
 
     /// Sends a process that no longer is the instance's its kill signal, and SIGKILL if
     /// it is still there after `kill_timeout`.
-    fn retire(&mut self, id: u32, pid: i32, start_ticks: Option<u64>, generation: u64) {
+    fn retire(
+        &mut self,
+        id: u32,
+        pid: i32,
+        start_ticks: Option<u64>,
+        generation: u64,
+        channel: Option<node::Channel>,
+    ) {
         let Some(instance) = self.instances.get_mut(&id) else {
             return;
         };
+        // PM2's `shutdown_with_message`: the message instead of the signal.
+        let message = (instance.spec.shutdown_with_message)
+            .then(|| channel.as_ref().map(|c| c.sender()))
+            .flatten();
         let signal =
             process::signal_from_name(&instance.spec.kill_signal).unwrap_or(Signal::SIGINT);
         // Behind the proxy, a connection handed to this process just before it left the
@@ -465,13 +527,17 @@ impl Supervisor {
             pid,
             start_ticks,
             generation,
+            _channel: channel,
         });
         let tx = self.tx.clone();
         let after = Duration::from_millis(instance.spec.kill_timeout_ms);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             if process::start_ticks(pid) == start_ticks {
-                process::signal_group(pid, signal);
+                match &message {
+                    Some(sender) => sender.send(node::SHUTDOWN.into()),
+                    None => process::signal_group(pid, signal),
+                }
             }
             tokio::time::sleep(after).await;
             let _ = tx.send(Msg::RetireKill { id, generation });
@@ -602,4 +668,22 @@ fn enlarge_pipes(
             nix::fcntl::FcntlArg::F_SETPIPE_SZ(crate::logs::PIPE_CAPACITY as i32),
         );
     }
+}
+
+/// The variables PM2 sets that apps read (`process.env.pm_id` is a common "am I the
+/// first instance" check): the process id, the app's name, its mode and script.
+fn pm2_env(
+    env: &mut std::collections::BTreeMap<String, String>,
+    id: u32,
+    spec: &fleet_config::AppSpec,
+) {
+    env.insert("pm_id".into(), id.to_string());
+    env.insert("name".into(), spec.name.clone());
+    let mode = match spec.exec_mode {
+        ExecMode::Fork => "fork_mode",
+        ExecMode::Cluster | ExecMode::Proxy => "cluster_mode",
+    };
+    env.insert("exec_mode".into(), mode.into());
+    env.insert("pm_exec_path".into(), spec.script.clone());
+    env.insert("pm_cwd".into(), spec.cwd.display().to_string());
 }

@@ -34,6 +34,7 @@ pub(super) struct Policy {
     kill_timeout: Option<u64>,
     kill_signal: Option<String>,
     wait_ready: Option<bool>,
+    shutdown_with_message: Option<bool>,
     listen_timeout: Option<u64>,
     stop_exit_codes: Option<Vec<i32>>,
     watch: Option<Vec<PathBuf>>,
@@ -116,6 +117,7 @@ pub(super) fn read_policy(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>, cwd: &Path) 
         }
     });
     let wait_ready = take_bool(ctx, r, &["wait_ready"]);
+    let shutdown_with_message = take_bool(ctx, r, &["shutdown_with_message"]);
     let listen_timeout = take_duration(ctx, r, &["listen_timeout"]);
     let stop_exit_codes = r
         .take(ctx, &["stop_exit_codes"])
@@ -146,6 +148,7 @@ pub(super) fn read_policy(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>, cwd: &Path) 
         kill_timeout,
         kill_signal,
         wait_ready,
+        shutdown_with_message,
         listen_timeout,
         stop_exit_codes,
         watch,
@@ -177,6 +180,7 @@ impl Policy {
         spec.kill_timeout_ms = self.kill_timeout.unwrap_or(spec.kill_timeout_ms);
         spec.kill_signal = self.kill_signal.unwrap_or(spec.kill_signal.clone());
         spec.wait_ready = self.wait_ready.unwrap_or(spec.wait_ready);
+        spec.shutdown_with_message = self.shutdown_with_message.unwrap_or(false);
         spec.listen_timeout_ms = self.listen_timeout.unwrap_or(spec.listen_timeout_ms);
         spec.stop_exit_codes = self.stop_exit_codes.unwrap_or_default();
         spec.watch = self.watch.unwrap_or_default();

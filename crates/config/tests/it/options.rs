@@ -573,3 +573,22 @@ cron_timezone = "../etc/passwd"
     assert!(text.contains("balance"), "{text}");
     assert!(text.contains("cron_timezone"), "{text}");
 }
+
+#[test]
+fn shutdown_with_message_is_taken_and_node_cluster_apps_need_no_port() {
+    let project = Project::new();
+    project.file("app.js", "");
+    let file = expect_ok(project.json(
+        r#"{"apps": [{"name": "a", "script": "app.js", "shutdown_with_message": true,
+            "instances": 2, "exec_mode": "cluster"}]}"#,
+    ));
+    let app = &file.apps[0];
+    assert!(app.shutdown_with_message);
+    // A Node app in cluster mode shares what it listens on (the agent is its cluster
+    // primary): no warning about a missing `port`.
+    assert!(
+        file.warnings.iter().all(|w| !w.contains("port")),
+        "{:?}",
+        file.warnings
+    );
+}
