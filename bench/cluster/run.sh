@@ -9,7 +9,11 @@
 #      information, proxy mode with steering off (the agent copies every byte); all
 #      run side by side and are measured in turns, several rounds, the median counting;
 #   2. failed requests (wrk socket errors + non-2xx answers) while the app is reloaded
-#      several times under load: `pm2 reload app`, `fleet reload app` (both fleet modes).
+#      several times under load: `pm2 reload app`, `fleet reload app` (both fleet modes);
+#   3. PM2's own case: PM2's ecosystem file (cluster mode, no port) run by fleet, the
+#      agent as the app's Node cluster primary: req/s beside PM2 and failed requests
+#      over the reloads; and the start-to-ready time of a wait_ready app that sends
+#      'ready' after 200 ms (without the IPC channel: listen_timeout).
 # and prints a table against the issue's targets (0 failed requests for fleet, socket
 # mode at least PM2's throughput, proxy mode at least 85% of socket mode).
 #
@@ -319,6 +323,53 @@ EOF
   PORT_OF[$mode]=$port
 }
 
+# start_fleet_node <graceful|close>: PM2's own ecosystem file, unchanged but for its
+# PORT (both run side by side): cluster mode with no `port` of fleet's, so the agent is
+# the app's Node cluster primary and every worker's listen(PORT) shares one socket.
+start_fleet_node() {
+  local stop=$1 mode=fleet-node port
+  [[ $stop == close ]] && mode=fleet-node-close
+  port=$(free_port)
+  cat >"$WORK/apps/$mode.config.js" <<EOF
+module.exports = { apps: [{ name: "app-node", script: "$APP", instances: 2, exec_mode: "cluster",
+  env: { PORT: "$port", BENCH_APP_STOP: "$stop" } }] };
+EOF
+  log "$mode: starting PM2's ecosystem file (cluster mode, no port) on port $port"
+  if ! timeout 60 "$FLEET" start "$WORK/apps/$mode.config.js" >"$WORK/$mode-start.out" 2>&1; then
+    R[$mode.skipped]="fleet start failed: $(grep -v '^\s*$' "$WORK/$mode-start.out" | head -1)"
+  elif ! wait_online fleet app-node 2 30 || ! wait_http "$port" 10; then
+    R[$mode.skipped]="app-node did not come online or did not answer on port $port"
+  fi
+  if [[ -n ${R[$mode.skipped]:-} ]]; then
+    log "$mode: ${R[$mode.skipped]}"
+    timeout 60 "$FLEET" delete app-node >/dev/null 2>&1 || true
+    return 0
+  fi
+  PORT_OF[$mode]=$port
+}
+
+# ready_time: from `fleet start` to online for a wait_ready app that sends 'ready'
+# 200 ms after it starts (PM2's documented pattern); without the IPC channel it would
+# wait out listen_timeout (3 s).
+ready_time() {
+  cat >"$WORK/apps/ready.js" <<'EOF'
+setTimeout(() => process.send('ready'), 200);
+setInterval(() => {}, 1000);
+EOF
+  cat >"$WORK/apps/ready.toml" <<EOF
+[apps.ready]
+script = "$WORK/apps/ready.js"
+wait_ready = true
+listen_timeout = 3000
+EOF
+  local t0
+  t0=$(now_us)
+  timeout 60 "$FLEET" start "$WORK/apps/ready.toml" >"$WORK/ready-start.out" 2>&1 || { R[ready.ms]=-; return; }
+  wait_online fleet ready 1 10 || { R[ready.ms]=-; return; }
+  R[ready.ms]=$(ms_since "$t0")
+  timeout 60 "$FLEET" delete ready >/dev/null 2>&1 || true
+}
+
 # How the instances of a fleet app listened (app.js logs it): on fd 3 in socket mode.
 listened() { # <mode> <app name>
   sleep 0.5 # the last instance's line may still be on its way to the log file
@@ -333,12 +384,13 @@ start_direct
 start_fleet socket graceful
 start_fleet proxy graceful
 start_fleet proxy-user graceful
+start_fleet_node graceful
 
 # Throughput in turns (direct, PM2, socket, proxy, and again), so that a change in the
 # machine's load during the run weighs on every setup alike; the median counts.
 MODES=(direct)
 ((WITH_PM2)) && MODES+=(pm2)
-for m in fleet-socket fleet-proxy fleet-proxy-user; do [[ -z ${R[$m.skipped]:-} ]] && MODES+=("$m"); done
+for m in fleet-socket fleet-proxy fleet-proxy-user fleet-node; do [[ -z ${R[$m.skipped]:-} ]] && MODES+=("$m"); done
 for ((round = 1; round <= ROUNDS; round++)); do
   for m in "${MODES[@]}"; do measure "$m" "${PORT_OF[$m]}" "$round"; done
 done
@@ -360,6 +412,8 @@ for kind in socket proxy; do
   reload_test "fleet-$kind" fleet "app-$kind" "${PORT_OF[fleet-$kind]}"
   listened "fleet-$kind" "app-$kind"
 done
+[[ -z ${R[fleet-node.skipped]:-} ]] && reload_test fleet-node fleet app-node "${PORT_OF[fleet-node]}"
+ready_time
 timeout 60 "$FLEET" delete all >/dev/null 2>&1 || log "fleet: delete all failed"
 rm -rf "$FLEET_HOME/logs"
 
@@ -375,6 +429,9 @@ if ((PLAIN_STOP)); then
     reload_test "fleet-$kind-close" fleet "app-$kind" "${PORT_OF[fleet-$kind-close]}"
     listened "fleet-$kind-close" "app-$kind"
   done
+  timeout 60 "$FLEET" delete all >/dev/null 2>&1 || log "fleet: delete all failed"
+  start_fleet_node close
+  [[ -z ${R[fleet-node-close.skipped]:-} ]] && reload_test fleet-node-close fleet app-node "${PORT_OF[fleet-node-close]}"
 fi
 if ((WITH_PM2)); then timeout 60 "$PM2" kill >/dev/null 2>&1 || log "pm2: kill failed"; fi
 timeout 30 "$FLEET" kill >/dev/null 2>&1 || log "fleet: kill failed"
@@ -401,13 +458,22 @@ fi
 row "req/s, fleet proxy -i 2" "$P ($(pct "$P" "$S") of socket)" ">= 85% of socket" "$(ok "$P >= 0.85 * $S")"
 U=$(val fleet-proxy-user rps)
 row "  same, steering off (user-space proxy)" "$U ($(pct "$U" "$S") of socket)" "-" "info"
+N=$(val fleet-node rps)
+if ((WITH_PM2)); then
+  row "req/s, fleet, PM2's file (cluster, no port)" "$N ($(pct "$N" "$M") of PM2)" ">= PM2" "$(ok "$N >= $M")"
+else
+  row "req/s, fleet, PM2's file (cluster, no port)" "$N" ">= PM2" "n/a (no PM2)"
+fi
 ((WITH_PM2)) && row "failed requests, $RELOADS reloads: PM2" "$(get pm2.failed)" "-" "info"
 row "failed requests, $RELOADS reloads: fleet socket" "$(val fleet-socket failed)" "0" "$(ok "$(val fleet-socket failed) == 0")"
 row "failed requests, $RELOADS reloads: fleet proxy" "$(val fleet-proxy failed)" "0" "$(ok "$(val fleet-proxy failed) == 0")"
+row "failed requests, $RELOADS reloads: fleet, PM2's file" "$(val fleet-node failed)" "0" "$(ok "$(val fleet-node failed) == 0")"
+row "start to ready, 'ready' sent at 200 ms (ms)" "$(get ready.ms)" "< 300" "$(ok "$(get ready.ms) < 300")"
 if ((PLAIN_STOP)); then
   ((WITH_PM2)) && row "  same, app stops with server.close(): PM2" "$(get pm2-close.failed)" "-" "info"
   row "  same, app stops with server.close(): fleet socket" "$(val fleet-socket-close failed)" "-" "info"
   row "  same, app stops with server.close(): fleet proxy" "$(val fleet-proxy-close failed)" "-" "info"
+  row "  same, app stops with server.close(): fleet, PM2's file" "$(val fleet-node-close failed)" "-" "info"
 fi
 
 echo
@@ -417,7 +483,7 @@ echo
 print_table "measurement|result|target|verdict" "${ROWS[@]}"
 echo
 echo "raw:"
-for m in direct pm2 pm2-close fleet-socket fleet-socket-close fleet-proxy fleet-proxy-user fleet-proxy-close; do
+for m in direct pm2 pm2-close fleet-socket fleet-socket-close fleet-proxy fleet-proxy-user fleet-proxy-close fleet-node fleet-node-close; do
   [[ $m == pm2* ]] && ((!WITH_PM2)) && continue
   [[ $m == *-close ]] && ((!PLAIN_STOP)) && continue
   if [[ -n ${R[$m.skipped]:-} ]]; then

@@ -229,3 +229,122 @@ fn an_unguarded_process_send_in_fork_mode_runs() {
     let lines = wait_lines(&log, 1, SETTLE);
     assert_eq!(lines[0], "connected=true cluster=false");
 }
+
+#[test]
+fn fleet_send_reaches_process_on_message_and_prints_the_reply() {
+    if !node_or_skip("fleet_send_reaches_process_on_message_and_prints_the_reply") {
+        return;
+    }
+    let fleet = Fleet::new();
+    // PM2's sendDataToProcessId packet shape, answered the way PM2's docs show.
+    fleet.file(
+        "echo.js",
+        "process.on('message', (packet) => process.send({ type: 'process:msg', data: { echo: packet.data, pm_id: process.env.pm_id } }));\nsetInterval(() => {}, 1000);\n",
+    );
+    fleet.file(
+        "fleet.toml",
+        "[apps.echo]\nscript = \"echo.js\"\ninstances = 2\n",
+    );
+    fleet.file("plain.sh", SLEEPER);
+    fleet.ok(&["start", "fleet.toml"]);
+    fleet.wait_list("both online", SETTLE, |l| {
+        l.len() == 2 && all_status(l, "online")
+    });
+    let out = fleet.ok(&[
+        "send",
+        "echo",
+        r#"{"type":"process:msg","data":{"n":42},"topic":"t"}"#,
+        "--wait",
+        "2000",
+        "--json",
+    ]);
+    let result: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        result["sent"].as_array().map(Vec::len),
+        Some(2),
+        "{result:#}"
+    );
+    let replies = result["replies"].as_array().cloned().unwrap_or_default();
+    assert_eq!(replies.len(), 2, "{result:#}");
+    let mut ids: Vec<String> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r["message"]["data"]["echo"]["n"], 42, "{r:#}");
+            r["message"]["data"]["pm_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["0", "1"]);
+
+    // A program that is not Node has no channel: said so, exit 1.
+    let script = fleet.path("plain.sh");
+    fleet.ok(&["start", script.to_str().unwrap(), "--name", "plain"]);
+    let stderr = fleet.fails(&["send", "plain", "hello"], 1);
+    assert!(stderr.contains("no IPC channel"), "{stderr}");
+}
+
+#[test]
+fn cluster_workers_share_listen_0_a_unix_socket_and_udp() {
+    if !node_or_skip("cluster_workers_share_listen_0_a_unix_socket_and_udp") {
+        return;
+    }
+    let fleet = Fleet::new();
+    let ports = fleet.path("ports");
+    let unix = fleet.path("app.sock");
+    let udp = free_port();
+    fleet.file(
+        "multi.js",
+        &format!(
+            "const http = require('http'); const net = require('net'); const dgram = require('dgram'); const fs = require('fs');\n\
+             const zero = http.createServer((q, r) => r.end(`pid=${{process.pid}}\\n`)).listen(0, () => fs.appendFileSync('{ports}', `${{zero.address().port}}\\n`));\n\
+             net.createServer((c) => c.end(`pid=${{process.pid}}\\n`)).listen('{unix}');\n\
+             const udp = dgram.createSocket('udp4'); udp.on('message', (m, r) => udp.send(`pid=${{process.pid}}`, r.port, r.address)); udp.bind({udp});\n",
+            ports = ports.display(),
+            unix = unix.display(),
+        ),
+    );
+    fleet.file(
+        "ecosystem.config.js",
+        "module.exports = { apps: [{ name: 'multi', script: 'multi.js', instances: 2, exec_mode: 'cluster' }] };\n",
+    );
+    fleet.ok(&["start", "ecosystem.config.js"]);
+    let list = fleet.wait_list("2 workers online", SETTLE, |l| {
+        l.len() == 2 && all_status(l, "online")
+    });
+    let pids: BTreeSet<String> = list.iter().map(|p| p["pid"].to_string()).collect();
+    let reported = wait_lines(&ports, 2, SETTLE);
+    assert_eq!(
+        reported[0], reported[1],
+        "listen(0): one port for every worker"
+    );
+    let port: u16 = reported[0].parse().unwrap();
+    assert_eq!(answering_pids(port, 2), pids);
+    // The unix socket and the UDP socket answer from both workers.
+    let mut from_unix = BTreeSet::new();
+    let mut from_udp = BTreeSet::new();
+    let deadline = Instant::now() + SETTLE;
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    while (from_unix.len() < 2 || from_udp.len() < 2) && Instant::now() < deadline {
+        if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&unix) {
+            let mut body = String::new();
+            let _ = std::io::Read::read_to_string(&mut stream, &mut body);
+            from_unix.insert(pid_of(&body));
+        }
+        client.send_to(b"hi", ("127.0.0.1", udp)).unwrap();
+        let mut buffer = [0u8; 64];
+        if let Ok(n) = client.recv(&mut buffer) {
+            from_udp.insert(pid_of(&String::from_utf8_lossy(&buffer[..n])));
+        }
+    }
+    assert_eq!(from_unix, pids, "unix socket");
+    assert_eq!(from_udp, pids, "udp");
+    // Deleting the app removes the unix socket it bound.
+    fleet.ok(&["delete", "multi"]);
+    wait_until("the unix socket removed", SETTLE, || !unix.exists());
+}

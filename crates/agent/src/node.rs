@@ -165,6 +165,8 @@ impl SocketKind {
 pub struct Socket {
     pub fd: OwnedFd,
     pub kind: SocketKind,
+    /// A unix socket's path, on the copy the agent keeps: removed with the app.
+    pub unix_path: Option<std::path::PathBuf>,
 }
 
 impl Socket {
@@ -173,7 +175,15 @@ impl Socket {
         Ok(Socket {
             fd: self.fd.try_clone()?,
             kind: self.kind,
+            unix_path: None,
         })
+    }
+
+    /// Closes the agent's copy; a unix socket's file goes with it.
+    pub fn close(self) {
+        if let Some(path) = &self.unix_path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -195,6 +205,7 @@ pub fn bind(query: &Query) -> Result<Socket, i32> {
             return Ok(Socket {
                 fd: OwnedFd::from(listener),
                 kind: SocketKind::Stream,
+                unix_path: Some(path.into()),
             });
         }
         "udp4" => (true, false),
@@ -250,6 +261,7 @@ pub fn bind(query: &Query) -> Result<Socket, i32> {
         } else {
             SocketKind::Stream
         },
+        unix_path: None,
     })
 }
 

@@ -17,6 +17,13 @@ use crate::error::AgentError;
 use crate::logs::{Chunk, LogHub, Stream};
 use crate::supervisor::{Handle, ProcessView, Reply, Request, ScaleTo};
 
+/// The largest message `fleet send` takes: an app's IPC channel is not a file transfer.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// The longest `fleet send --wait` collects replies.
+const MAX_REPLY_WAIT_MS: u32 = 60_000;
+/// Replies kept for one `fleet send --wait`.
+const MAX_REPLIES: usize = 1000;
+
 /// How long an operation's instances get to settle when the supervisor names no
 /// deadline of its own.
 const DEFAULT_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -187,6 +194,59 @@ impl Operations {
 
     pub async fn resurrect(&self) -> Result<pb::OperationResponse, AgentError> {
         self.operate(Request::Resurrect).await
+    }
+
+    /// `fleet send`: the message to the targets' Node IPC channel; with `wait_ms`,
+    /// what they send back meanwhile.
+    pub async fn send_message(
+        &self,
+        r: pb::SendMessageRequest,
+    ) -> Result<pb::SendMessageResponse, AgentError> {
+        if r.json.len() > MAX_MESSAGE_BYTES {
+            return Err(AgentError::InvalidArgument(format!(
+                "the message is {} bytes; at most {MAX_MESSAGE_BYTES}",
+                r.json.len()
+            )));
+        }
+        let message: serde_json::Value = serde_json::from_str(&r.json)
+            .map_err(|e| AgentError::InvalidArgument(format!("the message is not JSON: {e}")))?;
+        let wait = std::time::Duration::from_millis(u64::from(r.wait_ms.min(MAX_REPLY_WAIT_MS)));
+        // Listening before sending: a reply can come back at once.
+        let mut replies = self.handle.node_messages();
+        let (ids, warnings) = match self
+            .handle
+            .call(Request::SendMessage {
+                targets: r.targets,
+                message,
+            })
+            .await?
+        {
+            Reply::Touched(ids, notes) | Reply::Settling { ids, notes, .. } => (ids, notes),
+            other => return Err(AgentError::Internal(format!("unexpected reply {other:?}"))),
+        };
+        let views = self.handle.views_of(&ids).await;
+        let mut collected = Vec::new();
+        let until = tokio::time::Instant::now() + wait;
+        while !wait.is_zero() && collected.len() < MAX_REPLIES {
+            match tokio::time::timeout_at(until, replies.recv()).await {
+                Ok(Ok((id, value))) if ids.contains(&id) => {
+                    let view = views.iter().find(|v| v.id == id);
+                    collected.push(pb::MessageReply {
+                        id,
+                        name: view.map(|v| v.name.clone()).unwrap_or_default(),
+                        instance: view.map_or(0, |v| v.instance),
+                        json: value.to_string(),
+                    });
+                }
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) | Err(_) => break,
+            }
+        }
+        Ok(pb::SendMessageResponse {
+            delivered: views.iter().map(|v| self.info(v)).collect(),
+            warnings,
+            replies: collected,
+        })
     }
 
     pub async fn list(&self, r: pb::ListRequest) -> Result<pb::ListResponse, AgentError> {

@@ -170,6 +170,13 @@ impl AgentService for Service {
         answer(self.operations.list(request.into_inner()).await)
     }
 
+    async fn send_message(
+        &self,
+        request: GrpcRequest<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        answer(self.operations.send_message(request.into_inner()).await)
+    }
+
     async fn resurrect(
         &self,
         _request: GrpcRequest<pb::ResurrectRequest>,

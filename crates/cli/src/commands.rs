@@ -52,6 +52,7 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
         Command::Delete(args) => target_action(&home, args, TargetAction::Delete).await,
         Command::Reset(args) => target_action(&home, args, TargetAction::Reset).await,
         Command::SendSignal(args) => send_signal(&home, args).await,
+        Command::Send(args) => send_message(&home, args).await,
         Command::Save(args) => {
             let mut client = agent(&home).await?;
             let saved = client
@@ -184,6 +185,52 @@ async fn send_signal(home: &Path, args: crate::SignalArgs) -> Result<()> {
             process.id,
             process.pid.map_or("-".into(), |p| p.to_string())
         );
+    }
+    Ok(())
+}
+
+async fn send_message(home: &Path, args: crate::SendArgs) -> Result<()> {
+    // JSON as written; anything else is sent as a JSON string, as `process.send` would.
+    let json = match serde_json::from_str::<serde_json::Value>(&args.message) {
+        Ok(_) => args.message.clone(),
+        Err(_) => serde_json::Value::String(args.message.clone()).to_string(),
+    };
+    let mut client = agent(home).await?;
+    let response = client
+        .send_message(pb::SendMessageRequest {
+            targets: vec![args.target],
+            json,
+            wait_ms: args.wait.unwrap_or(0),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_warnings(&response.warnings);
+    if args.json {
+        let replies: Vec<serde_json::Value> = (response.replies.iter())
+            .map(|r| {
+                let message = serde_json::from_str(&r.json).unwrap_or(serde_json::Value::Null);
+                serde_json::json!({"id": r.id, "name": r.name, "instance": r.instance, "message": message})
+            })
+            .collect();
+        let sent: Vec<u32> = response.delivered.iter().map(|p| p.id).collect();
+        println!("{}", serde_json::json!({"sent": sent, "replies": replies}));
+    } else {
+        for process in &response.delivered {
+            println!(
+                "sent to {}#{} (id {})",
+                process.name, process.instance, process.id
+            );
+        }
+        for reply in &response.replies {
+            println!(
+                "{}#{} (id {}): {}",
+                reply.name, reply.instance, reply.id, reply.json
+            );
+        }
+    }
+    if response.delivered.is_empty() {
+        return Err(Failure::failed("the message reached no instance"));
     }
     Ok(())
 }

@@ -75,6 +75,9 @@ pub enum Command {
     Flush(FlushArgs),
     /// Reopen every log file (after an external tool moved or deleted them).
     ReloadLogs,
+    /// Send a message to Node apps' `process.on('message')` (PM2's
+    /// `sendDataToProcessId`): JSON, or else the text as a string.
+    Send(SendArgs),
     /// Ship releases over SSH: `fleet deploy <stage> [setup|update|revert [n]|list|curr|prev|exec <cmd>|unlock]`.
     Deploy(DeployArgs),
 }
@@ -99,6 +102,21 @@ pub struct DeployArgs {
     /// Why: kept in each host's lock and releases.log.
     #[arg(long)]
     pub reason: Option<String>,
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    /// `all`, an id, a name, a namespace or `/regex/`.
+    pub target: String,
+    /// The message: JSON (`'{"type":"process:msg","data":{}}'`), or any other text,
+    /// sent as a string.
+    pub message: String,
+    /// Also print what the instances send back within this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub wait: Option<u32>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

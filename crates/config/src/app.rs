@@ -219,10 +219,17 @@ pub(crate) fn read_app(
         return Some(read);
     };
     let exec_mode_field = launch.exec_mode_field.clone();
+    // PM2's default for its own files: a Node (or Bun) app given `instances` and no
+    // `exec_mode` runs in cluster mode (`Common.sink.determineExecMode`).
+    let pm2_cluster_default =
+        ctx.syntax != Syntax::Toml && launch.exec_mode.is_none() && launch.instances.is_some();
     let mut spec = AppSpec::with_defaults(name, script, launch.cwd.clone());
     spec.command = command;
     spec.interpreter = interpreter;
     launch.apply(&mut spec);
+    if pm2_cluster_default && runs_on_node(&spec) {
+        spec.exec_mode = ExecMode::Cluster;
+    }
     policy.apply(&mut spec);
     logs.apply(&mut spec, opts);
     spec.source = Some(env.source.to_path_buf());

@@ -13,8 +13,8 @@ pub mod agent {
         /// The protocol's major version. A client whose major differs is refused in `Hello`.
         pub const PROTOCOL_MAJOR: u32 = 1;
         /// Minor versions add fields and calls only; either side ignores what it doesn't know.
-        /// 1.1: `ReloadRequest.config_path` and `env_stage`.
-        pub const PROTOCOL_MINOR: u32 = 1;
+        /// 1.1: `ReloadRequest.config_path` and `env_stage`. 1.2: `SendMessage`.
+        pub const PROTOCOL_MINOR: u32 = 2;
     }
 }
 

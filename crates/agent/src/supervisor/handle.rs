@@ -51,6 +51,11 @@ impl Handle {
         }
     }
 
+    /// The views of `ids` (gone ones left out).
+    pub async fn views_of(&self, ids: &[u32]) -> Vec<ProcessView> {
+        self.views(ids).await
+    }
+
     async fn views(&self, ids: &[u32]) -> Vec<ProcessView> {
         // By id, not by `#id` targets: an id that is gone is simply absent (a target
         // matching nothing is an error, which made a stop look settled too early).

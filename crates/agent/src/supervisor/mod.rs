@@ -152,6 +152,11 @@ pub enum Request {
         name: String,
         to: ScaleTo,
     },
+    /// `fleet send`: a message over the targets' Node IPC channel.
+    SendMessage {
+        targets: Vec<String>,
+        message: serde_json::Value,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -323,6 +323,9 @@ impl Supervisor {
         }
         if let Some(sockets) = self.node_sockets.remove(name) {
             tracing::info!(app = %name, sockets = sockets.len(), "cluster sockets closed");
+            for socket in sockets.into_values() {
+                socket.close();
+            }
         }
     }
 

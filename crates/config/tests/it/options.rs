@@ -592,3 +592,33 @@ fn shutdown_with_message_is_taken_and_node_cluster_apps_need_no_port() {
         file.warnings
     );
 }
+
+#[test]
+fn a_pm2_file_runs_a_node_app_with_instances_in_cluster_mode_as_pm2_does() {
+    let project = Project::new();
+    project.file("app.js", "");
+    project.file("worker.py", "");
+    let file = expect_ok(project.json(
+        r#"{"apps": [{"name": "api", "script": "app.js", "instances": 4},
+                     {"name": "one", "script": "app.js"},
+                     {"name": "py", "script": "worker.py", "instances": 2},
+                     {"name": "forked", "script": "app.js", "instances": 2, "exec_mode": "fork"}]}"#,
+    ));
+    let modes: Vec<(&str, ExecMode)> = file
+        .apps
+        .iter()
+        .map(|a| (a.name.as_str(), a.exec_mode))
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("api", ExecMode::Cluster),
+            ("one", ExecMode::Fork),
+            ("py", ExecMode::Fork),
+            ("forked", ExecMode::Fork)
+        ]
+    );
+    // fleet.toml keeps fleet's own default: fork unless exec_mode says otherwise.
+    let file = expect_ok(project.toml("[apps.api]\nscript = \"app.js\"\ninstances = 4\n"));
+    assert_eq!(file.apps[0].exec_mode, ExecMode::Fork);
+}

@@ -1,9 +1,11 @@
 //! The supervisor's requests, one file each as pueue's message handlers are: this
 //! file dispatches, `start` creates and configures instances, `stop` stops, deletes,
 //! resets and signals them, `list` selects and shows them, `save` persists and
-//! restores the process list, and `replace` locks reloads and steps replacements.
+//! restores the process list, `replace` locks reloads and steps replacements, and
+//! `message` writes to Node apps' IPC channels.
 
 mod list;
+mod message;
 mod replace;
 mod save;
 mod start;
@@ -59,6 +61,7 @@ impl Supervisor {
                 Ok(Reply::Touched(vec![id], Vec::new()))
             }
             Request::Scale { name, to } => self.scale(&name, to),
+            Request::SendMessage { targets, message } => self.send_message(&targets, message),
         }
     }
 }
