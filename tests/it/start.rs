@@ -233,3 +233,63 @@ fn list_json_carries_the_contract_fields() {
     let table = fleet.ok(&["list"]);
     assert!(table.contains("app") && table.contains("online"), "{table}");
 }
+
+#[test]
+fn names_pm2_allows_run_and_log_to_safe_file_names() {
+    let fleet = Fleet::new();
+    fleet.file(
+        "names.config.json",
+        r#"{"apps": [{"name": "My APP", "script": "/bin/sleep", "args": "100"},
+                     {"name": "api/development", "script": "/bin/sleep", "args": "100"}]}"#,
+    );
+    fleet.ok(&["start", "names.config.json"]);
+    // A name is never a path: it cannot write outside FLEET_HOME/logs.
+    fleet.ok(&["start", "/bin/sleep", "--name", "../../evil", "--", "100"]);
+    fleet.wait_list("three online", Duration::from_secs(10), |l| {
+        l.len() == 3 && all_status(l, "online")
+    });
+    let logs = fleet.home.path().join("logs");
+    for file in [
+        "My-APP-out.log",
+        "api-development-out.log",
+        "..-..-evil-out.log",
+    ] {
+        assert!(logs.join(file).exists(), "{file} in {}", logs.display());
+    }
+    assert!(!fleet.home.path().join("../../evil-out.log").exists());
+    fleet.ok(&["stop", "My APP"]);
+    let list = fleet.list();
+    assert_eq!(status_of(&list, "My APP"), ["stopped"]);
+    assert_eq!(status_of(&list, "api/development"), ["online"]);
+}
+
+#[test]
+fn pid_file_holds_each_instances_pid_while_it_runs() {
+    let fleet = Fleet::new();
+    fleet.file(
+        "pids.config.json",
+        r#"{"apps": [{"name": "one", "script": "/bin/sleep", "args": "100", "pid_file": "run/one.pid"},
+                     {"name": "two", "script": "/bin/sleep", "args": "100", "instances": 2, "pid_file": "run/two.pid"}]}"#,
+    );
+    fleet.ok(&["start", "pids.config.json"]);
+    let list = fleet.wait_list("three online", Duration::from_secs(10), |l| {
+        l.len() == 3 && all_status(l, "online")
+    });
+    let pid_of = |name: &str, instance: i64| {
+        by_name(&list, name)
+            .into_iter()
+            .find(|p| p["instance"] == instance)
+            .and_then(|p| p["pid"].as_i64())
+            .expect("a pid")
+    };
+    let run = fleet.work.path().join("run");
+    let read = |file: &str| std::fs::read_to_string(run.join(file)).unwrap_or_default();
+    assert_eq!(read("one.pid").trim(), pid_of("one", 0).to_string());
+    assert_eq!(read("two-0.pid").trim(), pid_of("two", 0).to_string());
+    assert_eq!(read("two-1.pid").trim(), pid_of("two", 1).to_string());
+    fleet.ok(&["stop", "two"]);
+    wait_until("two's pid files removed", Duration::from_secs(10), || {
+        !run.join("two-0.pid").exists() && !run.join("two-1.pid").exists()
+    });
+    assert!(run.join("one.pid").exists(), "one still runs");
+}

@@ -48,14 +48,16 @@ impl LogPaths {
                 with_instance_suffix(&base, instance)
             })
         };
+        // PM2's rule: the name as a file name, so no name reaches outside `logs/`.
+        let name = fleet_config::file_name_of(&spec.name);
         LogPaths {
-            out: pick(&spec.logs.out_file, format!("{}-out.log", spec.name)),
-            err: pick(&spec.logs.error_file, format!("{}-error.log", spec.name)),
+            out: pick(&spec.logs.out_file, format!("{name}-out.log")),
+            err: pick(&spec.logs.error_file, format!("{name}-error.log")),
             // PM2 writes no combined file unless `log_file` is set; `true` means the
             // default `<name>.log`.
             combined: match &spec.logs.log_file {
                 None => None,
-                custom => pick(custom, format!("{}.log", spec.name)),
+                custom => pick(custom, format!("{name}.log")),
             },
         }
     }
@@ -71,6 +73,36 @@ impl LogPaths {
 }
 
 /// `out.log` becomes `out-3.log`, as PM2 names non-merged instance logs.
+/// PM2's `pid_file` of one instance: the instance number before `.pid` when the app
+/// has several, as for its log files.
+pub fn pid_path(spec: &AppSpec, instance: u32, instances: u32) -> Option<PathBuf> {
+    let path = spec.pid_file.as_ref()?;
+    Some(if instances > 1 {
+        with_instance_suffix(path, instance)
+    } else {
+        path.clone()
+    })
+}
+
+/// Writes `pid` to the pid file (owner-only); a failure is logged, not fatal.
+pub fn write_pid(path: &Path, pid: i32) {
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| crate::store::write_atomic(path, format!("{pid}\n").as_bytes()));
+    if let Err(error) = written {
+        tracing::warn!(path = %path.display(), %error, "cannot write the pid file");
+    }
+}
+
+/// Removes the pid file if it still names `pid` (a reload's new process rewrote it).
+pub fn remove_pid(path: &Path, pid: i32) {
+    let ours = std::fs::read_to_string(path).is_ok_and(|text| text.trim() == pid.to_string());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 fn with_instance_suffix(path: &Path, instance: u32) -> PathBuf {
     let stem = path
         .file_stem()

@@ -68,11 +68,6 @@ const UNSUPPORTED_KEYS: &[(&str, &str, &str)] = &[
         "run a fleet agent as that user, with its own FLEET_HOME",
     ),
     (
-        "pid_file",
-        "fleet does not write pid files",
-        "read pids from `fleet list --json`",
-    ),
-    (
         "pid",
         "fleet does not write pid files",
         "read pids from `fleet list --json`",
@@ -119,7 +114,55 @@ pub(crate) struct AppContext<'a> {
     pub resolve_scripts: bool,
 }
 
-/// Checks an app, namespace or stage name.
+/// Checks an app's name. PM2 takes names like `My APP` and `api/development`, so fleet
+/// does too; files named after the app use `file_name_of` (PM2's own rule).
+pub(crate) fn check_app_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a name cannot be empty".to_string());
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(format!("a name is at most {MAX_NAME_LEN} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{name:?} contains a control character"));
+    }
+    if name.trim() != name {
+        return Err(format!("{name:?} starts or ends with a space"));
+    }
+    if name.starts_with(['/', '#']) {
+        return Err(format!(
+            "{name:?} cannot start with `/` or `#`: targets read those as a regex or an id"
+        ));
+    }
+    if name.eq_ignore_ascii_case("all") {
+        return Err("`all` is reserved: it targets every app".to_string());
+    }
+    Ok(())
+}
+
+/// An app's name as it appears in file names (its default log files): every
+/// character but letters, digits, `.`, `_` and `-` becomes `-`, as PM2 formats it, so a
+/// name never reaches outside its directory.
+pub fn file_name_of(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if mapped.chars().all(|c| c == '.') {
+        mapped.replace('.', "-")
+    } else {
+        mapped
+    }
+}
+
+/// Checks a namespace or stage name: these are written in commands and paths as
+/// they are, so only letters, digits, `.`, `_` and `-`.
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("a name cannot be empty".to_string());
@@ -325,7 +368,7 @@ fn read_names<'a>(
         },
     };
     if (!name_in_file.is_empty() || script.is_some())
-        && let Err(message) = check_name(&name_in_file)
+        && let Err(message) = check_app_name(&name_in_file)
     {
         let key = match (&name_field, table_name) {
             (_, Some(_)) => path.to_string(),

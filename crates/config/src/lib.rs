@@ -8,7 +8,7 @@
 
 mod app;
 
-pub use app::runs_on_node;
+pub use app::{file_name_of, runs_on_node};
 mod deploy;
 mod discover;
 mod error;

@@ -342,7 +342,7 @@ fn written_name(app: &Located<Node>) -> Option<&str> {
         return None;
     };
     entries.iter().find_map(|(key, value)| match &value.value {
-        Node::Str(name) if key.value == "name" && app::check_name(name).is_ok() => {
+        Node::Str(name) if key.value == "name" && app::check_app_name(name).is_ok() => {
             Some(name.as_str())
         }
         _ => None,

@@ -146,6 +146,13 @@ impl<'n> MapReader<'n> {
             self.entries[i].taken = true;
             match found {
                 None => found = Some(i),
+                // PM2's files often set an option under two of its names (`merge_logs`
+                // and `combine_logs`); the same value twice is no conflict.
+                Some(first)
+                    if same_scalar(
+                        &self.entries[first].value.value,
+                        &self.entries[i].value.value,
+                    ) => {}
                 Some(first) => {
                     let (first, again) = (&self.entries[first], &self.entries[i]);
                     let message = match first.key_line {
@@ -555,6 +562,11 @@ pub(crate) fn describe(ctx: &Ctx<'_>, node: &Node) -> String {
         Node::Int(_) | Node::Float(_) | Node::Bool(_) | Node::Null => scalar_text(node),
         other => ctx.type_name(other).to_string(),
     }
+}
+
+/// Whether two values are the same scalar (a string, number, boolean or null).
+fn same_scalar(a: &Node, b: &Node) -> bool {
+    !matches!(a, Node::Seq(_) | Node::Map(_)) && a == b
 }
 
 #[cfg(test)]

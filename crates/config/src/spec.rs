@@ -83,6 +83,10 @@ pub struct AppSpec {
     /// channel instead of `kill_signal` (SIGKILL after `kill_timeout` still follows).
     #[serde(default)]
     pub shutdown_with_message: bool,
+    /// PM2's `pid_file`: the running process's pid is written here (with the instance
+    /// number before `.pid` when the app has several), and removed when it exits.
+    #[serde(default)]
+    pub pid_file: Option<std::path::PathBuf>,
     pub listen_timeout_ms: u64,
     /// An HTTP check of each instance (`health_check = { path, interval, timeout }`).
     #[serde(default)]
@@ -247,6 +251,7 @@ impl AppSpec {
             kill_signal: DEFAULT_KILL_SIGNAL.to_string(),
             wait_ready: false,
             shutdown_with_message: false,
+            pid_file: None,
             health_check: None,
             balance: Balance::RoundRobin,
             listen_timeout_ms: DEFAULT_LISTEN_TIMEOUT_MS,

@@ -39,6 +39,13 @@ impl Supervisor {
             );
             return;
         }
+        let count = instance.spec.instances.resolve(self.cpus);
+        if let (Some(path), Some(pid)) = (
+            process::pid_path(&instance.spec, instance.instance, count),
+            instance.pid,
+        ) {
+            process::remove_pid(&path, pid);
+        }
         let group_empty = instance.pid.is_none_or(|pgid| !process::group_alive(pgid));
         tracing::info!(app = %instance.spec.name, id, ?exit, group_empty, "instance exited");
         self.work

@@ -217,6 +217,10 @@ impl Supervisor {
             }));
         }
         instance.probes = probes;
+        let count = spec.instances.resolve(self.cpus);
+        if let (Some(path), Some(pid)) = (process::pid_path(&spec, instance.instance, count), pid) {
+            process::write_pid(&path, pid);
+        }
         tracing::info!(app = %spec.name, id, pid, "instance started");
         Ok(())
     }

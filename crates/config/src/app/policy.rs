@@ -203,6 +203,7 @@ pub(super) struct Logs {
     increment_var: Option<String>,
     filter_env: Option<EnvFilter>,
     pub(super) append_env_to_name: Option<bool>,
+    pid_file: Option<Option<String>>,
 }
 
 pub(super) fn read_logs(
@@ -258,6 +259,9 @@ pub(super) fn read_logs(
             _ => reader::as_string_list(ctx, &f, false).map(EnvFilter::Containing),
         });
     let append_env_to_name = take_bool(ctx, r, &["append_env_to_name"]);
+    let pid_file = r
+        .take(ctx, &["pid_file"])
+        .and_then(|f| read_log_path(ctx, &f, cwd, home, false));
     Logs {
         out_file,
         error_file,
@@ -271,6 +275,7 @@ pub(super) fn read_logs(
         increment_var,
         filter_env,
         append_env_to_name,
+        pid_file,
     }
 }
 
@@ -302,6 +307,11 @@ impl Logs {
             spec.logs.log_file = Some(DEV_NULL.to_string());
         }
         spec.instance_var = self.instance_var.unwrap_or(spec.instance_var.clone());
+        spec.pid_file = self
+            .pid_file
+            .flatten()
+            .filter(|path| path != DEV_NULL)
+            .map(Into::into);
         spec.increment_var = self.increment_var;
     }
 }

@@ -56,11 +56,12 @@ fn pm2_aliases_mean_the_native_keys() {
 }
 
 #[test]
-fn two_spellings_of_one_option_are_an_error() {
+fn two_spellings_of_one_option_with_different_values_are_an_error() {
     let project = Project::new();
     project.file("app.js", "");
+    project.file("other.js", "");
     let errors =
-        expect_errors(project.yaml("apps:\n  - name: a\n    script: app.js\n    exec: app.js\n"));
+        expect_errors(project.yaml("apps:\n  - name: a\n    script: app.js\n    exec: other.js\n"));
     assert_eq!(
         summary(&errors),
         [(
@@ -621,4 +622,21 @@ fn a_pm2_file_runs_a_node_app_with_instances_in_cluster_mode_as_pm2_does() {
     // fleet.toml keeps fleet's own default: fork unless exec_mode says otherwise.
     let file = expect_ok(project.toml("[apps.api]\nscript = \"app.js\"\ninstances = 4\n"));
     assert_eq!(file.apps[0].exec_mode, ExecMode::Fork);
+}
+
+#[test]
+fn one_option_under_two_of_its_names_is_taken_when_the_values_agree() {
+    let project = Project::new();
+    project.file("app.js", "");
+    let file = expect_ok(project.json(
+        r#"{"apps": [{"name": "a", "script": "app.js", "merge_logs": true, "combine_logs": true}]}"#,
+    ));
+    assert_eq!(file.apps[0].logs.merge_logs, Some(true));
+    let errors = expect_errors(project.json(
+        r#"{"apps": [{"name": "a", "script": "app.js", "merge_logs": true, "combine_logs": false}]}"#,
+    ));
+    assert!(
+        errors.to_string().contains("already set by `merge_logs`"),
+        "{errors}"
+    );
 }
