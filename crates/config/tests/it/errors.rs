@@ -396,7 +396,10 @@ fn syntax_errors_have_lines() {
 
 #[test]
 fn unsupported_pm2_keys_explain_themselves() {
-    let errors = expect_errors(Project::new().toml("[apps.a]\nscript = \"sleep 1\"\nuid = \"www\"\ntreekill = false\npid_file = \"/tmp/a.pid\"\n"));
+    // (pid_file is supported now: see start.rs in the end-to-end tests.)
+    let errors = expect_errors(
+        Project::new().toml("[apps.a]\nscript = \"sleep 1\"\nuid = \"www\"\ntreekill = false\n"),
+    );
     let messages: Vec<_> = summary(&errors)
         .into_iter()
         .map(|(_, key, message)| format!("{key}: {message}"))
@@ -406,7 +409,6 @@ fn unsupported_pm2_keys_explain_themselves() {
         [
             "apps.a.uid: not supported: fleet does not switch users",
             "apps.a.treekill: cannot be false: fleet always stops the whole process group",
-            "apps.a.pid_file: not supported: fleet does not write pid files",
         ]
     );
     assert!(errors.errors.iter().all(|e| e.hint.is_some()));
