@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::load::LoadOptions;
+use crate::node_version;
 use crate::reader::{self, Ctx, Field, MapReader, Syntax};
 use crate::resolve::{self, absolute};
 use crate::spec::{AppSpec, ExecMode, Instances};
@@ -520,9 +521,28 @@ fn resolve_script(
         ctx.error(line, &key, format!("cwd does not exist: {}", cwd.display()));
         return None;
     }
+    // `node@<version>`: that version from nvm, fnm, volta or n (PM2 reads nvm's).
+    let versioned = match launch
+        .interpreter
+        .as_deref()
+        .and_then(node_version::requested)
+    {
+        Some(version) => match node_version::find(version, &env.opts.inherited_env, env.home) {
+            Ok(node) => Some(node.display().to_string()),
+            Err((message, hint)) => {
+                let (line, key) = match &launch.interpreter_field {
+                    Some(f) => (f.line, f.path.clone()),
+                    None => (app_line, format!("{path}.interpreter")),
+                };
+                ctx.error_hint(line, &key, message, hint);
+                return None;
+            }
+        },
+        None => None,
+    };
     match resolve::resolve(
         script,
-        launch.interpreter.as_deref(),
+        versioned.as_deref().or(launch.interpreter.as_deref()),
         &launch.interpreter_args,
         &launch.args,
         cwd,

@@ -14,6 +14,7 @@ mod discover;
 mod error;
 mod js;
 mod load;
+mod node_version;
 mod reader;
 mod resolve;
 pub mod spec;

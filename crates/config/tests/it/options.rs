@@ -640,3 +640,34 @@ fn one_option_under_two_of_its_names_is_taken_when_the_values_agree() {
         "{errors}"
     );
 }
+
+#[test]
+fn node_at_a_version_runs_that_version_from_nvm() {
+    let mut project = Project::new();
+    project.file("app.js", "");
+    let nvm = project.path().join("nvm");
+    let node = nvm.join("versions/node/v20.12.2/bin/node");
+    std::fs::create_dir_all(node.parent().unwrap()).unwrap();
+    crate::harness::write_executable(&node, "#!/bin/sh\n");
+    let mut env = (*project.opts.inherited_env).clone();
+    env.insert("NVM_DIR".into(), display(&nvm));
+    project.opts.inherited_env = env.into();
+    let file = expect_ok(
+        project.json(r#"{"apps": [{"name": "a", "script": "app.js", "interpreter": "node@20"}]}"#),
+    );
+    assert_eq!(file.apps[0].command[0], display(&node));
+    let errors =
+        expect_errors(project.json(
+            r#"{"apps": [{"name": "a", "script": "app.js", "interpreter": "node@18.19.0"}]}"#,
+        ));
+    let (_, key, message) = summary(&errors).remove(0);
+    assert_eq!(key, "apps.a.interpreter");
+    assert!(
+        message.starts_with("node@18.19.0 is not installed here (looked in "),
+        "{message}"
+    );
+    assert!(
+        message.contains(&display(&nvm.join("versions/node"))),
+        "{message}"
+    );
+}
