@@ -11,15 +11,6 @@ use crate::http::Load;
 
 const SETTLE: Duration = Duration::from_secs(15);
 
-/// A free TCP port for an app (the agent binds it; tests only talk to loopback).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(fleet: &Fleet, name: &str, mode: &str, port: u16, instances: u32, extra: &str) {
     let app = fleet.testapp();
     let args = if mode == "proxy" {

@@ -306,3 +306,13 @@ pub fn all_status(list: &[Value], status: &str) -> bool {
 
 /// A long-running app: a shell script that waits for signals.
 pub const SLEEPER: &str = "#!/bin/sh\nwhile true; do sleep 1; done\n";
+
+/// A free TCP port on loopback for an app to bind (the kernel's pick; closed again
+/// at once). Tests only ever talk to loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

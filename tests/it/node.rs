@@ -27,14 +27,6 @@ fn node_or_skip(test: &str) -> bool {
     found
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An HTTP server as PM2 users write one: `listen()` on fixed ports, a graceful
 /// SIGINT (stop accepting, answer the requests in flight with `Connection: close`).
 const SERVER: &str = r#"

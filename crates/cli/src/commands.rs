@@ -285,13 +285,7 @@ async fn logs(home: &Path, args: crate::LogsArgs) -> Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    let style = if args.json {
-        output::LogStyle::Json
-    } else if args.raw {
-        output::LogStyle::Raw
-    } else {
-        output::LogStyle::Pretty(output::use_color())
-    };
+    let style = output::LogStyle::from_flags(args.json, args.raw);
     let mut printer = output::LogPrinter::new(style);
     loop {
         let next = tokio::select! {

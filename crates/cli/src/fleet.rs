@@ -116,13 +116,7 @@ pub async fn logs(
     accept_new_host_keys: bool,
 ) -> Result<()> {
     let mut remote = stage.connect(accept_new_host_keys).await?;
-    let style = if args.json {
-        output::LogStyle::Json
-    } else if args.raw {
-        output::LogStyle::Raw
-    } else {
-        output::LogStyle::Pretty(output::use_color())
-    };
+    let style = output::LogStyle::from_flags(args.json, args.raw);
     let mut printer = output::LogPrinter::new(style).with_hosts();
     let mut lines = remote
         .logs(LogsQuery {

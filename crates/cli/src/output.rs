@@ -20,6 +20,19 @@ pub enum LogStyle {
     Json,
 }
 
+impl LogStyle {
+    /// What `fleet logs --json` or `--raw` asks for; else pretty, coloured on a terminal.
+    pub fn from_flags(json: bool, raw: bool) -> LogStyle {
+        if json {
+            LogStyle::Json
+        } else if raw {
+            LogStyle::Raw
+        } else {
+            LogStyle::Pretty(use_color())
+        }
+    }
+}
+
 pub struct LogPrinter {
     style: LogStyle,
     width: usize,

@@ -488,18 +488,9 @@ impl Supervisor {
                 }
             },
             Action::SignalGroup => {
-                let channel = instance.probes.channel.as_ref();
-                match (instance.pid, channel) {
-                    // PM2's `shutdown_with_message`: the message instead of the signal.
-                    (Some(_), Some(channel)) if instance.spec.shutdown_with_message => {
-                        channel.send(crate::node::SHUTDOWN.into());
-                    }
-                    (Some(pgid), _) => {
-                        let signal = process::signal_from_name(&instance.spec.kill_signal)
-                            .unwrap_or(Signal::SIGINT);
-                        process::signal_group(pgid, signal);
-                    }
-                    (None, _) => {}
+                if let Some(pgid) = instance.pid {
+                    let channel = instance.probes.channel.as_ref().map(|c| c.sender());
+                    replace::ask_to_stop(&instance.spec, pgid, channel.as_ref());
                 }
             }
             Action::KillGroup => {

@@ -516,12 +516,8 @@ impl Supervisor {
         let Some(instance) = self.instances.get_mut(&id) else {
             return;
         };
-        // PM2's `shutdown_with_message`: the message instead of the signal.
-        let message = (instance.spec.shutdown_with_message)
-            .then(|| channel.as_ref().map(|c| c.sender()))
-            .flatten();
-        let signal =
-            process::signal_from_name(&instance.spec.kill_signal).unwrap_or(Signal::SIGINT);
+        let spec = Arc::clone(&instance.spec);
+        let sender = channel.as_ref().map(node::Channel::sender);
         // Behind the proxy, a connection handed to this process just before it left the
         // rotation may still sit in its accept queue; closing the listener now would
         // reset it. Signal only once such connections have been accepted.
@@ -541,10 +537,7 @@ impl Supervisor {
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             if process::start_ticks(pid) == start_ticks {
-                match &message {
-                    Some(sender) => sender.send(node::SHUTDOWN.into()),
-                    None => process::signal_group(pid, signal),
-                }
+                ask_to_stop(&spec, pid, sender.as_ref());
             }
             tokio::time::sleep(after).await;
             let _ = tx.send(Msg::RetireKill { id, generation });
@@ -693,4 +686,17 @@ fn pm2_env(
     env.insert("exec_mode".into(), mode.into());
     env.insert("pm_exec_path".into(), spec.script.clone());
     env.insert("pm_cwd".into(), spec.cwd.display().to_string());
+}
+
+/// Asks a process to stop as the app wants: `'shutdown'` over its Node IPC channel
+/// with PM2's `shutdown_with_message`, else `kill_signal` to its group. SIGKILL after
+/// `kill_timeout` is the caller's.
+pub(super) fn ask_to_stop(spec: &fleet_config::AppSpec, pgid: i32, channel: Option<&node::Sender>) {
+    match channel {
+        Some(channel) if spec.shutdown_with_message => channel.send(node::SHUTDOWN.into()),
+        _ => {
+            let signal = process::signal_from_name(&spec.kill_signal).unwrap_or(Signal::SIGINT);
+            process::signal_group(pgid, signal);
+        }
+    }
 }

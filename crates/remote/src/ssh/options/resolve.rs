@@ -164,28 +164,28 @@ fn finish(
         Destination::parse(hop).map_err(|e| format!("bad ProxyJump: {e}"))?;
     }
     // `UserKnownHostsFile none`: no user file (nothing known, nothing learned).
-    let user_known_hosts = match &layer.user_known_hosts {
+    let known_hosts = |configured: &Option<Vec<String>>, defaults: [PathBuf; 2]| match configured {
         Some(files) => files
             .iter()
             .filter(|f| !f.eq_ignore_ascii_case("none"))
             .map(|f| path(f))
             .collect(),
-        None => vec![
+        None => defaults.to_vec(),
+    };
+    let user_known_hosts = known_hosts(
+        &layer.user_known_hosts,
+        [
             home_dir().join(".ssh/known_hosts"),
             home_dir().join(".ssh/known_hosts2"),
         ],
-    };
-    let global_known_hosts = match &layer.global_known_hosts {
-        Some(files) => files
-            .iter()
-            .filter(|f| !f.eq_ignore_ascii_case("none"))
-            .map(|f| path(f))
-            .collect(),
-        None => vec![
+    );
+    let global_known_hosts = known_hosts(
+        &layer.global_known_hosts,
+        [
             PathBuf::from("/etc/ssh/ssh_known_hosts"),
             PathBuf::from("/etc/ssh/ssh_known_hosts2"),
         ],
-    };
+    );
     let mut strict = layer.strict.unwrap_or(StrictHostKeyChecking::Yes);
     if settings.accept_new_host_keys && strict == StrictHostKeyChecking::Yes {
         strict = StrictHostKeyChecking::AcceptNew;
