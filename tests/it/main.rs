@@ -9,6 +9,7 @@ mod config;
 mod controller;
 mod deploy;
 mod fleet;
+mod host;
 mod http;
 mod lifecycle;
 mod logs;

@@ -1,6 +1,7 @@
 //! `fleet-agent`: supervises apps on one host, PM2's daemon done again. The binary in
 //! `main.rs` only parses arguments and calls `daemon::run`; everything lives here.
 
+pub mod account;
 pub mod alloc;
 pub mod cluster;
 pub mod core;

@@ -115,6 +115,23 @@ fn with_instance_suffix(path: &Path, instance: u32) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The variables of the app's `env_file`s, read now so a changed file takes effect at
+/// the next start; a later file wins. A missing file is skipped (PM2 never reads it,
+/// so a file PM2 users keep optional must not stop the app); an unreadable one fails
+/// the start with its path in the message.
+pub fn env_from_files(spec: &AppSpec) -> Result<BTreeMap<String, String>, String> {
+    let mut env = BTreeMap::new();
+    for path in &spec.env_files {
+        match fleet_config::envfile::read(path)? {
+            Some(file) => env.extend(file.vars),
+            None => {
+                tracing::info!(app = %spec.name, path = %path.display(), "env_file not found; skipped")
+            }
+        }
+    }
+    Ok(env)
+}
+
 /// The first inherited descriptor in the systemd socket-activation protocol
 /// (`SD_LISTEN_FDS_START`).
 const LISTEN_FD: i32 = 3;
@@ -132,6 +149,7 @@ pub fn spawn(
     capture_err: bool,
     listener: Option<OwnedFd>,
     node_channel: Option<OwnedFd>,
+    run_as: Option<&crate::account::RunAs>,
 ) -> Result<tokio::process::Child, String> {
     let (program, leading) = spec
         .command
@@ -191,6 +209,9 @@ pub fn spawn(
         .process_group(0)
         // The supervisor owns the exit; it must not be killed when the handle drops.
         .kill_on_drop(false);
+    if let Some(run_as) = run_as {
+        run_as.apply(&mut command);
+    }
     command.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("cannot execute {program}: not found"),
         std::io::ErrorKind::PermissionDenied => {

@@ -37,8 +37,16 @@ pub struct NotifySocket {
 impl Drop for NotifySocket {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        if abstract_name(&self.path).is_none() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
+}
+
+/// `@name` is a socket in Linux's abstract namespace (as systemd's `NOTIFY_SOCKET`
+/// writes it): reachable by any user of the host, since it has no file.
+fn abstract_name(path: &Path) -> Option<&str> {
+    path.to_str().and_then(|p| p.strip_prefix('@'))
 }
 
 /// Binds `path` and calls `on` for each sd_notify assignment it receives.
@@ -46,11 +54,22 @@ pub fn notify_socket(
     path: &Path,
     on: impl Fn(Signal) + Send + 'static,
 ) -> std::io::Result<NotifySocket> {
-    let _ = std::fs::remove_file(path);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let socket = UnixDatagram::bind(path)?;
+    let socket = match abstract_name(path) {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            let socket = std::os::unix::net::UnixDatagram::bind_addr(&address)?;
+            socket.set_nonblocking(true)?;
+            UnixDatagram::from_std(socket)?
+        }
+        None => {
+            let _ = std::fs::remove_file(path);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            UnixDatagram::bind(path)?
+        }
+    };
     let task = tokio::spawn(async move {
         let mut buf = vec![0u8; NOTIFY_MAX];
         while let Ok(n) = socket.recv(&mut buf).await {

@@ -14,9 +14,11 @@ use crate::spec::{AppSpec, ExecMode, Instances};
 use crate::tree::{Located, Node};
 
 mod fields;
+mod host;
 mod policy;
 
 use fields::*;
+use host::read_host;
 use policy::{read_logs, read_policy};
 
 /// Names and namespaces end up in file names, targets and URLs; PM2 allows more but
@@ -51,28 +53,20 @@ const IGNORED_KEYS: &[&str] = &[
     "kill_retry_time",
 ];
 
+/// Keys the pm2 CLI writes into an app for itself (`username`, `install_url`) or that
+/// only steer its own command line (`force`, `write`, `execute_command`,
+/// `name_prefix`): accepted with a notice, since they change nothing about the app.
+const PM2_CLI_KEYS: &[&str] = &[
+    "username",
+    "install_url",
+    "force",
+    "write",
+    "execute_command",
+    "name_prefix",
+];
+
 /// PM2 options fleet refuses, with why and what to do instead.
 const UNSUPPORTED_KEYS: &[(&str, &str, &str)] = &[
-    (
-        "uid",
-        "fleet does not switch users",
-        "run a fleet agent as that user, with its own FLEET_HOME",
-    ),
-    (
-        "gid",
-        "fleet does not switch groups",
-        "run a fleet agent as a user of that group, with its own FLEET_HOME",
-    ),
-    (
-        "user",
-        "fleet does not switch users",
-        "run a fleet agent as that user, with its own FLEET_HOME",
-    ),
-    (
-        "pid",
-        "fleet does not write pid files",
-        "read pids from `fleet list --json`",
-    ),
     (
         "container",
         "fleet does not run containers",
@@ -217,7 +211,11 @@ pub(crate) fn read_app(
     let errors_before = ctx.errors.len();
     let mut r = MapReader::new(path, entries);
     let names = read_names(ctx, &mut r, path, table_name, app_line);
+    // Before `read_launch`, whose `env_*` keys are stages.
+    let env_file = r.take(ctx, &["env_file"]);
     let launch = read_launch(ctx, &mut r, env);
+    let check_files = env.resolve_scripts && names.script.is_some();
+    let host = read_host(ctx, &mut r, env_file, &launch.cwd, env.home, check_files);
     let policy = read_policy(ctx, &mut r, &launch.cwd);
     let logs = read_logs(ctx, &mut r, &launch.cwd, env.home);
     check_ignored_and_unsupported(ctx, &mut r);
@@ -271,6 +269,7 @@ pub(crate) fn read_app(
     spec.command = command;
     spec.interpreter = interpreter;
     launch.apply(&mut spec);
+    host.apply(&mut spec);
     if pm2_cluster_default && runs_on_node(&spec) {
         spec.exec_mode = ExecMode::Cluster;
     }
@@ -574,6 +573,15 @@ fn check_ignored_and_unsupported(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>) {
     for key in IGNORED_KEYS {
         if let Some(f) = r.take(ctx, &[key]) {
             ctx.warn(f.line, &f.path, "ignored: a node-only pm2 option");
+        }
+    }
+    for key in PM2_CLI_KEYS {
+        if let Some(f) = r.take(ctx, &[key]) {
+            ctx.warn(
+                f.line,
+                &f.path,
+                "ignored: it steers the pm2 CLI, not the app",
+            );
         }
     }
     if let Some(f) = r.take(ctx, &["treekill"]) {

@@ -11,6 +11,7 @@ mod app;
 pub use app::{file_name_of, runs_on_node};
 mod deploy;
 mod discover;
+pub mod envfile;
 mod error;
 mod js;
 mod load;

@@ -87,6 +87,17 @@ pub struct AppSpec {
     /// number before `.pid` when the app has several), and removed when it exits.
     #[serde(default)]
     pub pid_file: Option<std::path::PathBuf>,
+    /// `env_file`: `.env` files (absolute) the agent reads at each start, in order; their
+    /// variables sit between the inherited environment and `env`.
+    #[serde(default)]
+    pub env_files: Vec<PathBuf>,
+    /// PM2's `uid` (`user`): the user the app runs as, a name or a number. Only an agent
+    /// running as root can switch; `None` is the agent's own user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// PM2's `gid`: the app's group, a name or a number; `None` is the user's own group.
+    #[serde(default)]
+    pub group: Option<String>,
     pub listen_timeout_ms: u64,
     /// An HTTP check of each instance (`health_check = { path, interval, timeout }`).
     #[serde(default)]
@@ -252,6 +263,9 @@ impl AppSpec {
             wait_ready: false,
             shutdown_with_message: false,
             pid_file: None,
+            env_files: Vec::new(),
+            user: None,
+            group: None,
             health_check: None,
             balance: Balance::RoundRobin,
             listen_timeout_ms: DEFAULT_LISTEN_TIMEOUT_MS,
@@ -268,8 +282,13 @@ impl AppSpec {
 
     /// The environment an instance starts with: inherited, then the app's own, then
     /// `PORT`, the instance variables and `increment_var`.
-    pub fn instance_env(&self, instance: u32) -> BTreeMap<String, String> {
+    pub fn instance_env(
+        &self,
+        instance: u32,
+        from_files: BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
         let mut env = (*self.inherited_env).clone();
+        env.extend(from_files);
         env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(port) = self.port {
             env.insert("PORT".to_string(), port.to_string());

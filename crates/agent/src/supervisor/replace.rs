@@ -6,6 +6,7 @@
 //! Also `scale`.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::{Instance, Msg, Reply, ScaleTo, Supervisor, instance_logs};
+use crate::account;
 use crate::cluster::{self, Proxy};
 use crate::core::{self, Input, Status};
 use crate::error::AgentError;
@@ -130,10 +132,16 @@ impl Supervisor {
             .clone();
         let shared_mode = spec.port.is_some() && spec.exec_mode != ExecMode::Fork;
 
+        let run_as = account::resolve(spec.user.as_deref(), spec.group.as_deref())?;
         let mut env = {
             let instance = &self.instances[&id];
-            instance.spec.instance_env(instance.instance)
+            instance
+                .spec
+                .instance_env(instance.instance, process::env_from_files(&spec)?)
         };
+        if let Some(run_as) = &run_as {
+            run_as.set_env(&mut env);
+        }
         pm2_env(&mut env, id, &spec);
         let (listener, private_port) = if shared_mode {
             self.port_for_instance(&spec, &mut env)?
@@ -143,7 +151,8 @@ impl Supervisor {
 
         let mut probes = Probes::default();
         if spec.wait_ready {
-            probes.notify = Some(self.notify_socket(id, generation, &mut env)?);
+            let shared = run_as.is_some();
+            probes.notify = Some(self.notify_socket(id, generation, shared, &mut env)?);
         }
 
         let node_channel = if node::runs_on_node(&spec) {
@@ -176,6 +185,7 @@ impl Supervisor {
             io.captures(Stream::Err),
             listener,
             node_channel,
+            run_as.as_ref(),
         )?;
         let pid = child.id().map(|p| p as i32);
         instance.generation = generation;
@@ -267,17 +277,26 @@ impl Supervisor {
     }
 
     /// The sd_notify socket of one process (`NOTIFY_SOCKET`), reporting to this task.
+    /// An app running as another user cannot reach into the agent's owner-only home,
+    /// so it gets an abstract socket (`@…`, Linux), named after this agent's pid.
     fn notify_socket(
         &self,
         id: u32,
         generation: u64,
+        abstract_name: bool,
         env: &mut std::collections::BTreeMap<String, String>,
     ) -> Result<NotifySocket, String> {
-        let path = self
-            .home
-            .root
-            .join("notify")
-            .join(format!("{id}-{generation}.sock"));
+        let path = if abstract_name {
+            PathBuf::from(format!(
+                "@fleet-notify/{}/{id}-{generation}",
+                std::process::id()
+            ))
+        } else {
+            self.home
+                .root
+                .join("notify")
+                .join(format!("{id}-{generation}.sock"))
+        };
         let tx = self.tx.clone();
         let socket = readiness::notify_socket(&path, move |signal| {
             let _ = tx.send(Msg::Readiness {

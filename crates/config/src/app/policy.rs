@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::load::LoadOptions;
-use crate::reader::{self, Ctx, MapReader};
+use crate::reader::{self, Ctx, MapReader, Syntax};
 use crate::spec::{AppSpec, Balance, HealthCheck, LogType};
 use crate::units;
 
@@ -232,6 +232,15 @@ pub(super) fn read_logs(
             .and_then(|f| match reader::as_string(ctx, &f)?.as_str() {
                 "raw" => Some(LogType::Raw),
                 "json" => Some(LogType::Json),
+                // PM2 writes JSON lines for "json" and raw lines for anything else
+                // (`log_type: "format"` is common), so its files keep loading.
+                other if ctx.syntax != Syntax::Toml => {
+                    let message = format!(
+                        "{other:?} writes lines as they are, as in PM2 (only \"json\" changes them)"
+                    );
+                    ctx.warn(f.line, &f.path, &message);
+                    Some(LogType::Raw)
+                }
                 other => {
                     ctx.error(
                         f.line,
@@ -260,7 +269,7 @@ pub(super) fn read_logs(
         });
     let append_env_to_name = take_bool(ctx, r, &["append_env_to_name"]);
     let pid_file = r
-        .take(ctx, &["pid_file"])
+        .take(ctx, &["pid_file", "pid"])
         .and_then(|f| read_log_path(ctx, &f, cwd, home, false));
     Logs {
         out_file,

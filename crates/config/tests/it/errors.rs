@@ -396,9 +396,9 @@ fn syntax_errors_have_lines() {
 
 #[test]
 fn unsupported_pm2_keys_explain_themselves() {
-    // (pid_file is supported now: see start.rs in the end-to-end tests.)
+    // (pid_file and uid are supported now: see the end-to-end tests.)
     let errors = expect_errors(
-        Project::new().toml("[apps.a]\nscript = \"sleep 1\"\nuid = \"www\"\ntreekill = false\n"),
+        Project::new().toml("[apps.a]\nscript = \"sleep 1\"\ndocker = true\ntreekill = false\n"),
     );
     let messages: Vec<_> = summary(&errors)
         .into_iter()
@@ -407,7 +407,7 @@ fn unsupported_pm2_keys_explain_themselves() {
     assert_eq!(
         messages,
         [
-            "apps.a.uid: not supported: fleet does not switch users",
+            "apps.a.docker: not supported: fleet does not run containers",
             "apps.a.treekill: cannot be false: fleet always stops the whole process group",
         ]
     );

@@ -7,3 +7,5 @@ mod fixtures;
 mod harness;
 mod javascript;
 mod options;
+mod pm2_keys;
+mod properties;
