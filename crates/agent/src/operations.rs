@@ -121,7 +121,11 @@ impl Operations {
     pub async fn reload(&self, r: pb::ReloadRequest) -> Result<pb::OperationResponse, AgentError> {
         let mut apps = specs(r.apps)?;
         if !r.config_path.is_empty() {
-            apps.extend(load_host_config(&r.config_path, &r.env_stage)?);
+            apps.extend(load_host_config(
+                &r.config_path,
+                &r.config_cwd,
+                &r.env_stage,
+            )?);
         }
         let mut targets = r.targets;
         if !apps.is_empty() {
@@ -432,19 +436,29 @@ fn specs(apps: Vec<pb::AppConfig>) -> Result<Vec<AppSpec>, AgentError> {
 
 /// A config file on this host, loaded as `fleet start` would load it here: scripts and
 /// interpreters resolve on this host, with the agent's environment.
-fn load_host_config(path: &str, env_stage: &str) -> Result<Vec<AppSpec>, AgentError> {
+fn load_host_config(path: &str, cwd: &str, env_stage: &str) -> Result<Vec<AppSpec>, AgentError> {
     let path = std::path::Path::new(path);
-    if !path.is_absolute() {
-        return Err(AgentError::InvalidArgument(format!(
-            "config_path {} is not absolute",
-            path.display()
-        )));
+    let cwd = std::path::Path::new(cwd);
+    // An empty `config_cwd` is unset: the file's own directory.
+    let given = [("config_path", path), ("config_cwd", cwd)];
+    for (key, given) in given.into_iter().filter(|(_, p)| !p.as_os_str().is_empty()) {
+        if !given.is_absolute() {
+            return Err(AgentError::InvalidArgument(format!(
+                "{key} {} is not absolute",
+                given.display()
+            )));
+        }
     }
+    let cwd = if cwd.as_os_str().is_empty() {
+        path.parent().map(Into::into).unwrap_or_default()
+    } else {
+        cwd.to_path_buf()
+    };
     let options = fleet_config::LoadOptions {
         env_stage: (!env_stage.is_empty()).then(|| env_stage.to_string()),
         only: Vec::new(),
         inherited_env: Arc::new(std::env::vars().collect()),
-        cwd: path.parent().map(Into::into).unwrap_or_default(),
+        cwd,
     };
     let file = fleet_config::load(path, &options)
         .map_err(|errors| AgentError::InvalidArgument(errors.to_string()))?;

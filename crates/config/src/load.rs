@@ -29,7 +29,9 @@ pub struct LoadOptions {
     /// The CLI's whole environment; copied into `AppSpec::inherited_env`. Its `PATH`
     /// finds interpreters and programs, its `HOME` expands `~`.
     pub inherited_env: Arc<BTreeMap<String, String>>,
-    /// The CLI's cwd; relative config paths are resolved against it.
+    /// The CLI's cwd; relative config paths are resolved against it, and so are a PM2
+    /// file's relative `cwd`, `script` and log paths (fleet.toml's start at its own
+    /// directory).
     pub cwd: PathBuf,
 }
 
@@ -180,9 +182,15 @@ fn build(
     resolve_scripts: bool,
 ) -> Result<ConfigFile, ConfigErrors> {
     let file = absolute(&opts.cwd.join(shown));
-    let base_dir = file
-        .parent()
-        .map_or_else(|| opts.cwd.clone(), Path::to_path_buf);
+    // fleet.toml's relative paths start at its own directory; a PM2 file's start where
+    // the command runs, as PM2 resolves them, so a project that runs
+    // `pm2 start deploy/ecosystem.config.js` from its root keeps working.
+    let base_dir = match syntax {
+        Syntax::Toml => file
+            .parent()
+            .map_or_else(|| opts.cwd.clone(), Path::to_path_buf),
+        Syntax::Json | Syntax::Yaml | Syntax::Js => opts.cwd.clone(),
+    };
     let path_env: Option<OsString> = opts
         .inherited_env
         .get("PATH")

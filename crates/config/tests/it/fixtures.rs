@@ -14,8 +14,12 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// Loads a fixture as a project would: from the directory it sits in (PM2 files'
+/// relative paths start there).
 fn load_fixture(name: &str, project: &Project) -> ConfigFile {
-    expect_ok(load(&fixtures().join(name), &project.opts))
+    let mut opts = project.opts.clone();
+    opts.cwd = fixtures();
+    expect_ok(load(Path::new(name), &opts))
 }
 
 fn without_source(apps: &[AppSpec]) -> Vec<AppSpec> {

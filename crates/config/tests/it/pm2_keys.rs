@@ -173,3 +173,22 @@ fn log_type_other_than_json_writes_raw_lines_as_in_pm2() {
     // fleet.toml keeps its strict check.
     expect_errors(project.toml("[apps.a]\nscript = \"app.js\"\nlog_type = \"format\"\n"));
 }
+
+#[test]
+fn a_pm2_files_relative_paths_start_where_the_command_runs() {
+    let project = Project::new();
+    project.file("server.js", "");
+    // `pm2 start deploy/ecosystem.json` from the project's root.
+    let file = expect_ok(project.load_file(
+        "deploy/ecosystem.json",
+        r#"{"apps": [{"name": "a", "script": "server.js", "out_file": "logs/a.log"}]}"#,
+    ));
+    assert_eq!(file.apps[0].cwd, project.path());
+    let out = file.apps[0].logs.out_file.clone().unwrap_or_default();
+    assert_eq!(out, project.path().join("logs/a.log").display().to_string());
+    // fleet.toml keeps its own rule: paths start at its directory.
+    project.file("deploy/server.js", "");
+    let file =
+        expect_ok(project.load_file("deploy/fleet.toml", "[apps.a]\nscript = \"server.js\"\n"));
+    assert_eq!(file.apps[0].cwd, project.path().join("deploy"));
+}

@@ -170,12 +170,13 @@ impl Host {
         Ok(client)
     }
 
-    /// Has the host's agent reload the apps of `config_path` (a file on the host),
-    /// readiness-gated; then waits until every instance of them is online
+    /// Has the host's agent reload the apps of `config_path` (a file on the host, its
+    /// relative paths starting at `config_cwd`, the release's root), readiness-gated; then waits until every instance of them is online
     /// (`on_health` is called when that wait starts). The error names the step.
     pub async fn reload_release(
         &self,
         config_path: String,
+        config_cwd: String,
         stage: &str,
         on_health: impl FnOnce(),
     ) -> Result<(), (&'static str, StepError)> {
@@ -185,6 +186,7 @@ impl Host {
             let response = agent
                 .reload(apb::ReloadRequest {
                     config_path,
+                    config_cwd,
                     env_stage: stage.to_string(),
                     ..ops::reload_request(Vec::new())
                 })

@@ -423,11 +423,9 @@ impl Context {
         };
         let host = &live.host;
         self.events.step(host.name(), step);
-        let config_path = format!(
-            "{}/releases/{release}/{config_file}",
-            live.root.trim_end_matches('/')
-        );
-        host.reload_release(config_path, &self.stage.name, || {
+        let release_dir = format!("{}/releases/{release}", live.root.trim_end_matches('/'));
+        let config_path = format!("{release_dir}/{config_file}");
+        host.reload_release(config_path, release_dir, &self.stage.name, || {
             self.events.step(host.name(), "health")
         })
         .await
