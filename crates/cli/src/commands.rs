@@ -22,6 +22,25 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
         Command::Deploy(args) => crate::deploy::run(args, accept_new_host_keys).await,
         Command::Status(args) => list_command(&home, args.json).await,
         Command::List(args) => list_command(&home, args.json).await,
+        Command::Jlist(args) => {
+            let mut client = agent(&home).await?;
+            let processes = list(&mut client, Vec::new(), false).await?;
+            let value = crate::pm2::jlist(&processes);
+            if args.pretty {
+                println!("{value:#}");
+            } else {
+                println!("{value}");
+            }
+            Ok(())
+        }
+        Command::InstallPm2(args) => {
+            let link = crate::pm2::install(args.dir, args.force).map_err(Failure::failed)?;
+            println!(
+                "{} now runs fleet: PM2's command lines work through it",
+                link.display()
+            );
+            Ok(())
+        }
         Command::Ping => ping(&home).await,
         Command::Kill => kill(&home).await,
         Command::Describe(args) => {

@@ -8,6 +8,7 @@ mod deploy;
 mod fleet;
 mod monit;
 mod output;
+mod pm2;
 mod progress;
 
 use std::process::ExitCode;
@@ -78,8 +79,30 @@ pub enum Command {
     /// Send a message to Node apps' `process.on('message')` (PM2's
     /// `sendDataToProcessId`): JSON, or else the text as a string.
     Send(SendArgs),
+    /// Install a `pm2` command that runs fleet (a symlink), for the PM2 command lines
+    /// in deploy hooks, Dockerfiles and scripts.
+    InstallPm2(InstallPm2Args),
+    /// The process list in PM2's `jlist` JSON shape, for scripts written for PM2.
+    #[command(hide = true)]
+    Jlist(JlistArgs),
     /// Ship releases over SSH: `fleet deploy <stage> [setup|update|revert [n]|list|curr|prev|exec <cmd>|unlock]`.
     Deploy(DeployArgs),
+}
+
+#[derive(Args)]
+pub struct InstallPm2Args {
+    /// Where to put `pm2` (default: beside the fleet binary).
+    pub dir: Option<std::path::PathBuf>,
+    /// Replace an existing `pm2` (PM2's own) there.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct JlistArgs {
+    /// Indented, as `pm2 prettylist` prints it.
+    #[arg(long)]
+    pub pretty: bool,
 }
 
 #[derive(Args)]
@@ -327,7 +350,28 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if pm2::invoked_as_pm2(argv.first().map(|a| a.as_os_str())) {
+        let words: Option<Vec<String>> = argv[1..]
+            .iter()
+            .map(|a| a.to_str().map(String::from))
+            .collect();
+        let translated = words
+            .ok_or_else(|| "pm2: arguments must be UTF-8".to_string())
+            .and_then(|words| pm2::translate(&words));
+        match translated {
+            Ok(args) => {
+                argv = std::iter::once("fleet".into())
+                    .chain(args.into_iter().map(Into::into))
+                    .collect()
+            }
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let cli = Cli::parse_from(argv);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -92,8 +92,71 @@ pub enum DeployStrategy {
     /// `git archive` of `ref` made here and uploaded: hosts need no repository access.
     #[default]
     Archive,
-    /// Each host clones `repo` (PM2's way).
+    /// Each host keeps a mirror of `repo` and exports the commit into the release.
     Clone,
+    /// Each host clones `repo` and the release is a git checkout (the branch checked
+    /// out, `origin` the repository), as PM2's deploy leaves its `source/`: hooks can
+    /// run `git pull`, `git reset --hard` or `git submodule update`. The default for a
+    /// PM2 ecosystem file's deploy section.
+    Checkout,
+}
+
+/// The commands a PM2 deploy hook runs to (re)start its apps.
+const PM2_START_COMMANDS: &[&str] = &[
+    "start",
+    "startOrRestart",
+    "startOrReload",
+    "startOrGracefulReload",
+    "reload",
+    "gracefulReload",
+    "restart",
+];
+
+impl DeployStage {
+    /// Whether `post_deploy` (re)starts the apps itself with `pm2` (PM2's own
+    /// `npm install && pm2 reload ecosystem.config.js --env production`): then fleet
+    /// leaves that to the hook, which runs after the build it needs.
+    pub fn post_deploy_starts_apps(&self) -> bool {
+        self.post_deploy.as_deref().is_some_and(runs_pm2_start)
+    }
+
+    /// Whether any hook that runs on the hosts calls `pm2`: `setup` then installs
+    /// fleet's `pm2` there.
+    pub fn hooks_call_pm2(&self) -> bool {
+        [
+            &self.pre_setup,
+            &self.post_setup,
+            &self.pre_deploy,
+            &self.post_deploy,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|hook| pm2_commands(hook).next().is_some())
+    }
+}
+
+/// Whether a shell command line runs `pm2 <start command>` in any of its parts.
+pub fn runs_pm2_start(line: &str) -> bool {
+    pm2_commands(line).any(|command| PM2_START_COMMANDS.contains(&command))
+}
+
+/// The `pm2` subcommands a shell command line runs (`pm2 reload x && pm2 save` runs
+/// `reload` and `save`); `""` for a bare `pm2`.
+fn pm2_commands(line: &str) -> impl Iterator<Item = &str> {
+    line.split(['&', '|', ';', '\n', '(', ')'])
+        .filter_map(|part| {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            // The command word, after `VAR=x` assignments and wrappers (`sudo`, `npx`).
+            let assignment = |w: &str| w.contains('=') && !w.starts_with('-');
+            let wrapper =
+                |w: &str| matches!(w, "sudo" | "env" | "npx" | "exec" | "command" | "nohup");
+            let at = words.iter().position(|w| !assignment(w) && !wrapper(w))?;
+            if words[at] != "pm2" && !words[at].ends_with("/pm2") {
+                return None;
+            }
+            let command = words[at + 1..].iter().find(|w| !w.starts_with('-'));
+            Some(command.copied().unwrap_or(""))
+        })
 }
 
 /// Hosts deployed at once: a count or a percentage of the stage's hosts.
@@ -238,8 +301,10 @@ fn read_stage(
     let lock_ttl_ms = read_lock_ttl(ctx, &mut r);
     let shared_dirs = shared_paths(ctx, &mut r, "shared_dirs");
     let shared_files = shared_paths(ctx, &mut r, "shared_files");
-    let strategy = read_strategy(ctx, &mut r);
-    if strategy == DeployStrategy::Clone && repo_field.is_none() {
+    // PM2's own deploy leaves a git checkout its hooks may rely on.
+    let pm2_file = ctx.syntax != reader::Syntax::Toml && repo_field.is_some();
+    let strategy = read_strategy(ctx, &mut r, pm2_file);
+    if strategy != DeployStrategy::Archive && repo_field.is_none() {
         ctx.error_hint(
             line,
             path,
@@ -403,23 +468,30 @@ fn read_lock_ttl(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>) -> u64 {
         .unwrap_or(DEFAULT_LOCK_TTL_MS)
 }
 
-/// `strategy`: "archive" (the default) or "clone".
-fn read_strategy(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>) -> DeployStrategy {
+/// `strategy`: "archive" (the default), "clone" or "checkout" (the default of a PM2
+/// file's deploy section with a `repo`).
+fn read_strategy(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>, pm2_file: bool) -> DeployStrategy {
+    let default = if pm2_file {
+        DeployStrategy::Checkout
+    } else {
+        DeployStrategy::Archive
+    };
     match r.take(ctx, &["strategy"]) {
         Some(f) => match reader::as_string(ctx, &f).as_deref() {
             Some("archive") => DeployStrategy::Archive,
             Some("clone") => DeployStrategy::Clone,
+            Some("checkout") => DeployStrategy::Checkout,
             Some(other) => {
                 ctx.error(
                     f.line,
                     &f.path,
-                    format!("expected \"archive\" or \"clone\", got {other:?}"),
+                    format!("expected \"archive\", \"clone\" or \"checkout\", got {other:?}"),
                 );
-                DeployStrategy::Archive
+                default
             }
-            None => DeployStrategy::Archive,
+            None => default,
         },
-        None => DeployStrategy::Archive,
+        None => default,
     }
 }
 

@@ -24,7 +24,7 @@ mod units;
 
 pub use deploy::{
     Batch, DEFAULT_KEEP_RELEASES, DEFAULT_LOCK_TTL_MS, DeployStage, DeployStrategy, DeployTarget,
-    HostOverride,
+    HostOverride, runs_pm2_start,
 };
 pub use discover::{CONFIG_NAMES, discover, first_in};
 pub use error::{ConfigError, ConfigErrors};

@@ -192,3 +192,37 @@ fn a_pm2_files_relative_paths_start_where_the_command_runs() {
         expect_ok(project.load_file("deploy/fleet.toml", "[apps.a]\nscript = \"server.js\"\n"));
     assert_eq!(file.apps[0].cwd, project.path().join("deploy"));
 }
+
+#[test]
+fn a_pm2_deploy_section_gets_a_checkout_and_its_post_deploy_starts_the_apps() {
+    let project = Project::new();
+    project.file("app.js", "");
+    let deploy = r#"{"apps": [{"name": "a", "script": "app.js"}],
+        "deploy": {"production": {"host": "h", "repo": "git@example.com:a.git",
+            "ref": "origin/main", "path": "/srv/a",
+            "post-deploy": "npm install && pm2 reload ecosystem.config.js --env production"}}}"#;
+    let file = expect_ok(project.json(deploy));
+    let stage = &file.deploy["production"];
+    assert_eq!(stage.strategy, fleet_config::DeployStrategy::Checkout);
+    assert!(stage.post_deploy_starts_apps());
+    assert!(stage.hooks_call_pm2());
+    // fleet.toml keeps the archive default; a strategy set by hand wins.
+    let file = expect_ok(project.toml(
+        "[deploy.p]\nhost = \"h\"\nrepo = \"git@example.com:a.git\"\npath = \"/srv/a\"\npost_deploy = \"npm run build\"\n",
+    ));
+    assert_eq!(
+        file.deploy["p"].strategy,
+        fleet_config::DeployStrategy::Archive
+    );
+    assert!(!file.deploy["p"].post_deploy_starts_apps());
+    assert!(!file.deploy["p"].hooks_call_pm2());
+    for (line, starts) in [
+        ("pm2 startOrRestart ecosystem.json --env production", true),
+        ("cd app; ./node_modules/.bin/pm2 -s reload all", true),
+        ("npm ci && pm2 save", false),
+        ("echo pm2 reload", false),
+        ("pm2 logs --nostream", false),
+    ] {
+        assert_eq!(fleet_config::runs_pm2_start(line), starts, "{line}");
+    }
+}

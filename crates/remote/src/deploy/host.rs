@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use fleet_config::DeployStrategy;
+
 use super::Context;
 use super::error::StepError;
 use super::executor::{Host, Step, StepOutput};
@@ -271,6 +273,7 @@ impl Context {
         let hooks = plan::Hooks {
             pre_deploy: config.pre_deploy.is_some(),
             post_deploy: config.post_deploy.is_some(),
+            post_deploy_starts_apps: config.post_deploy_starts_apps(),
         };
         let mut walk = HostWalk::new(kind, hooks, lock);
         // Unsure (the connection ended mid-switch): as if switched, so undo switches back.
@@ -362,7 +365,8 @@ impl Context {
         }
         let hook = |command: &str| {
             let env = self.hook_env(release, live.previous.as_deref());
-            Step::hook(script::hook(&host.path, Some(release), &env, command))
+            let home = host.ssh.fleet_home.as_deref();
+            Step::hook(script::hook(&host.path, Some(release), &env, home, command))
         };
         match phase {
             Phase::Transfer => {
@@ -371,9 +375,13 @@ impl Context {
                 };
                 let script = script::clone_release(
                     &host.path,
-                    config.repo.as_deref().unwrap_or_default(),
+                    &script::Source {
+                        repo: config.repo.as_deref().unwrap_or_default(),
+                        commit,
+                        checkout: (config.strategy == DeployStrategy::Checkout)
+                            .then(|| branch_of(config.git_ref.as_deref())),
+                    },
                     release,
-                    commit,
                     &script::Shared {
                         dirs: &config.shared_dirs,
                         files: &config.shared_files,
@@ -563,4 +571,17 @@ fn random_token() -> Result<String, StepError> {
     getrandom::fill(&mut bytes)
         .map_err(|e| StepError::Host(format!("this machine's random source failed: {e}")))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The branch a checkout release has checked out: PM2's `ref` without its remote
+/// (`origin/main` is `main`); `None` (a detached checkout) for no ref.
+fn branch_of(git_ref: Option<&str>) -> Option<String> {
+    let git_ref = git_ref?;
+    let branch = git_ref.split_once('/').map_or(git_ref, |(_, b)| b);
+    let valid = !branch.is_empty()
+        && !branch.starts_with('-')
+        && branch
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'));
+    valid.then(|| branch.to_string())
 }

@@ -21,6 +21,7 @@ mod executor;
 mod host;
 mod inspect;
 pub mod plan;
+mod pm2;
 mod rollout;
 mod script;
 mod setup;

@@ -207,6 +207,9 @@ pub struct LockState {
 pub struct Hooks {
     pub pre_deploy: bool,
     pub post_deploy: bool,
+    /// `post_deploy` (re)starts the apps itself (`pm2 reload …`), after the build it
+    /// runs first: fleet's own reload would start them before that build.
+    pub post_deploy_starts_apps: bool,
 }
 
 impl HostWalk {
@@ -221,7 +224,11 @@ impl HostWalk {
         if !lock.switch_done {
             steps.push_back(Phase::Switch);
         }
-        steps.push_back(Phase::Reload);
+        let hook_starts_apps =
+            payload.is_new() && hooks.post_deploy && hooks.post_deploy_starts_apps;
+        if !hook_starts_apps {
+            steps.push_back(Phase::Reload);
+        }
         if payload.is_new() && hooks.post_deploy {
             steps.push_back(Phase::PostDeploy);
         }

@@ -39,7 +39,9 @@ impl Context {
         self.pre_deploy_local(&base_dir).await?;
         let shipment = match self.stage.config.strategy {
             DeployStrategy::Archive => self.pack(&base_dir)?,
-            DeployStrategy::Clone => self.resolve_on_first_host().await?,
+            DeployStrategy::Clone | DeployStrategy::Checkout => {
+                self.resolve_on_first_host().await?
+            }
         };
         let commit = &shipment.commit;
         let short = &commit[..7];
@@ -58,6 +60,13 @@ impl Context {
             self.hosts.len(),
             self.stage.name
         ));
+        if let Some(note) = super::pm2::differences(
+            &self.stage.name,
+            &self.stage.config,
+            &self.stage.config_path,
+        ) {
+            self.events.note(note);
+        }
         let payload = Payload::New {
             release: &release,
             commit,

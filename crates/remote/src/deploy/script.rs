@@ -13,6 +13,9 @@ use fleet_config::CONFIG_NAMES;
 
 use crate::ssh::quote;
 
+mod agent;
+pub use agent::*;
+
 /// Lines of a step's stdout that carry facts for the deployer, `fleet:<key>=<value>`;
 /// everything else is output for the user.
 const FACT_PREFIX: &str = "fleet:";
@@ -320,25 +323,67 @@ pub fn resolve_ref(path: &RemotePath, repo: &str, git_ref: &str) -> String {
 /// and exports it into `releases/<id>`.
 pub fn clone_release(
     path: &RemotePath,
-    repo: &str,
+    source: &Source<'_>,
     release: &str,
-    commit: &str,
     shared: &Shared<'_>,
 ) -> String {
-    let mut s = update_mirror(path, repo);
+    let commit = source.commit;
+    let mut s = update_mirror(path, source.repo);
     let _ = write!(
         s,
         r#"git -C "$M" cat-file -e {commit}^{{commit}} 2>/dev/null || {{ echo "commit {commit} is not in $M" >&2; exit 1; }}
 R="$P/releases/"{release}
 if [ -e "$R" ]; then echo "release directory $R already exists" >&2; exit 1; fi
-mkdir "$R"
-git -C "$M" archive --format=tar {commit} | tar -xf - -C "$R"
 "#,
         commit = quote(commit),
         release = quote(release)
     );
+    match &source.checkout {
+        None => {
+            let _ = writeln!(
+                s,
+                "mkdir \"$R\"\ngit -C \"$M\" archive --format=tar {} | tar -xf - -C \"$R\"",
+                quote(commit)
+            );
+        }
+        // A local clone of the mirror (git hardlinks its objects, so it is cheap and
+        // stays whole when the mirror prunes), then `origin` pointed at the repository
+        // itself so `git pull` in a hook fetches from it.
+        Some(branch) => {
+            let _ = write!(
+                s,
+                "git clone --quiet --no-checkout \"$M\" \"$R\"\ngit -C \"$R\" remote set-url origin {repo}\n",
+                repo = quote(source.repo)
+            );
+            match branch {
+                Some(branch) => {
+                    let _ = writeln!(
+                        s,
+                        "git -C \"$R\" checkout --quiet -B {b} {c}\ngit -C \"$R\" branch --quiet --set-upstream-to=origin/{b} {b} 2>/dev/null || true",
+                        b = quote(branch),
+                        c = quote(commit)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "git -C \"$R\" checkout --quiet --detach {}",
+                        quote(commit)
+                    );
+                }
+            }
+        }
+    }
     finish_release(&mut s, commit, shared);
     s
+}
+
+/// Where a cloned release comes from.
+pub struct Source<'a> {
+    pub repo: &'a str,
+    pub commit: &'a str,
+    /// `Some` for the checkout strategy: the branch to check out (`None`: detached).
+    pub checkout: Option<Option<String>>,
 }
 
 /// Shared paths linked into every release.
@@ -380,6 +425,7 @@ pub fn hook(
     path: &RemotePath,
     dir: Option<&str>,
     env: &[(String, String)],
+    fleet_home: Option<&str>,
     command: &str,
 ) -> String {
     let mut s = prelude(path);
@@ -392,6 +438,17 @@ pub fn hook(
     for (key, value) in env {
         let _ = writeln!(s, "export {key}={}", quote(value));
     }
+    // The host's agent, and `setup`'s `pm2` (fleet under PM2's name) first on PATH, so
+    // a PM2 hook's `pm2 reload ecosystem.config.js` drives fleet.
+    match fleet_home {
+        Some(home) => {
+            let _ = writeln!(s, "export FLEET_HOME={}", quote(home));
+        }
+        None => s.push_str(": \"${FLEET_HOME:=$HOME/.fleet}\"\nexport FLEET_HOME\n"),
+    }
+    s.push_str(
+        "if [ -x \"$FLEET_HOME/bin/pm2\" ]; then PATH=\"$FLEET_HOME/bin:$PATH\"; export PATH; fi\n",
+    );
     let _ = writeln!(s, "sh -c {}", quote(command));
     s
 }
@@ -470,112 +527,6 @@ pub fn setup_dirs(path: &RemotePath, shared_dirs: &[String]) -> String {
     }
     s.push_str("cd \"$P\"\necho \"fleet:root=$(pwd)\"\n");
     s
-}
-
-/// Where the agent binary goes and whether the one there already matches: prints the
-/// installed binary's sha256 (empty when absent), whether systemd runs, and the agent
-/// running from `home` if any.
-pub fn agent_probe(home: &str) -> String {
-    format!(
-        r#"set -eu
-H={home}
-B="$H/bin/fleet-agent"
-echo "fleet:sha256=$( (sha256sum "$B" 2>/dev/null || true) | cut -d' ' -f1)"
-if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then echo fleet:systemd=yes; else echo fleet:systemd=no; fi
-pid=$(cat "$H/agent.pid" 2>/dev/null | tr -dc 0-9 || true)
-if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "fleet:running=$pid $(readlink /proc/$pid/exe 2>/dev/null || true)"; fi
-echo "fleet:uid=$(id -u)"
-true
-"#,
-        home = quote(home)
-    )
-}
-
-/// Installs the agent binary from stdin (written aside, then renamed into place).
-pub fn agent_install(home: &str) -> String {
-    format!(
-        "set -eu\nH={}\nmkdir -p \"$H/bin\"\nchmod 700 \"$H\"\ncat > \"$H/bin/.fleet-agent.new\"\nchmod 755 \"$H/bin/.fleet-agent.new\"\nmv -f \"$H/bin/.fleet-agent.new\" \"$H/bin/fleet-agent\"\n",
-        quote(home)
-    )
-}
-
-/// What keeps the agent running on a host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Supervision {
-    /// A system unit (root on a host where systemd runs).
-    SystemdSystem,
-    /// A user unit (another user on a host where systemd runs).
-    SystemdUser,
-    /// A detached daemon (no systemd).
-    Daemon,
-}
-
-/// Starts the agent: a systemd unit where systemd runs (a system unit for root, a user
-/// unit otherwise), else a detached daemon; waits for its socket.
-pub fn agent_start(home: &str, supervision: Supervision) -> String {
-    let mut s = format!("set -eu\nH={}\nB=\"$H/bin/fleet-agent\"\n", quote(home));
-    if supervision != Supervision::Daemon {
-        let root = supervision == Supervision::SystemdSystem;
-        let (dir, ctl) = if root {
-            ("/etc/systemd/system", "systemctl")
-        } else {
-            ("$HOME/.config/systemd/user", "systemctl --user")
-        };
-        let _ = write!(
-            s,
-            r#"U="{dir}/fleet-agent.service"
-mkdir -p "$(dirname "$U")"
-cat > "$U.new" <<EOF
-[Unit]
-Description=fleet agent (process manager)
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Environment=FLEET_HOME=$H
-ExecStart=$B --home $H --daemon
-Restart=always
-RestartSec=1
-
-[Install]
-WantedBy={target}
-EOF
-mv -f "$U.new" "$U"
-{ctl} daemon-reload
-{ctl} enable --now fleet-agent.service >/dev/null 2>&1
-"#,
-            target = if root {
-                "multi-user.target"
-            } else {
-                "default.target"
-            },
-        );
-    } else {
-        s.push_str(
-            "FLEET_HOME=\"$H\" setsid \"$B\" --home \"$H\" --daemon </dev/null >>\"$H/agent.out\" 2>&1 &\n",
-        );
-    }
-    s.push_str(
-        "i=0\nwhile [ ! -S \"$H/agent.sock\" ]; do i=$((i+1)); if [ $i -gt 100 ]; then echo \"the agent did not open $H/agent.sock within 10s (see $H/agent.log)\" >&2; exit 1; fi; sleep 0.1; done\n",
-    );
-    s
-}
-
-/// The controller URL the host's agent joined, if any.
-pub fn agent_controller_url(home: &str) -> String {
-    format!("cat {}/controller/url 2>/dev/null || true", quote(home))
-}
-
-/// Writes the controller's CA for the agent's `join`, then joins.
-pub fn agent_join(home: &str, url: &str, token: &str, host: &str, ca_pem: &str) -> String {
-    format!(
-        "set -eu\nH={home}\nprintf '%s' {ca} > \"$H/controller-ca.pem\"\nchmod 600 \"$H/controller-ca.pem\"\n\"$H/bin/fleet-agent\" --home \"$H\" join {url} {token} --host {host} --ca \"$H/controller-ca.pem\" >/dev/null\n",
-        home = quote(home),
-        ca = quote(ca_pem),
-        url = quote(url),
-        token = quote(token),
-        host = quote(host),
-    )
 }
 
 fn one_line(text: &str) -> String {
@@ -672,15 +623,37 @@ mod tests {
             unlock(&path, "t0k"),
             force_unlock(&path),
             unpack(&path, "r1", "abc", &shared),
-            clone_release(&path, "git@x:y.git", "r1", "abc", &shared),
+            clone_release(
+                &path,
+                &Source {
+                    repo: "git@x:y.git",
+                    commit: "abc",
+                    checkout: None,
+                },
+                "r1",
+                &shared,
+            ),
+            clone_release(
+                &path,
+                &Source {
+                    repo: "git@x:y.git",
+                    commit: "abc",
+                    checkout: Some(Some("main".into())),
+                },
+                "r1",
+                &shared,
+            ),
             resolve_ref(&path, "git@x:y.git", "main"),
             discard(&path, "r1"),
             hook(
                 &path,
                 Some("r1"),
                 &[("A".into(), "b c".into())],
+                None,
                 "echo 'hi'",
             ),
+            hook(&path, None, &[], Some("/srv/fleet"), "pm2 reload x"),
+            cli_install("/srv/fleet"),
             switch(&path, "r1"),
             finish(&path, "t0k", "{\"id\":\"r1\"}", &["r0".to_string()]),
             inspect(&path),

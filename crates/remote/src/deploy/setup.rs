@@ -1,6 +1,6 @@
 //! `fleet deploy <stage> setup`: on every host, idempotently, the hooks around it,
-//! the directories, the `fleet-agent` beside this binary (uploaded only when its
-//! sha256 differs), the host joined to the controller once (when there is one) and
+//! the directories, the `fleet-agent` and `fleet` beside this binary (each uploaded
+//! only when its sha256 differs; `pm2` is a link to `fleet`, for PM2's hooks), the host joined to the controller once (when there is one) and
 //! the agent started (a systemd unit where systemd runs, else a daemon).
 
 use std::path::PathBuf;
@@ -39,11 +39,20 @@ fn at(step: &'static str) -> impl FnOnce(StepError) -> Failure {
 impl Context {
     pub(super) async fn setup(&self) -> Result<Report, DeployError> {
         let started = Instant::now();
-        let agent_binary = local_agent_binary()?;
-        let bytes = std::fs::read(&agent_binary).map_err(|e| {
-            DeployError::Local(format!("cannot read {}: {e}", agent_binary.display()))
-        })?;
-        let sha = sha256_hex(&bytes);
+        let agent = Binary::read(&local_agent_binary()?)?;
+        // Hooks that call `pm2` (a PM2 deploy section's) get fleet's, so they drive the
+        // agent; other stages need no CLI on the hosts.
+        let cli = match (self.stage.config.hooks_call_pm2(), local_cli_binary()) {
+            (false, _) => None,
+            (true, Some(path)) => Some(Binary::read(&path)?),
+            (true, None) => {
+                self.events.note(
+                    "no `fleet` beside this binary: the hosts get no `pm2`, so hooks that call pm2 will not find it",
+                );
+                None
+            }
+        };
+        let binaries = Binaries { agent, cli };
         let join = match &self.stage.controller {
             None => None,
             Some(controller) => {
@@ -64,10 +73,10 @@ impl Context {
             }
         };
         let results = futures::future::join_all(self.hosts.iter().map(|host| {
-            let (join, bytes, sha) = (join.clone(), &bytes, &sha);
+            let (join, binaries) = (join.clone(), &binaries);
             async move {
                 let started = Instant::now();
-                let result = self.setup_host(host, bytes, sha, join).await;
+                let result = self.setup_host(host, binaries, join).await;
                 (host.name().to_string(), result, started.elapsed())
             }
         }))
@@ -104,15 +113,16 @@ impl Context {
     async fn setup_host(
         &self,
         host: &Host,
-        bytes: &[u8],
-        sha: &str,
+        binaries: &Binaries,
         join: Option<Arc<Joiner>>,
     ) -> Result<String, Failure> {
+        let (bytes, sha) = (&binaries.agent.bytes, binaries.agent.sha.as_str());
         let config = &self.stage.config;
         let env = self.hook_env("", None);
         if let Some(command) = &config.pre_setup {
             self.events.step(host.name(), "pre-setup");
-            let step = Step::hook(script::hook(&host.path, None, &env, command));
+            let home = host.ssh.fleet_home.as_deref();
+            let step = Step::hook(script::hook(&host.path, None, &env, home, command));
             host.hook(&step, &self.events)
                 .await
                 .map_err(at("pre-setup"))?;
@@ -134,6 +144,15 @@ impl Context {
             let step = Step::transfer(script::agent_install(&home), Some(bytes));
             host.run(&step).await.map_err(at("upload agent"))?;
             notes.push("agent installed".to_string());
+        }
+        if let Some(cli) = &binaries.cli {
+            let installed = probe.fact("cli_sha256").unwrap_or_default();
+            if installed != cli.sha || probe.fact("pm2").is_none() {
+                self.events.step(host.name(), "upload fleet");
+                let step = Step::transfer(script::cli_install(&home), Some(&cli.bytes));
+                host.run(&step).await.map_err(at("upload fleet"))?;
+                notes.push(format!("fleet and pm2 installed in {home}/bin"));
+            }
         }
         if let Some(join) = join {
             self.join(host, &home, &join, running.is_some(), &mut notes)
@@ -169,7 +188,8 @@ impl Context {
         }
         if let Some(command) = &config.post_setup {
             self.events.step(host.name(), "post-setup");
-            let step = Step::hook(script::hook(&host.path, None, &env, command));
+            let home = host.ssh.fleet_home.as_deref();
+            let step = Step::hook(script::hook(&host.path, None, &env, home, command));
             host.hook(&step, &self.events)
                 .await
                 .map_err(at("post-setup"))?;
@@ -236,6 +256,38 @@ impl Context {
         }
         Ok(())
     }
+}
+
+/// A binary `setup` uploads, with its sha256 (uploaded only when the host's differs).
+struct Binary {
+    bytes: Vec<u8>,
+    sha: String,
+}
+
+impl Binary {
+    fn read(path: &std::path::Path) -> Result<Binary, DeployError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| DeployError::Local(format!("cannot read {}: {e}", path.display())))?;
+        let sha = sha256_hex(&bytes);
+        Ok(Binary { bytes, sha })
+    }
+}
+
+/// The agent, and the CLI that hooks reach as `pm2`.
+struct Binaries {
+    agent: Binary,
+    cli: Option<Binary>,
+}
+
+/// The `fleet` CLI uploaded beside the agent: `FLEET_CLI_BINARY`, else the one next
+/// to this executable.
+fn local_cli_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("FLEET_CLI_BINARY") {
+        return Some(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let cli = exe.with_file_name("fleet");
+    cli.is_file().then_some(cli)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -180,7 +180,26 @@ fn walk(payload: Payload, hooks: Hooks, lock: LockState) -> Vec<HostNext> {
 const BOTH_HOOKS: Hooks = Hooks {
     pre_deploy: true,
     post_deploy: true,
+    post_deploy_starts_apps: false,
 };
+
+#[test]
+fn a_post_deploy_hook_that_starts_the_apps_replaces_fleets_reload() {
+    let hooks = Hooks {
+        post_deploy_starts_apps: true,
+        ..BOTH_HOOKS
+    };
+    assert_eq!(
+        walk(Payload::Clone, hooks, LockState::default()),
+        vec![
+            HostNext::Run(Phase::Transfer),
+            HostNext::Run(Phase::PreDeploy),
+            HostNext::Run(Phase::Switch),
+            HostNext::Run(Phase::PostDeploy),
+            HostNext::Ready
+        ]
+    );
+}
 
 #[test]
 fn an_archive_deploy_switched_by_the_lock_reloads_then_is_ready() {
