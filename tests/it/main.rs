@@ -7,6 +7,7 @@ mod harness;
 mod cluster;
 mod config;
 mod controller;
+mod corpus;
 mod deploy;
 mod deploy_pm2;
 mod fleet;

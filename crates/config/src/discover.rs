@@ -9,6 +9,7 @@ pub const CONFIG_NAMES: &[&str] = &[
     "fleet.toml",
     "ecosystem.config.js",
     "ecosystem.config.cjs",
+    "ecosystem.config.mjs",
     "ecosystem.json",
     "ecosystem.yaml",
     "ecosystem.yml",

@@ -202,6 +202,8 @@ fn build(
         .cloned()
         .or_else(|| std::env::var("HOME").ok());
     let mut ctx = Ctx::new(shown, syntax);
+    let package = package_json_apps(shown, root);
+    let root = package.as_ref().unwrap_or(root);
 
     let empty = Vec::new();
     let (entries, bare_apps): (&[Entry], Option<&Located<Node>>) = match &root.value {
@@ -240,7 +242,11 @@ fn build(
             "run a static file server as an app",
         );
     }
-    r.finish(&mut ctx);
+    if syntax == Syntax::Toml {
+        r.finish(&mut ctx);
+    } else {
+        r.finish_ignoring_others(&mut ctx);
+    }
 
     let deploy = deploy_field
         .map(|f| deploy::read_deploy(&mut ctx, &f, &base_dir, home.as_deref()))
@@ -282,6 +288,28 @@ fn build(
         controller,
         warnings: ctx.warnings,
     })
+}
+
+/// A `package.json` (which PM2 starts): only its `apps` (with `deploy`) or `pm2` key
+/// is the ecosystem; the rest is npm's. `None` for any other file, or a package.json
+/// with neither key (then the usual errors explain what is missing).
+fn package_json_apps(shown: &Path, root: &Located<Node>) -> Option<Located<Node>> {
+    if shown.file_name().is_none_or(|name| name != "package.json") {
+        return None;
+    }
+    let Node::Map(entries) = &root.value else {
+        return None;
+    };
+    let find = |key: &str| entries.iter().find(|(k, _)| k.value == key);
+    if find(APPS).is_some() {
+        let kept = entries
+            .iter()
+            .filter(|(k, _)| k.value == APPS || k.value == DEPLOY)
+            .cloned()
+            .collect();
+        return Some(Located::new(Node::Map(kept), root.line));
+    }
+    find("pm2").map(|(_, value)| value.clone())
 }
 
 /// An ecosystem whose top level is one app (`{ "script": ... }`), which PM2 accepts.

@@ -220,6 +220,25 @@ impl<'n> MapReader<'n> {
     }
 }
 
+impl MapReader<'_> {
+    /// As `finish`, for a level where PM2 ignores what it does not know (an ecosystem
+    /// file's top level, where YAML anchors live): a likely typo of a known key stays
+    /// an error; any other key is a warning saying it is ignored.
+    pub fn finish_ignoring_others(self, ctx: &mut Ctx<'_>) {
+        for entry in self.entries.iter().filter(|entry| !entry.taken) {
+            match did_you_mean(&entry.normalised, &self.known) {
+                Some(name) => ctx.error_hint(
+                    entry.key_line,
+                    &entry.path,
+                    "unknown key",
+                    format!("did you mean `{name}`?"),
+                ),
+                None => ctx.warn(entry.key_line, &entry.path, "ignored, as PM2 ignores it"),
+            }
+        }
+    }
+}
+
 /// `apps` + `api` = `apps.api`; keys that are not plain words are quoted, as in TOML.
 pub(crate) fn join_key(path: &str, key: &str) -> String {
     let plain = !key.is_empty()

@@ -356,8 +356,18 @@ fn document_shapes() {
 
 #[test]
 fn yaml_anchors_share_settings() {
-    let text = "defaults: &defaults\n  autorestart: false\n  env: { A: \"1\" }\n";
-    let errors = expect_errors(Project::new().yaml(text));
+    // A top-level key holding the anchor is ignored, as PM2 ignores it (a warning);
+    // a likely typo of `apps` is still an error.
+    let text = "defaults: &defaults\n  autorestart: false\n  max_restarts: 2\napps:\n  - <<: *defaults\n    name: a\n    script: sleep 1\n";
+    let file = expect_ok(Project::new().yaml(text));
+    assert_eq!(file.apps[0].max_restarts, 2);
+    assert!(!file.apps[0].autorestart);
+    assert!(
+        file.warnings[0].contains("defaults: ignored, as PM2 ignores it"),
+        "{:?}",
+        file.warnings
+    );
+    let errors = expect_errors(Project::new().yaml("app:\n  - name: a\n    script: sleep 1\n"));
     assert_eq!(summary(&errors)[0].2, "unknown key");
     let text = "apps:\n  - &base\n    name: a\n    script: sleep 1\n    max_restarts: 3\n  - <<: *base\n    name: b\n";
     let file = expect_ok(Project::new().yaml(text));

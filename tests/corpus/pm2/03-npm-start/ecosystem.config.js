@@ -1,0 +1,8 @@
+module.exports = {
+  apps: [{
+    name: 'web',
+    script: 'npm',
+    args: 'start',
+    env: { NODE_ENV: 'production', PORT: 3000 }
+  }]
+}

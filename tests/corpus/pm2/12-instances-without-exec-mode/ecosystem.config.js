@@ -1,0 +1,7 @@
+module.exports = {
+  apps: [{
+    name: 'api',
+    script: 'server.js',
+    instances: 4,
+  }],
+};

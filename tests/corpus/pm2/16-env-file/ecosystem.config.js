@@ -1,0 +1,7 @@
+module.exports = {
+  apps: [{
+    name: 'api',
+    script: 'index.js',
+    env_file: '.env',
+  }],
+};

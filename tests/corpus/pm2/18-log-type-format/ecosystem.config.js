@@ -1,0 +1,3 @@
+module.exports = {
+  apps: [{ name: 'fmt', script: 'app.js', log_type: 'format', log_date_format: 'YYYY-MM-DD HH:mm Z' }],
+};

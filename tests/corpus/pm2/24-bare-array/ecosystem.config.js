@@ -1,0 +1,4 @@
+module.exports = [
+  { name: 'one', script: 'one.js' },
+  { name: 'two', script: 'two.js' },
+];

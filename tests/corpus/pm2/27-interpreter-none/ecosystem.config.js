@@ -1,0 +1,3 @@
+module.exports = {
+  apps: [{ name: 'binary', script: './run.sh', interpreter: 'none' }],
+};

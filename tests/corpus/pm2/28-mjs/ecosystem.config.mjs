@@ -1,0 +1,3 @@
+export default {
+  apps: [{ name: 'modern', script: 'server.mjs' }],
+};

@@ -1,0 +1,3 @@
+module.exports = {
+  apps: [{ name: 'as-root', script: 'server.js', uid: 'root', gid: 'root', username: 'deploy' }],
+};

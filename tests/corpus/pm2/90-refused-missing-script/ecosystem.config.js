@@ -1,0 +1,1 @@
+module.exports = { apps: [{ name: 'ghost', script: 'dist/server.js' }] };

@@ -1,0 +1,1 @@
+module.exports = { apps: [{ name: 'nothing', instances: 2 }] };

@@ -1,0 +1,3 @@
+module.exports = {
+  apps: [{ name: 'broken', script: 'server.js', }
+};
