@@ -5,7 +5,7 @@
 //! joins agents to a real controller, whose audit log records every deploy.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -82,25 +82,7 @@ lock_ttl = "8s"
     }
 
     fn git(&self, args: &[&str]) {
-        let output = Command::new("git")
-            .args([
-                "-c",
-                "user.name=fleet test",
-                "-c",
-                "user.email=test@fleet",
-                "-c",
-                "commit.gpgsign=false",
-            ])
-            .args(args)
-            .current_dir(self.fleet.work.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("git");
-        assert!(
-            output.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        git(self.fleet.work.path(), args);
     }
 
     /// Commits a new version of the app (its VERSION is what it answers with).

@@ -4,7 +4,6 @@
 //! --env production`) runs fleet's `pm2`, which reloads the Node app on the host's
 //! agent.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -24,19 +23,7 @@ http.createServer((req, res) => {
 "#;
 
 fn git(fleet: &Fleet, args: &[&str]) {
-    let output = Command::new("git")
-        .args(["-c", "user.name=fleet test", "-c", "user.email=test@fleet"])
-        .args(["-c", "commit.gpgsign=false"])
-        .args(args)
-        .current_dir(fleet.work.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("git");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::harness::git(fleet.work.path(), args);
 }
 
 /// The project as a PM2 user has it: `ecosystem.config.js` with apps and a deploy

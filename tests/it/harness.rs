@@ -316,3 +316,20 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Runs git in `dir` as a test user (no signing), failing the test when git fails.
+pub fn git(dir: &Path, args: &[&str]) {
+    let output = Command::new("git")
+        .args(["-c", "user.name=fleet test", "-c", "user.email=test@fleet"])
+        .args(["-c", "commit.gpgsign=false"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("git");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

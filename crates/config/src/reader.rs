@@ -205,35 +205,25 @@ impl<'n> MapReader<'n> {
 
     /// Reports every key nobody took as `unknown key`, with a did-you-mean hint.
     pub fn finish(self, ctx: &mut Ctx<'_>) {
-        for entry in self.entries.iter().filter(|entry| !entry.taken) {
-            let hint = did_you_mean(&entry.normalised, &self.known);
-            match hint {
-                Some(name) => ctx.error_hint(
-                    entry.key_line,
-                    &entry.path,
-                    "unknown key",
-                    format!("did you mean `{name}`?"),
-                ),
-                None => ctx.error(entry.key_line, &entry.path, "unknown key"),
-            }
-        }
+        self.report_untaken(ctx, false);
     }
-}
 
-impl MapReader<'_> {
     /// As `finish`, for a level where PM2 ignores what it does not know (an ecosystem
     /// file's top level, where YAML anchors live): a likely typo of a known key stays
     /// an error; any other key is a warning saying it is ignored.
     pub fn finish_ignoring_others(self, ctx: &mut Ctx<'_>) {
+        self.report_untaken(ctx, true);
+    }
+
+    fn report_untaken(self, ctx: &mut Ctx<'_>, ignore_others: bool) {
         for entry in self.entries.iter().filter(|entry| !entry.taken) {
+            let (line, path) = (entry.key_line, &entry.path);
             match did_you_mean(&entry.normalised, &self.known) {
-                Some(name) => ctx.error_hint(
-                    entry.key_line,
-                    &entry.path,
-                    "unknown key",
-                    format!("did you mean `{name}`?"),
-                ),
-                None => ctx.warn(entry.key_line, &entry.path, "ignored, as PM2 ignores it"),
+                Some(name) => {
+                    ctx.error_hint(line, path, "unknown key", format!("did you mean `{name}`?"))
+                }
+                None if ignore_others => ctx.warn(line, path, "ignored, as PM2 ignores it"),
+                None => ctx.error(line, path, "unknown key"),
             }
         }
     }
