@@ -14,6 +14,7 @@ mod fleet;
 mod host;
 mod http;
 mod lifecycle;
+mod liveness;
 mod logs;
 mod monit;
 mod node;

@@ -398,6 +398,12 @@ pub fn process_info(view: &ProcessView, host: &str) -> pb::ProcessInfo {
         created_at_unix_ms: view.created_at_ms,
         restart_at_unix_ms: view.restart_at_ms,
         prev_restart_delay_ms: view.prev_restart_delay_ms,
+        restart_cause: view
+            .restart_cause
+            .as_ref()
+            .map(|(cause, _)| cause.clone())
+            .unwrap_or_default(),
+        restart_cause_at_unix_ms: view.restart_cause.as_ref().map(|(_, at)| *at),
         config_json: view
             .config
             .as_ref()

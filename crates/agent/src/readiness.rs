@@ -25,6 +25,11 @@ pub enum Signal {
     Watchdog,
     /// A health check after the instance was ready.
     Healthy(bool),
+    /// The health check failed this many times in a row (`health_fail_count`): the
+    /// instance is to be restarted. Sent once per streak.
+    Unresponsive(u32),
+    /// No `WATCHDOG=1` within `watchdog` (after start-up): the instance is to be restarted.
+    WatchdogMissed,
 }
 
 /// The per-instance `NOTIFY_SOCKET`: a unix datagram socket the agent reads. Removed
@@ -122,6 +127,7 @@ pub fn watch_health(
         let timeout = Duration::from_millis(check.timeout_ms);
         let mut ready = false;
         let mut healthy = true;
+        let mut failures = 0u32;
         loop {
             let ok = tokio::time::timeout(timeout, probe(port, &check.path))
                 .await
@@ -131,13 +137,56 @@ pub fn watch_health(
                     ready = true;
                     on(Signal::Ready);
                 }
-            } else if ok != healthy {
-                healthy = ok;
-                on(Signal::Healthy(ok));
+            } else {
+                if ok != healthy {
+                    healthy = ok;
+                    on(Signal::Healthy(ok));
+                }
+                failures = if ok { 0 } else { failures + 1 };
+                if failures == check.fail_count {
+                    on(Signal::Unresponsive(failures));
+                }
             }
             tokio::time::sleep(interval).await;
         }
     })
+}
+
+/// An app's watchdog (`watchdog`, systemd's `WatchdogSec`): `WATCHDOG=1` pings go to
+/// `ping`; the first `period` starts after `grace` (start-up), and a period without a
+/// ping calls `missed` once. Dropping it stops the timer.
+pub struct Watchdog {
+    pings: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl Watchdog {
+    pub fn start(
+        period: Duration,
+        grace: Duration,
+        missed: impl FnOnce() + Send + 'static,
+    ) -> Watchdog {
+        let (pings, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut deadline = tokio::time::Instant::now() + grace + period;
+            loop {
+                tokio::select! {
+                    ping = rx.recv() => match ping {
+                        Some(()) => deadline = tokio::time::Instant::now() + period,
+                        None => return,
+                    },
+                    () = tokio::time::sleep_until(deadline) => {
+                        missed();
+                        return;
+                    }
+                }
+            }
+        });
+        Watchdog { pings }
+    }
+
+    pub fn ping(&self) {
+        let _ = self.pings.send(());
+    }
 }
 
 /// One `GET` over a fresh connection; a 2xx status line means healthy.

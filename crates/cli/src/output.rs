@@ -190,6 +190,10 @@ pub fn process_json(p: &pb::ProcessInfo, details: bool) -> Value {
         value["log_files"] = json!(p.log_files);
         value["restart_at_ms"] = json!(p.restart_at_unix_ms);
         value["prev_restart_delay_ms"] = json!(p.prev_restart_delay_ms);
+        value["restart_cause"] = match p.restart_cause.as_str() {
+            "" => Value::Null,
+            cause => json!({ "cause": cause, "at": p.restart_cause_at_unix_ms }),
+        };
     }
     value
 }
@@ -410,6 +414,13 @@ pub fn print_description(processes: &[pb::ProcessInfo]) {
         row("cwd", text("cwd"));
         row("exec mode", exec_mode_name(p.exec_mode).into());
         row("restarts", p.restarts.to_string());
+        if !p.restart_cause.is_empty() {
+            let ago = p
+                .restart_cause_at_unix_ms
+                .map(|at| format!(", {} ago", duration(now_ms.saturating_sub(at))))
+                .unwrap_or_default();
+            row("restarted by fleet", format!("{}{ago}", p.restart_cause));
+        }
         row("unstable restarts", p.unstable_restarts.to_string());
         row("uptime", p.uptime_ms.map_or("-".into(), duration));
         row(

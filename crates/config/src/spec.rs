@@ -99,6 +99,10 @@ pub struct AppSpec {
     #[serde(default)]
     pub group: Option<String>,
     pub listen_timeout_ms: u64,
+    /// `watchdog = "10s"`: the app sends `WATCHDOG=1` to `NOTIFY_SOCKET` at least this
+    /// often once ready (systemd's `WatchdogSec`), or it is restarted.
+    #[serde(default)]
+    pub watchdog_ms: Option<u64>,
     /// An HTTP check of each instance (`health_check = { path, interval, timeout }`).
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
@@ -180,6 +184,13 @@ pub enum LogType {
 /// Defaults of `health_check`: a check a second, each allowed two seconds.
 pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 2000;
+/// Failed checks in a row after which a running instance is restarted
+/// (`health_fail_count`).
+pub const DEFAULT_HEALTH_FAIL_COUNT: u32 = 3;
+
+fn default_health_fail_count() -> u32 {
+    DEFAULT_HEALTH_FAIL_COUNT
+}
 
 /// `GET http://127.0.0.1:<instance port><path>` answering 2xx means ready (and, while
 /// running, healthy: an unhealthy instance of a proxied app gets no new connections).
@@ -189,6 +200,10 @@ pub struct HealthCheck {
     pub path: String,
     pub interval_ms: u64,
     pub timeout_ms: u64,
+    /// After this many failed checks in a row a running instance is restarted (the
+    /// first failure already takes it out of a proxy's rotation).
+    #[serde(default = "default_health_fail_count")]
+    pub fail_count: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +282,7 @@ impl AppSpec {
             user: None,
             group: None,
             health_check: None,
+            watchdog_ms: None,
             balance: Balance::RoundRobin,
             listen_timeout_ms: DEFAULT_LISTEN_TIMEOUT_MS,
             stop_exit_codes: Vec::new(),

@@ -14,8 +14,8 @@ pub mod agent {
         pub const PROTOCOL_MAJOR: u32 = 1;
         /// Minor versions add fields and calls only; either side ignores what it doesn't know.
         /// 1.1: `ReloadRequest.config_path` and `env_stage`. 1.2: `SendMessage`.
-        /// 1.3: `ReloadRequest.config_cwd`.
-        pub const PROTOCOL_MINOR: u32 = 3;
+        /// 1.3: `ReloadRequest.config_cwd`. 1.4: `ProcessInfo.restart_cause`.
+        pub const PROTOCOL_MINOR: u32 = 4;
     }
 }
 

@@ -7,6 +7,8 @@ pub mod listen;
 pub mod server;
 
 use std::net::TcpListener as StdTcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -23,6 +25,8 @@ pub struct Options {
     pub listen_anyway: bool,
     pub ignore_signals: bool,
     pub crash_after_ms: Option<u64>,
+    pub unhealthy_after_ms: Option<u64>,
+    pub watchdog_for_ms: Option<u64>,
 }
 
 /// Where the listener will come from, decided before the runtime starts (see
@@ -133,11 +137,44 @@ pub async fn run(options: Options, source: Source) -> i32 {
             .unwrap_or_else(|_| "-".to_string()),
         pid: std::process::id(),
         version: std::env::var("VERSION").unwrap_or_else(|_| "v1".to_string()),
-        healthy: !options.never_ready,
+        healthy: Arc::new(AtomicBool::new(!options.never_ready)),
     };
+    if let Some(ms) = options.unhealthy_after_ms {
+        let healthy = Arc::clone(&identity.healthy);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            println!("unhealthy from now on (--unhealthy-after-ms)");
+            healthy.store(false, Ordering::Relaxed);
+        });
+    }
+    ping_watchdog(options.watchdog_for_ms);
     server::serve(listener, kind, identity, shutdown).await;
     println!("stopped");
     0
+}
+
+/// With `WATCHDOG_USEC` set (`watchdog`), sends `WATCHDOG=1` every half period, for
+/// `for_ms` if given (then it goes quiet, to play a hung app), else for ever.
+fn ping_watchdog(for_ms: Option<u64>) {
+    let Some(period_us) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&us| us > 0)
+    else {
+        return;
+    };
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let every = Duration::from_micros(period_us / 2);
+        loop {
+            if for_ms.is_some_and(|ms| started.elapsed() >= Duration::from_millis(ms)) {
+                println!("watchdog pings stopped (--watchdog-for-ms)");
+                return;
+            }
+            send_notify("WATCHDOG=1");
+            tokio::time::sleep(every).await;
+        }
+    });
 }
 
 /// Completes on the first SIGINT or SIGTERM, after announcing the drain (stdout and

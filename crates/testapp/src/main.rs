@@ -9,7 +9,8 @@ use clap::Parser;
 ///
 /// Listens on the inherited socket at fd 3 when LISTEN_FDS (and LISTEN_PID, if set)
 /// say so, else on 127.0.0.1:$PORT. Sends READY=1 to NOTIFY_SOCKET once listening.
-/// Routes: GET / (instance, pid, version), GET /health, GET /slow?ms=N, GET /addr (the
+/// Routes: GET / (instance, pid, version), GET /health (503 once --unhealthy-after-ms
+/// passes), GET /slow?ms=N, GET /addr (the
 /// connection's local and peer addresses). On SIGINT or
 /// SIGTERM: stops accepting, finishes in-flight requests, closes keep-alive connections
 /// gracefully, sends STOPPING=1 and exits 0.
@@ -35,6 +36,12 @@ struct Args {
     /// Exit with status 1 this long after starting.
     #[arg(long, value_name = "MS")]
     crash_after_ms: Option<u64>,
+    /// Answer 503 on /health from this long after starting on (`/` still answers).
+    #[arg(long, value_name = "MS")]
+    unhealthy_after_ms: Option<u64>,
+    /// With WATCHDOG_USEC: send WATCHDOG=1 for this long only, then go quiet.
+    #[arg(long, value_name = "MS")]
+    watchdog_for_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +53,8 @@ fn main() -> ExitCode {
         listen_anyway: args.listen_anyway,
         ignore_signals: args.ignore_signals,
         crash_after_ms: args.crash_after_ms,
+        unhealthy_after_ms: args.unhealthy_after_ms,
+        watchdog_for_ms: args.watchdog_for_ms,
     };
     let source = match fleet_testapp::choose_source(&options) {
         Ok(source) => source,

@@ -55,9 +55,10 @@ pub struct Identity {
     pub pid: u32,
     /// `VERSION`, `v1` when unset.
     pub version: String,
-    /// False under `--never-ready --listen-anyway`: `/health` answers 503, so an HTTP
-    /// health check never passes either.
-    pub healthy: bool,
+    /// False under `--never-ready --listen-anyway` (an HTTP health check never passes
+    /// either), and after `--unhealthy-after-ms`: `/health` answers 503 while `/` still
+    /// answers.
+    pub healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Identity {
@@ -287,7 +288,14 @@ impl Connection {
                     .peer_addr()
                     .map_or_else(|e| e.to_string(), |a| a.to_string()),
             )),
-            "/health" if self.identity.healthy => Response::ok("ok".into()),
+            "/health"
+                if self
+                    .identity
+                    .healthy
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                Response::ok("ok".into())
+            }
             "/health" => Response::new(503, "Service Unavailable", "not ready".into()),
             "/slow" => {
                 let ms = match request.query_param("ms").map(str::parse::<u64>) {

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use fleet_config::ExecMode;
+
 use crate::core::{Exit, Input, Status};
 use crate::metrics::TreeUsage;
 use crate::node::{self, Incoming};
@@ -100,6 +102,29 @@ impl Supervisor {
         for id in ids {
             self.work.push_back((id, Input::Restart));
         }
+    }
+
+    /// Restarts an instance that runs but no longer works (its health check keeps
+    /// failing, its watchdog went quiet): a readiness-gated replacement in cluster and
+    /// proxy modes, so traffic sees no gap; a counted restart in fork mode. The cause
+    /// shows in `describe`.
+    pub(super) fn restart_for(&mut self, id: u32, cause: String) {
+        let Some(instance) = self.instances.get_mut(&id) else {
+            return;
+        };
+        if !matches!(instance.core.status, Status::Online | Status::Launching) {
+            return;
+        }
+        tracing::warn!(app = %instance.spec.name, id, %cause, "restarting");
+        let now = super::view::millis_since_epoch(std::time::SystemTime::now());
+        instance.restart_cause = Some((cause, now));
+        let gated = instance.spec.exec_mode != ExecMode::Fork
+            && instance.core.status == Status::Online
+            && instance.standby.is_none();
+        if gated && self.begin_replace(id).is_ok() {
+            return;
+        }
+        self.work.push_back((id, Input::Restart));
     }
 
     pub(super) fn on_usage(&mut self, usage: &HashMap<u32, TreeUsage>) {

@@ -209,6 +209,8 @@ pub struct ProcessView {
     pub ready_timed_out: bool,
     /// Why the last replacement of this instance (a reload) failed.
     pub replace_error: Option<String>,
+    /// Why the agent last restarted the instance on its own, and when (unix ms).
+    pub restart_cause: Option<(String, u64)>,
     /// A replacement is starting while the previous process keeps serving.
     pub replacing: bool,
     /// A shared socket or proxy port (cluster and proxy modes), else fork.
@@ -306,6 +308,9 @@ struct Instance {
     /// Replaced processes finishing their in-flight work.
     retiring: Vec<replace::Retiring>,
     replace_error: Option<String>,
+    /// Why the agent itself last restarted the instance (a failing health check, a
+    /// missed watchdog), with when (unix ms).
+    restart_cause: Option<(String, u64)>,
 }
 
 #[derive(Default)]

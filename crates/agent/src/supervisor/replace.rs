@@ -63,6 +63,8 @@ pub(super) struct Probes {
     /// Node's IPC channel: closing it makes a Node cluster worker exit, so it lives
     /// as long as the process (into `Retiring` after a reload).
     pub(super) channel: Option<node::Channel>,
+    /// `watchdog`: restarts the instance when its pings stop.
+    watchdog: Option<readiness::Watchdog>,
 }
 
 impl Drop for Probes {
@@ -150,9 +152,13 @@ impl Supervisor {
         };
 
         let mut probes = Probes::default();
-        if spec.wait_ready {
+        if spec.wait_ready || spec.watchdog_ms.is_some() {
             let shared = run_as.is_some();
             probes.notify = Some(self.notify_socket(id, generation, shared, &mut env)?);
+        }
+        if let Some(period) = spec.watchdog_ms {
+            // systemd's variable: sd_watchdog_enabled(3) and the apps that read it.
+            env.insert("WATCHDOG_USEC".into(), (period * 1000).to_string());
         }
 
         let node_channel = if node::runs_on_node(&spec) {
@@ -224,6 +230,18 @@ impl Supervisor {
         } else if let (false, Some(port)) = (spec.wait_ready, private_port) {
             probes.task = Some(readiness::watch_port(port, move || {
                 report(readiness::Signal::Ready)
+            }));
+        }
+        if let Some(period) = spec.watchdog_ms.map(Duration::from_millis) {
+            // The first period starts once start-up may be over, as systemd's does.
+            let grace = Duration::from_millis(spec.listen_timeout_ms);
+            let tx = self.tx.clone();
+            probes.watchdog = Some(readiness::Watchdog::start(period, grace, move || {
+                let _ = tx.send(Msg::Readiness {
+                    id,
+                    generation,
+                    signal: readiness::Signal::WatchdogMissed,
+                });
             }));
         }
         instance.probes = probes;
@@ -404,7 +422,20 @@ impl Supervisor {
                     }
                     instance.healthy = healthy;
                 }
-                readiness::Signal::Watchdog => {}
+                readiness::Signal::Watchdog => {
+                    if let Some(watchdog) = &instance.probes.watchdog {
+                        watchdog.ping();
+                    }
+                }
+                readiness::Signal::Unresponsive(failures) => {
+                    let cause = format!("health check failed {failures} times in a row");
+                    self.restart_for(id, cause);
+                }
+                readiness::Signal::WatchdogMissed => {
+                    let period = instance.spec.watchdog_ms.unwrap_or_default();
+                    let cause = format!("no WATCHDOG=1 within its watchdog ({period}ms)");
+                    self.restart_for(id, cause);
+                }
             }
         } else if let Some(standby) = instance
             .standby

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::reader::{self, Ctx, Field, MapReader};
 use crate::resolve::absolute;
 use crate::spec::{
-    DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_TIMEOUT_MS, ExecMode, HealthCheck, Instances,
+    DEFAULT_HEALTH_FAIL_COUNT, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_TIMEOUT_MS, ExecMode,
+    HealthCheck, Instances,
 };
 use crate::tree::Node;
 
@@ -129,6 +130,7 @@ pub(super) fn read_health_check(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<
         path,
         interval_ms: interval.unwrap_or(DEFAULT_HEALTH_INTERVAL_MS).max(1),
         timeout_ms: timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT_MS).max(1),
+        fail_count: DEFAULT_HEALTH_FAIL_COUNT,
     })
 }
 

@@ -24,6 +24,7 @@ pub(super) struct Policy {
     max_memory: Option<u64>,
     cron_restart: Option<Option<String>>,
     health_check: Option<HealthCheck>,
+    watchdog: Option<u64>,
     balance: Option<Balance>,
     cron_timezone: Option<String>,
     watch_delay: Option<u64>,
@@ -66,9 +67,30 @@ pub(super) fn read_policy(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>, cwd: &Path) 
     let cron_restart = r
         .take(ctx, &["cron_restart", "cron"])
         .and_then(|f| read_cron(ctx, &f));
-    let health_check = r
+    let mut health_check = r
         .take(ctx, &["health_check"])
         .and_then(|f| read_health_check(ctx, &f));
+    if let Some(f) = r.take(ctx, &["health_fail_count"])
+        && let Some(count) = reader::as_ranged(ctx, &f, 1, 1000)
+    {
+        match &mut health_check {
+            Some(check) => check.fail_count = count as u32,
+            None => ctx.error_hint(
+                f.line,
+                &f.path,
+                "counts failed health checks, and there is no `health_check`",
+                "add health_check = \"/health\" (or remove health_fail_count)",
+            ),
+        }
+    }
+    let watchdog = r.take(ctx, &["watchdog"]).and_then(|f| {
+        let ms = reader::as_duration_ms(ctx, &f)?;
+        if ms < 100 {
+            ctx.error(f.line, &f.path, "must be at least 100ms");
+            return None;
+        }
+        Some(ms)
+    });
     let balance =
         r.take(ctx, &["balance"])
             .and_then(|f| match reader::as_string(ctx, &f)?.as_str() {
@@ -138,6 +160,7 @@ pub(super) fn read_policy(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>, cwd: &Path) 
         max_memory,
         cron_restart,
         health_check,
+        watchdog,
         balance,
         cron_timezone,
         watch_delay,
@@ -168,6 +191,7 @@ impl Policy {
         spec.cron_restart = self.cron_restart.flatten();
         spec.cron_timezone = self.cron_timezone;
         spec.health_check = self.health_check;
+        spec.watchdog_ms = self.watchdog;
         spec.balance = self.balance.unwrap_or_default();
         spec.watch_delay_ms = self.watch_delay.unwrap_or(spec.watch_delay_ms);
         let rotation = &mut spec.logs.rotation;

@@ -681,3 +681,29 @@ fn node_at_a_version_runs_that_version_from_nvm() {
         "{message}"
     );
 }
+
+#[test]
+fn liveness_keys_health_fail_count_and_watchdog() {
+    let project = Project::new();
+    let file = expect_ok(project.toml(
+        "[apps.a]\nscript = \"sleep 1\"\nhealth_check = \"/health\"\nhealth_fail_count = 5\nwatchdog = \"10s\"\n[apps.b]\nscript = \"sleep 1\"\nhealth_check = \"/\"\n",
+    ));
+    assert_eq!(file.apps[0].health_check.as_ref().unwrap().fail_count, 5);
+    assert_eq!(file.apps[0].watchdog_ms, Some(10_000));
+    assert_eq!(file.apps[1].health_check.as_ref().unwrap().fail_count, 3);
+    let errors = expect_errors(
+        project
+            .toml("[apps.a]\nscript = \"sleep 1\"\nhealth_fail_count = 2\nwatchdog = \"10ms\"\n"),
+    );
+    let messages: Vec<String> = summary(&errors)
+        .into_iter()
+        .map(|(_, k, m)| format!("{k}: {m}"))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "apps.a.health_fail_count: counts failed health checks, and there is no `health_check`",
+            "apps.a.watchdog: must be at least 100ms",
+        ]
+    );
+}

@@ -114,6 +114,7 @@ impl Supervisor {
             config: details.then(|| redacted(&p.spec)),
             ready_timed_out: p.core.ready_timed_out,
             replace_error: p.replace_error.clone(),
+            restart_cause: p.restart_cause.clone(),
             replacing: p.standby.is_some(),
             shares_port: p.spec.port.is_some() && p.spec.exec_mode != ExecMode::Fork,
             listen_timeout_ms: p.spec.listen_timeout_ms,

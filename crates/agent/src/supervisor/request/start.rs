@@ -352,6 +352,7 @@ impl Supervisor {
                 standby: None,
                 retiring: Vec::new(),
                 replace_error: None,
+                restart_cause: None,
             },
         );
         self.next_id = self.next_id.max(id + 1);
