@@ -1,6 +1,7 @@
 //! What survives: save/resurrect with the `.bak` fallback (PM2 case 33), and an agent
 //! killed with SIGKILL bringing its apps back on the next command without running
-//! two copies, which PM2's fresh empty daemon does not do (#1611).
+//! two copies, which PM2's fresh empty daemon does not do (#1611); first commands racing
+//! start exactly one agent.
 
 use std::time::Duration;
 
@@ -150,4 +151,44 @@ fn kill_stops_every_app_and_the_agent() {
     assert!(!fleet.home.path().join("agent.sock").exists());
     // The next command starts a fresh, empty agent.
     assert!(fleet.list().is_empty());
+}
+
+#[test]
+fn first_commands_racing_start_exactly_one_agent() {
+    let fleet = Fleet::new();
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            fleet
+                .command(&["list", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn fleet")
+        })
+        .collect();
+    for child in children {
+        let output = wait_output(child, Duration::from_secs(30));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // No second agent serves, and none lingers waiting for the home's lock.
+    let agents = std::process::Command::new("pgrep")
+        .arg("-f")
+        .arg(format!(
+            "fleet-agent --daemon --home {}",
+            fleet.home.path().display()
+        ))
+        .output()
+        .expect("pgrep");
+    let pids = String::from_utf8_lossy(&agents.stdout);
+    assert_eq!(pids.lines().count(), 1, "agents: {pids}");
+    assert_eq!(
+        pids.trim().parse::<i32>().ok(),
+        fleet.agent_pid(),
+        "the one running holds the home"
+    );
+    fleet.ok(&["kill"]);
 }

@@ -58,7 +58,10 @@ pub fn bind(home: &Home) -> anyhow::Result<(HomeLock, UnixListener)> {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => break lock,
             Err((returned, nix::errno::Errno::EWOULDBLOCK)) => {
-                if std::time::Instant::now() >= until {
+                // The holder serves: this agent is one too many, and says so at once
+                // (an exiting holder no longer accepts, and is waited for).
+                let serving = std::os::unix::net::UnixStream::connect(home.socket()).is_ok();
+                if serving || std::time::Instant::now() >= until {
                     let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
                     anyhow::bail!(
                         "an agent is already running for {} (pid {})",

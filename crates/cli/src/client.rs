@@ -2,7 +2,7 @@
 //! background when it is not running (as `pm2` spawns its daemon), connects over
 //! `agent.sock` and does the version handshake.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use fleet_proto::agent::v1::agent_service_client::AgentServiceClient;
 use fleet_proto::ops;
+use nix::fcntl::{Flock, FlockArg};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// How long a freshly started agent may take to open its socket. Restoring apps
@@ -38,8 +39,15 @@ pub async fn connect(home: &Path, start: bool) -> anyhow::Result<Option<Client>>
     if !start {
         return Ok(None);
     }
-    spawn_agent(home)?;
     let deadline = tokio::time::Instant::now() + AGENT_START_TIMEOUT;
+    // Several first commands at once: one of them starts the agent, the others wait
+    // for it, so one agent ever runs for a home (not one per command, the extras
+    // waiting for the home's lock and exiting).
+    let _starting = starting_lock(home, deadline).await?;
+    if let Ok(client) = try_connect(&socket).await {
+        return handshake(client).await.map(Some);
+    }
+    spawn_agent(home)?;
     loop {
         if let Ok(client) = try_connect(&socket).await {
             return handshake(client).await.map(Some);
@@ -132,12 +140,49 @@ fn agent_binary() -> PathBuf {
     PathBuf::from("fleet-agent")
 }
 
-fn spawn_agent(home: &Path) -> anyhow::Result<()> {
+/// `agent.starting`'s lock, held by the one command that starts the agent until the
+/// agent serves; the others wait for it (polling, so the deadline holds).
+async fn starting_lock(
+    home: &Path,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Flock<std::fs::File>> {
+    create_home(home)?;
+    let path = home.join("agent.starting");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((returned, nix::errno::Errno::EWOULDBLOCK)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    bail!(
+                        "another command has been starting the agent for {}s",
+                        AGENT_START_TIMEOUT.as_secs()
+                    );
+                }
+                file = returned;
+                tokio::time::sleep(AGENT_POLL_INTERVAL).await;
+            }
+            Err((_, errno)) => bail!("cannot lock {}: {errno}", path.display()),
+        }
+    }
+}
+
+fn create_home(home: &Path) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(home)
-        .with_context(|| format!("cannot create {}", home.display()))?;
+        .with_context(|| format!("cannot create {}", home.display()))
+}
+
+fn spawn_agent(home: &Path) -> anyhow::Result<()> {
+    create_home(home)?;
     // Errors before the agent's logging starts land in its log file too.
     let log = std::fs::OpenOptions::new()
         .create(true)
