@@ -293,3 +293,30 @@ fn pid_file_holds_each_instances_pid_while_it_runs() {
     });
     assert!(run.join("one.pid").exists(), "one still runs");
 }
+
+#[test]
+fn init_writes_a_fleet_toml_for_the_apps_it_finds_and_they_start() {
+    let fleet = Fleet::new();
+    fleet.file(
+        "package.json",
+        r#"{"name": "@acme/shop", "main": "server.js", "scripts": {"start": "node server.js"}}"#,
+    );
+    fleet.file("server.js", "setInterval(() => {}, 1 << 30);\n");
+    fleet.file(
+        "worker.py",
+        "import time\nwhile True:\n    time.sleep(60)\n",
+    );
+    fleet.script("run.sh", "#!/bin/sh\nexec sleep 1000\n");
+    fleet.file("README.md", "not an app\n");
+    let out = fleet.ok(&["init"]);
+    assert!(out.contains("with shop, run, worker"), "{out}");
+    let err = fleet.fails(&["init"], 2);
+    assert!(err.contains("fleet init --force"), "{err}");
+    fleet.ok(&["start"]);
+    let list = fleet.wait_list("three online", Duration::from_secs(15), |l| {
+        l.len() == 3 && all_status(l, "online")
+    });
+    let mut names: Vec<&str> = list.iter().filter_map(|p| p["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["run", "shop", "worker"]);
+}

@@ -33,6 +33,7 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
             }
             Ok(())
         }
+        Command::Init(args) => crate::init::run(args.force).map_err(Failure::from),
         Command::InstallPm2(args) => {
             let link = crate::pm2::install(args.dir, args.force).map_err(Failure::failed)?;
             println!(
@@ -375,7 +376,19 @@ async fn report(client: &mut Client, response: pb::OperationResponse) -> Result<
 
 /// `fleet start`: config files start their apps; a name, id, namespace or regex of a
 /// known app restarts it (smart start); anything else is a script or a command.
-async fn start(home: &Path, args: crate::StartArgs) -> Result<()> {
+async fn start(home: &Path, mut args: crate::StartArgs) -> Result<()> {
+    if args.targets.is_empty() {
+        let here = std::env::current_dir().unwrap_or_default();
+        let Some(file) = fleet_config::discover(&here) else {
+            return Err(Failure::usage(format!(
+                "nothing to start: no {} in {}\nhint: `fleet init` writes a fleet.toml for the apps here",
+                fleet_config::CONFIG_NAMES.join(", "),
+                here.display()
+            ))
+            .into());
+        };
+        args.targets.push(file.display().to_string());
+    }
     let mut client = agent(home).await?;
     let options = load_options(args.env_stage.clone(), args.only.clone())?;
     let (files, words) = split_config_files(&args.targets);

@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod deploy;
 mod fleet;
+mod init;
 mod monit;
 mod output;
 mod pm2;
@@ -79,6 +80,9 @@ pub enum Command {
     /// Send a message to Node apps' `process.on('message')` (PM2's
     /// `sendDataToProcessId`): JSON, or else the text as a string.
     Send(SendArgs),
+    /// Write a commented fleet.toml for the apps found here (PM2's `ecosystem`).
+    #[command(alias = "ecosystem")]
+    Init(InitArgs),
     /// Install a `pm2` command that runs fleet (a symlink), for the PM2 command lines
     /// in deploy hooks, Dockerfiles and scripts.
     InstallPm2(InstallPm2Args),
@@ -87,6 +91,13 @@ pub enum Command {
     Jlist(JlistArgs),
     /// Ship releases over SSH: `fleet deploy <stage> [setup|update|revert [n]|list|curr|prev|exec <cmd>|unlock]`.
     Deploy(DeployArgs),
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Replace an existing fleet.toml.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args)]
@@ -177,7 +188,7 @@ pub struct FlushArgs {
 #[derive(Args)]
 pub struct StartArgs {
     /// Script, command string, config file, or existing app name/id/namespace/`/regex/`/`all`.
-    #[arg(required = true)]
+    /// None: the config file here (fleet.toml, then PM2's ecosystem names), as `pm2 start`.
     pub targets: Vec<String>,
     /// App name (default: the script's name without its extension).
     #[arg(short = 'n', long)]
