@@ -384,8 +384,7 @@ async fn start(home: &Path, mut args: crate::StartArgs) -> Result<()> {
                 "nothing to start: no {} in {}\nhint: `fleet init` writes a fleet.toml for the apps here",
                 fleet_config::CONFIG_NAMES.join(", "),
                 here.display()
-            ))
-            .into());
+            )));
         };
         args.targets.push(file.display().to_string());
     }
