@@ -21,6 +21,7 @@ mod node;
 mod persistence;
 mod pm2;
 mod start;
+mod startup;
 mod testbed;
 mod tidy;
 mod triggers;

@@ -92,13 +92,28 @@ pub fn bind(home: &Home) -> anyhow::Result<(HomeLock, UnixListener)> {
 
 /// Serves the agent until `shutdown` resolves or a client calls `Kill`. On shutdown
 /// the apps are stopped but stay in the state file, so the next agent starts them.
+/// With `resurrect` (the systemd unit's `--resurrect`), the first start after a reboot
+/// brings back what `fleet save` saved instead of what ran before the reboot.
 pub async fn run(
     home: Home,
     listener: UnixListener,
     hub: LogHub,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    resurrect: bool,
 ) -> anyhow::Result<()> {
-    let saved = load_state(&home);
+    let rebooted = crate::sd_notify::first_start_since_boot(&home.root);
+    let mut saved = if rebooted && resurrect {
+        load_dump(&home)
+    } else {
+        load_state(&home)
+    };
+    if rebooted {
+        // Pids of another boot name nothing of ours.
+        for entry in &mut saved {
+            entry.pid = None;
+            entry.start_ticks = None;
+        }
+    }
     terminate_orphans(&saved).await;
     let handle = supervisor::start(home.clone(), hub.clone(), saved);
     tokio::spawn(sample_metrics(handle.clone()));
@@ -136,11 +151,18 @@ pub async fn run(
         }
     };
     tracing::info!(home = %home.root.display(), pid = std::process::id(), "agent serving");
+    // A round trip through the supervisor: the saved apps are on their way back.
+    let _ = handle.leaders().await;
+    crate::sd_notify::notify("READY=1");
+    if let Some(period) = crate::sd_notify::watchdog_period() {
+        tokio::spawn(ping_watchdog(handle.clone(), period));
+    }
     tonic::transport::Server::builder()
         .add_service(AgentServiceServer::from_arc(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
         .await?;
 
+    crate::sd_notify::notify("STOPPING=1");
     if !killed.load(std::sync::atomic::Ordering::SeqCst)
         && let Ok(Reply::Settling { ids, within, .. }) =
             handle.call(Request::StopAll { forget: false }).await
@@ -153,6 +175,43 @@ pub async fn run(
     let _ = std::fs::remove_file(home.socket());
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// `WATCHDOG=1` every half period, each only after the supervisor answered: a hung
+/// supervisor stops the pings and systemd restarts the agent.
+async fn ping_watchdog(handle: supervisor::Handle, period: Duration) {
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = handle.closed() => return,
+        }
+        let _ = handle.leaders().await;
+        crate::sd_notify::notify("WATCHDOG=1");
+    }
+}
+
+/// What `fleet save` saved (its backup when the dump is unreadable), for the first
+/// start after a reboot; nothing saved means no app.
+fn load_dump(home: &Home) -> Vec<SavedProcess> {
+    for path in [home.dump_file(), home.dump_backup()] {
+        if !path.exists() {
+            continue;
+        }
+        match SavedList::read(&path) {
+            Ok(list) => {
+                tracing::info!(path = %path.display(), apps = list.processes.len(), "first start since boot: resurrecting the saved list");
+                return list.processes;
+            }
+            Err(error) => {
+                tracing::error!(%error, path = %path.display(), "cannot read the saved list")
+            }
+        }
+    }
+    tracing::info!(
+        "first start since boot: nothing was saved (`fleet save`), no app to bring back"
+    );
+    Vec::new()
 }
 
 fn load_state(home: &Home) -> Vec<SavedProcess> {

@@ -15,6 +15,7 @@ pub mod operations;
 pub mod process;
 pub mod readiness;
 pub mod schedule;
+pub mod sd_notify;
 pub mod service;
 pub mod store;
 pub mod supervisor;

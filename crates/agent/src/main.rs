@@ -22,6 +22,10 @@ struct Args {
     /// The CLI starts the agent this way.
     #[arg(long)]
     daemon: bool,
+    /// The first start after a reboot brings back what `fleet save` saved (the systemd
+    /// unit `fleet startup` writes passes it); otherwise what ran before.
+    #[arg(long)]
+    resurrect: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -79,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         let (_lock, listener) = daemon::bind(&home)?;
         let hub = LogHub::new();
         init_logging(&home, &hub, args.daemon)?;
-        daemon::run(home, listener, hub, shutdown_signal()).await
+        daemon::run(home, listener, hub, shutdown_signal(), args.resurrect).await
     })
 }
 

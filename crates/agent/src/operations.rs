@@ -463,7 +463,12 @@ fn load_host_config(path: &str, cwd: &str, env_stage: &str) -> Result<Vec<AppSpe
     let options = fleet_config::LoadOptions {
         env_stage: (!env_stage.is_empty()).then(|| env_stage.to_string()),
         only: Vec::new(),
-        inherited_env: Arc::new(std::env::vars().collect()),
+        // The agent's environment, less what systemd set for the agent's own service.
+        inherited_env: Arc::new(
+            std::env::vars()
+                .filter(|(k, _)| !crate::sd_notify::SERVICE_VARIABLES.contains(&k.as_str()))
+                .collect(),
+        ),
         cwd,
     };
     let file = fleet_config::load(path, &options)

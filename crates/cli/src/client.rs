@@ -130,7 +130,7 @@ pub async fn wait_exit(pid: i32) -> anyhow::Result<()> {
 }
 
 /// `fleet-agent` beside this executable first, then on `PATH` (the contract's order).
-fn agent_binary() -> PathBuf {
+pub fn agent_binary() -> PathBuf {
     if let Ok(me) = std::env::current_exe() {
         let beside = me.with_file_name("fleet-agent");
         if beside.is_file() {

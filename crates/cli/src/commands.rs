@@ -33,6 +33,16 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
             }
             Ok(())
         }
+        Command::Startup(args) => crate::startup::startup(crate::startup::Startup {
+            platform: args.platform,
+            user_unit: args.user,
+            print: args.print,
+            run_as: args.unit_user,
+        })
+        .map_err(Failure::from),
+        Command::Unstartup(args) => {
+            crate::startup::unstartup(args.user, args.unit_user).map_err(Failure::from)
+        }
         Command::Init(args) => crate::init::run(args.force).map_err(Failure::from),
         Command::InstallPm2(args) => {
             let link = crate::pm2::install(args.dir, args.force).map_err(Failure::failed)?;

@@ -11,6 +11,7 @@ mod monit;
 mod output;
 mod pm2;
 mod progress;
+mod startup;
 
 use std::process::ExitCode;
 
@@ -80,6 +81,11 @@ pub enum Command {
     /// Send a message to Node apps' `process.on('message')` (PM2's
     /// `sendDataToProcessId`): JSON, or else the text as a string.
     Send(SendArgs),
+    /// Install a systemd unit for this FLEET_HOME's agent: at boot it brings back what
+    /// `fleet save` saved (PM2's `startup`). `--print` only shows it.
+    Startup(StartupArgs),
+    /// Remove the unit `fleet startup` installed (the running agent keeps running).
+    Unstartup(UnstartupArgs),
     /// Write a commented fleet.toml for the apps found here (PM2's `ecosystem`).
     #[command(alias = "ecosystem")]
     Init(InitArgs),
@@ -91,6 +97,30 @@ pub enum Command {
     Jlist(JlistArgs),
     /// Ship releases over SSH: `fleet deploy <stage> [setup|update|revert [n]|list|curr|prev|exec <cmd>|unlock]`.
     Deploy(DeployArgs),
+}
+
+#[derive(Args)]
+pub struct StartupArgs {
+    /// The init system: `systemd` (the only one; others print the unit to adapt).
+    pub platform: Option<String>,
+    /// A user unit (~/.config/systemd/user) instead of a system unit.
+    #[arg(long)]
+    pub user: bool,
+    /// Print the unit and where it would go; install nothing.
+    #[arg(long)]
+    pub print: bool,
+    /// The system unit's `User=` (default: SUDO_USER under sudo, else you).
+    #[arg(long = "unit-user", value_name = "USER")]
+    pub unit_user: Option<String>,
+}
+
+#[derive(Args)]
+pub struct UnstartupArgs {
+    /// The user unit instead of the system unit.
+    #[arg(long)]
+    pub user: bool,
+    #[arg(long = "unit-user", value_name = "USER")]
+    pub unit_user: Option<String>,
 }
 
 #[derive(Args)]

@@ -10,3 +10,4 @@
 pub mod deploy;
 pub mod ssh;
 pub mod stage;
+pub mod unit;

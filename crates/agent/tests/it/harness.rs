@@ -45,7 +45,7 @@ impl Agent {
             let stop = async move {
                 let _ = stopped.await;
             };
-            fleet_agent::daemon::run(paths, listener, LogHub::new(), stop).await
+            fleet_agent::daemon::run(paths, listener, LogHub::new(), stop, false).await
         });
         let client = connect(&home.path().join("agent.sock")).await;
         Agent {

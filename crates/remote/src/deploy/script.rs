@@ -661,8 +661,9 @@ mod tests {
             setup_dirs(&path, &["logs".to_string()]),
             agent_probe("/srv/fleet"),
             agent_install("/srv/fleet"),
-            agent_start("/srv/fleet", Supervision::SystemdSystem),
-            agent_start("/srv/fleet", Supervision::Daemon),
+            agent_start("/srv/fleet", Supervision::SystemdSystem).unwrap(),
+            agent_start("/srv/fleet", Supervision::SystemdUser).unwrap(),
+            agent_start("/srv/fleet", Supervision::Daemon).unwrap(),
             agent_join("/srv/fleet", "https://c:7443", "tok", "h1", "PEM'x"),
             watchdog(30),
         ];

@@ -167,7 +167,9 @@ impl Context {
                     (true, false) => script::Supervision::SystemdUser,
                     (false, _) => script::Supervision::Daemon,
                 };
-                let step = Step::quick(script::agent_start(&home, supervision));
+                let script = script::agent_start(&home, supervision)
+                    .map_err(|e| at("start agent")(StepError::Host(e)))?;
+                let step = Step::quick(script);
                 host.run(&step).await.map_err(at("start agent"))?;
                 notes.push(if systemd {
                     "agent started (systemd unit fleet-agent.service)".to_string()

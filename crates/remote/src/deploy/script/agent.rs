@@ -58,8 +58,9 @@ pub enum Supervision {
 }
 
 /// Starts the agent: a systemd unit where systemd runs (a system unit for root, a user
-/// unit otherwise), else a detached daemon; waits for its socket.
-pub fn agent_start(home: &str, supervision: Supervision) -> String {
+/// unit otherwise; the text is `unit::AgentUnit`'s, as `fleet startup` writes it), else
+/// a detached daemon; waits for its socket. Fails when the home cannot go in a unit.
+pub fn agent_start(home: &str, supervision: Supervision) -> Result<String, String> {
     let mut s = format!("set -eu\nH={}\nB=\"$H/bin/fleet-agent\"\n", quote(home));
     if supervision != Supervision::Daemon {
         let root = supervision == Supervision::SystemdSystem;
@@ -68,34 +69,23 @@ pub fn agent_start(home: &str, supervision: Supervision) -> String {
         } else {
             ("$HOME/.config/systemd/user", "systemctl --user")
         };
+        let agent = std::path::Path::new(home).join("bin/fleet-agent");
+        let unit = crate::unit::AgentUnit {
+            scope: if root {
+                crate::unit::Scope::System
+            } else {
+                crate::unit::Scope::User
+            },
+            agent: &agent,
+            home: std::path::Path::new(home),
+            user: None,
+        };
+        let text = unit.render()?;
+        // A quoted delimiter: the text goes in as written, no shell expansion.
         let _ = write!(
             s,
-            r#"U="{dir}/fleet-agent.service"
-mkdir -p "$(dirname "$U")"
-cat > "$U.new" <<EOF
-[Unit]
-Description=fleet agent (process manager)
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Environment=FLEET_HOME=$H
-ExecStart=$B --home $H --daemon
-Restart=always
-RestartSec=1
-
-[Install]
-WantedBy={target}
-EOF
-mv -f "$U.new" "$U"
-{ctl} daemon-reload
-{ctl} enable --now fleet-agent.service >/dev/null 2>&1
-"#,
-            target = if root {
-                "multi-user.target"
-            } else {
-                "default.target"
-            },
+            "U=\"{dir}/{name}\"\nmkdir -p \"$(dirname \"$U\")\"\ncat > \"$U.new\" <<'FLEET_UNIT'\n{text}FLEET_UNIT\nmv -f \"$U.new\" \"$U\"\n{ctl} daemon-reload\n{ctl} enable --now {name} >/dev/null 2>&1\n",
+            name = unit.file_name(),
         );
     } else {
         s.push_str(
@@ -105,7 +95,7 @@ mv -f "$U.new" "$U"
     s.push_str(
         "i=0\nwhile [ ! -S \"$H/agent.sock\" ]; do i=$((i+1)); if [ $i -gt 100 ]; then echo \"the agent did not open $H/agent.sock within 10s (see $H/agent.log)\" >&2; exit 1; fi; sleep 0.1; done\n",
     );
-    s
+    Ok(s)
 }
 
 /// The controller URL the host's agent joined, if any.
