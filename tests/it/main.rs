@@ -22,6 +22,7 @@ mod persistence;
 mod pm2;
 mod start;
 mod startup;
+mod systemd;
 mod testbed;
 mod tidy;
 mod triggers;
