@@ -20,6 +20,7 @@ mod monit;
 mod node;
 mod persistence;
 mod pm2;
+mod runtime;
 mod start;
 mod startup;
 mod systemd;

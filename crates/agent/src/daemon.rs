@@ -271,7 +271,7 @@ async fn reopen_logs_on_sigusr2(hub: LogHub) {
     }
 }
 
-async fn sample_metrics(handle: supervisor::Handle) {
+pub(crate) async fn sample_metrics(handle: supervisor::Handle) {
     let mut sampler = Sampler::new();
     let mut tick = tokio::time::interval(METRICS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

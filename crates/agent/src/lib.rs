@@ -14,6 +14,7 @@ pub mod node;
 pub mod operations;
 pub mod process;
 pub mod readiness;
+pub mod runtime;
 pub mod schedule;
 pub mod sd_notify;
 pub mod service;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use fleet_config::{AppSpec, ConfigFile, Instances, LoadOptions};
+use fleet_config::{AppSpec, ConfigFile, LoadOptions};
 use fleet_proto::agent::v1 as pb;
 
 use crate::client::{self, Client};
@@ -471,46 +471,22 @@ async fn start(home: &Path, mut args: crate::StartArgs) -> Result<()> {
 
 /// Builds the spec of `fleet start <script>` from the command line.
 fn script_spec(script: &str, args: &crate::StartArgs, options: &LoadOptions) -> Result<AppSpec> {
-    let resolved = fleet_config::resolve_command(
-        script,
-        args.interpreter.as_deref(),
-        &[],
-        &args.args,
-        &options.cwd,
-        std::env::var_os("PATH").as_deref(),
-    )
-    .map_err(|e| Failure::failed(e.to_string()))?;
-    let name = match &args.name {
-        Some(name) => name.clone(),
-        None => fleet_config::default_name(script),
+    let script_options = fleet_config::ScriptOptions {
+        name: args.name.clone(),
+        interpreter: args.interpreter.clone(),
+        args: args.args.clone(),
+        instances: args.instances.clone(),
+        namespace: args.namespace.clone(),
+        no_autorestart: args.no_autorestart,
     };
-    let mut spec = AppSpec::with_defaults(name, resolved.script, options.cwd.clone());
-    spec.command = resolved.command;
-    spec.interpreter = resolved.interpreter;
-    spec.args = args.args.clone();
-    spec.inherited_env = options.inherited_env.clone();
-    spec.autorestart = !args.no_autorestart;
-    if let Some(namespace) = &args.namespace {
-        spec.namespace = namespace.clone();
-    }
-    if let Some(instances) = &args.instances {
-        spec.instances = parse_instances(instances)?;
-    }
-    Ok(spec)
-}
-
-fn parse_instances(value: &str) -> Result<Instances> {
-    match value {
-        "max" => Ok(Instances::Max),
-        _ => match value.parse::<i64>() {
-            Ok(0) => Ok(Instances::Max),
-            Ok(n) if n > 0 => Ok(Instances::Count(n as u32)),
-            Ok(n) => Ok(Instances::MaxMinus(n.unsigned_abs() as u32)),
-            Err(_) => Err(Failure::usage(format!(
-                "invalid value {value:?} for -i: expected a number, `max` or `-N`"
-            ))),
-        },
-    }
+    let path = std::env::var_os("PATH");
+    fleet_config::script_app(script, &script_options, options, path.as_deref()).map_err(|e| {
+        if e.starts_with("invalid value") {
+            Failure::usage(e)
+        } else {
+            Failure::failed(e)
+        }
+    })
 }
 
 fn load_options(env_stage: Option<String>, only: Vec<String>) -> Result<LoadOptions> {
@@ -604,18 +580,4 @@ fn cli_env() -> HashMap<String, String> {
         .collect::<BTreeMap<_, _>>()
         .into_iter()
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn instances_flag_follows_pm2() {
-        assert_eq!(parse_instances("4").unwrap(), Instances::Count(4));
-        assert_eq!(parse_instances("max").unwrap(), Instances::Max);
-        assert_eq!(parse_instances("0").unwrap(), Instances::Max);
-        assert_eq!(parse_instances("-1").unwrap(), Instances::MaxMinus(1));
-        assert_eq!(parse_instances("two").unwrap_err().code, 2);
-    }
 }

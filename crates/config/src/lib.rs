@@ -18,6 +18,7 @@ mod load;
 mod node_version;
 mod reader;
 mod resolve;
+mod script;
 pub mod spec;
 mod tree;
 mod units;
@@ -33,5 +34,6 @@ pub use load::{
     load_unresolved,
 };
 pub use resolve::{Resolved, default_name, resolve_command};
+pub use script::{ScriptOptions, parse_instances, script_app};
 pub use spec::*;
 pub use units::{parse_bytes, parse_duration_ms, parse_signal, split_shell_words};

@@ -111,6 +111,16 @@ impl Handle {
         rx.await.unwrap_or_default()
     }
 
+    /// Every process the agent started and still waits for (a reaper must leave them
+    /// to their waiters).
+    pub async fn children(&self) -> Vec<i32> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Children(reply)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     pub fn report_usage(&self, usage: HashMap<u32, TreeUsage>) {
         let _ = self.tx.send(Msg::Usage(usage));
     }

@@ -243,6 +243,8 @@ enum Msg {
         token: TimerToken,
     },
     Leaders(oneshot::Sender<Vec<(u32, i32)>>),
+    /// Every process the agent started and still waits for (`Instance::child_pids`).
+    Children(oneshot::Sender<Vec<i32>>),
     /// `cron_restart` fired for an instance.
     Cron {
         id: u32,
@@ -420,6 +422,12 @@ impl Supervisor {
                     .filter_map(|instance| instance.pid.map(|pid| (instance.id, pid)))
                     .collect();
                 let _ = reply.send(leaders);
+            }
+            Msg::Children(reply) => {
+                let pids = (self.instances.values())
+                    .flat_map(Instance::child_pids)
+                    .collect();
+                let _ = reply.send(pids);
             }
             Msg::Readiness {
                 id,

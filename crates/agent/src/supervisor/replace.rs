@@ -98,6 +98,16 @@ pub(super) struct Retiring {
 }
 
 impl Instance {
+    /// Every process of this instance the agent started and still waits for: the
+    /// running one, a reload's standby, the retiring ones.
+    pub(super) fn child_pids(&self) -> impl Iterator<Item = i32> + '_ {
+        let standby = self.standby.as_ref().and_then(|s| s.pid);
+        self.pid
+            .into_iter()
+            .chain(standby)
+            .chain(self.retiring.iter().map(|r| r.pid))
+    }
+
     /// The IPC channel of the standby of `generation`, during a reload.
     pub(super) fn standby_channel(&self, generation: u64) -> Option<&node::Channel> {
         (self.standby.as_ref())
@@ -214,8 +224,37 @@ impl Supervisor {
             });
         });
 
-        // The port a probe checks: the private one behind the proxy, or the app's own
-        // in fork mode. A shared socket cannot address one instance.
+        self.arm_probes(
+            &mut probes,
+            &spec,
+            id,
+            generation,
+            private_port,
+            shared_mode,
+        );
+        let instance = self.instances.get_mut(&id).ok_or("the instance is gone")?;
+        instance.probes = probes;
+        let count = spec.instances.resolve(self.cpus);
+        if let (Some(path), Some(pid)) = (process::pid_path(&spec, instance.instance, count), pid) {
+            process::write_pid(&path, pid);
+        }
+        tracing::info!(app = %spec.name, id, pid, "instance started");
+        Ok(())
+    }
+
+    /// Readiness and liveness of a just-started process: an HTTP health check or a
+    /// port check (the port a probe checks: the private one behind the proxy, or the
+    /// app's own in fork mode; a shared socket cannot address one instance), and the
+    /// `watchdog` timer.
+    fn arm_probes(
+        &self,
+        probes: &mut Probes,
+        spec: &fleet_config::AppSpec,
+        id: u32,
+        generation: u64,
+        private_port: Option<u16>,
+        shared_mode: bool,
+    ) {
         let probe_port = private_port.or(if shared_mode { None } else { spec.port });
         let tx = self.tx.clone();
         let report = move |signal| {
@@ -244,13 +283,6 @@ impl Supervisor {
                 });
             }));
         }
-        instance.probes = probes;
-        let count = spec.instances.resolve(self.cpus);
-        if let (Some(path), Some(pid)) = (process::pid_path(&spec, instance.instance, count), pid) {
-            process::write_pid(&path, pid);
-        }
-        tracing::info!(app = %spec.name, id, pid, "instance started");
-        Ok(())
     }
 
     /// The app's shared socket (passed as fd 3, `LISTEN_FDS`) or, behind the proxy, a

@@ -134,6 +134,39 @@ pub(super) fn read_health_check(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<
     })
 }
 
+/// `health_check` with `health_fail_count`, and `watchdog`: what says an instance is
+/// ready, and when a running one is to be restarted.
+pub(super) fn read_liveness(
+    ctx: &mut Ctx<'_>,
+    r: &mut MapReader<'_>,
+) -> (Option<HealthCheck>, Option<u64>) {
+    let mut health_check = r
+        .take(ctx, &["health_check"])
+        .and_then(|f| read_health_check(ctx, &f));
+    if let Some(f) = r.take(ctx, &["health_fail_count"])
+        && let Some(count) = reader::as_ranged(ctx, &f, 1, 1000)
+    {
+        match &mut health_check {
+            Some(check) => check.fail_count = count as u32,
+            None => ctx.error_hint(
+                f.line,
+                &f.path,
+                "counts failed health checks, and there is no `health_check`",
+                "add health_check = \"/health\" (or remove health_fail_count)",
+            ),
+        }
+    }
+    let watchdog = r.take(ctx, &["watchdog"]).and_then(|f| {
+        let ms = reader::as_duration_ms(ctx, &f)?;
+        if ms < 100 {
+            ctx.error(f.line, &f.path, "must be at least 100ms");
+            return None;
+        }
+        Some(ms)
+    });
+    (health_check, watchdog)
+}
+
 /// An IANA zone name such as `Europe/Paris` or `UTC`; the agent checks it exists.
 pub(super) fn read_timezone(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<String> {
     let zone = reader::as_string(ctx, field)?;

@@ -67,30 +67,7 @@ pub(super) fn read_policy(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>, cwd: &Path) 
     let cron_restart = r
         .take(ctx, &["cron_restart", "cron"])
         .and_then(|f| read_cron(ctx, &f));
-    let mut health_check = r
-        .take(ctx, &["health_check"])
-        .and_then(|f| read_health_check(ctx, &f));
-    if let Some(f) = r.take(ctx, &["health_fail_count"])
-        && let Some(count) = reader::as_ranged(ctx, &f, 1, 1000)
-    {
-        match &mut health_check {
-            Some(check) => check.fail_count = count as u32,
-            None => ctx.error_hint(
-                f.line,
-                &f.path,
-                "counts failed health checks, and there is no `health_check`",
-                "add health_check = \"/health\" (or remove health_fail_count)",
-            ),
-        }
-    }
-    let watchdog = r.take(ctx, &["watchdog"]).and_then(|f| {
-        let ms = reader::as_duration_ms(ctx, &f)?;
-        if ms < 100 {
-            ctx.error(f.line, &f.path, "must be at least 100ms");
-            return None;
-        }
-        Some(ms)
-    });
+    let (health_check, watchdog) = read_liveness(ctx, r);
     let balance =
         r.take(ctx, &["balance"])
             .and_then(|f| match reader::as_string(ctx, &f)?.as_str() {
