@@ -12,6 +12,7 @@
 # apps, start >= 5x faster than PM2, restart latency < 20 ms).
 #
 # Usage: bench/agent/run.sh [--fleet-only] [--apps N] [--runs N] [--cycles N] [--no-build]
+#        bench/agent/run.sh --soak [MINUTES]   (bench/agent/soak.sh: leaks over a busy life)
 #   --fleet-only  skip PM2 (no node/npm needed)
 #   --apps N      apps in the start test (default 100)
 #   --runs N      start/delete rounds; times are the median (default 3)
@@ -38,6 +39,7 @@ BUILD=1
 while (($#)); do
   case "$1" in
     --fleet-only) WITH_PM2=0 ;;
+    --soak) shift; exec bash "$HERE/soak.sh" --minutes "${1:-10}" ;;
     --apps) N_APPS=${2:?--apps needs a number}; shift ;;
     --cycles) CYCLES=${2:?--cycles needs a number}; shift ;;
     --runs) RUNS=${2:?--runs needs a number}; shift ;;

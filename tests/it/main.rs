@@ -21,6 +21,7 @@ mod node;
 mod persistence;
 mod pm2;
 mod runtime;
+mod security;
 mod start;
 mod startup;
 mod systemd;

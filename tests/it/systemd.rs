@@ -94,6 +94,8 @@ impl Machine {
             .stderr(Stdio::null())
             .spawn()
             .expect("systemd-nspawn");
+        // nspawn's first child may be its transient outer child: the container's init
+        // is the child whose command is systemd.
         let started = Instant::now();
         let init = loop {
             let children = std::fs::read_to_string(format!(
@@ -102,16 +104,19 @@ impl Machine {
                 nspawn.id()
             ))
             .unwrap_or_default();
-            if let Some(pid) = children
+            let systemd = children
                 .split_whitespace()
-                .next()
-                .and_then(|p| p.parse().ok())
-            {
+                .filter_map(|p| p.parse::<i32>().ok())
+                .find(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|comm| comm.trim() == "systemd")
+                });
+            if let Some(pid) = systemd {
                 break pid;
             }
             assert!(
                 started.elapsed() < BOOT_TIMEOUT,
-                "systemd-nspawn started no init"
+                "systemd-nspawn started no systemd"
             );
             std::thread::sleep(POLL_INTERVAL);
         };

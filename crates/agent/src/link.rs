@@ -108,6 +108,7 @@ pub async fn join(
     host: &str,
     ca: &Path,
 ) -> anyhow::Result<()> {
+    fleet_proto::ops::check_controller_url(url).map_err(anyhow::Error::msg)?;
     let ca_pem = std::fs::read_to_string(ca)
         .with_context(|| format!("cannot read the controller's CA {}", ca.display()))?;
     let key = rcgen::KeyPair::generate().context("cannot generate the agent key")?;

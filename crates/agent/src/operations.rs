@@ -156,21 +156,12 @@ impl Operations {
     }
 
     pub async fn scale(&self, r: pb::ScaleRequest) -> Result<pb::OperationResponse, AgentError> {
-        let count = r.count.trim();
-        let parse = |digits: &str| {
-            digits.parse::<u32>().map_err(|_| {
-                AgentError::InvalidArgument(format!(
-                    "invalid instance count {count:?}: expected N, +N or -N"
-                ))
-            })
-        };
-        let to = if let Some(more) = count.strip_prefix('+') {
-            ScaleTo::More(parse(more)?)
-        } else if let Some(fewer) = count.strip_prefix('-') {
-            ScaleTo::Fewer(parse(fewer)?)
-        } else {
-            ScaleTo::Exactly(parse(count)?)
-        };
+        let to =
+            match fleet_proto::ops::parse_scale(&r.count).map_err(AgentError::InvalidArgument)? {
+                fleet_proto::ops::ScaleCount::Exactly(n) => ScaleTo::Exactly(n),
+                fleet_proto::ops::ScaleCount::More(n) => ScaleTo::More(n),
+                fleet_proto::ops::ScaleCount::Fewer(n) => ScaleTo::Fewer(n),
+            };
         self.operate(Request::Scale { name: r.app, to }).await
     }
 
@@ -270,12 +261,15 @@ impl Operations {
         if !r.targets.is_empty() {
             self.views(r.targets.clone(), false).await?;
         }
-        let targets = r.targets;
+        // Parsed once: a `/regex/` is not compiled again for every chunk.
+        let targets = (r.targets.iter())
+            .map(|t| crate::target::Target::parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
         let matches = move |chunk: &Chunk| {
             targets.is_empty()
                 || targets.iter().any(|target| {
                     let one = [(chunk.id, &*chunk.app, &*chunk.namespace)];
-                    crate::target::select(target, one.into_iter()).is_ok_and(|ids| !ids.is_empty())
+                    !target.select(one.into_iter()).is_empty()
                 })
         };
         let stream = match pb::LogStream::try_from(r.stream) {
@@ -431,11 +425,16 @@ fn status_to_pb(status: core::Status) -> pb::ProcessStatus {
     }
 }
 
+/// Decodes the apps of a request and checks each with the config reader's rules (a
+/// client need not have used the reader).
 fn specs(apps: Vec<pb::AppConfig>) -> Result<Vec<AppSpec>, AgentError> {
     apps.into_iter()
         .map(|app| {
-            serde_json::from_str::<AppSpec>(&app.json)
-                .map_err(|e| AgentError::InvalidArgument(format!("bad app config: {e}")))
+            let spec = serde_json::from_str::<AppSpec>(&app.json)
+                .map_err(|e| AgentError::InvalidArgument(format!("bad app config: {e}")))?;
+            fleet_config::validate_spec(&spec)
+                .map_err(|e| AgentError::InvalidArgument(format!("app {:?}: {e}", spec.name)))?;
+            Ok(spec)
         })
         .collect()
 }
@@ -467,6 +466,7 @@ fn load_host_config(path: &str, cwd: &str, env_stage: &str) -> Result<Vec<AppSpe
         inherited_env: Arc::new(
             std::env::vars()
                 .filter(|(k, _)| !crate::sd_notify::SERVICE_VARIABLES.contains(&k.as_str()))
+                .filter(|(k, _)| fleet_config::inheritable(k))
                 .collect(),
         ),
         cwd,
@@ -487,4 +487,61 @@ fn update_env(
     env: std::collections::HashMap<String, String>,
 ) -> Option<BTreeMap<String, String>> {
     update.then(|| env.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid_json() -> String {
+        let spec = AppSpec::with_defaults("api".into(), "api.js".into(), "/srv/api".into());
+        let mut spec = spec;
+        spec.command = vec!["/usr/bin/node".into(), "api.js".into()];
+        serde_json::to_string(&spec).unwrap()
+    }
+
+    #[test]
+    fn a_valid_spec_passes_the_api_checks() {
+        assert!(specs(vec![pb::AppConfig { json: valid_json() }]).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Mutated app configs, as any client could send them, decode and validate or
+        /// are refused as invalid arguments; nothing panics.
+        #[test]
+        fn mutated_app_configs_never_panic(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..12)
+        ) {
+            let mut bytes = valid_json().into_bytes();
+            for (at, byte, op) in edits {
+                let at = at % bytes.len().max(1);
+                match op {
+                    0 if !bytes.is_empty() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ if !bytes.is_empty() => { bytes.remove(at); }
+                    _ => {}
+                }
+            }
+            let json = String::from_utf8_lossy(&bytes).into_owned();
+            match specs(vec![pb::AppConfig { json }]) {
+                Ok(apps) => prop_assert_eq!(apps.len(), 1),
+                Err(error) => prop_assert!(matches!(error, AgentError::InvalidArgument(_))),
+            }
+        }
+
+        #[test]
+        fn any_scale_count_parses_or_is_refused(count in "\\PC{0,24}") {
+            if let Ok(parsed) = fleet_proto::ops::parse_scale(&count) {
+                let n = match parsed {
+                    fleet_proto::ops::ScaleCount::Exactly(n)
+                    | fleet_proto::ops::ScaleCount::More(n)
+                    | fleet_proto::ops::ScaleCount::Fewer(n) => n,
+                };
+                prop_assert!(n <= fleet_proto::ops::MAX_INSTANCES);
+            }
+        }
+    }
 }

@@ -577,6 +577,7 @@ fn encode(apps: &[AppSpec]) -> Result<Vec<pb::AppConfig>> {
 fn cli_env() -> HashMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| fleet_config::inheritable(k))
         .collect::<BTreeMap<_, _>>()
         .into_iter()
         .collect()

@@ -63,10 +63,12 @@ pub async fn route(command: &Command, accept_new_host_keys: bool) -> Option<Resu
 }
 
 /// The stage named by the first of `targets`, and the rest of them; `None` when the
-/// first word is not a stage (a local target then).
+/// first word is not a stage (a local target then). Only data config files are read
+/// for this guess (`stage::find_if_stage`); `status <stage>` and `deploy` name a stage,
+/// so they read an ecosystem.config.js too.
 pub fn stage_of(targets: &[String]) -> Result<Option<(Stage, Vec<String>)>> {
     match targets.split_first() {
-        Some((first, rest)) => Ok(stage::find(first)?.map(|s| (s, rest.to_vec()))),
+        Some((first, rest)) => Ok(stage::find_if_stage(first)?.map(|s| (s, rest.to_vec()))),
         None => Ok(None),
     }
 }

@@ -73,10 +73,14 @@ impl LogPrinter {
                     "{}",
                     json!({"ts": entry.ts_unix_ms, "host": entry.host, "notice": entry.notice})
                 ),
-                _ => writeln!(self.out, "[fleet] {}", entry.notice),
+                _ => writeln!(self.out, "[fleet] {}", printable(&entry.notice)),
             }
         } else {
             match &self.style {
+                // Bare lines for pipes; a terminal still never gets escape sequences.
+                LogStyle::Raw if std::io::stdout().is_terminal() => {
+                    writeln!(self.out, "{}", printable(&entry.line))
+                }
                 LogStyle::Raw => writeln!(self.out, "{}", entry.line),
                 LogStyle::Json => writeln!(
                     self.out,
@@ -112,7 +116,7 @@ impl LogPrinter {
                         writeln!(
                             self.out,
                             "\x1b[{app_color}m{label:<width$}\x1b[0m{mark} | {start}{}\x1b[0m",
-                            entry.line,
+                            printable(&entry.line),
                             width = self.width
                         )
                     } else {
@@ -120,7 +124,7 @@ impl LogPrinter {
                         writeln!(
                             self.out,
                             "{label:<width$}{mark} | {}",
-                            entry.line,
+                            printable(&entry.line),
                             width = self.width
                         )
                     }
@@ -129,6 +133,21 @@ impl LogPrinter {
         };
         result.is_ok() && self.out.flush().is_ok()
     }
+}
+
+/// An app's (or a hook's) bytes must not drive the operator's terminal: tabs become
+/// spaces and other control characters (escape sequences' ESC included) a visible
+/// replacement. Every human-facing line goes through it; JSON escapes by itself.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\t' => out.push_str("    "),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub fn print_warnings(warnings: &[String]) {

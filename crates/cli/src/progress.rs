@@ -78,11 +78,14 @@ impl Progress {
         }
     }
 
-    /// A line above the spinners (hook output, notes).
+    /// A line above the spinners (hook output, notes), with no control character
+    /// reaching the terminal (a note may hold several lines).
     fn line(&self, text: &str) {
+        let text: Vec<String> = text.lines().map(crate::output::printable).collect();
+        let text = text.join("\n");
         match &self.bars {
             Some((multi, _)) => {
-                if multi.println(text).is_err() {
+                if multi.println(&text).is_err() {
                     eprintln!("{text}");
                 }
             }

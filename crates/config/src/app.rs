@@ -26,7 +26,8 @@ use policy::{read_logs, read_policy};
 const MAX_NAME_LEN: usize = 64;
 
 /// A typo guard: no host fleet runs on has this many CPUs, so a bigger count is a mistake.
-const MAX_INSTANCES: i64 = 1024;
+/// The agent checks every count it receives against it too.
+pub const MAX_INSTANCES: u32 = 1024;
 
 /// What `time: true` sets, as in PM2.
 const TIME_LOG_DATE_FORMAT: &str = "YYYY-MM-DDTHH:mm:ss";
@@ -292,6 +293,38 @@ pub(crate) fn read_app(
     }
     read.spec = Some(spec);
     Some(read)
+}
+
+/// Checks a spec that did not come through the reader (an agent's API takes specs from
+/// any client) with the reader's rules: names that are safe in file names and targets,
+/// bounded counts, absolute paths, a known signal.
+pub fn validate_spec(spec: &AppSpec) -> Result<(), String> {
+    check_app_name(&spec.name).map_err(|e| format!("name: {e}"))?;
+    check_name(&spec.namespace).map_err(|e| format!("namespace: {e}"))?;
+    let count = match spec.instances {
+        Instances::Count(n) | Instances::MaxMinus(n) => n,
+        Instances::Max => 0,
+    };
+    if count > MAX_INSTANCES {
+        return Err(format!("instances: at most {MAX_INSTANCES}, got {count}"));
+    }
+    if !spec.cwd.is_absolute() {
+        return Err(format!("cwd {} is not absolute", spec.cwd.display()));
+    }
+    if spec.command.is_empty() {
+        return Err("no command to run".to_string());
+    }
+    if crate::units::parse_signal(&spec.kill_signal).is_err() {
+        return Err(format!(
+            "kill_signal {:?} is not a signal",
+            spec.kill_signal
+        ));
+    }
+    let paths = spec.pid_file.iter().chain(spec.env_files.iter());
+    if let Some(path) = paths.into_iter().find(|p| !p.is_absolute()) {
+        return Err(format!("{} is not absolute", path.display()));
+    }
+    Ok(())
 }
 
 /// Whether the app runs on Node (or Bun), whose instances speak Node's IPC protocol.

@@ -277,7 +277,7 @@ fn read_stage(
         .and_then(|f| reader::as_string_list(ctx, &f, false))
         .unwrap_or_default();
     let repo_field = r.take(ctx, &["repo"]);
-    let repo = repo_field.as_ref().and_then(|f| non_empty_string(ctx, f));
+    let repo = repo_field.as_ref().and_then(|f| read_repo(ctx, f));
     let git_ref = r
         .take(ctx, &["ref"])
         .and_then(|f| non_empty_string(ctx, &f));
@@ -466,6 +466,16 @@ fn read_lock_ttl(ctx: &mut Ctx<'_>, r: &mut MapReader<'_>) -> u64 {
             Some(ms)
         })
         .unwrap_or(DEFAULT_LOCK_TTL_MS)
+}
+
+/// `repo`: it reaches git on the hosts, so never as an option, never with a line break.
+fn read_repo(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<String> {
+    let repo = non_empty_string(ctx, f)?;
+    if repo.starts_with('-') || repo.chars().any(char::is_control) {
+        ctx.error(f.line, &f.path, format!("{repo:?} is not a repository URL"));
+        return None;
+    }
+    Some(repo)
 }
 
 /// `strategy`: "archive" (the default), "clone" or "checkout" (the default of a PM2

@@ -23,6 +23,27 @@ pub fn discover(dir: &Path) -> Option<PathBuf> {
     first_in(dir)
 }
 
+/// As `discover`, but never a JavaScript file found by name: asking whether a word
+/// names a stage (`fleet logs api`) must not run code nobody named. `FLEET_CONFIG`
+/// names its file, so it is taken as it is.
+pub fn discover_data(dir: &Path) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("FLEET_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    CONFIG_NAMES
+        .iter()
+        .filter(|name| !is_javascript(name))
+        .map(|name| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+/// Whether a config file is JavaScript (evaluated with node).
+pub fn is_javascript(name: &str) -> bool {
+    [".js", ".cjs", ".mjs"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+}
+
 /// The first of `CONFIG_NAMES` that is a file in `dir`.
 pub fn first_in(dir: &Path) -> Option<PathBuf> {
     CONFIG_NAMES

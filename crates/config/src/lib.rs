@@ -8,7 +8,7 @@
 
 mod app;
 
-pub use app::{file_name_of, runs_on_node};
+pub use app::{MAX_INSTANCES, file_name_of, runs_on_node, validate_spec};
 mod deploy;
 mod discover;
 pub mod envfile;
@@ -27,7 +27,7 @@ pub use deploy::{
     Batch, DEFAULT_KEEP_RELEASES, DEFAULT_LOCK_TTL_MS, DeployStage, DeployStrategy, DeployTarget,
     HostOverride, runs_pm2_start,
 };
-pub use discover::{CONFIG_NAMES, discover, first_in};
+pub use discover::{CONFIG_NAMES, discover, discover_data, first_in, is_javascript};
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{
     ConfigFile, ControllerSection, Format, LoadOptions, is_config_file, load, load_str,

@@ -33,6 +33,26 @@ fn default_watch_delay_ms() -> u64 {
     DEFAULT_WATCH_DELAY_MS
 }
 
+/// Variables of the shell that starts apps which never reach them: fleet's and PM2's
+/// credentials and settings, and the ssh agent (an app must not act as its operator).
+/// An app's own `env` may still set any of them.
+pub const NOT_INHERITED: &[&str] = &[
+    "FLEET_TOKEN",
+    "FLEET_CONTROLLER",
+    "FLEET_CA",
+    "FLEET_HOME",
+    "FLEET_CONFIG",
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "PM2_PUBLIC_KEY",
+    "PM2_SECRET_KEY",
+];
+
+/// Whether a variable of the starting shell reaches apps (see `NOT_INHERITED`).
+pub fn inheritable(key: &str) -> bool {
+    !NOT_INHERITED.contains(&key)
+}
+
 /// PM2's default namespace.
 pub const DEFAULT_NAMESPACE: &str = "default";
 

@@ -13,6 +13,20 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_UNREACHABLE_AFTER: Duration = Duration::from_secs(15);
 /// A join token lasts an hour unless asked otherwise (the contract's default).
 pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// A join token is a credential: it never lives longer than a day.
+pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Refuses a join token lifetime over `MAX_JOIN_TOKEN_TTL` (or of zero).
+pub fn check_join_ttl(ttl: Duration) -> Result<(), String> {
+    if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
+        return Err(format!(
+            "a join token lives between 1 second and {} hours (asked: {}s)",
+            MAX_JOIN_TOKEN_TTL.as_secs() / 3600,
+            ttl.as_secs()
+        ));
+    }
+    Ok(())
+}
 
 /// Everything `serve` needs besides its listener and shutdown signal.
 #[derive(Debug, Clone)]

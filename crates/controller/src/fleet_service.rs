@@ -267,6 +267,7 @@ impl FleetService for FleetApi {
             0 => DEFAULT_JOIN_TOKEN_TTL,
             seconds => Duration::from_secs(seconds),
         };
+        crate::config::check_join_ttl(ttl).map_err(Refusal::InvalidArgument)?;
         let host = request.host.clone();
         let (token, expires_unix_ms) = self
             .controller

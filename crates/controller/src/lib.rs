@@ -28,10 +28,12 @@ const DATA_DIR_MODE: u32 = 0o700;
 /// Host names become certificate common names and SQL keys; DNS's limit is plenty.
 const MAX_HOST_LEN: usize = 253;
 
-/// Creates the data directory (mode 0700) if it does not exist.
+/// Creates the data directory (mode 0700) if it does not exist, and locks a directory
+/// that already exists down to its owner too.
 pub fn prepare_data_dir(path: &Path) -> Result<(), Error> {
     if path.is_dir() {
-        return Ok(());
+        return std::fs::set_permissions(path, std::fs::Permissions::from_mode(DATA_DIR_MODE))
+            .map_err(|source| Error::io(path, source));
     }
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -66,6 +68,7 @@ pub fn create_join_token(
     ttl: Duration,
 ) -> Result<(String, u64), Error> {
     validate_host(host).map_err(Error::Invalid)?;
+    config::check_join_ttl(ttl).map_err(Error::Invalid)?;
     prepare_data_dir(data_dir)?;
     let path = data_dir.join(DATABASE_FILE);
     let conn = store::open(&path)?;

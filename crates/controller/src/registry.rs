@@ -270,7 +270,7 @@ impl HostHandle {
         state.processes = snapshot
             .processes
             .into_iter()
-            .map(compact)
+            .map(|process| compact(process, &self.link.host))
             .map(|process| (process.id, process))
             .collect();
         state.seq = snapshot.seq;
@@ -298,7 +298,7 @@ impl HostHandle {
             state.processes.remove(&id);
         }
         for process in delta.changed {
-            let process = compact(process);
+            let process = compact(process, &self.link.host);
             state.processes.insert(process.id, process);
         }
         state.seq = delta.seq;
@@ -345,8 +345,13 @@ fn ask_resync(state: &mut HostState) -> After {
 
 /// The process list keeps what `list` shows; the resolved config (details only, and
 /// the bulk of a ProcessInfo) is dropped to keep a thousand hosts in little memory.
-fn compact(mut process: ProcessInfo) -> ProcessInfo {
+/// What the controller keeps of a process an agent reported: no config, and the host
+/// its certificate names (an agent cannot label its processes as another host's).
+fn compact(mut process: ProcessInfo, host: &str) -> ProcessInfo {
     process.config_json = String::new();
+    if process.host != host {
+        process.host = host.to_string();
+    }
     process
 }
 
@@ -504,10 +509,9 @@ impl SessionLink {
                 ..LogEntry::default()
             });
         }
+        // The certificate's name, whatever the agent wrote: no host speaks for another.
         entries.extend(batch.entries.into_iter().map(|mut entry| {
-            if entry.host.is_empty() {
-                entry.host = self.host.clone();
-            }
+            entry.host.clone_from(&self.host);
             entry
         }));
         match sink.tx.try_send(entries) {
@@ -642,5 +646,32 @@ mod tests {
             view.error
                 .starts_with("disconnected: the agent closed the session (last seen ")
         );
+    }
+
+    #[tokio::test]
+    async fn an_agent_cannot_speak_for_another_host() {
+        let registry = Registry::new(Duration::from_secs(15), Vec::new());
+        let (tx, _rx) = mpsc::channel(8);
+        let handle = registry.connect(&hello("web-1", "b1"), tx);
+        let mut forged = process(0, "api");
+        forged.host = "db-1".into();
+        handle.snapshot(Snapshot {
+            processes: vec![forged],
+            seq: 1,
+        });
+        assert_eq!(registry.view("web-1").processes[0].host, "web-1");
+        let (logs_tx, mut logs_rx) = mpsc::channel(4);
+        handle.link.add_log_subscription(9, logs_tx, true);
+        let entry = LogEntry {
+            host: "db-1".into(),
+            line: "forged".into(),
+            ..LogEntry::default()
+        };
+        handle.link.deliver_logs(LogBatch {
+            subscription_id: 9,
+            entries: vec![entry],
+        });
+        let delivered = logs_rx.recv().await.unwrap();
+        assert_eq!(delivered[0].host, "web-1");
     }
 }

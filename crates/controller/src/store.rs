@@ -71,6 +71,12 @@ pub fn open(path: &Path) -> Result<Connection, Error> {
         path: path.to_owned(),
         source,
     };
+    // Owner-only before SQLite opens it: SQLite gives its -wal and -shm files the
+    // database file's mode.
+    private_file(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut conn = Connection::open(path).map_err(context)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(context)?;
     // WAL: readers never wait for the writer, and `token create` can write while the
@@ -81,6 +87,25 @@ pub fn open(path: &Path) -> Result<Connection, Error> {
         .map_err(context)?;
     migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// Creates `path` with mode 0600 if it is missing, and sets 0600 on it (and on the
+/// -wal and -shm files beside it) if it exists.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens the database for reading only, as `fleet-controller audit` does while the
@@ -590,5 +615,28 @@ mod tests {
             conn.execute("UPDATE audit_log SET result = 'x'", [])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_database_and_its_wal_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        let conn = open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            if let Ok(meta) = std::fs::metadata(&file) {
+                assert_eq!(
+                    meta.permissions().mode() & 0o777,
+                    0o600,
+                    "{}",
+                    file.display()
+                );
+            }
+        }
+        assert!(crate::config::check_join_ttl(Duration::from_secs(25 * 3600)).is_err());
+        assert!(crate::config::check_join_ttl(Duration::from_secs(3600)).is_ok());
     }
 }

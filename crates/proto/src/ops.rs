@@ -44,6 +44,48 @@ pub enum AgentCall {
     Scale(apb::ScaleRequest),
 }
 
+/// A controller URL is `https://host[:port]`: tokens never travel in cleartext, so
+/// `http://` (or anything else) is refused before any connection.
+pub fn check_controller_url(url: &str) -> Result<(), String> {
+    match url.strip_prefix("https://") {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(()),
+        _ => Err(format!(
+            "controller URL {url:?}: only https:// is accepted (tokens never travel in cleartext), like https://controller.example:7443"
+        )),
+    }
+}
+
+/// The most instances an app may have, checked wherever a count arrives (the agent,
+/// the controller before it fans out). The same cap as `fleet_config::MAX_INSTANCES`.
+pub const MAX_INSTANCES: u32 = 1024;
+
+/// A scale count: `N`, `+N` or `-N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleCount {
+    Exactly(u32),
+    More(u32),
+    Fewer(u32),
+}
+
+/// Parses a scale count, bounded by `MAX_INSTANCES`.
+pub fn parse_scale(count: &str) -> Result<ScaleCount, String> {
+    let count = count.trim();
+    let (kind, digits): (fn(u32) -> ScaleCount, &str) = match count.as_bytes().first() {
+        Some(b'+') => (ScaleCount::More, &count[1..]),
+        Some(b'-') => (ScaleCount::Fewer, &count[1..]),
+        _ => (ScaleCount::Exactly, count),
+    };
+    let n: u32 = digits
+        .parse()
+        .map_err(|_| format!("invalid instance count {count:?}: expected N, +N or -N"))?;
+    if n > MAX_INSTANCES {
+        return Err(format!(
+            "invalid instance count {count:?}: an app has at most {MAX_INSTANCES} instances"
+        ));
+    }
+    Ok(kind(n))
+}
+
 /// Why an action cannot become an agent request.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
@@ -51,6 +93,8 @@ pub enum CallError {
     NoAction,
     #[error("scale needs an app and a count: N, +N or -N")]
     ScaleWithoutCount,
+    #[error("{0}")]
+    BadCount(String),
 }
 
 /// `action` on `targets` (for `scale`, the first target is the app and `count` is
@@ -77,6 +121,7 @@ pub fn agent_call(
             if app.is_empty() || count.is_empty() {
                 return Err(CallError::ScaleWithoutCount);
             }
+            parse_scale(count).map_err(CallError::BadCount)?;
             AgentCall::Scale(apb::ScaleRequest {
                 app,
                 count: count.to_string(),

@@ -102,6 +102,7 @@ fn apps(args: &Args) -> Result<Vec<fleet_config::AppSpec>, String> {
         std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?;
     let env: std::collections::BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| !fleet_agent::sd_notify::SERVICE_VARIABLES.contains(&k.as_str()))
+        .filter(|(k, _)| fleet_config::inheritable(k))
         .collect();
     let options = fleet_config::LoadOptions {
         env_stage: args.env_stage.clone(),

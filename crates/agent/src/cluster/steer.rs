@@ -146,7 +146,10 @@ fn copy_listener(pid: i32, port: u16) -> Option<OwnedFd> {
 /// lowest first (a server opens its listener before the connections it accepts).
 /// Reading `/proc/net/tcp` instead walks the host's whole connection table on every
 /// read: 1-2 ms each, 40 ms of CPU per deploy of a proxied app (bench/deploy).
+/// The process is pinned with a pidfd first: should `pid` end and be reused while its
+/// descriptors are read, the copies fail rather than come from another process.
 fn listener_of(pid: i32, port: u16) -> Option<OwnedFd> {
+    let pidfd = pidfd_open(pid).ok()?;
     let mut sockets: Vec<RawFd> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .ok()?
         .flatten()
@@ -157,7 +160,6 @@ fn listener_of(pid: i32, port: u16) -> Option<OwnedFd> {
         .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
         .collect();
     sockets.sort_unstable();
-    let pidfd = pidfd_open(pid).ok()?;
     sockets
         .into_iter()
         .filter_map(|fd| pidfd_getfd(&pidfd, fd).ok())

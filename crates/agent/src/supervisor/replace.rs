@@ -687,6 +687,12 @@ impl Supervisor {
             ScaleTo::More(n) => current.saturating_add(n),
             ScaleTo::Fewer(n) => current.saturating_sub(n),
         };
+        if target > fleet_proto::ops::MAX_INSTANCES {
+            return Err(AgentError::InvalidArgument(format!(
+                "cannot scale {name} to {target} instances: at most {}",
+                fleet_proto::ops::MAX_INSTANCES
+            )));
+        }
         if target == 0 {
             return Err(AgentError::InvalidArgument(format!(
                 "cannot scale {name} to 0 instances\nhint: `fleet stop {name}` stops every instance"
@@ -712,10 +718,16 @@ impl Supervisor {
         }
         let mut touched = Vec::new();
         if target > current {
-            let mut used: Vec<u32> = members.iter().map(|(instance, _)| *instance).collect();
+            // The lowest free numbers, in one pass (PM2 reuses the lowest free number).
+            let used: std::collections::BTreeSet<u32> =
+                members.iter().map(|(instance, _)| *instance).collect();
+            let mut next = 0;
             for _ in current..target {
-                let instance = (0..).find(|n| !used.contains(n)).expect("unbounded range");
-                used.push(instance);
+                while used.contains(&next) {
+                    next += 1;
+                }
+                let instance = next;
+                next += 1;
                 let id = self.next_id;
                 self.next_id += 1;
                 self.insert(id, instance, spec.clone(), 0);

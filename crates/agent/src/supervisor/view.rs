@@ -93,11 +93,47 @@ pub(in crate::supervisor) fn redacted(spec: &AppSpec) -> serde_json::Value {
                 let upper = key.to_ascii_uppercase();
                 if SECRET_KEY_PARTS.iter().any(|part| upper.contains(part)) {
                     *value = serde_json::Value::String("[redacted]".into());
+                } else if let Some(text) = value.as_str()
+                    && let Some(hidden) = without_url_passwords(text)
+                {
+                    *value = serde_json::Value::String(hidden);
                 }
             }
         }
     }
     value
+}
+
+/// `postgres://user:secret@db/app` as `postgres://user:[redacted]@db/app`, for every URL
+/// in `text`; `None` when there is no password to hide.
+pub(in crate::supervisor) fn without_url_passwords(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        // The authority ends at the first '/', '?', '#' or whitespace.
+        let end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority
+            .rfind('@')
+            .and_then(|a| authority[..a].find(':').map(|colon| (colon, a)))
+        {
+            Some((colon, a)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("[redacted]");
+                out.push_str(&authority[a..]);
+                changed = true;
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    changed.then_some(out)
 }
 
 #[cfg(test)]
@@ -122,6 +158,21 @@ mod tests {
         share_env(held.iter(), &mut other);
         assert!(!held.iter().any(|h| Arc::ptr_eq(h, &other)));
         assert_eq!(other["A"], "2");
+    }
+
+    #[test]
+    fn passwords_inside_urls_are_hidden() {
+        assert_eq!(
+            without_url_passwords("postgres://app:s3cr3t@db:5432/app?ssl=1").as_deref(),
+            Some("postgres://app:[redacted]@db:5432/app?ssl=1")
+        );
+        assert_eq!(
+            without_url_passwords("a=redis://:pw@r1 b=amqp://u:p@q/").as_deref(),
+            Some("a=redis://:[redacted]@r1 b=amqp://u:[redacted]@q/")
+        );
+        assert_eq!(without_url_passwords("https://example.com/a@b"), None);
+        assert_eq!(without_url_passwords("https://user@example.com"), None);
+        assert_eq!(without_url_passwords("plain"), None);
     }
 
     #[test]

@@ -117,3 +117,84 @@ async fn reload_restarts_fork_instances_and_scale_adds_one() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     agent.stop().await;
 }
+
+/// A client need not use the config reader: whatever it sends is checked at the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specs_and_counts_are_checked_where_they_arrive() {
+    let mut agent = Agent::start().await;
+    let good = apps(agent.home.path(), SLEEPER).remove(0);
+    let spec: serde_json::Value = serde_json::from_str(&good.json).unwrap();
+    let refused = |field: &str, value: serde_json::Value| {
+        let mut spec = spec.clone();
+        spec[field] = value;
+        pb::AppConfig {
+            json: spec.to_string(),
+        }
+    };
+    for (app, expected) in [
+        (refused("name", "line\nbreak".into()), "name"),
+        (refused("name", "all".into()), "name"),
+        (
+            refused("instances", serde_json::json!({"count": 100000})),
+            "instances",
+        ),
+        (refused("cwd", "relative/dir".into()), "cwd"),
+        (refused("kill_signal", "SIGNOPE".into()), "kill_signal"),
+    ] {
+        let status = agent
+            .client
+            .start(pb::StartRequest {
+                apps: vec![app],
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{}", status.message());
+    }
+    assert!(agent.list().await.is_empty(), "nothing started");
+
+    agent
+        .client
+        .start(pb::StartRequest {
+            apps: vec![good],
+            ..Default::default()
+        })
+        .await
+        .expect("start");
+    let started = std::time::Instant::now();
+    for count in ["12000", "+4294967295", "-99999", "two"] {
+        let status = agent
+            .client
+            .scale(pb::ScaleRequest {
+                app: "sleeper".into(),
+                count: count.into(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{count}: {status:?}"
+        );
+    }
+    let status = agent
+        .client
+        .scale(pb::ScaleRequest {
+            app: "sleeper".into(),
+            count: "+1023".into(),
+        })
+        .await
+        .expect_err("over the cap once added");
+    assert!(
+        status.message().contains("at most 1024"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "refused at once"
+    );
+    assert_eq!(fleet_proto::ops::MAX_INSTANCES, fleet_config::MAX_INSTANCES);
+    let _ = agent.stop().await;
+}

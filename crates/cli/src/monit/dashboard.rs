@@ -199,7 +199,11 @@ impl Dashboard {
                 self.log.push(LogLine {
                     stream: pb::LogStream::try_from(entry.stream)
                         .unwrap_or(pb::LogStream::Unspecified),
-                    text: printable(if notice { &entry.notice } else { &entry.line }),
+                    text: crate::output::printable(if notice {
+                        &entry.notice
+                    } else {
+                        &entry.line
+                    }),
                     notice,
                 });
             }
@@ -515,20 +519,6 @@ pub(super) fn status_colour(status: i32) -> Color {
         | pb::ProcessStatus::WaitingRestart => Color::Yellow,
         pb::ProcessStatus::Stopped | pb::ProcessStatus::Unspecified => Color::DarkGray,
     }
-}
-
-/// An app's bytes must not drive the terminal: tabs become spaces and other control
-/// characters a visible replacement.
-pub(super) fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\t' => out.push_str("    "),
-            c if c.is_control() => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ pub(super) fn read_instances(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<Ins
         );
         return None;
     };
-    if number.abs() > MAX_INSTANCES {
+    if number.abs() > i64::from(MAX_INSTANCES) {
         ctx.error(
             field.line,
             &field.path,

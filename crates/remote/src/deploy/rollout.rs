@@ -162,7 +162,13 @@ impl Context {
             .await
             .map_err(|e| host_error(format!("resolve ref: {e}")))?;
         let sha = output.fact("commit").unwrap_or_default();
-        if !output.raw.success() || sha.len() < 7 {
+        let full_sha = matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit());
+        if output.raw.success() && !full_sha {
+            return Err(host_error(format!(
+                "the host reported {sha:?} for {git_ref:?}, not a commit id (40 or 64 hex digits)"
+            )));
+        }
+        if !output.raw.success() {
             let error = super::StepError::exit(&output.raw);
             return Err(host_error(format!(
                 "cannot resolve {git_ref:?} in {repo}: {error}"

@@ -299,7 +299,7 @@ if [ -d "$M" ]; then
   git -C "$M" remote set-url origin {repo}
   git -C "$M" fetch --quiet --prune origin '+refs/heads/*:refs/heads/*' '+refs/tags/*:refs/tags/*'
 else
-  git clone --quiet --mirror {repo} "$M"
+  git clone --quiet --mirror -- {repo} "$M"
 fi
 "#,
         repo = quote(repo)
@@ -394,6 +394,21 @@ pub struct Shared<'a> {
 
 fn finish_release(s: &mut String, commit: &str, shared: &Shared<'_>) {
     let _ = writeln!(s, "printf '%s\\n' {} > \"$R/REVISION\"", quote(commit));
+    // A shared path is replaced by a link inside the release; a symlink committed in
+    // the repository at one of its parent directories would make that `rm -rf` and
+    // `ln` reach outside the release, so the deploy refuses it.
+    for path in shared.dirs.iter().chain(shared.files) {
+        let mut parent = std::path::Path::new(path.as_str()).parent();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            let d = quote(&dir.display().to_string());
+            let _ = writeln!(
+                s,
+                "if [ -L \"$R/\"{d} ]; then echo \"shared path \"{p}\": \"{d}\" is a symlink in the release\" >&2; exit 1; fi",
+                p = quote(path)
+            );
+            parent = dir.parent();
+        }
+    }
     for dir in shared.dirs {
         let d = quote(dir);
         let _ = writeln!(
@@ -457,7 +472,7 @@ pub fn hook(
 /// old), notes in the lock that the host has switched, and names the release's config.
 pub fn switch(path: &RemotePath, release: &str) -> String {
     let mut s = format!(
-        "{}cd \"$P\"\n[ -d releases/{r} ] || {{ echo \"release {release} is not on this host\" >&2; exit 1; }}\nln -sfn releases/{r} .current.tmp.$$\nmv -fT .current.tmp.$$ current\necho fleet:switched=1\nif [ -f \"$L\" ]; then sed -i 's/^state=.*/state=switched/' \"$L\"; fi\nR=\"$P/releases/\"{r}\n",
+        "{}cd \"$P\"\n[ -d releases/{r} ] || {{ echo \"release \"{r}\" is not on this host\" >&2; exit 1; }}\nln -sfn releases/{r} .current.tmp.$$\nmv -fT .current.tmp.$$ current\necho fleet:switched=1\nif [ -f \"$L\" ]; then sed -i 's/^state=.*/state=switched/' \"$L\"; fi\nR=\"$P/releases/\"{r}\n",
         prelude(path),
         r = quote(release)
     );
@@ -676,5 +691,42 @@ mod tests {
                 .expect("sh");
             assert!(status.success(), "sh -n rejects:\n{snippet}");
         }
+    }
+
+    #[test]
+    fn a_symlinked_parent_of_a_shared_path_stops_the_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, outside) = (dir.path().join("app"), dir.path().join("outside"));
+        let release = p.join("releases/r1");
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join(".env"), "keep me").unwrap();
+        std::os::unix::fs::symlink(&outside, release.join("config")).unwrap();
+        let mut script = format!(
+            "set -eu\nP={}\nR={}\n",
+            quote(&p.display().to_string()),
+            quote(&release.display().to_string())
+        );
+        let files = ["config/.env".to_string()];
+        finish_release(
+            &mut script,
+            "abc",
+            &Shared {
+                dirs: &[],
+                files: &files,
+            },
+        );
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("is a symlink in the release"), "{stderr}");
+        assert_eq!(
+            std::fs::read_to_string(outside.join(".env")).unwrap(),
+            "keep me"
+        );
     }
 }

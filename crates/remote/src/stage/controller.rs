@@ -41,6 +41,7 @@ impl tonic::service::Interceptor for Bearer {
 pub async fn connect_controller(
     settings: &ControllerSettings,
 ) -> Result<ControllerClient, StageError> {
+    fleet_proto::ops::check_controller_url(&settings.url).map_err(StageError::Config)?;
     let mut tls = ClientTlsConfig::new();
     if let Some(ca) = &settings.ca {
         let pem = std::fs::read_to_string(ca).map_err(|e| {

@@ -73,6 +73,17 @@ pub fn find(name: &str) -> Result<Option<Stage>, StageError> {
     }
 }
 
+/// As `find`, for a word that may or may not name a stage (`fleet logs api`): only a
+/// config file that is data (fleet.toml, JSON, YAML) or `FLEET_CONFIG` is read, so no
+/// JavaScript runs that the user did not name.
+pub fn find_if_stage(name: &str) -> Result<Option<Stage>, StageError> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    match fleet_config::discover_data(&cwd) {
+        Some(path) => find_in(&path, name),
+        None => Ok(None),
+    }
+}
+
 /// The stage named `name` in the config file at `path`.
 pub fn find_in(path: &Path, name: &str) -> Result<Option<Stage>, StageError> {
     let options = LoadOptions {
@@ -88,6 +99,9 @@ pub fn find_in(path: &Path, name: &str) -> Result<Option<Stage>, StageError> {
     };
     let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
     let url = env("FLEET_CONTROLLER").or_else(|| file.controller.as_ref().map(|c| c.url.clone()));
+    if let Some(url) = &url {
+        fleet_proto::ops::check_controller_url(url).map_err(StageError::Config)?;
+    }
     let controller = match url {
         None => None,
         Some(url) => Some(ControllerSettings {

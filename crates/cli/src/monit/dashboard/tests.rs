@@ -200,5 +200,8 @@ fn draws_status_as_text_and_marks_the_selected_row_without_colour() {
 
 #[test]
 fn control_characters_never_reach_the_terminal() {
-    assert_eq!(printable("a\tb\x1b[2Jc"), "a    b\u{fffd}[2Jc");
+    assert_eq!(
+        crate::output::printable("a\tb\x1b[2Jc"),
+        "a    b\u{fffd}[2Jc"
+    );
 }
