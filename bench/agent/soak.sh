@@ -119,6 +119,7 @@ while (($(date +%s) < end)); do
   log "$(( (end - $(date +%s) + 59) / 60 )) minute(s) left: agent RSS $(kb_to_mb "$(rss_kb "$AGENT")") MB, $(fds) fds"
 done
 sample end
+pkill -P "$RELOADER" 2>/dev/null || true
 kill "$RELOADER" 2>/dev/null || true
 
 restarts=$(timeout 20 "$FLEET" list --json | python3 -c 'import json,sys; print(sum(p["restarts"] for p in json.load(sys.stdin)))')

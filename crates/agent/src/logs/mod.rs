@@ -428,6 +428,16 @@ async fn pump<R: AsyncRead + Unpin>(
     }
 }
 
+/// What a chunk costs a ring beyond its bytes: the `Chunk` itself, its `Arc` counts and
+/// the allocator's headers. Counted, so a ring of short lines holds `RING_BYTES` of
+/// memory, not `RING_BYTES` of text plus several times that in bookkeeping (the soak
+/// bench showed slowly filling rings of one-line chunks as growth for minutes).
+const CHUNK_OVERHEAD: usize = std::mem::size_of::<Chunk>() + 48;
+
+fn ring_cost(chunk: &Chunk) -> usize {
+    chunk.data.len() + CHUNK_OVERHEAD
+}
+
 fn remember(hub: &Inner, chunk: &Arc<Chunk>) {
     // A big chunk is kept only by its last lines: the ring is for recent history.
     let chunk = if chunk.data.len() > RING_BYTES {
@@ -449,11 +459,11 @@ fn remember(hub: &Inner, chunk: &Arc<Chunk>) {
     let chunk = &chunk;
     let mut rings = hub.rings.lock().expect("log rings");
     let ring = rings.entry(chunk.id).or_default();
-    ring.bytes += chunk.data.len();
+    ring.bytes += ring_cost(chunk);
     ring.chunks.push_back(chunk.clone());
     while ring.bytes > RING_BYTES && ring.chunks.len() > 1 {
         if let Some(old) = ring.chunks.pop_front() {
-            ring.bytes -= old.data.len();
+            ring.bytes -= ring_cost(&old);
         }
     }
 }
