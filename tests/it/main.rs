@@ -10,6 +10,7 @@ mod controller;
 mod corpus;
 mod deploy;
 mod deploy_pm2;
+mod deploy_secrets;
 mod fleet;
 mod host;
 mod http;

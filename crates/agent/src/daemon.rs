@@ -120,17 +120,7 @@ pub async fn run(
     tokio::spawn(reopen_logs_on_sigusr2(hub.clone()));
     tokio::spawn(crate::alloc::trim_periodically());
 
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    let kill = Arc::new(Notify::new());
-    let operations = Operations::new(handle.clone(), hub, host.clone());
-    let service = Arc::new(Service::new(
-        operations.clone(),
-        home.root.display().to_string(),
-        host,
-        kill.clone(),
-    ));
+    let (operations, service, kill) = api(&home, &handle, hub);
     match crate::link::LinkConfig::load(&home) {
         Ok(Some(config)) => {
             tokio::spawn(crate::link::run(config, operations, handle.clone()));
@@ -175,6 +165,27 @@ pub async fn run(
     let _ = std::fs::remove_file(home.socket());
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The agent's operations and their gRPC face over `handle`, and what a client's
+/// `Kill` notifies. One construction for the daemon and the runtime.
+pub(crate) fn api(
+    home: &Home,
+    handle: &supervisor::Handle,
+    hub: LogHub,
+) -> (Operations, Arc<Service>, Arc<Notify>) {
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let kill = Arc::new(Notify::new());
+    let operations = Operations::new(handle.clone(), hub, host.clone());
+    let service = Arc::new(Service::new(
+        operations.clone(),
+        home.root.display().to_string(),
+        host,
+        kill.clone(),
+    ));
+    (operations, service, kill)
 }
 
 /// `WATCHDOG=1` every half period, each only after the supervisor answered: a hung

@@ -22,7 +22,6 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::core::Status;
 use crate::logs::{Chunk, LogHub, Stream};
 use crate::operations::Operations;
-use crate::service::Service;
 use crate::store::Home;
 use crate::supervisor::{self, Reply, Request};
 
@@ -57,17 +56,7 @@ pub async fn run(
     let handle = supervisor::start(home.clone(), hub.clone(), Vec::new());
     tokio::spawn(crate::daemon::sample_metrics(handle.clone()));
     tokio::spawn(reap_orphans(handle.clone()));
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    let kill = Arc::new(Notify::new());
-    let operations = Operations::new(handle.clone(), hub, host.clone());
-    let service = Arc::new(Service::new(
-        operations.clone(),
-        home.root.display().to_string(),
-        host,
-        kill.clone(),
-    ));
+    let (operations, service, kill) = crate::daemon::api(&home, &handle, hub);
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()

@@ -371,14 +371,10 @@ impl Connection {
         self.handle.is_closed()
     }
 
-    /// Runs `command` (already wrapped by `super::remote_command`) and collects its
-    /// output until the channel closes or `timeout` passes (queueing excluded).
-    pub async fn exec(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
-        self.exec_with_input(command, None, timeout).await
-    }
-
-    /// `exec` with `input` written to the command's stdin (then EOF) while its output
-    /// is read, so neither side waits on the other's window.
+    /// Runs `command` (a `super::remote_command` line) with `input` written to its
+    /// stdin (then EOF) while its output is read, so neither side waits on the other's
+    /// window; collects the output until the channel closes or `timeout` passes
+    /// (queueing excluded).
     pub async fn exec_with_input(
         &self,
         command: &str,

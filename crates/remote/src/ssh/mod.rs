@@ -240,17 +240,27 @@ pub fn quote(argument: &str) -> String {
     format!("'{}'", argument.replace('\'', r"'\''"))
 }
 
-/// The one constructor of what fleet runs on a host: `command` (a sh snippet) under
-/// `timeout`, since closing an SSH channel does not stop a command without a PTY,
-/// and sshd refuses the `signal` request for root logins. Needs coreutils' or
-/// busybox's `timeout` on the host.
-pub fn remote_command(command: &str, timeout: Duration) -> String {
+/// The one constructor of what fleet runs on a host: the command line that runs a sh
+/// snippet of `script_len` bytes read from stdin, under `timeout` (closing an SSH
+/// channel does not stop a command without a PTY, and sshd refuses the `signal`
+/// request for root logins). The snippet itself travels on the channel's stdin, never
+/// on a command line, where `ps` would show it (secrets included) to every user of the
+/// host; what follows it on stdin is the snippet's own input. `dd bs=1` reads exactly
+/// the snippet, no byte of that input. Needs coreutils' or busybox's `timeout` and `dd`.
+pub fn remote_command(script_len: usize, timeout: Duration) -> String {
     let seconds = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
     format!(
-        "exec timeout -k {REMOTE_KILL_AFTER_SECS} {} sh -c {}",
+        "exec timeout -k {REMOTE_KILL_AFTER_SECS} {} sh -c 'S=$(dd bs=1 count={script_len} 2>/dev/null) && eval \"$S\"'",
         seconds.max(1) + REMOTE_TIMEOUT_GRACE_SECS,
-        quote(command)
     )
+}
+
+/// What goes on the channel's stdin for `remote_command`: the snippet, then its input.
+pub fn remote_stdin(script: &str, input: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(script.len() + input.len());
+    bytes.extend_from_slice(script.as_bytes());
+    bytes.extend_from_slice(input);
+    bytes
 }
 
 type SharedResult<T> = Shared<BoxFuture<'static, Result<T, SshError>>>;
@@ -453,8 +463,13 @@ impl Pool {
         timeout: Duration,
     ) -> Result<ExecOutput, SshError> {
         let (_, connection) = self.inner.connection(host, Role::Target, 0).await?;
+        let stdin = remote_stdin(command, &[]);
         connection
-            .exec(&remote_command(command, timeout), timeout)
+            .exec_with_input(
+                &remote_command(command.len(), timeout),
+                Some(&stdin),
+                timeout,
+            )
             .await
     }
 
@@ -467,8 +482,13 @@ impl Pool {
         timeout: Duration,
     ) -> Result<ExecOutput, SshError> {
         let (_, connection) = self.inner.connection(host, Role::Target, 0).await?;
+        let stdin = remote_stdin(command, input);
         connection
-            .exec_with_input(&remote_command(command, timeout), Some(input), timeout)
+            .exec_with_input(
+                &remote_command(command.len(), timeout),
+                Some(&stdin),
+                timeout,
+            )
             .await
     }
 
@@ -581,11 +601,12 @@ impl Inner {
                 |_| true,
                 move || {
                     async move {
-                        let command = remote_command(
-                            r#"printf '%s' "${FLEET_HOME:-$HOME/.fleet}""#,
-                            FLEET_HOME_QUERY_TIMEOUT,
-                        );
-                        let output = connection.exec(&command, FLEET_HOME_QUERY_TIMEOUT).await?;
+                        let script = r#"printf '%s' "${FLEET_HOME:-$HOME/.fleet}""#;
+                        let command = remote_command(script.len(), FLEET_HOME_QUERY_TIMEOUT);
+                        let stdin = remote_stdin(script, &[]);
+                        let output = connection
+                            .exec_with_input(&command, Some(&stdin), FLEET_HOME_QUERY_TIMEOUT)
+                            .await?;
                         let home = String::from_utf8_lossy(&output.stdout).trim().to_string();
                         if !output.success() || home.is_empty() {
                             return Err(SshError::Channel {

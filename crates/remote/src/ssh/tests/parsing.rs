@@ -126,21 +126,35 @@ fn explicit_settings_beat_ssh_options_which_beat_the_config() {
 }
 
 #[test]
-fn remote_commands_are_quoted_for_sh() {
+fn remote_commands_take_their_script_on_stdin() {
+    use std::io::Write;
     assert_eq!(crate::ssh::quote("it's"), r"'it'\''s'");
+    let script = r#"printf '%s|' "$0" 'x'\''y' "a  b" "$SECRET"; cat"#;
+    let line = crate::ssh::remote_command(script.len(), Duration::from_secs(5));
+    // Nothing of the script, so no secret, is on the command line.
     assert_eq!(
-        crate::ssh::remote_command("echo 'a b'", Duration::from_millis(1500)),
-        r"exec timeout -k 5 3 sh -c 'echo '\''a b'\'''"
+        line,
+        format!(
+            r#"exec timeout -k 5 6 sh -c 'S=$(dd bs=1 count={} 2>/dev/null) && eval "$S"'"#,
+            script.len()
+        )
     );
-    let output = Command::new("sh")
+    let mut child = Command::new("sh")
         .arg("-c")
-        .arg(crate::ssh::remote_command(
-            r#"printf '%s|' "$0" 'x'\''y' "a  b""#,
-            Duration::from_secs(5),
-        ))
-        .output()
+        .arg(&line)
+        .env("SECRET", "s3")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "sh|x'y|a  b|");
+    let stdin = crate::ssh::remote_stdin(script, b"the input after it");
+    child.stdin.take().unwrap().write_all(&stdin).unwrap();
+    let output = child.wait_with_output().unwrap();
+    // The script ran, and its own input (read by `cat`) lost no byte to the reader.
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "sh|x'y|a  b|s3|the input after it"
+    );
 }
 
 #[test]
