@@ -46,6 +46,24 @@ stop_daemons() {
   fi
 }
 
+# install_cleanup [hook]: on exit, Ctrl-C or TERM, run `hook` (what the run started
+# itself), stop both daemons and sweep every marked process, keeping the exit status.
+install_cleanup() {
+  CLEANUP_HOOK=${1:-}
+  trap run_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+run_cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  [[ -n $CLEANUP_HOOK ]] && "$CLEANUP_HOOK"
+  stop_daemons
+  sweep_marked
+  exit "$rc"
+}
+
 # sweep_marked: the safety net of every cleanup: stop any process still carrying
 # FLEET_BENCH_MARK=$WORK in its environment (daemons, apps, load generators), then
 # remove $WORK.

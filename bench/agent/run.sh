@@ -68,17 +68,7 @@ FLEET="$ROOT/target/release/fleet"
 PM2=""
 
 
-cleanup() {
-  local rc=$?
-  set +e
-  trap - EXIT INT TERM
-  stop_daemons
-  sweep_marked
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+install_cleanup
 
 # --- helpers -----------------------------------------------------------------
 

@@ -49,17 +49,7 @@ export FLEET_BENCH_MARK="$WORK"
 unset FLEET_CONTROLLER FLEET_TOKEN
 FLEET="$ROOT/target/release/fleet"
 TESTAPP="$ROOT/target/release/fleet-testapp"
-cleanup() {
-  local rc=$?
-  set +e
-  trap - EXIT INT TERM
-  stop_daemons
-  sweep_marked
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+install_cleanup
 
 ((BUILD)) && build_fleet fleet-cli fleet-agent fleet-testapp
 

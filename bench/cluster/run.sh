@@ -93,18 +93,10 @@ PM2=""
 DIRECT_PID=""
 
 
-cleanup() {
-  local rc=$?
-  set +e
-  trap - EXIT INT TERM
+stop_own() {
   pid_alive "$DIRECT_PID" && kill -TERM "$DIRECT_PID" 2>/dev/null
-  stop_daemons
-  sweep_marked
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+install_cleanup stop_own
 
 # --- tools -------------------------------------------------------------------
 command -v node >/dev/null || die "the benchmark app needs node"

@@ -76,19 +76,11 @@ WATCHER=""
 START_CMD=""
 
 
-cleanup() {
-  local rc=$?
-  set +e
-  trap - EXIT INT TERM
+stop_own() {
   local p
   for p in "$WATCHER" "$START_CMD"; do pid_alive "$p" && kill -TERM "$p" 2>/dev/null; done
-  stop_daemons
-  sweep_marked
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+install_cleanup stop_own
 
 # --- helpers -----------------------------------------------------------------
 file_size() { local s; s=$(stat -c %s "$1" 2>/dev/null) || true; echo "${s:-0}"; }

@@ -480,12 +480,10 @@ fn script_spec(script: &str, args: &crate::StartArgs, options: &LoadOptions) -> 
         no_autorestart: args.no_autorestart,
     };
     let path = std::env::var_os("PATH");
-    fleet_config::script_app(script, &script_options, options, path.as_deref()).map_err(|e| {
-        if e.starts_with("invalid value") {
-            Failure::usage(e)
-        } else {
-            Failure::failed(e)
-        }
+    fleet_config::script_app(script, &script_options, options, path.as_deref()).map_err(|e| match e
+    {
+        fleet_config::ScriptError::Usage(message) => Failure::usage(message),
+        fleet_config::ScriptError::Resolve(message) => Failure::failed(message),
     })
 }
 

@@ -34,6 +34,6 @@ pub use load::{
     load_unresolved,
 };
 pub use resolve::{Resolved, default_name, resolve_command};
-pub use script::{ScriptOptions, parse_instances, script_app};
+pub use script::{ScriptError, ScriptOptions, parse_instances, script_app};
 pub use spec::*;
 pub use units::{parse_bytes, parse_duration_ms, parse_signal, split_shell_words};

@@ -21,13 +21,30 @@ pub struct ScriptOptions {
     pub no_autorestart: bool,
 }
 
+/// Why a command line's script cannot become an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptError {
+    /// A malformed option (`-i two`): bad usage.
+    Usage(String),
+    /// The script or its interpreter cannot be found or run here.
+    Resolve(String),
+}
+
+impl std::fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScriptError::Usage(message) | ScriptError::Resolve(message) => f.write_str(message),
+        }
+    }
+}
+
 /// The spec of `script` started from `opts.cwd`; errors are for the user.
 pub fn script_app(
     script: &str,
     options: &ScriptOptions,
     load: &LoadOptions,
     path_env: Option<&OsStr>,
-) -> Result<AppSpec, String> {
+) -> Result<AppSpec, ScriptError> {
     let resolved = resolve_command(
         script,
         options.interpreter.as_deref(),
@@ -36,7 +53,7 @@ pub fn script_app(
         &load.cwd,
         path_env,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| ScriptError::Resolve(e.to_string()))?;
     let name = options.name.clone().unwrap_or_else(|| default_name(script));
     let mut spec = AppSpec::with_defaults(name, resolved.script, load.cwd.clone());
     spec.command = resolved.command;
@@ -48,7 +65,7 @@ pub fn script_app(
         spec.namespace = namespace.clone();
     }
     if let Some(instances) = &options.instances {
-        spec.instances = parse_instances(instances)?;
+        spec.instances = parse_instances(instances).map_err(ScriptError::Usage)?;
     }
     Ok(spec)
 }

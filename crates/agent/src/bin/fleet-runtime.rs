@@ -130,5 +130,7 @@ fn apps(args: &Args) -> Result<Vec<fleet_config::AppSpec>, String> {
         no_autorestart: false,
     };
     let path = std::env::var_os("PATH");
-    fleet_config::script_app(&args.target, &script, &options, path.as_deref()).map(|app| vec![app])
+    fleet_config::script_app(&args.target, &script, &options, path.as_deref())
+        .map(|app| vec![app])
+        .map_err(|e| e.to_string())
 }
