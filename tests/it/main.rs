@@ -29,3 +29,4 @@ mod systemd;
 mod testbed;
 mod tidy;
 mod triggers;
+mod update;

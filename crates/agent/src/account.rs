@@ -104,7 +104,8 @@ impl RunAs {
     }
 
     /// Makes `command`'s child drop to this account just before `exec`.
-    pub fn apply(&self, command: &mut tokio::process::Command) {
+    pub fn apply(&self, command: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
         let (uid, gid, groups) = (self.uid, self.gid, self.groups.clone());
         // SAFETY: the closure only makes three system calls on data prepared before
         // the fork (no allocation, no locks), which is what may run after `fork` in a

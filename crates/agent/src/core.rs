@@ -65,6 +65,9 @@ pub enum Exit {
     Code(i32),
     Signal(i32),
     SpawnError(String),
+    /// The process ended but was not the agent's child (adopted after an agent
+    /// crash), so its exit code could not be known.
+    Unknown,
 }
 
 /// The restart and stop settings the core needs, taken from an `AppSpec`.
@@ -151,13 +154,14 @@ pub enum Action {
     Remove,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TimerToken {
     pub seq: u64,
     pub kind: TimerKind,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TimerKind {
     RestartDue,
     ReadyTimeout,
@@ -166,8 +170,9 @@ pub enum TimerKind {
 }
 
 /// What to do once a stop has finished.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum AfterStop {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterStop {
     Stay,
     Start { counted: bool },
     Remove,
@@ -199,7 +204,81 @@ pub struct Instance {
     timer_seq: u64,
 }
 
+/// One instance's lifecycle between two agent images (`fleet update`): instants as
+/// how long before the snapshot they were, or how long after it they fall due.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub status: Status,
+    pub restarts: u32,
+    pub unstable_restarts: u32,
+    pub window_start_ago_ms: u64,
+    pub started_ago_ms: Option<u64>,
+    pub prev_restart_delay_ms: u64,
+    pub restart_in_ms: Option<u64>,
+    /// The exit, how long ago, and the uptime it ended.
+    pub last_exit: Option<(Exit, u64, u64)>,
+    pub ready_timed_out: bool,
+    pub after_stop: AfterStop,
+    pub leader_alive: bool,
+    pub timer: Option<TimerToken>,
+    pub timer_seq: u64,
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `at - ago`, or `at` itself on a clock too young to go back that far.
+fn before(at: Instant, ago_ms: u64) -> Instant {
+    at.checked_sub(Duration::from_millis(ago_ms)).unwrap_or(at)
+}
+
 impl Instance {
+    /// The lifecycle as of `now`, for the next agent image.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let ago = |at: Instant| ms(now.saturating_duration_since(at));
+        Snapshot {
+            status: self.status,
+            restarts: self.restarts,
+            unstable_restarts: self.unstable_restarts,
+            window_start_ago_ms: ago(self.window_start),
+            started_ago_ms: self.started_at.map(ago),
+            prev_restart_delay_ms: ms(self.prev_restart_delay),
+            restart_in_ms: self
+                .restart_at
+                .map(|at| ms(at.saturating_duration_since(now))),
+            last_exit: (self.last_exit.as_ref())
+                .map(|(exit, at, uptime)| (exit.clone(), ago(*at), ms(*uptime))),
+            ready_timed_out: self.ready_timed_out,
+            after_stop: self.after_stop,
+            leader_alive: self.leader_alive,
+            timer: self.timer,
+            timer_seq: self.timer_seq,
+        }
+    }
+
+    /// The lifecycle a previous agent image snapshotted at `taken` (on this clock).
+    pub fn from_snapshot(snapshot: Snapshot, policy: Policy, taken: Instant) -> Instance {
+        Instance {
+            status: snapshot.status,
+            policy,
+            restarts: snapshot.restarts,
+            unstable_restarts: snapshot.unstable_restarts,
+            window_start: before(taken, snapshot.window_start_ago_ms),
+            started_at: snapshot.started_ago_ms.map(|ago| before(taken, ago)),
+            prev_restart_delay: Duration::from_millis(snapshot.prev_restart_delay_ms),
+            restart_at: (snapshot.restart_in_ms).map(|ms| taken + Duration::from_millis(ms)),
+            last_exit: (snapshot.last_exit).map(|(exit, ago, uptime)| {
+                (exit, before(taken, ago), Duration::from_millis(uptime))
+            }),
+            ready_timed_out: snapshot.ready_timed_out,
+            after_stop: snapshot.after_stop,
+            leader_alive: snapshot.leader_alive,
+            timer: snapshot.timer,
+            timer_seq: snapshot.timer_seq,
+        }
+    }
+
     /// A new instance, not yet started.
     pub fn new(policy: Policy, now: Instant) -> Instance {
         Instance {

@@ -36,7 +36,45 @@ const SOCKET_MODE: u32 = 0o600;
 
 /// The home's exclusive lock, held for the agent's whole life. Dropping it unlocks.
 pub struct HomeLock {
-    _lock: Flock<File>,
+    lock: Flock<File>,
+}
+
+impl HomeLock {
+    /// Another descriptor of the locked file: the lock belongs to the open file, so
+    /// it holds across an exec as long as one descriptor is carried (`fleet update`).
+    pub fn fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        Ok(std::os::fd::OwnedFd::from(self.lock.try_clone()?))
+    }
+
+    /// The lock a previous agent image handed over (already held by this open file).
+    pub fn adopt(fd: std::os::fd::OwnedFd) -> anyhow::Result<HomeLock> {
+        let lock = Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock).map_err(
+            |(_, errno)| anyhow::anyhow!("the handed-over home lock is not held: {errno}"),
+        )?;
+        Ok(HomeLock { lock })
+    }
+}
+
+/// How the agent starts: fresh (bringing back the previous run's apps), or taking
+/// over from a previous image of itself (`fleet update`).
+pub enum Start {
+    Fresh { resurrect: bool },
+    TakeOver(Box<TakeOver>),
+}
+
+/// What a previous image handed over, checked (`handoff::receive`).
+pub struct TakeOver {
+    pub document: crate::handoff::Document,
+    pub fds: crate::handoff::Incoming,
+}
+
+/// The lock and the socket a previous image handed over.
+pub fn adopt(take_over: &mut TakeOver) -> anyhow::Result<(HomeLock, UnixListener)> {
+    let lock = HomeLock::adopt(take_over.fds.take(take_over.document.lock)?)?;
+    let listener =
+        std::os::unix::net::UnixListener::from(take_over.fds.take(take_over.document.listener)?);
+    listener.set_nonblocking(true)?;
+    Ok((lock, UnixListener::from_std(listener)?))
 }
 
 /// Takes the home's lock (one agent per `FLEET_HOME`) and binds its socket.
@@ -87,7 +125,7 @@ pub fn bind(home: &Home) -> anyhow::Result<(HomeLock, UnixListener)> {
     nix::sys::stat::umask(old);
     let listener = listener?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(SOCKET_MODE))?;
-    Ok((HomeLock { _lock: lock }, listener))
+    Ok((HomeLock { lock }, listener))
 }
 
 /// Serves the agent until `shutdown` resolves or a client calls `Kill`. On shutdown
@@ -96,31 +134,31 @@ pub fn bind(home: &Home) -> anyhow::Result<(HomeLock, UnixListener)> {
 /// brings back what `fleet save` saved instead of what ran before the reboot.
 pub async fn run(
     home: Home,
-    listener: UnixListener,
+    (lock, listener): (HomeLock, UnixListener),
     hub: LogHub,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    resurrect: bool,
+    start: Start,
 ) -> anyhow::Result<()> {
-    let rebooted = crate::sd_notify::first_start_since_boot(&home.root);
-    let mut saved = if rebooted && resurrect {
-        load_dump(&home)
-    } else {
-        load_state(&home)
+    let keep = crate::update::Keep {
+        listener: std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?,
+        lock: lock.fd()?,
+        own_binary: crate::handoff::open_self()?,
+        args: own_args(),
+        home: home.root.clone(),
     };
-    if rebooted {
-        // Pids of another boot name nothing of ours.
-        for entry in &mut saved {
-            entry.pid = None;
-            entry.start_ticks = None;
-        }
-    }
-    terminate_orphans(&saved).await;
-    let handle = supervisor::start(home.clone(), hub.clone(), saved);
+    let (handle, record) = match start {
+        Start::Fresh { resurrect } => (
+            start_fresh(&home, &hub, resurrect).await,
+            Default::default(),
+        ),
+        Start::TakeOver(take_over) => take_over_from(&home, &hub, *take_over),
+    };
+    let updater = crate::update::start(handle.clone(), keep, record);
     tokio::spawn(sample_metrics(handle.clone()));
     tokio::spawn(reopen_logs_on_sigusr2(hub.clone()));
     tokio::spawn(crate::alloc::trim_periodically());
 
-    let (operations, service, kill) = api(&home, &handle, hub);
+    let (operations, service, kill) = api(&home, &handle, hub, Some(updater));
     match crate::link::LinkConfig::load(&home) {
         Ok(Some(config)) => {
             tokio::spawn(crate::link::run(config, operations, handle.clone()));
@@ -164,7 +202,86 @@ pub async fn run(
     let _ = handle.call(Request::Persist).await;
     let _ = std::fs::remove_file(home.socket());
     tracing::info!("agent stopped");
+    drop(lock);
     Ok(())
+}
+
+/// The apps of the previous run (or, first after a reboot with `resurrect`, of the
+/// last `fleet save`), with whatever the previous agent left running stopped first.
+async fn start_fresh(home: &Home, hub: &LogHub, resurrect: bool) -> supervisor::Handle {
+    let rebooted = crate::sd_notify::first_start_since_boot(&home.root);
+    let mut saved = if rebooted && resurrect {
+        load_dump(home)
+    } else {
+        load_state(home)
+    };
+    if rebooted {
+        // Pids of another boot name nothing of ours.
+        for entry in &mut saved {
+            entry.pid = None;
+            entry.start_ticks = None;
+        }
+    }
+    terminate_orphans(&saved).await;
+    supervisor::start(home.clone(), hub.clone(), saved)
+}
+
+/// The table a previous image of this agent handed over, and what `Hello` reports.
+fn take_over_from(
+    home: &Home,
+    hub: &LogHub,
+    take_over: TakeOver,
+) -> (supervisor::Handle, crate::handoff::Record) {
+    let TakeOver { document, mut fds } = take_over;
+    let gap_ns = crate::handoff::monotonic_ns().saturating_sub(document.written_ns);
+    let taken = Instant::now()
+        .checked_sub(Duration::from_nanos(gap_ns))
+        .unwrap_or_else(Instant::now);
+    let apps = document.supervisor.instances.len();
+    let handle = supervisor::take_over(
+        home.clone(),
+        hub.clone(),
+        document.supervisor,
+        &mut fds,
+        taken,
+    );
+    fds.close_rest();
+    let me = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+    let record = crate::handoff::Record {
+        attempts: document.attempts,
+        handoffs: document.handoffs + u32::from(document.refused.is_none()),
+        error: document.refused.clone(),
+    };
+    match &document.refused {
+        None => tracing::info!(
+            "fleet-agent {} ({}) took over from fleet-agent {} ({}) in {} ms, keeping {apps} instances",
+            env!("CARGO_PKG_VERSION"),
+            me.display(),
+            document.from_version,
+            document.from_binary.display(),
+            gap_ns / 1_000_000
+        ),
+        Some(reason) => {
+            tracing::error!(%reason, "the new agent refused to take over; this one carries on")
+        }
+    }
+    (handle, record)
+}
+
+/// This process's arguments, without a `--handoff N` of its own start.
+fn own_args() -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
+    let mut skip = false;
+    for arg in std::env::args_os().skip(1) {
+        if skip {
+            skip = false;
+        } else if arg == "--handoff" {
+            skip = true;
+        } else if !arg.to_string_lossy().starts_with("--handoff=") {
+            args.push(arg);
+        }
+    }
+    args
 }
 
 /// The agent's operations and their gRPC face over `handle`, and what a client's
@@ -173,6 +290,7 @@ pub(crate) fn api(
     home: &Home,
     handle: &supervisor::Handle,
     hub: LogHub,
+    updater: Option<Arc<crate::update::Updater>>,
 ) -> (Operations, Arc<Service>, Arc<Notify>) {
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -184,6 +302,7 @@ pub(crate) fn api(
         home.root.display().to_string(),
         host,
         kill.clone(),
+        updater,
     ));
     (operations, service, kill)
 }

@@ -3,10 +3,12 @@
 
 pub mod account;
 pub mod alloc;
+pub mod child;
 pub mod cluster;
 pub mod core;
 pub mod daemon;
 pub mod error;
+pub mod handoff;
 pub mod link;
 pub mod logs;
 pub mod metrics;
@@ -21,4 +23,5 @@ pub mod service;
 pub mod store;
 pub mod supervisor;
 pub mod target;
+pub mod update;
 pub mod watch;

@@ -26,6 +26,13 @@ struct Args {
     /// unit `fleet startup` writes passes it); otherwise what ran before.
     #[arg(long)]
     resurrect: bool,
+    /// Take over from a previous image of this agent (`fleet update`): the descriptor
+    /// of its handoff document.
+    #[arg(long, hide = true, value_name = "FD")]
+    handoff: Option<i32>,
+    /// Print the handoff formats this binary reads, for `fleet update`'s check.
+    #[arg(long, hide = true)]
+    handoff_check: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -50,6 +57,10 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     fleet_agent::alloc::configure();
     let args = Args::parse();
+    if args.handoff_check {
+        println!("{}", fleet_agent::handoff::check_answer());
+        return Ok(());
+    }
     let root = match args.home {
         Some(home) => home,
         None => std::env::home_dir()
@@ -79,12 +90,50 @@ fn main() -> anyhow::Result<()> {
         // A new session: closing the terminal that ran `fleet` must not reach the agent.
         let _ = nix::unistd::setsid();
     }
+    let taking_over = match args.handoff {
+        Some(fd) => Some(receive(fd, &home)?),
+        None => None,
+    };
     runtime()?.block_on(async move {
-        let (_lock, listener) = daemon::bind(&home)?;
+        let (bound, start) = match taking_over {
+            Some(mut take_over) => match daemon::adopt(&mut take_over) {
+                Ok(bound) => (bound, daemon::Start::TakeOver(Box::new(take_over))),
+                Err(error) => {
+                    let refusal = fleet_agent::handoff::Refusal::of(
+                        &take_over.document,
+                        format!("cannot take over: {error:#}"),
+                    );
+                    anyhow::bail!(refusal.hand_back());
+                }
+            },
+            None => (
+                daemon::bind(&home)?,
+                daemon::Start::Fresh {
+                    resurrect: args.resurrect,
+                },
+            ),
+        };
         let hub = LogHub::new();
         init_logging(&home, &hub, args.daemon)?;
-        daemon::run(home, listener, hub, shutdown_signal(), args.resurrect).await
+        daemon::run(home, bound, hub, shutdown_signal(), start).await
     })
+}
+
+/// The previous image's document, checked; a document this binary will not take is
+/// handed back to the previous binary (this call then does not return).
+fn receive(fd: i32, home: &Home) -> anyhow::Result<daemon::TakeOver> {
+    use fleet_agent::handoff::Refusal;
+    let (document, fds) =
+        fleet_agent::handoff::receive(fd).map_err(|r| anyhow::anyhow!(r.hand_back()))?;
+    if document.home != home.root {
+        let reason = format!(
+            "this agent was started for {}, the handoff is for {}",
+            home.root.display(),
+            document.home.display()
+        );
+        anyhow::bail!(Refusal::of(&document, reason).hand_back());
+    }
+    Ok(daemon::TakeOver { document, fds })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -19,7 +19,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde_json::{Value, json};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// The channel's descriptor number in the child: after fd 3, which a shared socket
 /// (`LISTEN_FDS`) may take.
@@ -144,7 +144,8 @@ fn parse_query(message: &Value) -> Option<Query> {
 }
 
 /// What kind of socket a handle is, for the receiving Node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SocketKind {
     /// A TCP or unix stream listener.
     Stream,
@@ -295,14 +296,37 @@ pub struct Outgoing {
 /// Node cluster worker takes as the primary's exit: keep it as long as the process.
 pub struct Channel {
     tx: mpsc::UnboundedSender<Outgoing>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Option<ChannelCarry>>>,
+    /// Another descriptor of the agent's end: what is handed over if the task does
+    /// not stop in time (a message half written to an app that stopped reading).
+    spare: OwnedFd,
 }
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
+
+/// A channel handed from one agent image to the next (`fleet update`): the agent's
+/// end and where the conversation stands.
+#[derive(Debug)]
+pub struct ChannelCarry {
+    pub fd: OwnedFd,
+    /// The start of a message line not yet complete, and whether it is being dropped.
+    pub partial: Vec<u8>,
+    pub skipping: bool,
+    /// A handle was sent and the app has not acknowledged it yet.
+    pub awaiting_ack: bool,
+    /// Messages not sent yet, in order, with the socket to pass beside each.
+    pub queued: Vec<(Value, Option<OwnedFd>)>,
+}
+
+/// How long a handover waits for the channel's task to stop between two messages.
+const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Channel {
     /// A channel and the child's end, for `NODE_CHANNEL_FD`; `on_message` is called
@@ -311,11 +335,74 @@ impl Channel {
         on_message: impl Fn(Incoming) + Send + 'static,
     ) -> std::io::Result<(Channel, OwnedFd)> {
         let (ours, theirs) = StdUnixStream::pair()?;
+        let channel = Channel::adopt(
+            ChannelCarry {
+                fd: OwnedFd::from(ours),
+                partial: Vec::new(),
+                skipping: false,
+                awaiting_ack: false,
+                queued: Vec::new(),
+            },
+            on_message,
+        )?;
+        Ok((channel, OwnedFd::from(theirs)))
+    }
+
+    /// Takes over a channel another agent image handed over.
+    pub fn adopt(
+        carry: ChannelCarry,
+        on_message: impl Fn(Incoming) + Send + 'static,
+    ) -> std::io::Result<Channel> {
+        let spare = carry.fd.try_clone()?;
+        let ours = StdUnixStream::from(carry.fd);
         ours.set_nonblocking(true)?;
         let stream = UnixStream::from_std(ours)?;
+        let state = State {
+            lines: LineBuffer {
+                partial: carry.partial,
+                skipping: carry.skipping,
+            },
+            awaiting_ack: carry.awaiting_ack,
+            queued: (carry.queued.into_iter())
+                .map(|(message, fd)| Outgoing { message, fd })
+                .collect(),
+        };
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(stream, rx, on_message));
-        Ok((Channel { tx, task }, OwnedFd::from(theirs)))
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(stream, rx, stopped, state, on_message));
+        Ok(Channel {
+            tx,
+            stop: Some(stop),
+            task: Some(task),
+            spare,
+        })
+    }
+
+    /// Stops the channel between two messages and hands it over, for the next agent
+    /// image. A task that does not stop in time is dropped and its end handed over as
+    /// it is (a message it was writing may arrive cut).
+    pub async fn hand_over(mut self) -> std::io::Result<ChannelCarry> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            match tokio::time::timeout(HANDOVER_WAIT, task).await {
+                Ok(Ok(Some(carry))) => return Ok(carry),
+                Ok(_) => {}
+                Err(_) => {
+                    abort.abort();
+                    tracing::warn!("a Node IPC channel did not stop in time; handed over as it is");
+                }
+            }
+        }
+        Ok(ChannelCarry {
+            fd: self.spare.try_clone()?,
+            partial: Vec::new(),
+            skipping: false,
+            awaiting_ack: false,
+            queued: Vec::new(),
+        })
     }
 
     pub fn sender(&self) -> Sender {
@@ -338,51 +425,72 @@ impl Channel {
     }
 }
 
-async fn run(
-    stream: UnixStream,
-    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
-    on_message: impl Fn(Incoming) + Send + 'static,
-) {
-    let mut lines = LineBuffer::default();
-    let mut chunk = vec![0u8; READ_CHUNK];
+/// Where a conversation stands (what a handover carries).
+struct State {
+    lines: LineBuffer,
     // Node's own rule: after a message with a handle, nothing more is sent until the
     // other side acknowledges it (`NODE_HANDLE_ACK`), so every handle is read with
     // its own message.
-    let mut awaiting_ack = false;
-    let mut queued: VecDeque<Outgoing> = VecDeque::new();
+    awaiting_ack: bool,
+    queued: VecDeque<Outgoing>,
+}
+
+async fn run(
+    stream: UnixStream,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    mut stop: oneshot::Receiver<()>,
+    mut state: State,
+    on_message: impl Fn(Incoming) + Send + 'static,
+) -> Option<ChannelCarry> {
+    let mut chunk = vec![0u8; READ_CHUNK];
     loop {
-        while !awaiting_ack && let Some(next) = queued.pop_front() {
-            awaiting_ack = next.fd.is_some();
+        while !state.awaiting_ack
+            && let Some(next) = state.queued.pop_front()
+        {
+            state.awaiting_ack = next.fd.is_some();
             if write(&stream, next).await.is_err() {
-                return;
+                return None;
             }
         }
         tokio::select! {
+            _ = &mut stop => {
+                while let Ok(next) = outgoing.try_recv() {
+                    state.queued.push_back(next);
+                }
+                let fd = OwnedFd::from(stream.into_std().ok()?);
+                return Some(ChannelCarry {
+                    fd,
+                    partial: state.lines.partial,
+                    skipping: state.lines.skipping,
+                    awaiting_ack: state.awaiting_ack,
+                    queued: state.queued.into_iter().map(|o| (o.message, o.fd)).collect(),
+                });
+            }
             ready = stream.readable() => {
                 if ready.is_err() {
-                    return;
+                    return None;
                 }
                 match stream.try_read(&mut chunk) {
-                    Ok(0) => return,
+                    Ok(0) => return None,
                     Ok(n) => {
-                        for line in lines.push(&chunk[..n]) {
+                        for line in state.lines.push(&chunk[..n]) {
                             let Ok(message) = serde_json::from_slice::<Value>(&line) else {
                                 continue;
                             };
                             if message.get("cmd").and_then(Value::as_str) == Some("NODE_HANDLE_ACK") {
-                                awaiting_ack = false;
+                                state.awaiting_ack = false;
                             } else if let Some(incoming) = classify(message) {
                                 on_message(incoming);
                             }
                         }
                     }
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
+                    Err(_) => return None,
                 }
             }
             next = outgoing.recv() => {
-                let Some(next) = next else { return };
-                queued.push_back(next);
+                let next = next?;
+                state.queued.push_back(next);
             }
         }
     }

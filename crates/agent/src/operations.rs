@@ -380,11 +380,13 @@ pub fn process_info(view: &ProcessView, host: &str) -> pb::ProcessInfo {
                 core::Exit::Code(code) => (Some(*code), None, None),
                 core::Exit::Signal(signal) => (None, Some(signal_name(*signal)), None),
                 core::Exit::SpawnError(error) => (None, None, Some(error.clone())),
+                core::Exit::Unknown => (None, None, None),
             };
             pb::ExitInfo {
                 code,
                 signal,
                 spawn_error,
+                unknown: exit.exit == core::Exit::Unknown,
                 at_unix_ms: exit.at_ms,
                 uptime_ms: exit.uptime_ms,
             }

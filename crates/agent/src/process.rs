@@ -139,9 +139,19 @@ const LISTEN_FD: i32 = 3;
 /// fork; a shell sets it and replaces itself with the program (same pid).
 const LISTEN_PID_SHIM: &str = "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"";
 
+/// A started process: its pid, a pidfd to wait for it by (`child`), and the read ends
+/// of its output pipes.
+pub struct Spawned {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
 /// Starts one instance in a new process group. Its stdout and stderr are pipes the
 /// agent reads (see `logs`) when `capture_out`/`capture_err`, otherwise /dev/null.
 /// With `listener`, the app's shared socket becomes its fd 3 (`LISTEN_FDS=1`).
+/// The process is waited for through its pidfd, never through a `Child` (see `child`).
 pub fn spawn(
     spec: &AppSpec,
     env: BTreeMap<String, String>,
@@ -150,7 +160,8 @@ pub fn spawn(
     listener: Option<OwnedFd>,
     node_channel: Option<OwnedFd>,
     run_as: Option<&crate::account::RunAs>,
-) -> Result<tokio::process::Child, String> {
+) -> Result<Spawned, String> {
+    use std::os::unix::process::CommandExt;
     let (program, leading) = spec
         .command
         .split_first()
@@ -169,12 +180,12 @@ pub fn spawn(
     };
     let mut command = match &listener {
         None => {
-            let mut command = tokio::process::Command::new(&resolved);
+            let mut command = std::process::Command::new(&resolved);
             command.arg0(program);
             command
         }
         Some(_) => {
-            let mut command = tokio::process::Command::new("/bin/sh");
+            let mut command = std::process::Command::new("/bin/sh");
             command.arg("-c").arg(LISTEN_PID_SHIM).arg(&resolved);
             command
         }
@@ -206,18 +217,29 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(pipe(capture_out))
         .stderr(pipe(capture_err))
-        .process_group(0)
-        // The supervisor owns the exit; it must not be killed when the handle drops.
-        .kill_on_drop(false);
+        .process_group(0);
     if let Some(run_as) = run_as {
         run_as.apply(&mut command);
     }
-    command.spawn().map_err(|e| match e.kind() {
+    let mut child = command.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("cannot execute {program}: not found"),
         std::io::ErrorKind::PermissionDenied => {
             format!("cannot execute {program}: permission denied")
         }
         _ => format!("cannot execute {program}: {e}"),
+    })?;
+    let pid = child.id() as i32;
+    // Nobody has waited yet, so the pid still names this process even if it exited.
+    let pidfd = crate::child::pidfd_open(pid).map_err(|e| {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        format!("cannot watch process {pid}: {e}")
+    })?;
+    // Dropping a std `Child` neither kills nor waits: the pidfd owns the exit.
+    Ok(Spawned {
+        pid,
+        pidfd,
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
     })
 }
 

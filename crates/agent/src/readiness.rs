@@ -4,6 +4,7 @@
 //! `listening` event or `process.send('ready')`, which only Node apps can give.
 
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,14 +38,27 @@ pub enum Signal {
 pub struct NotifySocket {
     pub path: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    /// Another descriptor of the socket, for a handover; taken by one.
+    spare: Option<OwnedFd>,
 }
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
         self.task.abort();
-        if abstract_name(&self.path).is_none() {
+        if self.spare.is_some() && abstract_name(&self.path).is_none() {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+impl NotifySocket {
+    /// Stops reading and returns the socket's path and descriptor for the next agent
+    /// image (`fleet update`); the socket file stays. Datagrams that arrive meanwhile
+    /// wait in the socket.
+    pub fn hand_over(mut self) -> Option<(PathBuf, OwnedFd)> {
+        self.task.abort();
+        let fd = self.spare.take()?;
+        Some((self.path.clone(), fd))
     }
 }
 
@@ -63,18 +77,30 @@ pub fn notify_socket(
         Some(name) => {
             use std::os::linux::net::SocketAddrExt;
             let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            let socket = std::os::unix::net::UnixDatagram::bind_addr(&address)?;
-            socket.set_nonblocking(true)?;
-            UnixDatagram::from_std(socket)?
+            std::os::unix::net::UnixDatagram::bind_addr(&address)?
         }
         None => {
             let _ = std::fs::remove_file(path);
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            UnixDatagram::bind(path)?
+            std::os::unix::net::UnixDatagram::bind(path)?
         }
     };
+    adopt_notify_socket(path, OwnedFd::from(socket), on)
+}
+
+/// Reads sd_notify messages from a socket bound before (by `notify_socket`, or by the
+/// agent image that handed it over).
+pub fn adopt_notify_socket(
+    path: &Path,
+    fd: OwnedFd,
+    on: impl Fn(Signal) + Send + 'static,
+) -> std::io::Result<NotifySocket> {
+    let spare = fd.try_clone()?;
+    let socket = std::os::unix::net::UnixDatagram::from(fd);
+    socket.set_nonblocking(true)?;
+    let socket = UnixDatagram::from_std(socket)?;
     let task = tokio::spawn(async move {
         let mut buf = vec![0u8; NOTIFY_MAX];
         while let Ok(n) = socket.recv(&mut buf).await {
@@ -86,6 +112,7 @@ pub fn notify_socket(
     Ok(NotifySocket {
         path: path.to_path_buf(),
         task,
+        spare: Some(spare),
     })
 }
 

@@ -56,7 +56,7 @@ pub async fn run(
     let handle = supervisor::start(home.clone(), hub.clone(), Vec::new());
     tokio::spawn(crate::daemon::sample_metrics(handle.clone()));
     tokio::spawn(reap_orphans(handle.clone()));
-    let (operations, service, kill) = crate::daemon::api(&home, &handle, hub);
+    let (operations, service, kill) = crate::daemon::api(&home, &handle, hub, None);
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()

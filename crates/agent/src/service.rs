@@ -21,15 +21,24 @@ pub struct Service {
     host: String,
     /// Notified by `Kill` once every app is gone; the daemon then shuts down.
     kill: Arc<Notify>,
+    /// `Update`; none in `fleet-runtime`, which a container restarts instead.
+    updater: Option<Arc<crate::update::Updater>>,
 }
 
 impl Service {
-    pub fn new(operations: Operations, home: String, host: String, kill: Arc<Notify>) -> Service {
+    pub fn new(
+        operations: Operations,
+        home: String,
+        host: String,
+        kill: Arc<Notify>,
+        updater: Option<Arc<crate::update::Updater>>,
+    ) -> Service {
         Service {
             operations,
             home,
             host,
             kill,
+            updater,
         }
     }
 }
@@ -97,6 +106,9 @@ impl AgentService for Service {
                 pb::PROTOCOL_MAJOR
             )));
         }
+        let record = (self.updater.as_ref())
+            .map(|u| u.record())
+            .unwrap_or_default();
         Ok(Response::new(pb::HelloResponse {
             protocol_major: pb::PROTOCOL_MAJOR,
             protocol_minor: pb::PROTOCOL_MINOR,
@@ -104,6 +116,30 @@ impl AgentService for Service {
             agent_pid: std::process::id(),
             home: self.home.clone(),
             host: self.host.clone(),
+            handoff_attempts: record.attempts,
+            handoffs: record.handoffs,
+            handoff_error: record.error.unwrap_or_default(),
+            agent_binary: std::fs::read_link("/proc/self/exe")
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: GrpcRequest<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
+        let Some(updater) = &self.updater else {
+            return Err(Status::failed_precondition(
+                "fleet-runtime is not updated in place: restart its container with the new image",
+            ));
+        };
+        let path = std::path::PathBuf::from(request.into_inner().agent_path);
+        let accepted = updater.update(&path).await.map_err(Status::from)?;
+        Ok(Response::new(pb::UpdateResponse {
+            from_version: accepted.from_version,
+            to_version: accepted.to_version,
+            attempt: accepted.attempt,
         }))
     }
 

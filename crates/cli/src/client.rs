@@ -94,7 +94,7 @@ async fn handshake(channel: Channel) -> anyhow::Result<Client> {
             })?;
     if hello.agent_version != env!("CARGO_PKG_VERSION") {
         eprintln!(
-            "warning: the running agent is {} and this CLI is {}\nhint: `fleet kill` then any command starts the new agent (apps restart)",
+            "warning: the running agent is {} and this CLI is {}\nhint: `fleet update` replaces it without restarting any app",
             hello.agent_version,
             env!("CARGO_PKG_VERSION")
         );

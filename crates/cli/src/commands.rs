@@ -53,6 +53,9 @@ pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
             Ok(())
         }
         Command::Ping => ping(&home).await,
+        Command::Update(args) => crate::update::run(&home, args.agent)
+            .await
+            .map_err(Failure::from),
         Command::Kill => kill(&home).await,
         Command::Describe(args) => {
             let mut client = agent(&home).await?;

@@ -12,6 +12,7 @@ mod output;
 mod pm2;
 mod progress;
 mod startup;
+mod update;
 
 use std::process::ExitCode;
 
@@ -86,6 +87,9 @@ pub enum Command {
     Startup(StartupArgs),
     /// Remove the unit `fleet startup` installed (the running agent keeps running).
     Unstartup(UnstartupArgs),
+    /// Replace the running agent with the fleet-agent beside fleet (or `--agent`),
+    /// keeping every app running: same pids, sockets, log pipes and timers.
+    Update(UpdateArgs),
     /// Write a commented fleet.toml for the apps found here (PM2's `ecosystem`).
     #[command(alias = "ecosystem")]
     Init(InitArgs),
@@ -121,6 +125,13 @@ pub struct UnstartupArgs {
     pub user: bool,
     #[arg(long = "unit-user", value_name = "USER")]
     pub unit_user: Option<String>,
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    /// The new fleet-agent binary (default: the one beside fleet, else on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]

@@ -15,7 +15,8 @@ pub mod agent {
         /// Minor versions add fields and calls only; either side ignores what it doesn't know.
         /// 1.1: `ReloadRequest.config_path` and `env_stage`. 1.2: `SendMessage`.
         /// 1.3: `ReloadRequest.config_cwd`. 1.4: `ProcessInfo.restart_cause`.
-        pub const PROTOCOL_MINOR: u32 = 4;
+        /// 1.5: `Update` (agent handoff), `Hello`'s handoff fields, `ExitInfo.unknown`.
+        pub const PROTOCOL_MINOR: u32 = 5;
     }
 }
 

@@ -251,6 +251,12 @@ pub const RELEASE_CONFIG: Needs = Needs {
     what: "apply a release's config",
 };
 
+/// 1.5: `Update`, the agent replaced without restarting apps (`fleet update`).
+pub const HANDOFF: Needs = Needs {
+    minor: 5,
+    what: "be updated in place",
+};
+
 /// Says `Hello` over `channel` and applies the version policy: the agent refuses
 /// another major version, and the caller refuses an agent older than `needs`.
 pub async fn handshake(

@@ -16,7 +16,7 @@
 
 mod steer;
 
-pub use steer::allowed as steering_allowed;
+pub use steer::{SteeringCarry, allowed as steering_allowed};
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener as StdListener};
 use std::sync::Arc;
@@ -85,6 +85,16 @@ pub struct Proxy {
     counters: std::collections::HashMap<u16, Arc<AtomicUsize>>,
     /// The kernel-side balancer, where the agent may attach one.
     steering: Option<steer::Steering>,
+    /// Another descriptor of the public socket, for a handover.
+    spare: std::os::fd::OwnedFd,
+}
+
+/// A proxy between two agent images (`fleet update`): its public socket, which keeps
+/// queueing connections while no image accepts, and its steering program.
+#[derive(Debug)]
+pub struct ProxyCarry {
+    pub listener: std::os::fd::OwnedFd,
+    pub steering: Option<SteeringCarry>,
 }
 
 impl Drop for Proxy {
@@ -104,7 +114,6 @@ impl Proxy {
     /// kernel where it allows ([`steer`]); the proxy then carries only those arriving
     /// while no instance is steered to.
     pub fn spawn(listener: StdListener, balance: Balance, steer: bool) -> std::io::Result<Proxy> {
-        listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let steering = if steer && balance == Balance::RoundRobin {
             match steer::Steering::attach(port) {
@@ -120,6 +129,33 @@ impl Proxy {
         } else {
             None
         };
+        Proxy::run(listener, balance, steering)
+    }
+
+    /// Takes over a proxy another agent image handed over.
+    pub fn adopt(carry: ProxyCarry, balance: Balance) -> std::io::Result<Proxy> {
+        let steering = carry.steering.map(steer::Steering::adopt);
+        Proxy::run(StdListener::from(carry.listener), balance, steering)
+    }
+
+    /// Stops accepting and hands the public socket and the steering program over to
+    /// the next agent image. Connections the proxy itself carries end with this image;
+    /// steered ones never pass through it.
+    pub fn hand_over(mut self) -> std::io::Result<ProxyCarry> {
+        let listener = self.spare.try_clone()?;
+        Ok(ProxyCarry {
+            listener,
+            steering: self.steering.take().map(steer::Steering::hand_over),
+        })
+    }
+
+    fn run(
+        listener: StdListener,
+        balance: Balance,
+        steering: Option<steer::Steering>,
+    ) -> std::io::Result<Proxy> {
+        listener.set_nonblocking(true)?;
+        let spare = std::os::fd::OwnedFd::from(listener.try_clone()?);
         let (backends, rx) = watch::channel(Vec::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -148,6 +184,7 @@ impl Proxy {
             stop: Some(stop),
             counters: std::collections::HashMap::new(),
             steering,
+            spare,
         })
     }
 

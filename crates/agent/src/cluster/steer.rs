@@ -26,7 +26,7 @@
 //! or bpf-linker at build time. The program is 37 instructions, assembled below, and the
 //! few `bpf(2)` calls are made directly.
 
-#![allow(unsafe_code)] // bpf(2), pidfd_open(2) and pidfd_getfd(2) have no safe wrapper here.
+#![allow(unsafe_code)] // bpf(2) and pidfd_getfd(2) have no safe wrapper here.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -54,6 +54,16 @@ pub struct Steering {
     filled: u32,
 }
 
+/// An attached steering program, between two agent images.
+#[derive(Debug)]
+pub struct SteeringCarry {
+    pub state: OwnedFd,
+    pub sockets: OwnedFd,
+    pub program: OwnedFd,
+    pub link: OwnedFd,
+    pub filled: u32,
+}
+
 impl std::fmt::Debug for Steering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Steering")
@@ -79,6 +89,29 @@ impl Steering {
             _link: link,
             filled: 0,
         })
+    }
+
+    /// The program's descriptors, for the next agent image (`fleet update`): the
+    /// program stays attached as long as its link is open, so steering never pauses.
+    pub fn hand_over(self) -> SteeringCarry {
+        SteeringCarry {
+            state: self.state,
+            sockets: self.sockets,
+            program: self._program,
+            link: self._link,
+            filled: self.filled,
+        }
+    }
+
+    /// Takes over the program another agent image attached.
+    pub fn adopt(carry: SteeringCarry) -> Steering {
+        Steering {
+            state: carry.state,
+            sockets: carry.sockets,
+            _program: carry.program,
+            _link: carry.link,
+            filled: carry.filled,
+        }
     }
 
     /// Makes the ready instances, as `(pid, private port)`, the ones new connections go
@@ -149,7 +182,7 @@ fn copy_listener(pid: i32, port: u16) -> Option<OwnedFd> {
 /// The process is pinned with a pidfd first: should `pid` end and be reused while its
 /// descriptors are read, the copies fail rather than come from another process.
 fn listener_of(pid: i32, port: u16) -> Option<OwnedFd> {
-    let pidfd = pidfd_open(pid).ok()?;
+    let pidfd = crate::child::pidfd_open(pid).ok()?;
     let mut sockets: Vec<RawFd> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .ok()?
         .flatten()
@@ -219,15 +252,6 @@ fn children(pid: i32) -> Vec<i32> {
         }
     }
     kids
-}
-
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: a plain syscall with integer arguments; the descriptor is new and ours.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(new_fd(pidfd))
 }
 
 fn pidfd_getfd(pidfd: &OwnedFd, fd: RawFd) -> io::Result<OwnedFd> {

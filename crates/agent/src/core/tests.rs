@@ -333,3 +333,36 @@ async fn spawn_failure_is_an_unstable_exit() {
         Some((Exit::SpawnError(_), _, _))
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_restores_the_same_lifecycle_later_on_the_clock() {
+    let policy = Policy {
+        restart_delay: Duration::from_millis(500),
+        ..policy()
+    };
+    let mut instance = Instance::new(policy.clone(), Instant::now());
+    instance.handle(Input::Start, Instant::now());
+    instance.handle(Input::Spawned, Instant::now());
+    tokio::time::advance(Duration::from_millis(2000)).await;
+    instance.handle(
+        Input::Exited {
+            exit: Exit::Code(1),
+            group_empty: true,
+        },
+        Instant::now(),
+    );
+    assert_eq!(instance.status, Status::WaitingRestart);
+    let taken = Instant::now();
+    let snapshot = instance.snapshot(taken);
+    assert_eq!(snapshot.restart_in_ms, Some(500));
+    // Through JSON, as the handoff document carries it, and restored 30 ms later.
+    let json = serde_json::to_string(&snapshot).unwrap();
+    tokio::time::advance(Duration::from_millis(30)).await;
+    let restored = Instance::from_snapshot(serde_json::from_str(&json).unwrap(), policy, taken);
+    assert_eq!(restored.snapshot(taken), snapshot);
+    let timer = restored.timer.expect("the restart timer is carried");
+    let mut restored = restored;
+    let actions = restored.handle(Input::Timer(timer), Instant::now());
+    assert_eq!(actions, vec![Action::Spawn]);
+    assert_eq!(restored.restarts, instance.restarts + 1);
+}

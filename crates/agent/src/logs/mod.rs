@@ -11,14 +11,17 @@ mod format;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleet_config::Rotation;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::broadcast;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 
 pub use file::{LogFile, rotated_files};
 pub use format::{DateFormat, LineFormat};
@@ -39,7 +42,8 @@ const RING_BYTES: usize = 32 * 1024;
 /// Chunks a follower may lag behind before it is told it missed some.
 const FOLLOW_BUFFER: usize = 1024;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Stream {
     Out,
     Err,
@@ -119,6 +123,20 @@ struct Inner {
     rings: Mutex<HashMap<u32, Ring>>,
     follow: broadcast::Sender<Arc<Chunk>>,
     seq: AtomicU64,
+    /// Set once, when the pumps hand their pipes over to the next agent image.
+    stop: watch::Sender<bool>,
+    pumps: Mutex<Vec<JoinHandle<Option<PipeCarry>>>>,
+}
+
+/// A log pipe handed from one agent image to the next (`fleet update`): its read end
+/// and the start of a line the app has not finished writing. What is still in the
+/// pipe stays there for the next image to read, so no line is lost or doubled.
+#[derive(Debug)]
+pub struct PipeCarry {
+    pub id: u32,
+    pub stream: Stream,
+    pub fd: OwnedFd,
+    pub pending: Vec<u8>,
 }
 
 /// The agent's log plumbing; cheap to clone.
@@ -142,6 +160,8 @@ impl LogHub {
                 rings: Mutex::new(HashMap::new()),
                 follow,
                 seq: AtomicU64::new(0),
+                stop: watch::channel(false).0,
+                pumps: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -171,19 +191,48 @@ impl LogHub {
         self.inner.rings.lock().expect("log rings").remove(&id);
     }
 
-    /// Starts pumping an instance's pipes into its files. The pumps end at EOF, after
-    /// the last byte the app (or any child holding the pipe) wrote has been written.
-    pub fn capture<O, E>(&self, logs: Arc<InstanceLogs>, stdout: Option<O>, stderr: Option<E>)
-    where
-        O: AsyncRead + Unpin + Send + 'static,
-        E: AsyncRead + Unpin + Send + 'static,
-    {
-        if let Some(out) = stdout {
-            tokio::spawn(pump(self.inner.clone(), logs.clone(), Stream::Out, out));
+    /// Starts pumping one of an instance's pipes into its files, after `pending` (the
+    /// unfinished line a previous agent image read). The pump ends at EOF, after the
+    /// last byte the app (or any child holding the pipe) wrote has been written.
+    pub fn capture(
+        &self,
+        logs: Arc<InstanceLogs>,
+        stream: Stream,
+        pipe: OwnedFd,
+        pending: Vec<u8>,
+    ) {
+        let reader = match pipe::Receiver::from_owned_fd(pipe) {
+            Ok(reader) => reader,
+            Err(error) => {
+                tracing::error!(app = %logs.app, id = logs.id, %error, "cannot read an output pipe");
+                return;
+            }
+        };
+        let task = tokio::spawn(pump(
+            self.inner.clone(),
+            logs,
+            stream,
+            reader,
+            pending,
+            self.inner.stop.subscribe(),
+        ));
+        let mut pumps = self.inner.pumps.lock().expect("pump list");
+        pumps.retain(|pump| !pump.is_finished());
+        pumps.push(task);
+    }
+
+    /// Stops every pump between two reads and returns their pipes, for the next
+    /// agent image (`fleet update`). Each pump finishes the lines it has read first.
+    pub async fn hand_over(&self) -> Vec<PipeCarry> {
+        self.inner.stop.send_replace(true);
+        let pumps = std::mem::take(&mut *self.inner.pumps.lock().expect("pump list"));
+        let mut carried = Vec::new();
+        for pump in pumps {
+            if let Ok(Some(pipe)) = pump.await {
+                carried.push(pipe);
+            }
         }
-        if let Some(err) = stderr {
-            tokio::spawn(pump(self.inner.clone(), logs, Stream::Err, err));
-        }
+        carried
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Chunk>> {
@@ -348,22 +397,33 @@ fn push_split(out: &mut Vec<u8>, line: &[u8]) {
     }
 }
 
-async fn pump<R: AsyncRead + Unpin>(
+async fn pump(
     hub: Arc<Inner>,
     logs: Arc<InstanceLogs>,
     stream: Stream,
-    mut reader: R,
-) {
+    mut reader: pipe::Receiver,
+    mut pending: Vec<u8>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<PipeCarry> {
     let files = logs.files(stream);
     // Most apps write little: the buffer starts small and uninitialised (nothing is
     // resident until bytes arrive) and doubles, up to `READ_CHUNK`, only while reads
     // fill it. 100 apps with 1 MiB each cost the agent megabytes it never used.
     let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_READ);
-    let mut pending: Vec<u8> = Vec::new();
     let mut warned = false;
     loop {
         buf.clear();
-        let (n, eof) = match reader.read_buf(&mut buf).await {
+        // Stopped only here, between reads (`read_buf` is cancel-safe): what was read
+        // is always written before the pipe changes hands.
+        let read = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => {
+                let fd = reader.into_nonblocking_fd().ok()?;
+                return Some(PipeCarry { id: logs.id, stream, fd, pending });
+            }
+            read = reader.read_buf(&mut buf) => read,
+        };
+        let (n, eof) = match read {
             Ok(0) | Err(_) => (0, true),
             Ok(n) => (n, false),
         };
@@ -423,7 +483,7 @@ async fn pump<R: AsyncRead + Unpin>(
             }
         }
         if eof {
-            break;
+            return None;
         }
     }
 }
@@ -529,13 +589,15 @@ mod tests {
         };
         let instance = logs(&hub, dir.path(), format);
         let mut follower = hub.subscribe();
-        let (mut out_w, out_r) = tokio::io::duplex(1024);
-        let (mut err_w, err_r) = tokio::io::duplex(1024);
-        hub.capture(instance, Some(out_r), Some(err_r));
-        use tokio::io::AsyncWriteExt;
-        out_w.write_all(b"hello\nwor").await.unwrap();
-        err_w.write_all(b"oops\n").await.unwrap();
-        out_w.write_all(b"ld\nlast without newline").await.unwrap();
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (err_r, err_w) = nix::unistd::pipe().unwrap();
+        let (mut out_w, mut err_w) = (std::fs::File::from(out_w), std::fs::File::from(err_w));
+        hub.capture(instance.clone(), Stream::Out, out_r, b"hel".to_vec());
+        hub.capture(instance, Stream::Err, err_r, Vec::new());
+        use std::io::Write;
+        out_w.write_all(b"lo\nwor").unwrap();
+        err_w.write_all(b"oops\n").unwrap();
+        out_w.write_all(b"ld\nlast without newline").unwrap();
         drop(out_w);
         drop(err_w);
 
@@ -567,5 +629,63 @@ mod tests {
         assert_eq!(lines, ["world", "last without newline"]);
         let (history, _) = hub.history(&|c| c.id == 8, 10, None, None);
         assert!(history.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_handover_keeps_the_unfinished_line_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let format = || LineFormat {
+            date: None,
+            json: false,
+            app: "api".into(),
+            id: 7,
+        };
+        let first = LogHub::new();
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let mut write = std::fs::File::from(write);
+        first.capture(
+            logs(&first, dir.path(), format()),
+            Stream::Out,
+            read,
+            Vec::new(),
+        );
+        use std::io::Write;
+        write.write_all(b"one\ntw").unwrap();
+        let out = dir.path().join("out.log");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_to_string(&out).unwrap_or_default() != "one\n" {
+            assert!(
+                std::time::Instant::now() < until,
+                "the first line is written"
+            );
+            tokio::task::yield_now().await;
+        }
+        let mut carried = first.hand_over().await;
+        assert_eq!(carried.len(), 1);
+        let pipe = carried.pop().unwrap();
+        assert_eq!(
+            (pipe.id, pipe.stream, pipe.pending.as_slice()),
+            (7, Stream::Out, &b"tw"[..])
+        );
+        // Written while no image reads: it waits in the pipe.
+        write.write_all(b"o\nthree\n").unwrap();
+        drop(write);
+        let second = LogHub::new();
+        let mut follower = second.subscribe();
+        let instance = logs(&second, dir.path(), format());
+        second.capture(instance, pipe.stream, pipe.fd, pipe.pending);
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), follower.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*chunk.data, b"two\nthree\n");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_to_string(&out).unwrap() != "one\ntwo\nthree\n" {
+            assert!(
+                std::time::Instant::now() < until,
+                "every line once, in order"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 }

@@ -18,13 +18,14 @@ impl Supervisor {
         &mut self,
         id: u32,
         generation: u64,
-        status: std::io::Result<std::process::ExitStatus>,
+        status: std::io::Result<crate::child::Ended>,
     ) {
         let Some(instance) = self.instances.get(&id) else {
             return;
         };
         let exit = match status {
-            Ok(status) => exit_of(status),
+            Ok(crate::child::Ended::Status(status)) => exit_of(status),
+            Ok(crate::child::Ended::Unknown) => Exit::Unknown,
             Err(error) => Exit::SpawnError(format!("cannot wait for the process: {error}")),
         };
         if instance.generation != generation {

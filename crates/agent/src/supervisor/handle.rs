@@ -125,6 +125,38 @@ impl Handle {
         let _ = self.tx.send(Msg::Usage(usage));
     }
 
+    /// `fleet update`: the process table for the next agent image, once nothing is in
+    /// a state that cannot cross (a reload); waits up to `patience` for that. After
+    /// `Ok` the supervisor has stopped: the caller must exec.
+    pub async fn hand_over(
+        &self,
+        patience: Duration,
+    ) -> Result<(super::SupervisorCarry, crate::handoff::Outgoing), String> {
+        let until = Instant::now() + patience;
+        let mut changed = self.changed.clone();
+        loop {
+            changed.mark_unchanged();
+            let (reply, rx) = oneshot::channel();
+            self.tx
+                .send(Msg::HandOver(reply))
+                .map_err(|_| "the supervisor has stopped".to_string())?;
+            match rx.await {
+                Ok(Ok(carried)) => return Ok(carried),
+                Ok(Err(busy)) if Instant::now() < until => {
+                    // Busy: try again at the next change, or a little later.
+                    let _ = tokio::time::timeout_at(
+                        until.min(Instant::now() + Duration::from_millis(200)),
+                        changed.changed(),
+                    )
+                    .await;
+                    tracing::debug!(%busy, "handoff waits");
+                }
+                Ok(Err(busy)) => return Err(format!("{busy}; try again once it is over")),
+                Err(_) => return Err("the supervisor has stopped".into()),
+            }
+        }
+    }
+
     /// Resolves once the supervisor task has ended.
     pub async fn closed(&self) {
         self.tx.closed().await

@@ -11,12 +11,14 @@
 
 mod events;
 mod handle;
+mod handoff;
 mod reload;
 mod replace;
 mod request;
 mod view;
 
 pub use handle::Handle;
+pub use handoff::SupervisorCarry;
 pub use view::describe_exit;
 use view::{exit_of, instance_logs, millis_since_epoch, redacted, share_env};
 
@@ -228,10 +230,10 @@ pub struct ExitView {
 
 enum Msg {
     Request(Request, oneshot::Sender<Result<Reply, AgentError>>),
+    /// The process of `generation` ended; the supervisor reaps it.
     Exited {
         id: u32,
         generation: u64,
-        status: std::io::Result<std::process::ExitStatus>,
     },
     GroupGone {
         id: u32,
@@ -278,6 +280,8 @@ enum Msg {
         generation: u64,
         incoming: crate::node::Incoming,
     },
+    /// `fleet update`: hand the table over to the next agent image, unless busy.
+    HandOver(oneshot::Sender<Result<(SupervisorCarry, crate::handoff::Outgoing), String>>),
 }
 
 struct Instance {
@@ -313,6 +317,8 @@ struct Instance {
     /// Why the agent itself last restarted the instance (a failing health check, a
     /// missed watchdog), with when (unix ms).
     restart_cause: Option<(String, u64)>,
+    /// When the core's latest timer falls due (a handoff carries what is left of it).
+    timer_due: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -337,6 +343,9 @@ struct Supervisor {
     /// Spawn generations are unique across instances and aborted replacements, so a
     /// late exit or timer can never be taken for the current process's.
     next_generation: u64,
+    /// A pidfd per running process, by generation: its exit is reaped here, on the
+    /// supervisor's task, and nowhere else (see `child`).
+    pidfds: HashMap<u64, std::os::fd::OwnedFd>,
     cpus: u32,
     instances: BTreeMap<u32, Instance>,
     next_id: u32,
@@ -350,40 +359,75 @@ struct Supervisor {
 
 /// Starts the supervisor task with the instances saved in the state file.
 pub fn start(home: Home, hub: LogHub, saved: Vec<SavedProcess>) -> Handle {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (changed, changed_rx) = watch::channel(0);
-    let (node_messages, _) = tokio::sync::broadcast::channel(NODE_MESSAGE_BACKLOG);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let mut supervisor = Supervisor {
-        home,
-        hub,
-        ports: HashMap::new(),
-        node_sockets: HashMap::new(),
-        node_messages: node_messages.clone(),
-        reloading: HashSet::new(),
-        rotation_timers: HashMap::new(),
-        next_generation: 0,
-        cpus,
-        instances: BTreeMap::new(),
-        next_id: 0,
-        tx: tx.clone(),
-        changed,
-        work: VecDeque::new(),
-        flush_pending: false,
-        frozen: false,
-    };
+    let (mut supervisor, rx, handle) = Supervisor::new(home, hub);
     supervisor.restore(saved);
     tokio::spawn(supervisor.run(rx));
-    Handle {
-        tx,
-        changed: changed_rx,
-        node_messages,
+    handle
+}
+
+/// Starts the supervisor task with the table a previous agent image handed over
+/// (`fleet update`), snapshotted at `taken` on this clock.
+pub fn take_over(
+    home: Home,
+    hub: LogHub,
+    carry: SupervisorCarry,
+    fds: &mut crate::handoff::Incoming,
+    taken: Instant,
+) -> Handle {
+    let (mut supervisor, rx, handle) = Supervisor::new(home, hub);
+    supervisor.take_over(carry, fds, taken);
+    supervisor.drain();
+    tokio::spawn(supervisor.run(rx));
+    handle
+}
+
+impl Supervisor {
+    fn new(home: Home, hub: LogHub) -> (Supervisor, mpsc::UnboundedReceiver<Msg>, Handle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (changed, changed_rx) = watch::channel(0);
+        let (node_messages, _) = tokio::sync::broadcast::channel(NODE_MESSAGE_BACKLOG);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let supervisor = Supervisor {
+            home,
+            hub,
+            ports: HashMap::new(),
+            node_sockets: HashMap::new(),
+            node_messages: node_messages.clone(),
+            reloading: HashSet::new(),
+            rotation_timers: HashMap::new(),
+            next_generation: 0,
+            pidfds: HashMap::new(),
+            cpus,
+            instances: BTreeMap::new(),
+            next_id: 0,
+            tx: tx.clone(),
+            changed,
+            work: VecDeque::new(),
+            flush_pending: false,
+            frozen: false,
+        };
+        let handle = Handle {
+            tx,
+            changed: changed_rx,
+            node_messages,
+        };
+        (supervisor, rx, handle)
     }
 }
 
 impl Supervisor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         while let Some(msg) = rx.recv().await {
+            if let Msg::HandOver(reply) = msg {
+                if let Some(busy) = self.busy() {
+                    let _ = reply.send(Err(busy));
+                    continue;
+                }
+                // From here this task processes nothing else: no exit is reaped and
+                // no timer fires until the next image has taken over.
+                let _ = reply.send(Ok(self.hand_over().await));
+                return;
+            }
             self.on_message(msg);
             self.drain();
         }
@@ -398,11 +442,7 @@ impl Supervisor {
                 self.drain();
                 let _ = reply.send(result);
             }
-            Msg::Exited {
-                id,
-                generation,
-                status,
-            } => self.on_exited(id, generation, status),
+            Msg::Exited { id, generation } => self.reap(id, generation),
             Msg::GroupGone { id, generation } => {
                 if self.is_current(id, generation) {
                     self.work.push_back((id, Input::GroupGone));
@@ -448,6 +488,20 @@ impl Supervisor {
                 generation,
                 incoming,
             } => self.on_node_message(id, generation, incoming),
+            Msg::HandOver(_) => unreachable!("handled by `run`"),
+        }
+    }
+
+    /// The process of `generation` ended: reaps it and handles its exit.
+    fn reap(&mut self, id: u32, generation: u64) {
+        let Some(pidfd) = self.pidfds.remove(&generation) else {
+            return;
+        };
+        match crate::child::reap(&pidfd) {
+            Ok(Some(ended)) => self.on_exited(id, generation, Ok(ended)),
+            // Woken but still running (not expected of a pidfd): keep watching.
+            Ok(None) => replace::watch_exit(&self.tx, &mut self.pidfds, id, generation, pidfd),
+            Err(error) => self.on_exited(id, generation, Err(error)),
         }
     }
 
@@ -526,6 +580,7 @@ impl Supervisor {
                 });
             }
             Action::Schedule { token, after } => {
+                instance.timer_due = Some(Instant::now() + after);
                 let generation = instance.generation;
                 tokio::spawn(async move {
                     tokio::time::sleep(after).await;

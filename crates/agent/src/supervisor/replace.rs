@@ -30,7 +30,7 @@ use crate::readiness::{self, NotifySocket};
 const PROXY_RETIRE_GRACE: Duration = Duration::from_millis(250);
 
 /// A listening socket the agent keeps for an app.
-pub(super) enum AppPort {
+pub(in crate::supervisor) enum AppPort {
     /// Inherited by every instance (`exec_mode = "cluster"`).
     Shared {
         port: u16,
@@ -58,13 +58,13 @@ impl AppPort {
 /// The readiness probes of one process; dropping them stops them.
 #[derive(Default)]
 pub(super) struct Probes {
-    notify: Option<NotifySocket>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    pub(super) notify: Option<NotifySocket>,
+    pub(super) task: Option<tokio::task::JoinHandle<()>>,
     /// Node's IPC channel: closing it makes a Node cluster worker exit, so it lives
     /// as long as the process (into `Retiring` after a reload).
     pub(super) channel: Option<node::Channel>,
     /// `watchdog`: restarts the instance when its pings stop.
-    watchdog: Option<readiness::Watchdog>,
+    pub(super) watchdog: Option<readiness::Watchdog>,
 }
 
 impl Drop for Probes {
@@ -194,7 +194,7 @@ impl Supervisor {
                 io
             }
         };
-        let mut child = process::spawn(
+        let spawned = process::spawn(
             &spec,
             env,
             io.captures(Stream::Out),
@@ -203,26 +203,21 @@ impl Supervisor {
             node_channel,
             run_as.as_ref(),
         )?;
-        let pid = child.id().map(|p| p as i32);
+        let pid = spawned.pid;
         instance.generation = generation;
-        instance.pid = pid;
-        instance.start_ticks = pid.and_then(process::start_ticks);
+        instance.pid = Some(pid);
+        instance.start_ticks = process::start_ticks(pid);
         instance.usage = TreeUsage::default();
         instance.private_port = private_port;
         instance.healthy = true;
         instance.draining = false;
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        enlarge_pipes(&stdout, &stderr);
-        self.hub.capture(io, stdout, stderr);
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let _ = tx.send(Msg::Exited {
-                id,
-                generation,
-                status,
-            });
-        });
+        for (stream, pipe) in [(Stream::Out, spawned.stdout), (Stream::Err, spawned.stderr)] {
+            if let Some(pipe) = pipe {
+                enlarge_pipe(&pipe);
+                self.hub.capture(io.clone(), stream, pipe, Vec::new());
+            }
+        }
+        watch_exit(&self.tx, &mut self.pidfds, id, generation, spawned.pidfd);
 
         self.arm_probes(
             &mut probes,
@@ -235,7 +230,7 @@ impl Supervisor {
         let instance = self.instances.get_mut(&id).ok_or("the instance is gone")?;
         instance.probes = probes;
         let count = spec.instances.resolve(self.cpus);
-        if let (Some(path), Some(pid)) = (process::pid_path(&spec, instance.instance, count), pid) {
+        if let Some(path) = process::pid_path(&spec, instance.instance, count) {
             process::write_pid(&path, pid);
         }
         tracing::info!(app = %spec.name, id, pid, "instance started");
@@ -246,7 +241,7 @@ impl Supervisor {
     /// port check (the port a probe checks: the private one behind the proxy, or the
     /// app's own in fork mode; a shared socket cannot address one instance), and the
     /// `watchdog` timer.
-    fn arm_probes(
+    pub(super) fn arm_probes(
         &self,
         probes: &mut Probes,
         spec: &fleet_config::AppSpec,
@@ -748,20 +743,38 @@ impl Supervisor {
 
 /// Larger pipes for a process's output, so a chatty app is handed off less often.
 /// Best effort: a smaller pipe only means more hand-offs.
-fn enlarge_pipes(
-    stdout: &Option<tokio::process::ChildStdout>,
-    stderr: &Option<tokio::process::ChildStderr>,
+fn enlarge_pipe(pipe: &OwnedFd) {
+    let _ = nix::fcntl::fcntl(
+        pipe.as_fd(),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(crate::logs::PIPE_CAPACITY as i32),
+    );
+}
+
+/// Tells the supervisor when the process of `generation` has ended; the supervisor
+/// reaps it itself (`Supervisor::pidfds`), so nothing else ever does.
+pub(super) fn watch_exit(
+    tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
+    pidfds: &mut std::collections::HashMap<u64, OwnedFd>,
+    id: u32,
+    generation: u64,
+    pidfd: OwnedFd,
 ) {
-    let pipes = [
-        stdout.as_ref().map(|p| p.as_fd()),
-        stderr.as_ref().map(|p| p.as_fd()),
-    ];
-    for pipe in pipes.into_iter().flatten() {
-        let _ = nix::fcntl::fcntl(
-            pipe,
-            nix::fcntl::FcntlArg::F_SETPIPE_SZ(crate::logs::PIPE_CAPACITY as i32),
-        );
+    let tx = tx.clone();
+    match pidfd.try_clone() {
+        Ok(watched) => {
+            tokio::spawn(async move {
+                if let Err(error) = crate::child::ended(watched).await {
+                    tracing::error!(id, %error, "cannot watch a process; taken as ended");
+                }
+                let _ = tx.send(Msg::Exited { id, generation });
+            });
+        }
+        Err(error) => {
+            tracing::error!(id, %error, "cannot watch a process; taken as ended");
+            let _ = tx.send(Msg::Exited { id, generation });
+        }
     }
+    pidfds.insert(generation, pidfd);
 }
 
 /// The variables PM2 sets that apps read (`process.env.pm_id` is a common "am I the

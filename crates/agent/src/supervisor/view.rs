@@ -60,6 +60,7 @@ pub fn describe_exit(exit: &Exit) -> String {
             Err(_) => format!("signal {signal}"),
         },
         Exit::SpawnError(error) => error.clone(),
+        Exit::Unknown => "unknown (it was no longer the agent's child)".into(),
     }
 }
 

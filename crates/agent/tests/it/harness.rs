@@ -41,11 +41,11 @@ impl Agent {
         let (lock, listener) = fleet_agent::daemon::bind(&paths).expect("bind the socket");
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _lock = lock;
             let stop = async move {
                 let _ = stopped.await;
             };
-            fleet_agent::daemon::run(paths, listener, LogHub::new(), stop, false).await
+            let start = fleet_agent::daemon::Start::Fresh { resurrect: false };
+            fleet_agent::daemon::run(paths, (lock, listener), LogHub::new(), stop, start).await
         });
         let client = connect(&home.path().join("agent.sock")).await;
         Agent {

@@ -353,6 +353,7 @@ impl Supervisor {
                 retiring: Vec::new(),
                 replace_error: None,
                 restart_cause: None,
+                timer_due: None,
             },
         );
         self.next_id = self.next_id.max(id + 1);
