@@ -210,6 +210,33 @@ fn setup_twice_changes_nothing(d: &DeployBed, hosts: &[String]) {
         pids
     );
     assert_eq!(hosts.iter().map(|h| stamp(h)).collect::<Vec<_>>(), stamps);
+
+    // Another agent binary (trailing bytes: the same program, another sha256): setup
+    // installs it and updates each running agent in place, apps and pid kept.
+    let newer = d.fleet.home.path().join("fleet-agent-newer"); // not in the deployed repo
+    let mut bytes = std::fs::read(d.fleet.testapp().with_file_name("fleet-agent")).unwrap();
+    bytes.extend_from_slice(b"\0another build");
+    std::fs::write(&newer, bytes).unwrap();
+    std::fs::set_permissions(&newer, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut command = d.fleet.command(&["deploy", "bed", "setup", "--json"]);
+    command.env("FLEET_AGENT_BINARY", &newer);
+    let output = d.fleet.run_with(command);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        hosts.iter().map(|h| d.agent_pid(h)).collect::<Vec<_>>(),
+        pids
+    );
+    for host in hosts {
+        let exe = d.sh(
+            host,
+            &format!("readlink /proc/$(cat {HOST_FLEET_HOME}/agent.pid)/exe"),
+        );
+        assert!(exe.1.ends_with("/bin/fleet-agent"), "{host} runs {exe:?}");
+    }
 }
 
 /// Deploys c1, then c2 under load on every host, then reverts to c1: no request

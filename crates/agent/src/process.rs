@@ -243,6 +243,15 @@ pub fn spawn(
     })
 }
 
+/// Larger pipes for a process's output, so a chatty app is handed off less often.
+/// Best effort: a smaller pipe only means more hand-offs.
+pub fn enlarge_pipe(pipe: &OwnedFd) {
+    let _ = nix::fcntl::fcntl(
+        std::os::fd::AsFd::as_fd(pipe),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(crate::logs::PIPE_CAPACITY as i32),
+    );
+}
+
 /// `program` as a path: relative to `cwd` when it has a slash, else searched in `path`.
 fn resolve_program(program: &str, path: Option<&str>, cwd: &Path) -> Option<PathBuf> {
     if program.contains('/') {

@@ -63,7 +63,7 @@ pub async fn connect(home: &Path, start: bool) -> anyhow::Result<Option<Client>>
     }
 }
 
-async fn try_connect(socket: &Path) -> anyhow::Result<Channel> {
+pub async fn try_connect(socket: &Path) -> anyhow::Result<Channel> {
     // Fail fast when nothing listens: connecting a unix socket needs no name lookup.
     std::os::unix::net::UnixStream::connect(socket)?;
     let socket = socket.to_path_buf();

@@ -257,6 +257,114 @@ pub const HANDOFF: Needs = Needs {
     what: "be updated in place",
 };
 
+/// How long an updated agent has to answer again (an exec takes milliseconds).
+pub const UPDATE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How `update_agent` went.
+#[derive(Debug)]
+pub struct Updated {
+    pub before: apb::HelloResponse,
+    pub after: apb::HelloResponse,
+    /// The new binary's version, as it answered the agent's check.
+    pub version: String,
+}
+
+/// Why `update_agent` did not update.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The agent predates `Update` (protocol 1.5).
+    #[error("the running agent ({0}) cannot be updated in place")]
+    TooOld(String),
+    /// The agent refused before changing anything: the binary does not run or does
+    /// not take this agent's state, or a reload is in progress.
+    #[error("{0}")]
+    Refused(String),
+    /// The new binary refused the handoff; the previous agent carries on.
+    #[error("the new agent did not take over: {reason}; the previous agent carries on")]
+    HandedBack { reason: String },
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Replaces the running agent with the binary at `path` (on the agent's host) without
+/// restarting any app: `Update`, then `Hello` until the agent reports the attempt as
+/// over. `connect` opens a new channel to the agent each time (the exec cuts the old
+/// one). Shared by `fleet update` and `fleet deploy <stage> setup`.
+pub async fn update_agent<F, Fut>(connect: F, path: &str) -> Result<Updated, UpdateError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Channel, String>>,
+{
+    let unreachable = |e: String| UpdateError::Unreachable(e);
+    let channel = connect().await.map_err(unreachable)?;
+    let (mut client, before) = handshake(channel, ANY_MINOR)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    if before.protocol_minor < HANDOFF.minor {
+        return Err(UpdateError::TooOld(before.agent_version));
+    }
+    let started = tokio::time::Instant::now();
+    let request = apb::UpdateRequest {
+        agent_path: path.to_string(),
+    };
+    // The agent checks the binary (up to 10 s) and waits out a reload (up to 10 s).
+    let answer = tokio::time::timeout(Duration::from_secs(30), client.update(request)).await;
+    let answer = answer.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer")));
+    let version = match answer {
+        Ok(answer) => Some(answer.into_inner().to_version),
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
+            ) =>
+        {
+            return Err(UpdateError::Refused(status.message().to_string()));
+        }
+        // The exec may cut the connection before the answer is out: the agent's
+        // record says how it went.
+        Err(_) => None,
+    };
+    drop(client);
+    let deadline = started + UPDATE_TIMEOUT;
+    let hello = || async {
+        let channel = connect().await.ok()?;
+        handshake(channel, ANY_MINOR)
+            .await
+            .ok()
+            .map(|(_, hello)| hello)
+    };
+    loop {
+        // Each try is bounded: a connection the previous image accepted just before
+        // its exec must not hold the wait.
+        if let Ok(Some(after)) = tokio::time::timeout(Duration::from_secs(2), hello()).await
+            && after.handoff_attempts > before.handoff_attempts
+        {
+            if after.handoffs > before.handoffs {
+                let version = version.unwrap_or_else(|| after.agent_version.clone());
+                return Ok(Updated {
+                    before,
+                    after,
+                    version,
+                });
+            }
+            return Err(UpdateError::HandedBack {
+                reason: if after.handoff_error.is_empty() {
+                    "no reason given".into()
+                } else {
+                    after.handoff_error
+                },
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(unreachable(format!(
+                "the agent did not answer within {}s of the update",
+                UPDATE_TIMEOUT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Says `Hello` over `channel` and applies the version policy: the agent refuses
 /// another major version, and the caller refuses an agent older than `needs`.
 pub async fn handshake(

@@ -11,7 +11,7 @@ use crate::metrics::TreeUsage;
 use crate::node::{self, Incoming};
 use crate::process;
 use crate::readiness;
-use crate::supervisor::{Supervisor, describe_exit, exit_of};
+use crate::supervisor::{Msg, Supervisor, describe_exit, exit_of};
 
 impl Supervisor {
     pub(super) fn on_exited(
@@ -213,4 +213,31 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Tells the supervisor when the process of `generation` has ended; the supervisor
+/// reaps it itself (`Supervisor::pidfds`), so nothing else ever does.
+pub(super) fn watch_exit(
+    tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
+    pidfds: &mut std::collections::HashMap<u64, std::os::fd::OwnedFd>,
+    id: u32,
+    generation: u64,
+    pidfd: std::os::fd::OwnedFd,
+) {
+    let tx = tx.clone();
+    match pidfd.try_clone() {
+        Ok(watched) => {
+            tokio::spawn(async move {
+                if let Err(error) = crate::child::ended(watched).await {
+                    tracing::error!(id, %error, "cannot watch a process; taken as ended");
+                }
+                let _ = tx.send(Msg::Exited { id, generation });
+            });
+        }
+        Err(error) => {
+            tracing::error!(id, %error, "cannot watch a process; taken as ended");
+            let _ = tx.send(Msg::Exited { id, generation });
+        }
+    }
+    pidfds.insert(generation, pidfd);
 }

@@ -344,7 +344,7 @@ impl Supervisor {
         let same = process::start_ticks(pid) == ticks;
         match crate::child::pidfd_open(pid) {
             Ok(pidfd) if same => {
-                replace::watch_exit(&self.tx, &mut self.pidfds, id, generation, pidfd);
+                super::events::watch_exit(&self.tx, &mut self.pidfds, id, generation, pidfd);
             }
             result => {
                 let reason = match result {

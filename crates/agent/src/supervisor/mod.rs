@@ -500,7 +500,7 @@ impl Supervisor {
         match crate::child::reap(&pidfd) {
             Ok(Some(ended)) => self.on_exited(id, generation, Ok(ended)),
             // Woken but still running (not expected of a pidfd): keep watching.
-            Ok(None) => replace::watch_exit(&self.tx, &mut self.pidfds, id, generation, pidfd),
+            Ok(None) => events::watch_exit(&self.tx, &mut self.pidfds, id, generation, pidfd),
             Err(error) => self.on_exited(id, generation, Err(error)),
         }
     }

@@ -5,7 +5,7 @@
 //! killed and the standby stays. The order of the steps is the service's (`reload`).
 //! Also `scale`.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -213,11 +213,11 @@ impl Supervisor {
         instance.draining = false;
         for (stream, pipe) in [(Stream::Out, spawned.stdout), (Stream::Err, spawned.stderr)] {
             if let Some(pipe) = pipe {
-                enlarge_pipe(&pipe);
+                process::enlarge_pipe(&pipe);
                 self.hub.capture(io.clone(), stream, pipe, Vec::new());
             }
         }
-        watch_exit(&self.tx, &mut self.pidfds, id, generation, spawned.pidfd);
+        super::events::watch_exit(&self.tx, &mut self.pidfds, id, generation, spawned.pidfd);
 
         self.arm_probes(
             &mut probes,
@@ -739,42 +739,6 @@ impl Supervisor {
         }
         Ok(Reply::Touched(touched, Vec::new()))
     }
-}
-
-/// Larger pipes for a process's output, so a chatty app is handed off less often.
-/// Best effort: a smaller pipe only means more hand-offs.
-fn enlarge_pipe(pipe: &OwnedFd) {
-    let _ = nix::fcntl::fcntl(
-        pipe.as_fd(),
-        nix::fcntl::FcntlArg::F_SETPIPE_SZ(crate::logs::PIPE_CAPACITY as i32),
-    );
-}
-
-/// Tells the supervisor when the process of `generation` has ended; the supervisor
-/// reaps it itself (`Supervisor::pidfds`), so nothing else ever does.
-pub(super) fn watch_exit(
-    tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
-    pidfds: &mut std::collections::HashMap<u64, OwnedFd>,
-    id: u32,
-    generation: u64,
-    pidfd: OwnedFd,
-) {
-    let tx = tx.clone();
-    match pidfd.try_clone() {
-        Ok(watched) => {
-            tokio::spawn(async move {
-                if let Err(error) = crate::child::ended(watched).await {
-                    tracing::error!(id, %error, "cannot watch a process; taken as ended");
-                }
-                let _ = tx.send(Msg::Exited { id, generation });
-            });
-        }
-        Err(error) => {
-            tracing::error!(id, %error, "cannot watch a process; taken as ended");
-            let _ = tx.send(Msg::Exited { id, generation });
-        }
-    }
-    pidfds.insert(generation, pidfd);
 }
 
 /// The variables PM2 sets that apps read (`process.env.pm_id` is a common "am I the

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fleet_proto::controller::v1 as cpb;
+use fleet_proto::ops;
 
 use super::Context;
 use super::error::{DeployError, StepError};
@@ -180,9 +181,8 @@ impl Context {
             Some(running) => {
                 let (pid, exe) = running.split_once(' ').unwrap_or((&running, ""));
                 if installed != sha && exe.starts_with(&format!("{home}/bin/fleet-agent")) {
-                    notes.push(format!(
-                        "the running agent (pid {pid}) keeps its old version until restarted"
-                    ));
+                    self.events.step(host.name(), "update agent");
+                    notes.push(self.update_agent(host, &home, pid).await?);
                 } else {
                     notes.push(format!("agent running (pid {pid})"));
                 }
@@ -197,6 +197,27 @@ impl Context {
                 .map_err(at("post-setup"))?;
         }
         Ok(notes.join(", "))
+    }
+
+    /// Replaces the host's running agent with the binary just installed, keeping its
+    /// apps (`fleet update`); an agent too old for that keeps running as it is.
+    async fn update_agent(&self, host: &Host, home: &str, pid: &str) -> Result<String, Failure> {
+        let connect = || async {
+            (host.ssh.pool)
+                .agent_channel(host.name(), host.ssh.fleet_home.as_deref())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match ops::update_agent(connect, &format!("{home}/bin/fleet-agent")).await {
+            Ok(updated) => Ok(format!(
+                "agent updated in place to {} (pid {} kept, no app restarted)",
+                updated.version, updated.after.agent_pid
+            )),
+            Err(ops::UpdateError::TooOld(version)) => Ok(format!(
+                "the running agent (pid {pid}, {version}) predates `fleet update` and keeps its old version until restarted"
+            )),
+            Err(error) => Err(at("update agent")(StepError::Agent(error.to_string()))),
+        }
     }
 
     /// The host's FLEET_HOME: the stage's `fleet_home`, else asked of the host.
