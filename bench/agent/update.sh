@@ -91,10 +91,13 @@ log_gaps() {
 import sys, datetime, json
 path, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 prev_t = None; longest = 0; prev_n = None; lost = doubled = resets = 0
+stamps = {}
 for line in open(path, errors="replace"):
     stamp, _, rest = line.rstrip("\n").rpartition(": ")
     try:
-        t = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp() * 1000
+        t = stamps.get(stamp)
+        if t is None:
+            t = stamps[stamp] = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp() * 1000
         n = int(rest)
     except ValueError:
         continue
@@ -182,6 +185,8 @@ run_update() {
   touch "$WORK/stop"
   wait "$probe"
   after=$("${tool}_pids")
+  # The flood stops before its log is read (a growing file is never read to its end).
+  if [[ $tool == pm2 ]]; then "$PM2" stop flood >/dev/null; else "$FLEET" stop flood >/dev/null; fi
   R[$tool.took]=$took
   R[$tool.restarted]=$(count_changed "$before" "$after")
   R[$tool.probe]=$(cat "$WORK/$tool-probe.json")

@@ -285,7 +285,7 @@ mkdir -p "$CTL_DATA"
 PORT=17443
 while ss -Hltn "sport = :$PORT" 2>/dev/null | grep -q .; do PORT=$((PORT + 1)); done
 URL="https://$BRIDGE:$PORT"
-TOKEN=$("$CONTROLLER" token create --data "$CTL_DATA" 2>"$WORK/token.err") || { cat "$WORK/token.err" >&2; die "token create failed"; }
+TOKEN=$("$CONTROLLER" token create --name bench --role admin --data "$CTL_DATA" 2>"$WORK/token.err") || { cat "$WORK/token.err" >&2; die "token create failed"; }
 [[ $TOKEN == fct_* ]] || die "token create printed '$TOKEN'"
 log "controller on $BRIDGE:$PORT (heartbeat 5 s)"
 "$CONTROLLER" --listen "$BRIDGE:$PORT" --data "$CTL_DATA" --heartbeat 5s \

@@ -68,9 +68,12 @@ impl Controller {
             .unwrap()
             .port();
         let listen = format!("{bridge}:{port}");
-        let token = Self::offline(data.path(), &["token", "create"])
-            .trim()
-            .to_string();
+        let token = Self::offline(
+            data.path(),
+            &["token", "create", "--name", "e2e", "--role", "admin"],
+        )
+        .trim()
+        .to_string();
         assert!(token.starts_with("fct_"), "token create printed {token:?}");
         let mut controller = Controller {
             child: None,

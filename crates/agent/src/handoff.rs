@@ -24,7 +24,6 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -226,11 +225,7 @@ pub fn exec(binary: &Path, document: &Document, fds: &Outgoing) -> std::io::Erro
             return error.into();
         }
     }
-    let error = std::process::Command::new(binary)
-        .args(&document.args)
-        .arg("--handoff")
-        .arg(memfd.as_raw_fd().to_string())
-        .exec();
+    let error = exec_raw(binary, &document.args, memfd.as_raw_fd());
     // Still here: close-on-exec again so nothing leaks into apps started later.
     for fd in fds.numbers() {
         // SAFETY: as above.
@@ -238,6 +233,35 @@ pub fn exec(binary: &Path, document: &Document, fds: &Outgoing) -> std::io::Erro
         let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     }
     error
+}
+
+/// `execv(binary, [binary, args..., --handoff, memfd])`, leaving signal dispositions
+/// alone: std's `Command::exec` resets SIGPIPE to its default first, and the other
+/// threads still running until the exec would then die of a write to a closed socket
+/// (SIGPIPE is process-wide). Returns only on failure.
+fn exec_raw(binary: &Path, args: &[OsString], memfd: RawFd) -> std::io::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |bytes: &[u8]| CString::new(bytes).map_err(std::io::Error::other);
+    let mut argv = Vec::with_capacity(args.len() + 3);
+    let program = match c(binary.as_os_str().as_bytes()) {
+        Ok(program) => program,
+        Err(error) => return error,
+    };
+    argv.push(program.clone());
+    for arg in args.iter().map(|a| a.as_bytes()).chain([&b"--handoff"[..]]) {
+        match c(arg) {
+            Ok(arg) => argv.push(arg),
+            Err(error) => return error,
+        }
+    }
+    match c(memfd.to_string().as_bytes()) {
+        Ok(fd) => argv.push(fd),
+        Err(error) => return error,
+    }
+    match nix::unistd::execv(&program, &argv) {
+        Err(errno) => errno.into(),
+    }
 }
 
 fn write_memfd(document: &Document) -> std::io::Result<OwnedFd> {
@@ -346,11 +370,8 @@ impl Refusal {
         // SAFETY: a flag change on the memfd we just created.
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(memfd) };
         let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::empty()));
-        let error = std::process::Command::new(format!("/proc/self/fd/{fallback}"))
-            .args(args)
-            .arg("--handoff")
-            .arg(memfd.to_string())
-            .exec();
+        let binary = PathBuf::from(format!("/proc/self/fd/{fallback}"));
+        let error = exec_raw(&binary, &args, memfd);
         format!(
             "{}; and cannot go back to the previous binary: {error}",
             self.reason

@@ -67,6 +67,20 @@ pub enum Refusal {
     #[error("invalid or missing API token\nhint: create one with `fleet-controller token create`")]
     BadApiToken,
     #[error(
+        "API token {name} expired at {at}\nhint: create a new one with `fleet-controller token create`"
+    )]
+    ApiTokenExpired { name: String, at: String },
+    #[error(
+        "API token {0} was revoked\nhint: create a new one with `fleet-controller token create`"
+    )]
+    ApiTokenRevoked(String),
+    #[error("API token {name} has the role {role}; this needs {needed} or above")]
+    RoleTooLow {
+        name: String,
+        role: &'static str,
+        needed: &'static str,
+    },
+    #[error(
         "client speaks protocol {client}.x, controller speaks {controller}.x; upgrade the {side}"
     )]
     ProtocolMismatch {
@@ -117,7 +131,10 @@ impl From<Refusal> for Status {
     fn from(refusal: Refusal) -> Status {
         let message = refusal.to_string();
         match refusal {
+            Refusal::RoleTooLow { .. } => Status::permission_denied(message),
             Refusal::BadApiToken
+            | Refusal::ApiTokenExpired { .. }
+            | Refusal::ApiTokenRevoked(_)
             | Refusal::NoClientCertificate
             | Refusal::UnknownJoinToken
             | Refusal::JoinTokenExpired(_)

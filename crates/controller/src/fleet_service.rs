@@ -26,6 +26,7 @@ use crate::error::Refusal;
 use crate::registry::{SessionLink, lock};
 use crate::server::Controller;
 use crate::store::{self, AuditEntry};
+use crate::tokens::{self, Role, Verdict};
 use crate::{now_unix_ms, pki};
 
 /// Batches of log lines buffered for one watcher before lines are dropped (and the
@@ -49,8 +50,9 @@ impl FleetApi {
         }
     }
 
-    /// Checks the call's bearer token; returns who made the call, for the audit log.
-    async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+    /// Checks the call's bearer token and that its role is at least `needed`; returns
+    /// who made the call, for the audit log.
+    async fn authorize<T>(&self, request: &Request<T>, needed: Role) -> Result<String, Status> {
         let token = request
             .metadata()
             .get("authorization")
@@ -60,13 +62,31 @@ impl FleetApi {
             .filter(|token| !token.is_empty())
             .ok_or(Refusal::BadApiToken)?;
         let hash = pki::token_hash(token);
-        let id = self
+        let verdict = self
             .controller
             .store
-            .call(move |conn| store::verify_api_token(conn, &hash, now_unix_ms()))
-            .await?
-            .ok_or(Refusal::BadApiToken)?;
-        Ok(format!("token:{id}"))
+            .call(move |conn| tokens::verify(conn, &hash, now_unix_ms()))
+            .await?;
+        let caller = match verdict {
+            Verdict::Valid(caller) => caller,
+            Verdict::Unknown => return Err(Refusal::BadApiToken.into()),
+            Verdict::Revoked { name } => return Err(Refusal::ApiTokenRevoked(name).into()),
+            Verdict::Expired { name, at_ms } => {
+                let at = jiff::Timestamp::from_millisecond(at_ms as i64)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                return Err(Refusal::ApiTokenExpired { name, at }.into());
+            }
+        };
+        if caller.role < needed {
+            return Err(Refusal::RoleTooLow {
+                name: caller.name,
+                role: caller.role.as_str(),
+                needed: needed.as_str(),
+            }
+            .into());
+        }
+        Ok(format!("token:{}", caller.name))
     }
 
     /// The request's stage with duplicate hosts removed, recorded in the database when
@@ -111,7 +131,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<FleetHello>,
     ) -> Result<Response<FleetHelloReply>, Status> {
-        self.authorize(&request).await?;
+        self.authorize(&request, Role::Read).await?;
         let hello = request.into_inner();
         if hello.protocol_major != PROTOCOL_MAJOR {
             let side = if hello.protocol_major < PROTOCOL_MAJOR {
@@ -137,7 +157,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        self.authorize(&request).await?;
+        self.authorize(&request, Role::Read).await?;
         let stage = self.stage(request.into_inner().stage)?;
         let registry = &self.controller.registry;
         let hosts = stage
@@ -162,7 +182,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<FleetLogsRequest>,
     ) -> Result<Response<MergedLogs>, Status> {
-        self.authorize(&request).await?;
+        self.authorize(&request, Role::Read).await?;
         let request = request.into_inner();
         let stage = self.stage(request.stage)?;
         let registry = &self.controller.registry;
@@ -206,7 +226,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<CommandRequest>,
     ) -> Result<Response<CommandResponse>, Status> {
-        let who = self.authorize(&request).await?;
+        let who = self.authorize(&request, Role::Operate).await?;
         let request = request.into_inner();
         let action = Action::try_from(request.action).unwrap_or(Action::Unspecified);
         // The same check as the agent's, before anything is sent to a host.
@@ -260,7 +280,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<CreateJoinTokenRequest>,
     ) -> Result<Response<CreateJoinTokenResponse>, Status> {
-        let who = self.authorize(&request).await?;
+        let who = self.authorize(&request, Role::Admin).await?;
         let request = request.into_inner();
         crate::validate_host(&request.host).map_err(Refusal::InvalidArgument)?;
         let ttl = match request.ttl_seconds {
@@ -293,7 +313,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<DeployRecord>,
     ) -> Result<Response<DeployRecordReply>, Status> {
-        let who = self.authorize(&request).await?;
+        let who = self.authorize(&request, Role::Deploy).await?;
         let record = request.into_inner();
         if record.action.len() > 32 || record.release.len() > 128 || record.result.len() > 4096 {
             return Err(Status::invalid_argument(

@@ -12,6 +12,7 @@ pub mod pki;
 pub mod registry;
 mod server;
 pub mod store;
+pub mod tokens;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -45,19 +46,52 @@ pub fn prepare_data_dir(path: &Path) -> Result<(), Error> {
         .map_err(|source| Error::io(path, source))
 }
 
-/// `fleet-controller token create`: a new API token, stored hashed. Returns its id and
-/// the token, which is shown once and never stored.
-pub fn create_api_token(data_dir: &Path) -> Result<(i64, String), Error> {
+/// `fleet-controller token create`: a new API token named `name` with `role`, valid
+/// for `ttl` when given; stored hashed. Returns the token, shown once, never stored.
+pub fn create_api_token(
+    data_dir: &Path,
+    name: &str,
+    role: tokens::Role,
+    ttl: Option<Duration>,
+) -> Result<String, Error> {
+    tokens::check_name(name).map_err(Error::Invalid)?;
     prepare_data_dir(data_dir)?;
     let path = data_dir.join(DATABASE_FILE);
     let conn = store::open(&path)?;
-    let (id, token) =
-        store::create_api_token(&conn, now_unix_ms()).map_err(|source| Error::Database {
-            path: path.clone(),
-            source,
-        })?;
-    audit_local(&conn, &path, "token create", vec![format!("token:{id}")])?;
-    Ok((id, token))
+    let now = now_unix_ms();
+    let expires = ttl.map(|ttl| now.saturating_add(ttl.as_millis() as u64));
+    let token = tokens::create(&conn, name, role, expires, now).map_err(Error::Invalid)?;
+    audit_local(
+        &conn,
+        &path,
+        "token create",
+        vec![format!("token:{name} ({})", role.as_str())],
+    )?;
+    Ok(token)
+}
+
+/// `fleet-controller token list`: every API token (never a secret).
+pub fn list_api_tokens(data_dir: &Path) -> Result<Vec<tokens::TokenInfo>, Error> {
+    let path = data_dir.join(DATABASE_FILE);
+    let conn = store::open(&path)?;
+    tokens::list(&conn).map_err(|source| Error::Database { path, source })
+}
+
+/// `fleet-controller token revoke NAME`: the token stops working at once, for a
+/// running controller too (every call looks it up).
+pub fn revoke_api_token(data_dir: &Path, name: &str) -> Result<(), Error> {
+    let path = data_dir.join(DATABASE_FILE);
+    let conn = store::open(&path)?;
+    let revoked = tokens::revoke(&conn, name, now_unix_ms()).map_err(|source| Error::Database {
+        path: path.clone(),
+        source,
+    })?;
+    if !revoked {
+        return Err(Error::Invalid(format!(
+            "no token named {name} that is not revoked already\nhint: `fleet-controller token list`"
+        )));
+    }
+    audit_local(&conn, &path, "token revoke", vec![format!("token:{name}")])
 }
 
 /// `fleet-controller join-token <host>`: a one-time token `host` trades for its

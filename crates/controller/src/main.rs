@@ -72,7 +72,22 @@ const DEFAULT_AUDIT_LIMIT: u32 = 100;
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Print a new API token; only its hash is stored.
-    Create,
+    Create {
+        /// What the audit log calls it and `revoke` takes, e.g. ci-deploy.
+        #[arg(long)]
+        name: String,
+        /// read (status, logs), operate (also start/stop/restart/reload/scale),
+        /// deploy (also record deploys), admin (also join tokens and hosts).
+        #[arg(long)]
+        role: String,
+        /// How long it stays valid, e.g. 30d or 12h [default: until revoked].
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// Every token: name, role, created, last used, expiry (never a secret).
+    List,
+    /// Stop a token from working, at once (a running controller checks every call).
+    Revoke { name: String },
 }
 
 fn main() -> ExitCode {
@@ -98,14 +113,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .join(".fleet-controller"),
     };
     match args.command {
-        Some(Command::Token {
-            command: TokenCommand::Create,
-        }) => {
-            let (id, token) = fleet_controller::create_api_token(&data)?;
-            eprintln!("created API token {id}; it is shown once, keep it in FLEET_TOKEN");
-            println!("{token}");
-            Ok(())
-        }
+        Some(Command::Token { command }) => token_command(&data, command),
         Some(Command::JoinToken { host, ttl }) => {
             let ttl = ttl.unwrap_or(DEFAULT_JOIN_TOKEN_TTL);
             let (token, expires) = fleet_controller::create_join_token(&data, &host, ttl)?;
@@ -259,7 +267,58 @@ async fn shutdown_signal() {
     }
 }
 
-/// `5s`, `1h`, `500ms`, `1h30m` (jiff's friendly format).
+fn token_command(data: &std::path::Path, command: TokenCommand) -> anyhow::Result<()> {
+    use fleet_controller::tokens::Role;
+    match command {
+        TokenCommand::Create {
+            name,
+            role,
+            expires,
+        } => {
+            let role = Role::parse(&role).map_err(fleet_controller::Error::Invalid)?;
+            let token = fleet_controller::create_api_token(data, &name, role, expires)?;
+            eprintln!(
+                "created API token {name} ({}); it is shown once, keep it in FLEET_TOKEN",
+                role.as_str()
+            );
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            let tokens = fleet_controller::list_api_tokens(data)?;
+            if tokens.is_empty() {
+                eprintln!("no API token\nhint: `fleet-controller token create --name N --role R`");
+            }
+            let when = |ms: Option<u64>| {
+                ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms as i64).ok())
+                    .map_or("-".to_string(), |t| {
+                        t.strftime("%Y-%m-%d %H:%M").to_string()
+                    })
+            };
+            println!(
+                "{:<24} {:<8} {:<17} {:<17} {:<17} REVOKED",
+                "NAME", "ROLE", "CREATED", "LAST USED", "EXPIRES"
+            );
+            for t in tokens {
+                println!(
+                    "{:<24} {:<8} {:<17} {:<17} {:<17} {}",
+                    t.name,
+                    t.role.as_str(),
+                    when(Some(t.created_ms)),
+                    when(t.last_used_ms),
+                    when(t.expires_ms),
+                    when(t.revoked_ms)
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            fleet_controller::revoke_api_token(data, &name)?;
+            eprintln!("revoked API token {name}");
+        }
+    }
+    Ok(())
+}
+
+/// `5s`, `1h`, `500ms`, `1h30m`, `30d` (jiff's friendly format).
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let signed: jiff::SignedDuration = text
         .parse()

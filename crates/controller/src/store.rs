@@ -56,14 +56,20 @@ const MIGRATIONS: &[&str] = &[
         used_at INTEGER
     );
     ",
+    // 2: API tokens get a name, a role, an expiry and revocation.
+    "
+    ALTER TABLE api_tokens ADD COLUMN name TEXT;
+    ALTER TABLE api_tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'admin';
+    ALTER TABLE api_tokens ADD COLUMN expires_at INTEGER;
+    ALTER TABLE api_tokens ADD COLUMN revoked_at INTEGER;
+    UPDATE api_tokens SET name = 'token-' || id;
+    CREATE UNIQUE INDEX api_tokens_by_name ON api_tokens (name);
+    ",
 ];
 
 /// SQLite waits this long for a lock another process holds (`token create` while the
 /// controller runs) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// `api_tokens.last_used` is a hint for humans; writing it on every call would put a
-/// write on the CLI's hot path, so it is refreshed at most this often.
-const LAST_USED_RESOLUTION_MS: u64 = 60_000;
 
 /// Opens (creating if needed) and migrates the database.
 pub fn open(path: &Path) -> Result<Connection, Error> {
@@ -230,50 +236,6 @@ impl Store {
             }
         }));
     }
-}
-
-/// Creates an API token; returns its id and the token, which is never stored.
-pub fn create_api_token(conn: &Connection, now_ms: u64) -> rusqlite::Result<(i64, String)> {
-    let token = pki::new_token(pki::API_TOKEN_PREFIX);
-    conn.execute(
-        "INSERT INTO api_tokens (sha256, created_at) VALUES (?1, ?2)",
-        params![pki::token_hash(&token), now_ms as i64],
-    )?;
-    Ok((conn.last_insert_rowid(), token))
-}
-
-/// The id of the API token whose hash is `hash`. Every stored hash is compared in
-/// constant time (there are few tokens), so timing tells nothing about near misses.
-pub fn verify_api_token(
-    conn: &Connection,
-    hash: &[u8],
-    now_ms: u64,
-) -> rusqlite::Result<Option<i64>> {
-    let mut statement = conn.prepare_cached("SELECT id, sha256, last_used FROM api_tokens")?;
-    let mut found = None;
-    let rows = statement.query_map([], |row| {
-        Ok((
-            row.get::<_, i64>(0)?,
-            row.get::<_, Vec<u8>>(1)?,
-            row.get::<_, Option<i64>>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, stored, last_used) = row?;
-        if pki::hashes_equal(&stored, hash) {
-            found = Some((id, last_used));
-        }
-    }
-    let Some((id, last_used)) = found else {
-        return Ok(None);
-    };
-    if last_used.is_none_or(|at| now_ms.saturating_sub(at as u64) >= LAST_USED_RESOLUTION_MS) {
-        conn.execute(
-            "UPDATE api_tokens SET last_used = ?1 WHERE id = ?2",
-            params![now_ms as i64, id],
-        )?;
-    }
-    Ok(Some(id))
 }
 
 /// Creates a one-time join token for `host`; returns it and when it expires.
@@ -485,24 +447,6 @@ mod tests {
             migrate(&mut conn, &path),
             Err(Error::NewerSchema { found: 99, .. })
         ));
-    }
-
-    #[test]
-    fn api_tokens_are_stored_hashed_and_verified() {
-        let (_dir, conn) = temp_db();
-        let (id, token) = create_api_token(&conn, 1_000).unwrap();
-        let stored: Vec<u8> = conn
-            .query_row("SELECT sha256 FROM api_tokens", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(stored, pki::token_hash(&token));
-        assert_eq!(
-            verify_api_token(&conn, &pki::token_hash(&token), 2_000).unwrap(),
-            Some(id)
-        );
-        assert_eq!(
-            verify_api_token(&conn, &pki::token_hash("fct_nope"), 2_000).unwrap(),
-            None
-        );
     }
 
     #[test]

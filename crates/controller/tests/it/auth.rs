@@ -132,3 +132,93 @@ async fn the_data_directory_and_keys_are_private() {
     assert!(data.join("controller.db").exists());
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn roles_limit_calls_and_expired_or_revoked_tokens_get_nothing() {
+    use fleet_controller::tokens::Role;
+    use fleet_proto::controller::v1::{Action, CommandRequest, CreateJoinTokenRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(dir.path()).await;
+    let mut fleet = controller.fleet().await;
+    let status = || StatusRequest {
+        stage: Some(stage(&["web-1"])),
+    };
+    let restart = || CommandRequest {
+        stage: Some(stage(&["web-1"])),
+        action: Action::Restart.into(),
+        targets: vec!["api".into()],
+        count: String::new(),
+    };
+    let join = || CreateJoinTokenRequest {
+        host: "web-9".into(),
+        ttl_seconds: 60,
+    };
+
+    // read: status yes, a restart no (refused before any host is asked).
+    let read = controller.token_with(Role::Read, None);
+    assert!(fleet.status(authed(status(), &read)).await.is_ok());
+    let refused = fleet.command(authed(restart(), &read)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused
+            .message()
+            .contains("has the role read; this needs operate"),
+        "{}",
+        refused.message()
+    );
+    // operate: a restart yes, a join token no; admin: a join token yes.
+    let operate = controller.token_with(Role::Operate, None);
+    assert!(fleet.command(authed(restart(), &operate)).await.is_ok());
+    let refused = fleet
+        .create_join_token(authed(join(), &operate))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let admin = controller.token_with(Role::Admin, None);
+    assert!(
+        fleet
+            .create_join_token(authed(join(), &admin))
+            .await
+            .is_ok()
+    );
+
+    // An expired token gets nothing, not even status.
+    let expired = controller.token_with(Role::Admin, Some(std::time::Duration::from_millis(1)));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let refused = loop {
+        match fleet.status(authed(status(), &expired)).await {
+            Err(refused) => break refused,
+            Ok(_) => assert!(std::time::Instant::now() < until, "the token never expired"),
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(
+        refused.message().contains("expired"),
+        "{}",
+        refused.message()
+    );
+
+    // Revoked while the controller runs: refused at the next call.
+    let names = fleet_controller::list_api_tokens(dir.path()).unwrap();
+    let operate_name = &names.iter().find(|t| t.role == Role::Operate).unwrap().name;
+    fleet_controller::revoke_api_token(dir.path(), operate_name).unwrap();
+    let refused = fleet.status(authed(status(), &operate)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(
+        refused.message().contains("was revoked"),
+        "{}",
+        refused.message()
+    );
+    assert!(fleet_controller::revoke_api_token(dir.path(), operate_name).is_err());
+
+    // The audit log names the token, never its id or secret.
+    let audit = fleet_controller::read_audit(dir.path(), None).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "restart" && e.who == format!("token:{operate_name}")),
+        "{audit:#?}"
+    );
+    controller.stop().await;
+}

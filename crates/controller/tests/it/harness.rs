@@ -135,9 +135,21 @@ impl Controller {
             .await
     }
 
-    /// A new API token, made as `fleet-controller token create` makes it.
+    /// A new `admin` API token, made as `fleet-controller token create` makes it.
     pub fn api_token(&self) -> String {
-        fleet_controller::create_api_token(&self.data).unwrap().1
+        self.token_with(fleet_controller::tokens::Role::Admin, None)
+    }
+
+    /// A new API token with `role`, valid for `ttl` when given.
+    pub fn token_with(
+        &self,
+        role: fleet_controller::tokens::Role,
+        ttl: Option<Duration>,
+    ) -> String {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{}-{n}", role.as_str());
+        fleet_controller::create_api_token(&self.data, &name, role, ttl).unwrap()
     }
 
     pub async fn fleet(&self) -> FleetServiceClient<Channel> {
