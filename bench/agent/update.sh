@@ -122,7 +122,8 @@ bench_fleet() {
   {
     printf '[apps.web]\nscript = "%s"\nexec_mode = "cluster"\nport = %s\ninstances = 2\n\n' "$TESTAPP" "$web"
     printf '[apps.behind]\nscript = "%s"\nargs = ["--port-only"]\nexec_mode = "proxy"\nport = %s\ninstances = 2\n\n' "$TESTAPP" "$behind"
-    printf '[apps.flood]\nscript = "%s"\ninterpreter = "python3"\nlog_date_format = "YYYY-MM-DD HH:mm:ss.SSS"\n\n' "$WORK/apps/flood.py"
+    # No rotation: every line stays in one file to be checked (PM2 has none by default).
+    printf '[apps.flood]\nscript = "%s"\ninterpreter = "python3"\nlog_date_format = "YYYY-MM-DD HH:mm:ss.SSS"\nmax_size = 0\n\n' "$WORK/apps/flood.py"
     for ((i = 4; i <= N_APPS; i++)); do printf '[apps.idle-%03d]\nscript = "%s"\n\n' "$i" "$WORK/apps/idle.sh"; done
   } >"$cfg"
   "$FLEET" start "$cfg" >/dev/null
