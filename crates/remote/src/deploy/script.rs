@@ -136,10 +136,15 @@ fn prelude(path: &RemotePath) -> String {
     )
 }
 
-/// Takes the lock (atomically, `set -C`), after clearing a stale one, and starts the
+/// Takes the lock, after clearing a stale one, and starts the
 /// host-side watchdog that releases it once the deployer stops renewing it for `ttl`
 /// seconds. Prints the path, `current`, and every release present. Exits
 /// `LOCKED_STATUS` with the holder's lock on stdout when the lock is held.
+///
+/// Everything that reads the lock and then changes it (taking over a stale lock,
+/// renewing, releasing, the watchdog's cleanup) does so holding `flock` on
+/// `.fleet/lock.guard`, so two deployers can never both see a lock stale and both take
+/// it, and a renewal cannot land between another's check and its takeover.
 pub fn lock(path: &RemotePath, info: &LockInfo<'_>, ttl_secs: u64) -> String {
     let mut s = prelude(path);
     let lines = format!(
@@ -155,6 +160,9 @@ pub fn lock(path: &RemotePath, info: &LockInfo<'_>, ttl_secs: u64) -> String {
         s,
         r#"mkdir -p "$P/releases" "$P/shared" "$P/.fleet"
 chmod 700 "$P/.fleet"
+command -v flock >/dev/null || {{ echo "flock(1) is missing on this host (util-linux)" >&2; exit 1; }}
+exec 9>"$P/.fleet/lock.guard"
+flock 9
 if [ -f "$L" ]; then
   age=$(( $(date +%s) - $(stat -c %Y "$L") ))
   if [ "$age" -le {ttl} ]; then cat "$L"; exit {locked}; fi
@@ -164,6 +172,7 @@ if [ -f "$L" ]; then
 fi
 if ! (set -C; printf '%s' {lines} > "$L") 2>/dev/null; then cat "$L"; exit {locked}; fi
 chmod 600 "$L"
+exec 9>&-
 setsid sh -c {watchdog} fleet-lock-watchdog "$P" {token} </dev/null >/dev/null 2>&1 &
 cd "$P"
 echo "fleet:root=$(pwd)"
@@ -193,8 +202,11 @@ while sleep 1; do
   grep -qx "token=$2" "$L" 2>/dev/null || exit 0
   age=$(( $(date +%s) - $(stat -c %Y "$L" 2>/dev/null || date +%s) ))
   [ "$age" -gt {ttl_secs} ] || continue
+  exec 9>"$P/.fleet/lock.guard"
+  flock 9
+  grep -qx "token=$2" "$L" 2>/dev/null || exit 0
   {ABANDONED_CLEANUP}
-  grep -qx "token=$2" "$L" 2>/dev/null && rm -f "$L"
+  rm -f "$L"
   exit 0
 done"#
     )
@@ -250,7 +262,7 @@ pub fn lock_and(
 /// Renews the lock; fails when it is no longer ours.
 pub fn renew(path: &RemotePath, token: &str) -> String {
     format!(
-        "{}grep -qx {} \"$L\" && touch \"$L\"\n",
+        "{}{GUARD}grep -qx {} \"$L\" && touch \"$L\"\n",
         prelude(path),
         quote(&format!("token={token}"))
     )
@@ -259,7 +271,7 @@ pub fn renew(path: &RemotePath, token: &str) -> String {
 /// Releases the lock if it is still ours.
 pub fn unlock(path: &RemotePath, token: &str) -> String {
     format!(
-        "{}if grep -qx {} \"$L\" 2>/dev/null; then rm -f \"$L\"; fi\n",
+        "{}{GUARD}if grep -qx {} \"$L\" 2>/dev/null; then rm -f \"$L\"; fi\n",
         prelude(path),
         quote(&format!("token={token}"))
     )
@@ -268,10 +280,14 @@ pub fn unlock(path: &RemotePath, token: &str) -> String {
 /// `fleet deploy <stage> unlock`: removes any lock, printing whose it was.
 pub fn force_unlock(path: &RemotePath) -> String {
     format!(
-        "{}if [ -f \"$L\" ]; then cat \"$L\"; {ABANDONED_CLEANUP}\n rm -f \"$L\"; fi\n",
+        "{}{GUARD}if [ -f \"$L\" ]; then cat \"$L\"; {ABANDONED_CLEANUP}\n rm -f \"$L\"; fi\n",
         prelude(path)
     )
 }
+
+/// Holds the lock's guard for the rest of the script (see `lock`). A host without a
+/// `.fleet` directory has no lock to guard.
+const GUARD: &str = "if [ -d \"$P/.fleet\" ]; then exec 9>\"$P/.fleet/lock.guard\"; flock 9; fi\n";
 
 /// Unpacks the archive on stdin (gzip'd tar) into `releases/<id>`, writes `REVISION`
 /// and links shared paths.
@@ -547,6 +563,9 @@ pub fn setup_dirs(path: &RemotePath, shared_dirs: &[String]) -> String {
 fn one_line(text: &str) -> String {
     text.replace(['\n', '\r'], " ")
 }
+
+#[cfg(test)]
+mod lock_race;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,72 @@
+//! Two deployers racing for a stale lock, with the real lock script run by `sh` on a
+//! temp directory (the script is what runs on a host): exactly one takes it, every
+//! time. Before the lock's guard, both could see the lock stale, and the second
+//! one's `rm` removed the first one's fresh lock.
+
+use std::process::{Command, Stdio};
+
+use super::{LOCKED_STATUS, LockInfo, RemotePath, lock};
+
+const ROUNDS: usize = 50;
+
+fn script(path: &RemotePath, token: &str) -> String {
+    let info = LockInfo {
+        token,
+        owner: token,
+        pid: 1,
+        since: "2026-01-01T00:00:00Z",
+        reason: "race",
+        release: "r1",
+    };
+    lock(path, &info, 60)
+}
+
+#[test]
+fn two_deployers_racing_for_a_stale_lock_never_both_hold_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("app");
+    let path = RemotePath::new(root.to_str().unwrap()).unwrap();
+    let lock_file = root.join(".fleet/lock");
+    for round in 0..ROUNDS {
+        // A stale lock: written two hours ago by a deployer long gone.
+        std::fs::create_dir_all(root.join(".fleet")).unwrap();
+        std::fs::write(&lock_file, "token=gone\nowner=gone\nrelease=r0\n").unwrap();
+        let stale = Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(&lock_file)
+            .status()
+            .unwrap();
+        assert!(stale.success());
+        let racers: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|token| {
+                let child = Command::new("sh")
+                    .arg("-c")
+                    .arg(script(&path, &format!("{token}{round}")))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                (token, child)
+            })
+            .collect();
+        let mut won = Vec::new();
+        for (token, mut child) in racers {
+            let status = child.wait().unwrap();
+            match status.code() {
+                Some(0) => won.push(format!("{token}{round}")),
+                Some(code) if code == LOCKED_STATUS as i32 => {}
+                other => panic!("round {round}: {token} ended with {other:?}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "round {round}: {won:?} both took the lock");
+        let holder = std::fs::read_to_string(&lock_file).unwrap();
+        assert!(
+            holder.contains(&format!("token={}\n", won[0])),
+            "round {round}: the lock is {holder:?}, the winner {}",
+            won[0]
+        );
+        // The winner's watchdog exits once its lock is gone.
+        std::fs::remove_file(&lock_file).unwrap();
+    }
+}
