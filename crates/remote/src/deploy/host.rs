@@ -363,10 +363,20 @@ impl Context {
         if phase != Phase::Reload {
             self.events.step(host.name(), name);
         }
+        // Every step that changes the host starts by checking the lock is still this
+        // deploy's (another deployer may have taken it over while this one stalled).
+        let guarded =
+            |script: String| format!("{}{script}", script::still_locked(&host.path, &live.token));
         let hook = |command: &str| {
             let env = self.hook_env(release, live.previous.as_deref());
             let home = host.ssh.fleet_home.as_deref();
-            Step::hook(script::hook(&host.path, Some(release), &env, home, command))
+            Step::hook(guarded(script::hook(
+                &host.path,
+                Some(release),
+                &env,
+                home,
+                command,
+            )))
         };
         match phase {
             Phase::Transfer => {
@@ -387,7 +397,9 @@ impl Context {
                         files: &config.shared_files,
                     },
                 );
-                host.run(&Step::transfer(script, None)).await.map(drop)
+                host.run(&Step::transfer(guarded(script), None))
+                    .await
+                    .map(drop)
             }
             Phase::PreDeploy => {
                 let command = config.pre_deploy.as_deref().unwrap_or_default();
@@ -397,9 +409,12 @@ impl Context {
                 let command = config.post_deploy.as_deref().unwrap_or_default();
                 host.hook(&hook(command), &self.events).await
             }
-            Phase::Switch => self.switch(&host, release).await.map(|config_file| {
-                live.config_file = config_file;
-            }),
+            Phase::Switch => {
+                let step = Step::quick(guarded(script::switch(&host.path, release)));
+                host.run(&step).await.map(|output| {
+                    live.config_file = output.fact("config");
+                })
+            }
             Phase::Reload => {
                 return self
                     .apply(live, release, live.config_file.clone(), "reload")

@@ -259,6 +259,19 @@ pub fn lock_and(
     s
 }
 
+/// Exit status of a step that found the lock no longer its deploy's.
+pub const LOST_STATUS: u32 = 76;
+
+/// The check every step that changes the host starts with: the lock must still be
+/// `token`'s, or the step changes nothing and exits `LOST_STATUS`.
+pub fn still_locked(path: &RemotePath, token: &str) -> String {
+    format!(
+        "{}grep -qx {} \"$L\" 2>/dev/null || {{ echo \"the deploy lock on this host is no longer this deploy's\" >&2; exit {LOST_STATUS}; }}\n",
+        prelude(path),
+        quote(&format!("token={token}"))
+    )
+}
+
 /// Renews the lock; fails when it is no longer ours.
 pub fn renew(path: &RemotePath, token: &str) -> String {
     format!(

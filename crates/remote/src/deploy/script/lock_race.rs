@@ -5,7 +5,7 @@
 
 use std::process::{Command, Stdio};
 
-use super::{LOCKED_STATUS, LockInfo, RemotePath, lock};
+use super::{LOCKED_STATUS, LOST_STATUS, LockInfo, RemotePath, lock, still_locked};
 
 const ROUNDS: usize = 50;
 
@@ -69,4 +69,25 @@ fn two_deployers_racing_for_a_stale_lock_never_both_hold_it() {
         // The winner's watchdog exits once its lock is gone.
         std::fs::remove_file(&lock_file).unwrap();
     }
+}
+
+#[test]
+fn a_step_changes_nothing_once_the_lock_is_someone_elses() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("app");
+    let path = RemotePath::new(root.to_str().unwrap()).unwrap();
+    std::fs::create_dir_all(root.join(".fleet")).unwrap();
+    std::fs::write(root.join(".fleet/lock"), "token=theirs\nowner=b\n").unwrap();
+    let marker = root.join("changed");
+    let step = format!(
+        "{}touch '{}'\n",
+        still_locked(&path, "mine"),
+        marker.display()
+    );
+    let status = Command::new("sh").arg("-c").arg(&step).status().unwrap();
+    assert_eq!(status.code(), Some(LOST_STATUS as i32));
+    assert!(!marker.exists(), "the step ran without the lock");
+    std::fs::write(root.join(".fleet/lock"), "token=mine\nowner=a\n").unwrap();
+    let status = Command::new("sh").arg("-c").arg(&step).status().unwrap();
+    assert!(status.success() && marker.exists());
 }
