@@ -81,7 +81,10 @@ fn an_http_controller_is_refused_before_any_connection() {
 #[test]
 fn apps_never_inherit_the_operators_credentials() {
     let fleet = Fleet::new();
-    fleet.script("env.sh", "#!/bin/sh\nenv | sort\nexec sleep 1000\n");
+    fleet.script(
+        "env.sh",
+        "#!/bin/sh\nenv | sort\necho END-OF-ENV\nexec sleep 1000\n",
+    );
     fleet.file(
         "ecosystem.config.json",
         r#"{"apps": [{"name": "envy", "script": "./env.sh", "out_file": "env.out", "env": {"OWN": "kept"}}]}"#,
@@ -94,8 +97,14 @@ fn apps_never_inherit_the_operators_credentials() {
         .env("SHELL_VAR", "inherited");
     let output = fleet.run_with(command);
     assert!(output.status.success(), "{output:?}");
-    let lines = wait_lines(&fleet.path("env.out"), 3, Duration::from_secs(10));
-    let env = lines.join("\n");
+    // The whole listing: `sort` may write it in several pieces.
+    let out = fleet.path("env.out");
+    wait_until(
+        "the whole environment listing",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&out).is_ok_and(|text| text.contains("END-OF-ENV")),
+    );
+    let env = std::fs::read_to_string(&out).unwrap();
     assert!(
         env.contains("SHELL_VAR=inherited") && env.contains("OWN=kept"),
         "{env}"
