@@ -40,13 +40,14 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(pidfd as i32) })
 }
 
-/// Resolves once the process of `pidfd` has ended (without reaping it).
-pub async fn ended(pidfd: OwnedFd) -> io::Result<()> {
+/// Resolves once the process of `pidfd` has ended (without reaping it), with the
+/// pidfd back for `reap`.
+pub async fn ended(pidfd: OwnedFd) -> io::Result<OwnedFd> {
     // SAFETY: an OwnedFd is open and stays the same descriptor until the AsyncFd drops.
     let fd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let _ready = fd.readable().await?;
-    Ok(())
+    fd.readable().await?.retain_ready();
+    Ok(fd.into_inner())
 }
 
 /// `waitid(P_PIDFD, …, WEXITED | WNOHANG)`: how the process ended, once it has (it is
@@ -110,7 +111,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pidfd = pidfd_open(child.id() as i32).unwrap();
-        ended(pidfd.try_clone().unwrap()).await.unwrap();
+        let pidfd = ended(pidfd).await.unwrap();
         match reap(&pidfd).unwrap() {
             Some(Ended::Status(status)) => assert_eq!(status.code(), Some(7)),
             other => panic!("our own child ended with {other:?}"),
@@ -129,7 +130,7 @@ mod tests {
         let Ok(pidfd) = pidfd_open(pid) else {
             return; // already gone on a very slow machine
         };
-        ended(pidfd.try_clone().unwrap()).await.unwrap();
+        let pidfd = ended(pidfd).await.unwrap();
         assert!(matches!(reap(&pidfd).unwrap(), Some(Ended::Unknown)));
     }
 }

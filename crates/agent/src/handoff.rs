@@ -209,8 +209,11 @@ pub async fn check(binary: &Path) -> Result<String, String> {
 /// Writes the document and re-executes as `binary` (a path, or `/proc/self/fd/N`).
 /// Returns only if the exec failed, with the descriptors still open for a retry.
 pub fn exec(binary: &Path, document: &Document, fds: &Outgoing) -> std::io::Error {
-    let memfd = match write_memfd(document) {
-        Ok(memfd) => memfd,
+    let memfd = match serde_json::to_vec(document).map_err(std::io::Error::other) {
+        Ok(json) => match write_memfd(&json) {
+            Ok(memfd) => memfd,
+            Err(error) => return error,
+        },
         Err(error) => return error,
     };
     for fd in fds
@@ -264,11 +267,12 @@ fn exec_raw(binary: &Path, args: &[OsString], memfd: RawFd) -> std::io::Error {
     }
 }
 
-fn write_memfd(document: &Document) -> std::io::Result<OwnedFd> {
+/// A memfd holding `json`, at its start.
+fn write_memfd(json: &[u8]) -> std::io::Result<OwnedFd> {
     let memfd =
         nix::sys::memfd::memfd_create(c"fleet-handoff", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
     let mut file = std::fs::File::from(memfd);
-    file.write_all(&serde_json::to_vec(document).map_err(std::io::Error::other)?)?;
+    file.write_all(json)?;
     file.rewind()?;
     Ok(OwnedFd::from(file))
 }
@@ -362,7 +366,23 @@ impl Refusal {
             return format!("{}; and the document names no previous binary", self.reason);
         };
         raw["refused"] = serde_json::Value::String(self.reason.clone());
-        let memfd = match write_raw_memfd(&raw) {
+        // Descriptors this image already took are close-on-exec again: clear it on
+        // every listed one, so the previous binary finds them all.
+        let listed = raw.get("fds").and_then(serde_json::Value::as_array);
+        for fd in listed
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_i64)
+        {
+            let Ok(fd) = RawFd::try_from(fd) else {
+                continue;
+            };
+            // SAFETY: a flag change on a listed descriptor; a closed number only fails.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::empty()));
+        }
+        let json = serde_json::to_vec(&raw).unwrap_or_default();
+        let memfd = match write_memfd(&json) {
             Ok(memfd) => memfd,
             Err(error) => return format!("{}; and cannot hand back: {error}", self.reason),
         };
@@ -377,15 +397,6 @@ impl Refusal {
             self.reason
         )
     }
-}
-
-fn write_raw_memfd(raw: &serde_json::Value) -> std::io::Result<OwnedFd> {
-    let memfd =
-        nix::sys::memfd::memfd_create(c"fleet-handoff", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
-    let mut file = std::fs::File::from(memfd);
-    file.write_all(&serde_json::to_vec(raw).map_err(std::io::Error::other)?)?;
-    file.rewind()?;
-    Ok(OwnedFd::from(file))
 }
 
 #[cfg(test)]

@@ -215,29 +215,28 @@ impl Supervisor {
     }
 }
 
-/// Tells the supervisor when the process of `generation` has ended; the supervisor
-/// reaps it itself (`Supervisor::pidfds`), so nothing else ever does.
+/// Tells the supervisor when the process of `generation` has ended, handing it the
+/// pidfd to reap it with: only the supervisor's task reaps (see `child`). One
+/// descriptor per process, held by this waiter until then.
 pub(super) fn watch_exit(
     tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
-    pidfds: &mut std::collections::HashMap<u64, std::os::fd::OwnedFd>,
     id: u32,
     generation: u64,
     pidfd: std::os::fd::OwnedFd,
 ) {
     let tx = tx.clone();
-    match pidfd.try_clone() {
-        Ok(watched) => {
-            tokio::spawn(async move {
-                if let Err(error) = crate::child::ended(watched).await {
-                    tracing::error!(id, %error, "cannot watch a process; taken as ended");
-                }
-                let _ = tx.send(Msg::Exited { id, generation });
-            });
-        }
-        Err(error) => {
-            tracing::error!(id, %error, "cannot watch a process; taken as ended");
-            let _ = tx.send(Msg::Exited { id, generation });
-        }
-    }
-    pidfds.insert(generation, pidfd);
+    tokio::spawn(async move {
+        let pidfd = match crate::child::ended(pidfd).await {
+            Ok(pidfd) => Some(pidfd),
+            Err(error) => {
+                tracing::error!(id, %error, "cannot watch a process; taken as ended");
+                None
+            }
+        };
+        let _ = tx.send(Msg::Exited {
+            id,
+            generation,
+            pidfd,
+        });
+    });
 }

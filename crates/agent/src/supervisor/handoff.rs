@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::replace::{self, AppPort};
-use super::{Msg, Supervisor, instance_logs, millis_since_epoch};
+use super::{Supervisor, instance_logs, millis_since_epoch};
 use crate::cluster::{Proxy, ProxyCarry, SteeringCarry};
 use crate::core::{self, Action, Status};
 use crate::handoff::{Fd, Incoming, Outgoing};
@@ -288,21 +288,14 @@ impl Supervisor {
         if let Some((path, fd)) = carried.notify
             && let Ok(fd) = fds.take(fd)
         {
-            let tx = self.tx.clone();
-            let report = move |signal| {
-                let _ = tx.send(Msg::Readiness {
-                    id,
-                    generation,
-                    signal,
-                });
-            };
+            let report = self.readiness_reporter(id, generation);
             match readiness::adopt_notify_socket(&path, fd, report) {
                 Ok(socket) => probes.notify = Some(socket),
                 Err(error) => tracing::error!(id, %error, "cannot take a notify socket over"),
             }
         }
         if let Some(doc) = carried.channel {
-            match take_over_channel(doc, fds, &self.tx, id, generation) {
+            match take_over_channel(doc, fds, self.node_reporter(id, generation)) {
                 Ok(channel) => probes.channel = Some(channel),
                 Err(error) => tracing::error!(id, %error, "cannot take a Node channel over"),
             }
@@ -344,7 +337,7 @@ impl Supervisor {
         let same = process::start_ticks(pid) == ticks;
         match crate::child::pidfd_open(pid) {
             Ok(pidfd) if same => {
-                super::events::watch_exit(&self.tx, &mut self.pidfds, id, generation, pidfd);
+                super::events::watch_exit(&self.tx, id, generation, pidfd);
             }
             result => {
                 let reason = match result {
@@ -373,9 +366,7 @@ fn channel_doc(channel: ChannelCarry, out: &mut Outgoing) -> ChannelDoc {
 fn take_over_channel(
     doc: ChannelDoc,
     fds: &mut Incoming,
-    tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
-    id: u32,
-    generation: u64,
+    report: impl Fn(node::Incoming) + Send + 'static,
 ) -> std::io::Result<node::Channel> {
     let mut queued = Vec::new();
     for (message, fd) in doc.queued {
@@ -388,14 +379,7 @@ fn take_over_channel(
         awaiting_ack: doc.awaiting_ack,
         queued,
     };
-    let tx = tx.clone();
-    node::Channel::adopt(carry, move |incoming| {
-        let _ = tx.send(Msg::Node {
-            id,
-            generation,
-            incoming,
-        });
-    })
+    node::Channel::adopt(carry, report)
 }
 
 fn hand_over_port(app: String, port: AppPort, out: &mut Outgoing) -> std::io::Result<PortCarry> {

@@ -230,10 +230,12 @@ pub struct ExitView {
 
 enum Msg {
     Request(Request, oneshot::Sender<Result<Reply, AgentError>>),
-    /// The process of `generation` ended; the supervisor reaps it.
+    /// The process of `generation` ended; the supervisor reaps it with its pidfd
+    /// (none when it could not be watched).
     Exited {
         id: u32,
         generation: u64,
+        pidfd: Option<std::os::fd::OwnedFd>,
     },
     GroupGone {
         id: u32,
@@ -343,9 +345,6 @@ struct Supervisor {
     /// Spawn generations are unique across instances and aborted replacements, so a
     /// late exit or timer can never be taken for the current process's.
     next_generation: u64,
-    /// A pidfd per running process, by generation: its exit is reaped here, on the
-    /// supervisor's task, and nowhere else (see `child`).
-    pidfds: HashMap<u64, std::os::fd::OwnedFd>,
     cpus: u32,
     instances: BTreeMap<u32, Instance>,
     next_id: u32,
@@ -396,7 +395,6 @@ impl Supervisor {
             reloading: HashSet::new(),
             rotation_timers: HashMap::new(),
             next_generation: 0,
-            pidfds: HashMap::new(),
             cpus,
             instances: BTreeMap::new(),
             next_id: 0,
@@ -442,7 +440,11 @@ impl Supervisor {
                 self.drain();
                 let _ = reply.send(result);
             }
-            Msg::Exited { id, generation } => self.reap(id, generation),
+            Msg::Exited {
+                id,
+                generation,
+                pidfd,
+            } => self.reap(id, generation, pidfd),
             Msg::GroupGone { id, generation } => {
                 if self.is_current(id, generation) {
                     self.work.push_back((id, Input::GroupGone));
@@ -492,15 +494,48 @@ impl Supervisor {
         }
     }
 
+    /// Reports one process's readiness signals (sd_notify, checks, watchdog) here.
+    fn readiness_reporter(
+        &self,
+        id: u32,
+        generation: u64,
+    ) -> impl Fn(crate::readiness::Signal) + Clone + Send + Sync + 'static {
+        let tx = self.tx.clone();
+        move |signal| {
+            let _ = tx.send(Msg::Readiness {
+                id,
+                generation,
+                signal,
+            });
+        }
+    }
+
+    /// Reports one process's Node IPC messages here.
+    fn node_reporter(
+        &self,
+        id: u32,
+        generation: u64,
+    ) -> impl Fn(crate::node::Incoming) + Send + 'static {
+        let tx = self.tx.clone();
+        move |incoming| {
+            let _ = tx.send(Msg::Node {
+                id,
+                generation,
+                incoming,
+            });
+        }
+    }
+
     /// The process of `generation` ended: reaps it and handles its exit.
-    fn reap(&mut self, id: u32, generation: u64) {
-        let Some(pidfd) = self.pidfds.remove(&generation) else {
+    fn reap(&mut self, id: u32, generation: u64, pidfd: Option<std::os::fd::OwnedFd>) {
+        let Some(pidfd) = pidfd else {
+            self.on_exited(id, generation, Ok(crate::child::Ended::Unknown));
             return;
         };
         match crate::child::reap(&pidfd) {
             Ok(Some(ended)) => self.on_exited(id, generation, Ok(ended)),
             // Woken but still running (not expected of a pidfd): keep watching.
-            Ok(None) => events::watch_exit(&self.tx, &mut self.pidfds, id, generation, pidfd),
+            Ok(None) => events::watch_exit(&self.tx, id, generation, pidfd),
             Err(error) => self.on_exited(id, generation, Err(error)),
         }
     }

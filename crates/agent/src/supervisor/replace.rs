@@ -217,7 +217,7 @@ impl Supervisor {
                 self.hub.capture(io.clone(), stream, pipe, Vec::new());
             }
         }
-        super::events::watch_exit(&self.tx, &mut self.pidfds, id, generation, spawned.pidfd);
+        super::events::watch_exit(&self.tx, id, generation, spawned.pidfd);
 
         self.arm_probes(
             &mut probes,
@@ -251,14 +251,7 @@ impl Supervisor {
         shared_mode: bool,
     ) {
         let probe_port = private_port.or(if shared_mode { None } else { spec.port });
-        let tx = self.tx.clone();
-        let report = move |signal| {
-            let _ = tx.send(Msg::Readiness {
-                id,
-                generation,
-                signal,
-            });
-        };
+        let report = self.readiness_reporter(id, generation);
         if let (Some(check), Some(port)) = (&spec.health_check, probe_port) {
             probes.task = Some(readiness::watch_health(port, check.clone(), report));
         } else if let (false, Some(port)) = (spec.wait_ready, private_port) {
@@ -269,13 +262,9 @@ impl Supervisor {
         if let Some(period) = spec.watchdog_ms.map(Duration::from_millis) {
             // The first period starts once start-up may be over, as systemd's does.
             let grace = Duration::from_millis(spec.listen_timeout_ms);
-            let tx = self.tx.clone();
+            let report = self.readiness_reporter(id, generation);
             probes.watchdog = Some(readiness::Watchdog::start(period, grace, move || {
-                let _ = tx.send(Msg::Readiness {
-                    id,
-                    generation,
-                    signal: readiness::Signal::WatchdogMissed,
-                });
+                report(readiness::Signal::WatchdogMissed)
             }));
         }
     }
@@ -310,15 +299,8 @@ impl Supervisor {
 
     /// A Node IPC channel for one process, reporting its messages to this task.
     fn node_channel(&self, id: u32, generation: u64) -> Result<(node::Channel, OwnedFd), String> {
-        let tx = self.tx.clone();
-        node::Channel::open(move |incoming| {
-            let _ = tx.send(Msg::Node {
-                id,
-                generation,
-                incoming,
-            });
-        })
-        .map_err(|e| format!("cannot open the Node IPC channel: {e}"))
+        node::Channel::open(self.node_reporter(id, generation))
+            .map_err(|e| format!("cannot open the Node IPC channel: {e}"))
     }
 
     /// The sd_notify socket of one process (`NOTIFY_SOCKET`), reporting to this task.
@@ -342,15 +324,8 @@ impl Supervisor {
                 .join("notify")
                 .join(format!("{id}-{generation}.sock"))
         };
-        let tx = self.tx.clone();
-        let socket = readiness::notify_socket(&path, move |signal| {
-            let _ = tx.send(Msg::Readiness {
-                id,
-                generation,
-                signal,
-            });
-        })
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let socket = readiness::notify_socket(&path, self.readiness_reporter(id, generation))
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         env.insert("NOTIFY_SOCKET".into(), path.display().to_string());
         Ok(socket)
     }
