@@ -149,6 +149,12 @@ fn the_first_start_after_a_reboot_resurrects_what_was_saved() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+    // `fleet list` would start an agent of its own (without --resurrect) if it ran
+    // before this one serves.
+    let socket = fleet.home.path().join("agent.sock");
+    wait_until("the agent to serve", SETTLE, || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
     let list = fleet.wait_list("the saved app back", SETTLE, |l| {
         l.len() == 1 && all_status(l, "online")
     });
