@@ -2,7 +2,8 @@
 //! (`debootstrap`, cached under `target/systemd-root`; `systemd-nspawn -b`), commands run
 //! inside with `nsenter`. Apps started and saved, the unit installed, the container
 //! powered off and booted again: the agent comes back under its unit with what was saved,
-//! and only that.
+//! and only that. Then the agent is SIGKILLed: systemd starts it again and it adopts
+//! the apps from the unit's file descriptor store.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -263,5 +264,125 @@ fn startup_brings_the_saved_apps_back_after_a_reboot() {
     let main_pid = machine.ok("systemctl show -p MainPID --value fleet-agent.service");
     let agent_pid = machine.ok("cat /root/.fleet/agent.pid");
     assert_eq!(main_pid.trim(), agent_pid.trim());
+
+    a_killed_agent_adopts_its_apps(&machine, main_pid.trim());
     let _ = machine.power_off();
+}
+
+/// Each app's name and pid, from `fleet list --json`.
+fn pids(machine: &Machine) -> Vec<(String, i64)> {
+    let list: Value = serde_json::from_str(&machine.ok("fleet list --json")).unwrap_or(Value::Null);
+    let mut pids: Vec<(String, i64)> = (list.as_array().into_iter().flatten())
+        .filter(|p| p["status"] == "online")
+        .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["pid"].as_i64()?)))
+        .collect();
+    pids.sort();
+    pids
+}
+
+fn poll<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < until, "{what} within {within:?}");
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// The counter's numbers in its log, checked to be whole and each once, in order.
+fn counted(machine: &Machine) -> (u64, u64) {
+    let text = machine.ok("cat /root/.fleet/logs/counter-out.log");
+    let numbers: Vec<u64> = text.lines().map(|l| l.trim().parse().expect(l)).collect();
+    let first = *numbers.first().expect("counted lines");
+    for (i, n) in numbers.iter().enumerate() {
+        assert_eq!(*n, first + i as u64, "line {i} of the counter's log");
+    }
+    (first, *numbers.last().unwrap())
+}
+
+/// The agent SIGKILLed under its unit: systemd starts it again with the store it
+/// kept (pipes, sockets, the table), and the apps run on with the same pids, their
+/// output captured with no line lost; an adopted app that then dies is restarted by
+/// its policy, its exit code unknown.
+fn a_killed_agent_adopts_its_apps(machine: &Machine, agent: &str) {
+    machine.ok(
+        "printf '#!/bin/sh\\ni=0\\nwhile :; do i=$((i+1)); echo $i; sleep 0.01; done\\n' > /root/count.sh \
+         && chmod +x /root/count.sh && fleet start /root/count.sh --name counter",
+    );
+    let before = poll("both apps online", Duration::from_secs(20), || {
+        Some(pids(machine)).filter(|p| p.len() == 2)
+    });
+    // Two pipes for each app and the document: the store is up to date.
+    poll("the store filled", Duration::from_secs(10), || {
+        let n = machine.sh("systemctl show -p NFileDescriptorStore --value fleet-agent.service");
+        (n.trim().parse::<u32>().unwrap_or(0) >= 5).then_some(())
+    });
+    machine.ok(&format!("kill -KILL {agent}"));
+    let adopted = poll("a new agent", Duration::from_secs(30), || {
+        let pid = machine.sh("systemctl show -p MainPID --value fleet-agent.service");
+        let pid = pid.trim().to_string();
+        let active = machine.sh("systemctl is-active fleet-agent.service");
+        (pid != agent && pid != "0" && active.trim() == "active").then_some(pid)
+    });
+    assert_eq!(pids(machine), before, "the same processes, adopted");
+    let said = machine.ok("cat /root/.fleet/agent.log");
+    assert!(
+        said.contains("adopted 2 instances from systemd's file descriptor store"),
+        "{said}"
+    );
+    // What the counter wrote while no agent read is in its log, once and in order.
+    let (_, at_adoption) = counted(machine);
+    poll("more counted lines", Duration::from_secs(10), || {
+        (counted(machine).1 > at_adoption + 50).then_some(())
+    });
+
+    let kept = before.iter().find(|(name, _)| name == "kept").unwrap().1;
+    machine.ok(&format!("kill -KILL {kept}"));
+    poll("kept restarted", Duration::from_secs(20), || {
+        pids(machine)
+            .iter()
+            .any(|(name, pid)| name == "kept" && *pid != kept)
+            .then_some(())
+    });
+    let described: Value =
+        serde_json::from_str(&machine.ok("fleet describe kept --json")).unwrap_or(Value::Null);
+    let described = described
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or(described);
+    assert_eq!(described["last_exit"]["unknown"], true, "{described}");
+    assert_eq!(described["restarts"], 1, "{described}");
+    let same = machine.sh("systemctl show -p MainPID --value fleet-agent.service");
+    assert_eq!(
+        same.trim(),
+        adopted,
+        "the agent itself did not restart again"
+    );
+
+    // `fleet update` hands the store over with the table: what the new image stores
+    // next names the same objects, and an agent killed then still adopts everything.
+    let stored = || {
+        let n = machine.sh("systemctl show -p NFileDescriptorStore --value fleet-agent.service");
+        n.trim().parse::<u32>().unwrap_or(0)
+    };
+    let held = stored();
+    machine.ok("fleet update");
+    machine.ok("fleet start 'sleep 1002' --name third");
+    poll(
+        "the third app's pipes stored",
+        Duration::from_secs(10),
+        || (stored() >= held + 2).then_some(()),
+    );
+    let before = pids(machine);
+    assert_eq!(before.len(), 3, "{before:?}");
+    machine.ok(&format!("kill -KILL {adopted}"));
+    poll("a third agent", Duration::from_secs(30), || {
+        let pid = machine.sh("systemctl show -p MainPID --value fleet-agent.service");
+        let active = machine.sh("systemctl is-active fleet-agent.service");
+        (pid.trim() != adopted && pid.trim() != "0" && active.trim() == "active").then_some(())
+    });
+    assert_eq!(pids(machine), before, "adopted again after an update");
 }

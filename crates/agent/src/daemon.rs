@@ -58,7 +58,12 @@ impl HomeLock {
 /// How the agent starts: fresh (bringing back the previous run's apps), or taking
 /// over from a previous image of itself (`fleet update`).
 pub enum Start {
-    Fresh { resurrect: bool },
+    /// `stored`: what systemd passed from the service's file descriptor store
+    /// (`crate::fdstore`): the apps a killed agent left running, to adopt.
+    Fresh {
+        resurrect: bool,
+        stored: crate::fdstore::Received,
+    },
     TakeOver(Box<TakeOver>),
 }
 
@@ -147,8 +152,8 @@ pub async fn run(
         home: home.root.clone(),
     };
     let (handle, record) = match start {
-        Start::Fresh { resurrect } => (
-            start_fresh(&home, &hub, resurrect).await,
+        Start::Fresh { resurrect, stored } => (
+            start_fresh(&home, &hub, resurrect, stored).await,
             Default::default(),
         ),
         Start::TakeOver(take_over) => take_over_from(&home, &hub, *take_over),
@@ -208,8 +213,30 @@ pub async fn run(
 
 /// The apps of the previous run (or, first after a reboot with `resurrect`, of the
 /// last `fleet save`), with whatever the previous agent left running stopped first.
-async fn start_fresh(home: &Home, hub: &LogHub, resurrect: bool) -> supervisor::Handle {
+async fn start_fresh(
+    home: &Home,
+    hub: &LogHub,
+    resurrect: bool,
+    stored: crate::fdstore::Received,
+) -> supervisor::Handle {
     let rebooted = crate::sd_notify::first_start_since_boot(&home.root);
+    let store = match crate::fdstore::capacity() {
+        Some(capacity) => {
+            let (store, found) = stored.open(capacity);
+            match found {
+                Ok((document, fds)) if !rebooted => {
+                    return adopt_stored(home, hub, store, document, fds).await;
+                }
+                Ok(_) => {}
+                Err(reason) if store_was_used(&reason) => {
+                    tracing::warn!(%reason, "cannot adopt what systemd's file descriptor store holds; starting the apps again");
+                }
+                Err(_) => {}
+            }
+            Some(store)
+        }
+        None => None,
+    };
     let mut saved = if rebooted && resurrect {
         load_dump(home)
     } else {
@@ -223,7 +250,55 @@ async fn start_fresh(home: &Home, hub: &LogHub, resurrect: bool) -> supervisor::
         }
     }
     terminate_orphans(&saved).await;
-    supervisor::start(home.clone(), hub.clone(), saved)
+    supervisor::start(home.clone(), hub.clone(), saved, store)
+}
+
+/// Whether a refusal is worth a warning (a store that held something of fleet's).
+fn store_was_used(reason: &str) -> bool {
+    !reason.contains("holds no fleet document")
+}
+
+/// The apps a killed agent left running, adopted from systemd's file descriptor
+/// store: same pids, same sockets, the pipes read on from where it stopped. What the
+/// state file names beyond them (started after the store's last update) is stopped.
+async fn adopt_stored(
+    home: &Home,
+    hub: &LogHub,
+    store: crate::fdstore::Store,
+    document: crate::fdstore::StoreDoc,
+    mut fds: crate::handoff::Incoming,
+) -> supervisor::Handle {
+    let adopted: std::collections::HashSet<(i32, Option<u64>)> = (document.supervisor.instances)
+        .iter()
+        .filter_map(|p| Some((p.pid?, p.start_ticks)))
+        .collect();
+    let others: Vec<SavedProcess> = (load_state(home).into_iter())
+        .filter(|s| {
+            s.pid
+                .is_some_and(|pid| !adopted.contains(&(pid, s.start_ticks)))
+        })
+        .collect();
+    terminate_orphans(&others).await;
+    let gap_ns = crate::handoff::monotonic_ns().saturating_sub(document.written_ns);
+    let taken = Instant::now()
+        .checked_sub(Duration::from_nanos(gap_ns))
+        .unwrap_or_else(Instant::now);
+    let instances = document.supervisor.instances.len();
+    let handle = supervisor::take_over(
+        home.clone(),
+        hub.clone(),
+        document.supervisor,
+        &mut fds,
+        taken,
+        Some(store),
+    );
+    fds.close_rest();
+    tracing::warn!(
+        "fleet-agent {} adopted {instances} instances from systemd's file descriptor store, left by fleet-agent {} (it ended without stopping them); their exit codes can no longer be known",
+        env!("CARGO_PKG_VERSION"),
+        document.version
+    );
+    handle
 }
 
 /// The table a previous image of this agent handed over, and what `Hello` reports.
@@ -244,6 +319,7 @@ fn take_over_from(
         document.supervisor,
         &mut fds,
         taken,
+        crate::fdstore::capacity().map(crate::fdstore::Store::new),
     );
     fds.close_rest();
     let me = std::fs::read_link("/proc/self/exe").unwrap_or_default();

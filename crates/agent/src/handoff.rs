@@ -20,7 +20,7 @@
 
 #![allow(unsafe_code)] // Descriptors inherited across execve are adopted by number.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -36,7 +36,7 @@ use crate::supervisor::SupervisorCarry;
 pub const FORMAT: u32 = 1;
 /// A document larger than this is refused (a supervisor of 1,000 apps writes well
 /// under a megabyte).
-const MAX_DOCUMENT: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_DOCUMENT: u64 = 64 * 1024 * 1024;
 /// How long the new binary has to answer `--handoff-check`.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,26 +60,45 @@ impl Outgoing {
     pub fn numbers(&self) -> Vec<RawFd> {
         self.fds.iter().map(AsRawFd::as_raw_fd).collect()
     }
+
+    pub fn into_fds(self) -> Vec<OwnedFd> {
+        self.fds
+    }
 }
 
-/// The descriptors a new image received: each listed one may be taken once.
+/// The descriptors a new image received: each listed one may be taken once. A
+/// document names each by a number: across an exec the descriptor's own, from
+/// systemd's store (`crate::fdstore`) the number it had when the document was written.
 #[derive(Debug)]
 pub struct Incoming {
-    listed: HashSet<RawFd>,
+    /// Document number to the descriptor open in this process, owned here until taken.
+    listed: HashMap<RawFd, RawFd>,
     taken: HashSet<RawFd>,
 }
 
 impl Incoming {
+    /// Descriptors received under other numbers than the document's.
+    pub fn mapped(fds: HashMap<RawFd, OwnedFd>) -> Incoming {
+        Incoming {
+            listed: (fds.into_iter())
+                .map(|(number, fd)| (number, fd.into_raw_fd()))
+                .collect(),
+            taken: HashSet::new(),
+        }
+    }
+
     pub fn take(&mut self, fd: Fd) -> std::io::Result<OwnedFd> {
-        if !self.listed.contains(&fd.0) || !self.taken.insert(fd.0) {
+        let open = self.listed.get(&fd.0).copied();
+        let Some(open) = open.filter(|_| self.taken.insert(fd.0)) else {
             return Err(std::io::Error::other(format!(
                 "descriptor {} is not in the handoff or was taken twice",
                 fd.0
             )));
-        }
-        // SAFETY: the number was listed by the previous image as a descriptor it left
-        // open across execve, `check_open` found it open, and it is taken only once.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd.0) };
+        };
+        // SAFETY: `open` was left open across execve by the previous image (and
+        // `receive` found it open) or came from an `OwnedFd` (`mapped`); it is owned
+        // by this struct alone and handed out once.
+        let owned = unsafe { OwnedFd::from_raw_fd(open) };
         fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
         Ok(owned)
     }
@@ -87,9 +106,11 @@ impl Incoming {
     /// Closes what was listed and not taken (the previous image handed over more than
     /// this one uses: an app deleted meanwhile).
     pub fn close_rest(self) {
-        for fd in self.listed.difference(&self.taken) {
-            // SAFETY: listed, open (checked) and never taken, so owned by no one else.
-            drop(unsafe { OwnedFd::from_raw_fd(*fd) });
+        for (number, open) in &self.listed {
+            if !self.taken.contains(number) {
+                // SAFETY: listed, open and never taken, so owned by no one else.
+                drop(unsafe { OwnedFd::from_raw_fd(*open) });
+            }
         }
     }
 }
@@ -268,7 +289,7 @@ fn exec_raw(binary: &Path, args: &[OsString], memfd: RawFd) -> std::io::Error {
 }
 
 /// A memfd holding `json`, at its start.
-fn write_memfd(json: &[u8]) -> std::io::Result<OwnedFd> {
+pub(crate) fn write_memfd(json: &[u8]) -> std::io::Result<OwnedFd> {
     let memfd =
         nix::sys::memfd::memfd_create(c"fleet-handoff", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
     let mut file = std::fs::File::from(memfd);
@@ -306,9 +327,9 @@ pub fn receive(fd: RawFd) -> Result<(Document, Incoming), Refusal> {
     }
     let document: Document = serde_json::from_value(raw.clone())
         .map_err(|e| refuse(format!("the handoff document does not parse: {e}")))?;
-    let mut listed = HashSet::new();
+    let mut listed = HashMap::new();
     for &fd in &document.fds {
-        if !listed.insert(fd) {
+        if listed.insert(fd, fd).is_some() {
             return Err(refuse(format!("descriptor {fd} is listed twice")));
         }
         // SAFETY: only a flag query; the number may not be open, which is what we check.
@@ -438,7 +459,7 @@ mod tests {
         let (read, _write) = nix::unistd::pipe().unwrap();
         let number = read.into_raw_fd();
         let mut incoming = Incoming {
-            listed: HashSet::from([number]),
+            listed: HashMap::from([(number, number)]),
             taken: HashSet::new(),
         };
         assert!(incoming.take(Fd(number + 1000)).is_err());

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod core;
 pub mod daemon;
 pub mod error;
+pub mod fdstore;
 pub mod handoff;
 pub mod link;
 pub mod logs;

@@ -61,6 +61,8 @@ fn main() -> anyhow::Result<()> {
         println!("{}", fleet_agent::handoff::check_answer());
         return Ok(());
     }
+    // First, before anything opens a descriptor: what systemd kept for this agent.
+    let stored = fleet_agent::fdstore::Received::take();
     let root = match args.home {
         Some(home) => home,
         None => std::env::home_dir()
@@ -110,6 +112,7 @@ fn main() -> anyhow::Result<()> {
                 daemon::bind(&home)?,
                 daemon::Start::Fresh {
                     resurrect: args.resurrect,
+                    stored,
                 },
             ),
         };

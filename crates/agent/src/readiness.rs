@@ -55,6 +55,12 @@ impl NotifySocket {
     /// Stops reading and returns the socket's path and descriptor for the next agent
     /// image (`fleet update`); the socket file stays. Datagrams that arrive meanwhile
     /// wait in the socket.
+    /// Another descriptor of the socket, for systemd's store (`crate::fdstore`).
+    pub fn copy(&self) -> Option<(PathBuf, OwnedFd)> {
+        let fd = self.spare.as_ref()?.try_clone().ok()?;
+        Some((self.path.clone(), fd))
+    }
+
     pub fn hand_over(mut self) -> Option<(PathBuf, OwnedFd)> {
         self.task.abort();
         let fd = self.spare.take()?;

@@ -53,7 +53,7 @@ pub async fn run(
     become_subreaper();
     let (lines, writer) = writer();
     let printer = tokio::spawn(print(hub.subscribe(), output, lines));
-    let handle = supervisor::start(home.clone(), hub.clone(), Vec::new());
+    let handle = supervisor::start(home.clone(), hub.clone(), Vec::new(), None);
     tokio::spawn(crate::daemon::sample_metrics(handle.clone()));
     tokio::spawn(reap_orphans(handle.clone()));
     let (operations, service, kill) = crate::daemon::api(&home, &handle, hub, None);

@@ -7,28 +7,47 @@
 //! agent last started in, so an agent started by its unit after a reboot knows to
 //! bring back what `fleet save` saved (PM2's `startup` + `save`).
 
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
 
 /// Sends one sd_notify message (`READY=1`, ...) when the agent runs under systemd.
 pub fn notify(message: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else {
-        return;
-    };
-    let sent = UnixDatagram::unbound().and_then(|socket| {
-        match path.to_str().and_then(|p| p.strip_prefix('@')) {
-            Some(name) => {
-                use std::os::linux::net::SocketAddrExt;
-                let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-                socket.send_to_addr(message.as_bytes(), &address)
-            }
-            None => socket.send_to(message.as_bytes(), &path),
-        }
-    });
-    if let Err(error) = sent {
+    if let Err(error) = send(message, &[]) {
         tracing::warn!(%error, message, "cannot notify systemd");
     }
+}
+
+/// Whether the agent runs under a service manager that listens (`NOTIFY_SOCKET`).
+pub fn listening() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some_and(|p| !p.is_empty())
+}
+
+/// Sends one sd_notify message with `fds` attached (`FDSTORE=1`); does nothing
+/// outside systemd.
+pub fn send(message: &str, fds: &[RawFd]) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let address = match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => UnixAddr::new_abstract(name)?,
+        None => UnixAddr::new(Path::new(&path))?,
+    };
+    let socket = UnixDatagram::unbound()?;
+    let data = [std::io::IoSlice::new(message.as_bytes())];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let control: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    sendmsg(
+        socket.as_raw_fd(),
+        &data,
+        control,
+        MsgFlags::empty(),
+        Some(&address),
+    )?;
+    Ok(())
 }
 
 /// The watchdog period systemd asks for (`WATCHDOG_USEC`, for this process).
@@ -52,6 +71,8 @@ pub const SERVICE_VARIABLES: &[&str] = &[
     "INVOCATION_ID",
     "JOURNAL_STREAM",
     "SYSTEMD_EXEC_PID",
+    "FDSTORE",
+    "FLEET_FDSTORE",
 ];
 
 /// Whether this is the first agent start since the machine booted, and records the

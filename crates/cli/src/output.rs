@@ -203,6 +203,7 @@ pub fn process_json(p: &pb::ProcessInfo, details: bool) -> Value {
                 "error": exit.spawn_error,
                 "at": exit.at_unix_ms,
                 "uptime_ms": exit.uptime_ms,
+                "unknown": exit.unknown,
             }),
             None => Value::Null,
         };
@@ -458,6 +459,7 @@ pub fn print_description(processes: &[pb::ProcessInfo]) {
                         (Some(code), _, _) => format!("code {code}"),
                         (_, Some(signal), _) => format!("signal {signal}"),
                         (_, _, Some(error)) => format!("failed to start: {error}"),
+                        _ if exit.unknown => "unknown (it was no longer the agent's child)".into(),
                         _ => "unknown".into(),
                     };
                     format!(

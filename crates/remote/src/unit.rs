@@ -5,14 +5,20 @@
 //! `Type=notify`: the agent says `READY=1` once it serves and has brought back the
 //! saved apps, pings `WATCHDOG=1` within `WatchdogSec`, and says `STOPPING=1` when it
 //! stops. `KillMode=process`: stopping the unit signals the agent alone, which stops
-//! its apps itself, each within its `kill_timeout`. `--resurrect`: after a reboot the
-//! agent starts what `fleet save` saved (PM2's `startup` + `save` contract).
+//! its apps itself, each within its `kill_timeout`; an agent killed otherwise leaves
+//! them running for the next (`Restart=always`) to adopt from the file descriptor
+//! store (`FileDescriptorStoreMax=`; `FLEET_FDSTORE` tells the agent its size, as
+//! systemd 254 and later do with `FDSTORE`). `--resurrect`: after a reboot the agent
+//! starts what `fleet save` saved (PM2's `startup` + `save` contract).
 
 use std::path::Path;
 
 /// How long systemd waits for the agent to stop its apps before killing what is left
 /// (the longest `kill_timeout` anyone sets is well under it).
 const STOP_TIMEOUT_SECS: u32 = 120;
+/// How many descriptors systemd keeps for the agent (its log pipes, sockets and Node
+/// channels, a few per instance), so an agent killed with SIGKILL adopts its apps.
+const FD_STORE_MAX: u32 = 16384;
 /// The agent pings every half of it; a hung agent is restarted after this long.
 const WATCHDOG_SECS: u32 = 30;
 
@@ -83,9 +89,10 @@ Description=fleet agent for {home}
 [Service]
 Type=notify
 NotifyAccess=main
-{user}Environment=\"FLEET_HOME={home}\"
+{user}Environment=\"FLEET_HOME={home}\" \"FLEET_FDSTORE={FD_STORE_MAX}\"
 ExecStart=\"{agent}\" --home \"{home}\" --daemon --resurrect
 KillMode=process
+FileDescriptorStoreMax={FD_STORE_MAX}
 TimeoutStopSec={STOP_TIMEOUT_SECS}
 WatchdogSec={WATCHDOG_SECS}
 Restart=always
@@ -133,7 +140,9 @@ mod tests {
         for line in [
             "Type=notify",
             "User=deploy",
-            "Environment=\"FLEET_HOME=/home/deploy/.fleet 100%%\"",
+            "Environment=\"FLEET_HOME=/home/deploy/.fleet 100%%\" \"FLEET_FDSTORE=16384\"",
+            "FileDescriptorStoreMax=16384",
+            "Restart=always",
             "ExecStart=\"/usr/local/bin/fleet-agent\" --home \"/home/deploy/.fleet 100%%\" --daemon --resurrect",
             "KillMode=process",
             "WantedBy=multi-user.target",

@@ -141,6 +141,19 @@ impl Proxy {
     /// Stops accepting and hands the public socket and the steering program over to
     /// the next agent image. Connections the proxy itself carries end with this image;
     /// steered ones never pass through it.
+    /// Other descriptors of the public socket and the steering program, for
+    /// systemd's store (`crate::fdstore`); the proxy carries on.
+    pub fn copy(&self) -> std::io::Result<ProxyCarry> {
+        Ok(ProxyCarry {
+            listener: self.spare.try_clone()?,
+            steering: self
+                .steering
+                .as_ref()
+                .map(steer::Steering::copy)
+                .transpose()?,
+        })
+    }
+
     pub fn hand_over(mut self) -> std::io::Result<ProxyCarry> {
         let listener = self.spare.try_clone()?;
         Ok(ProxyCarry {

@@ -103,6 +103,17 @@ impl Steering {
         }
     }
 
+    /// Other descriptors of the same maps, program and link.
+    pub fn copy(&self) -> io::Result<SteeringCarry> {
+        Ok(SteeringCarry {
+            state: self.state.try_clone()?,
+            sockets: self.sockets.try_clone()?,
+            program: self._program.try_clone()?,
+            link: self._link.try_clone()?,
+            filled: self.filled,
+        })
+    }
+
     /// Takes over the program another agent image attached.
     pub fn adopt(carry: SteeringCarry) -> Steering {
         Steering {

@@ -126,6 +126,27 @@ struct Inner {
     /// Set once, when the pumps hand their pipes over to the next agent image.
     stop: watch::Sender<bool>,
     pumps: Mutex<Vec<JoinHandle<Option<PipeCarry>>>>,
+    /// Under systemd with a file descriptor store: another descriptor of each pipe
+    /// being pumped, for the store (`crate::fdstore`), by capture.
+    spares: Mutex<Option<HashMap<u64, SparePipe>>>,
+    next_spare: AtomicU64,
+}
+
+/// Another descriptor of a pumped pipe, with its instance and stream.
+type SparePipe = (u32, Stream, OwnedFd);
+
+/// Removes a pump's spare descriptor when the pump ends.
+struct Spare {
+    hub: Arc<Inner>,
+    key: u64,
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if let Some(spares) = self.hub.spares.lock().expect("spare pipes").as_mut() {
+            spares.remove(&self.key);
+        }
+    }
 }
 
 /// A log pipe handed from one agent image to the next (`fleet update`): its read end
@@ -162,6 +183,8 @@ impl LogHub {
                 seq: AtomicU64::new(0),
                 stop: watch::channel(false).0,
                 pumps: Mutex::new(Vec::new()),
+                spares: Mutex::new(None),
+                next_spare: AtomicU64::new(0),
             }),
         }
     }
@@ -201,6 +224,7 @@ impl LogHub {
         pipe: OwnedFd,
         pending: Vec<u8>,
     ) {
+        let spare = self.keep_spare(logs.id, stream, &pipe);
         let reader = match pipe::Receiver::from_owned_fd(pipe) {
             Ok(reader) => reader,
             Err(error) => {
@@ -208,17 +232,48 @@ impl LogHub {
                 return;
             }
         };
-        let task = tokio::spawn(pump(
+        let pumped = pump(
             self.inner.clone(),
             logs,
             stream,
             reader,
             pending,
             self.inner.stop.subscribe(),
-        ));
+        );
+        let task = tokio::spawn(async move {
+            let _spare = spare;
+            pumped.await
+        });
         let mut pumps = self.inner.pumps.lock().expect("pump list");
         pumps.retain(|pump| !pump.is_finished());
         pumps.push(task);
+    }
+
+    /// From now on keeps another descriptor of every pipe pumped, for systemd's file
+    /// descriptor store (`pipes_for_store`).
+    pub fn keep_pipes_for_store(&self) {
+        let mut spares = self.inner.spares.lock().expect("spare pipes");
+        spares.get_or_insert_with(HashMap::new);
+    }
+
+    fn keep_spare(&self, id: u32, stream: Stream, pipe: &OwnedFd) -> Option<Spare> {
+        let mut spares = self.inner.spares.lock().expect("spare pipes");
+        let spares = spares.as_mut()?;
+        let fd = pipe.try_clone().ok()?;
+        let key = self.inner.next_spare.fetch_add(1, Ordering::Relaxed);
+        spares.insert(key, (id, stream, fd));
+        Some(Spare {
+            hub: self.inner.clone(),
+            key,
+        })
+    }
+
+    /// Another descriptor of each pipe being pumped, with its instance and stream.
+    pub fn pipes_for_store(&self) -> Vec<(u32, Stream, OwnedFd)> {
+        let spares = self.inner.spares.lock().expect("spare pipes");
+        (spares.iter().flatten())
+            .filter_map(|(_, (id, stream, fd))| Some((*id, *stream, fd.try_clone().ok()?)))
+            .collect()
     }
 
     /// Stops every pump between two reads and returns their pipes, for the next

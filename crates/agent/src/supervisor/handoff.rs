@@ -22,9 +22,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::replace::{self, AppPort};
-use super::{Supervisor, instance_logs, millis_since_epoch};
+use super::{Instance, Supervisor, instance_logs, millis_since_epoch};
 use crate::cluster::{Proxy, ProxyCarry, SteeringCarry};
 use crate::core::{self, Action, Status};
+use crate::fdstore::{Store, StoreCarry};
 use crate::handoff::{Fd, Incoming, Outgoing};
 use crate::logs::Stream;
 use crate::node::{self, ChannelCarry, SocketKind};
@@ -40,6 +41,9 @@ pub struct SupervisorCarry {
     pub ports: Vec<PortCarry>,
     pub node_sockets: Vec<NodeSocketCarry>,
     pub pipes: Vec<PipeDoc>,
+    /// systemd's file descriptor store as this image kept it (`crate::fdstore`).
+    #[serde(default)]
+    pub store: Option<StoreCarry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -157,27 +161,9 @@ impl Supervisor {
                 },
                 None => None,
             };
-            let timer_in_ms = (p.timer_due)
-                .filter(|_| p.core.snapshot(now).timer.is_some())
-                .map(|due| due.saturating_duration_since(now).as_millis() as u64);
-            carry.instances.push(InstanceCarry {
-                id,
-                instance: p.instance,
-                spec: (*p.spec).clone(),
-                core: p.core.snapshot(now),
-                pid: p.pid,
-                start_ticks: p.start_ticks,
-                generation: p.generation,
-                created_at_ms: millis_since_epoch(p.created_at),
-                private_port: p.private_port,
-                healthy: p.healthy,
-                draining: p.draining,
-                replace_error: p.replace_error.take(),
-                restart_cause: p.restart_cause.take(),
-                timer_in_ms,
-                notify,
-                channel,
-            });
+            carry
+                .instances
+                .push(instance_carry(&p, now, notify, channel));
         }
         for (app, port) in std::mem::take(&mut self.ports) {
             match hand_over_port(app.clone(), port, &mut out) {
@@ -196,6 +182,7 @@ impl Supervisor {
                 });
             }
         }
+        carry.store = self.store.take().map(|store| store.hand_over(&mut out));
         for pipe in self.hub.hand_over().await {
             carry.pipes.push(PipeDoc {
                 id: pipe.id,
@@ -211,6 +198,9 @@ impl Supervisor {
     /// snapshotted, on this clock.
     pub(super) fn take_over(&mut self, carry: SupervisorCarry, fds: &mut Incoming, taken: Instant) {
         self.next_generation = carry.next_generation;
+        if let Some(store) = carry.store {
+            self.store = Some(Store::take_over(store, fds));
+        }
         for port in carry.ports {
             let app = port.app.clone();
             let balance = (carry.instances.iter())
@@ -351,7 +341,37 @@ impl Supervisor {
     }
 }
 
-fn channel_doc(channel: ChannelCarry, out: &mut Outgoing) -> ChannelDoc {
+/// One instance as a handoff or systemd's store carries it.
+pub(super) fn instance_carry(
+    p: &Instance,
+    now: Instant,
+    notify: Option<(PathBuf, Fd)>,
+    channel: Option<ChannelDoc>,
+) -> InstanceCarry {
+    let timer_in_ms = (p.timer_due)
+        .filter(|_| p.core.snapshot(now).timer.is_some())
+        .map(|due| due.saturating_duration_since(now).as_millis() as u64);
+    InstanceCarry {
+        id: p.id,
+        instance: p.instance,
+        spec: (*p.spec).clone(),
+        core: p.core.snapshot(now),
+        pid: p.pid,
+        start_ticks: p.start_ticks,
+        generation: p.generation,
+        created_at_ms: millis_since_epoch(p.created_at),
+        private_port: p.private_port,
+        healthy: p.healthy,
+        draining: p.draining,
+        replace_error: p.replace_error.clone(),
+        restart_cause: p.restart_cause.clone(),
+        timer_in_ms,
+        notify,
+        channel,
+    }
+}
+
+pub(super) fn channel_doc(channel: ChannelCarry, out: &mut Outgoing) -> ChannelDoc {
     ChannelDoc {
         fd: out.put(channel.fd),
         partial: channel.partial,
@@ -391,23 +411,29 @@ fn hand_over_port(app: String, port: AppPort, out: &mut Outgoing) -> std::io::Re
             listener: out.put(OwnedFd::from(listener)),
             steering: None,
         },
-        AppPort::Proxy { port, proxy } => {
-            let carry = proxy.hand_over()?;
-            PortCarry {
-                app,
-                port,
-                proxy: true,
-                listener: out.put(carry.listener),
-                steering: carry.steering.map(|s| SteeringDoc {
-                    state: out.put(s.state),
-                    sockets: out.put(s.sockets),
-                    program: out.put(s.program),
-                    link: out.put(s.link),
-                    filled: s.filled,
-                }),
-            }
-        }
+        AppPort::Proxy { port, proxy } => proxy_doc(app, port, proxy.hand_over()?, out),
     })
+}
+
+pub(super) fn proxy_doc(
+    app: String,
+    port: u16,
+    carry: ProxyCarry,
+    out: &mut Outgoing,
+) -> PortCarry {
+    PortCarry {
+        app,
+        port,
+        proxy: true,
+        listener: out.put(carry.listener),
+        steering: carry.steering.map(|s| SteeringDoc {
+            state: out.put(s.state),
+            sockets: out.put(s.sockets),
+            program: out.put(s.program),
+            link: out.put(s.link),
+            filled: s.filled,
+        }),
+    }
 }
 
 fn take_over_port(

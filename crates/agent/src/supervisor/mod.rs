@@ -15,6 +15,7 @@ mod handoff;
 mod reload;
 mod replace;
 mod request;
+mod store;
 mod view;
 
 pub use handle::Handle;
@@ -112,7 +113,8 @@ pub enum Request {
     StopAll {
         forget: bool,
     },
-    /// Writes the state file now (the agent is about to exit).
+    /// Writes the state file now and empties systemd's file descriptor store (the
+    /// agent stopped its apps and is about to exit).
     Persist,
     /// Views of these ids; ids that no longer exist are left out, not an error.
     Views {
@@ -276,6 +278,8 @@ enum Msg {
     },
     Usage(HashMap<u32, TreeUsage>),
     Flush,
+    /// Bring systemd's file descriptor store up to date (`store`).
+    StoreSync,
     /// A Node app's message over its IPC channel.
     Node {
         id: u32,
@@ -354,11 +358,21 @@ struct Supervisor {
     flush_pending: bool,
     /// Set while shutting down: the state file keeps what should run next time.
     frozen: bool,
+    /// Under systemd: its file descriptor store, kept like the table (`store`).
+    store: Option<crate::fdstore::Store>,
+    store_pending: bool,
 }
 
 /// Starts the supervisor task with the instances saved in the state file.
-pub fn start(home: Home, hub: LogHub, saved: Vec<SavedProcess>) -> Handle {
+/// Under systemd, `store` is its file descriptor store, kept up to date from here on.
+pub fn start(
+    home: Home,
+    hub: LogHub,
+    saved: Vec<SavedProcess>,
+    store: Option<crate::fdstore::Store>,
+) -> Handle {
     let (mut supervisor, rx, handle) = Supervisor::new(home, hub);
+    supervisor.keep_store(store);
     supervisor.restore(saved);
     tokio::spawn(supervisor.run(rx));
     handle
@@ -372,8 +386,15 @@ pub fn take_over(
     carry: SupervisorCarry,
     fds: &mut crate::handoff::Incoming,
     taken: Instant,
+    store: Option<crate::fdstore::Store>,
 ) -> Handle {
     let (mut supervisor, rx, handle) = Supervisor::new(home, hub);
+    // A store handed over with the table comes first (`take_over`).
+    let carried = carry.store.is_some();
+    supervisor.keep_store(store.filter(|_| !carried));
+    if carried {
+        supervisor.hub.keep_pipes_for_store();
+    }
     supervisor.take_over(carry, fds, taken);
     supervisor.drain();
     tokio::spawn(supervisor.run(rx));
@@ -403,6 +424,8 @@ impl Supervisor {
             work: VecDeque::new(),
             flush_pending: false,
             frozen: false,
+            store: None,
+            store_pending: false,
         };
         let handle = Handle {
             tx,
@@ -414,6 +437,13 @@ impl Supervisor {
 }
 
 impl Supervisor {
+    fn keep_store(&mut self, store: Option<crate::fdstore::Store>) {
+        if store.is_some() {
+            self.hub.keep_pipes_for_store();
+        }
+        self.store = store;
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         while let Some(msg) = rx.recv().await {
             if let Msg::HandOver(reply) = msg {
@@ -490,6 +520,7 @@ impl Supervisor {
                 generation,
                 incoming,
             } => self.on_node_message(id, generation, incoming),
+            Msg::StoreSync => self.sync_store(),
             Msg::HandOver(_) => unreachable!("handled by `run`"),
         }
     }

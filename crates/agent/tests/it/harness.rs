@@ -44,7 +44,10 @@ impl Agent {
             let stop = async move {
                 let _ = stopped.await;
             };
-            let start = fleet_agent::daemon::Start::Fresh { resurrect: false };
+            let start = fleet_agent::daemon::Start::Fresh {
+                resurrect: false,
+                stored: Default::default(),
+            };
             fleet_agent::daemon::run(paths, (lock, listener), LogHub::new(), stop, start).await
         });
         let client = connect(&home.path().join("agent.sock")).await;

@@ -41,6 +41,7 @@ impl Supervisor {
             Request::Resurrect => self.resurrect(),
             Request::Persist => {
                 self.write_state();
+                self.clear_store();
                 Ok(Reply::Touched(Vec::new(), Vec::new()))
             }
             Request::Apply { apps, update_env } => self.apply(apps, update_env),

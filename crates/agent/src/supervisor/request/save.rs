@@ -112,6 +112,7 @@ impl Supervisor {
     }
 
     pub(in crate::supervisor) fn schedule_flush(&mut self) {
+        self.schedule_store_sync();
         if self.flush_pending || self.frozen {
             return;
         }
