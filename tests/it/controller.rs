@@ -30,6 +30,8 @@ pub struct Controller {
     pub url: String,
     listen: String,
     pub token: String,
+    /// More flags for the next `spawn`.
+    pub flags: Vec<String>,
 }
 
 impl Controller {
@@ -81,6 +83,7 @@ impl Controller {
             listen,
             data,
             token,
+            flags: Vec::new(),
         };
         controller.spawn();
         controller
@@ -96,6 +99,7 @@ impl Controller {
                 "--unreachable-after",
                 UNREACHABLE_AFTER,
             ])
+            .args(&self.flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -125,6 +129,11 @@ impl Controller {
             ("FLEET_TOKEN", self.token.clone()),
             ("FLEET_CA", self.ca().display().to_string()),
         ]
+    }
+
+    /// An offline command on this controller's data (`host remove`, ...).
+    pub fn run(&self, args: &[&str]) -> String {
+        Self::offline(self.data.path(), args)
     }
 
     /// A one-time join token for `host`, as `fleet-controller join-token` prints it.

@@ -253,23 +253,7 @@ fn collect_lines(child: &mut Child) -> Lines {
 /// Joins every host's agent and restarts it so it connects.
 fn join(controller: &Controller, fb: &Fleetbed) {
     for host in &fb.bed.hosts {
-        let join = controller.join_token(&host.address);
-        let agent = agent_binary();
-        let out = fb.bed.exec(
-            &host.name,
-            &[
-                agent.to_str().unwrap(),
-                "--home",
-                HOST_FLEET_HOME,
-                "join",
-                &controller.url,
-                &join,
-                "--host",
-                &host.address,
-                "--ca",
-                controller.ca().to_str().unwrap(),
-            ],
-        );
+        let out = agent_join(controller, fb, &host.name, &host.address, &[]);
         assert!(
             out.status.success(),
             "join on {}: {}",
@@ -278,6 +262,32 @@ fn join(controller: &Controller, fb: &Fleetbed) {
         );
         restart_agent(fb, &host.name);
     }
+}
+
+/// `fleet-agent join` on `host` with a new join token.
+fn agent_join(
+    controller: &Controller,
+    fb: &Fleetbed,
+    host: &str,
+    address: &str,
+    more: &[&str],
+) -> std::process::Output {
+    let join = controller.join_token(address);
+    let agent = agent_binary();
+    let mut args = vec![
+        agent.to_str().unwrap(),
+        "--home",
+        HOST_FLEET_HOME,
+        "join",
+        &controller.url,
+        &join,
+        "--host",
+        address,
+    ];
+    let ca = controller.ca();
+    args.extend(["--ca", ca.to_str().unwrap()]);
+    args.extend(more);
+    fb.bed.exec(host, &args)
 }
 
 /// Stops the host's agent (its apps stay in its state file) and starts it again, so it
@@ -391,6 +401,8 @@ fn through_the_controller_status_survives_lost_agents_partitions_and_a_restart()
     );
     assert!(took <= Duration::from_secs(10), "took {took:?}");
 
+    certificates_are_renewed_superseded_and_revoked(&fb, &mut controller, &env, all_up);
+
     // A bad token is refused with a message.
     let mut bad = env.clone();
     bad[1].1 = "fct_not-a-token".into();
@@ -404,6 +416,77 @@ fn through_the_controller_status_survives_lost_agents_partitions_and_a_restart()
         String::from_utf8_lossy(&output.stderr).contains("token"),
         "{output:?}"
     );
+}
+
+/// Real agents: a controller that wants certificates renewed gets them renewed over
+/// the sessions (and the renewed ones work after a restart); a rejoin needs
+/// `--rejoin`; a removed host is closed out and stays out.
+fn certificates_are_renewed_superseded_and_revoked(
+    fb: &Fleetbed,
+    controller: &mut Controller,
+    env: &[(&str, String)],
+    all_up: impl Fn(&[Value]) -> bool,
+) {
+    let (h1, a1) = fb.host(0);
+    let pem = format!("{HOST_FLEET_HOME}/controller/agent.pem");
+    let read_pem = || String::from_utf8_lossy(&fb.bed.exec(h1, &["cat", &pem]).stdout).into_owned();
+    let before = read_pem();
+    controller.flags = [
+        "--agent-cert-lifetime",
+        "1h",
+        "--agent-cert-renew-before",
+        "100d",
+    ]
+    .map(String::from)
+    .to_vec();
+    controller.stop();
+    controller.spawn();
+    wait_until("h1's certificate renewed", SETTLE, || read_pem() != before);
+    restart_agent(fb, h1);
+    wait_status(
+        fb,
+        env,
+        "h1 back with its renewed certificate",
+        SETTLE,
+        &all_up,
+    );
+
+    let again = agent_join(controller, fb, h1, a1, &[]);
+    assert_eq!(again.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains("has already joined") && said.contains("--rejoin"),
+        "{said}"
+    );
+    let rejoined = agent_join(controller, fb, h1, a1, &["--rejoin"]);
+    assert!(
+        rejoined.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rejoined.stderr)
+    );
+    restart_agent(fb, h1);
+    wait_status(fb, env, "h1 back after its rejoin", SETTLE, &all_up);
+
+    let (_, a5) = fb.host(4);
+    controller.run(&["host", "remove", a5]);
+    wait_status(fb, env, "h5 closed out", SETTLE, |s| {
+        reachable(s, a5) == Some(false)
+    });
+    let listed = controller.run(&["host", "list"]);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(a5))
+        .unwrap_or_default();
+    assert!(
+        !row.trim_end().ends_with('-'),
+        "h5 shows as removed: {listed}"
+    );
+    // Its agent keeps trying and keeps being refused.
+    let (status, _) = wait_status(fb, env, "h5 still out", SETTLE, |s| {
+        reachable(s, a5) == Some(false)
+    });
+    assert_eq!(reachable(&status, a1), Some(true));
+    controller.flags.clear();
 }
 
 #[test]

@@ -166,7 +166,12 @@ pub async fn run(
     let (operations, service, kill) = api(&home, &handle, hub, Some(updater));
     match crate::link::LinkConfig::load(&home) {
         Ok(Some(config)) => {
-            tokio::spawn(crate::link::run(config, operations, handle.clone()));
+            tokio::spawn(crate::link::run(
+                home.clone(),
+                config,
+                operations,
+                handle.clone(),
+            ));
         }
         Ok(None) => {}
         Err(error) => {

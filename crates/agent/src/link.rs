@@ -101,22 +101,20 @@ fn tls(url: &str, ca_pem: &str) -> anyhow::Result<ClientTlsConfig> {
 }
 
 /// `fleet-agent join <url> <token>`: enrolls this agent as `host`.
+/// With `rejoin`, a host that joined before gets a new certificate and its previous
+/// one stops working.
 pub async fn join(
     home: &Home,
     url: &str,
     token: &str,
     host: &str,
     ca: &Path,
+    rejoin: bool,
 ) -> anyhow::Result<()> {
     fleet_proto::ops::check_controller_url(url).map_err(anyhow::Error::msg)?;
     let ca_pem = std::fs::read_to_string(ca)
         .with_context(|| format!("cannot read the controller's CA {}", ca.display()))?;
-    let key = rcgen::KeyPair::generate().context("cannot generate the agent key")?;
-    let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, host);
-    let csr = params.serialize_request(&key)?.pem()?;
+    let (key, csr) = key_and_csr(host)?;
     let channel = Endpoint::from_shared(url.to_string())?
         .tls_config(tls(url, &ca_pem)?)?
         .connect_timeout(Duration::from_secs(10))
@@ -129,6 +127,7 @@ pub async fn join(
             host: host.to_string(),
             csr_pem: csr,
             protocol_major: cpb::PROTOCOL_MAJOR,
+            rejoin,
         })
         .await
         .map_err(|status| anyhow::anyhow!("the controller refused to join: {}", status.message()))?
@@ -144,12 +143,28 @@ pub async fn join(
     Ok(())
 }
 
-/// Keeps a session with the controller open until the agent stops.
-pub async fn run(config: LinkConfig, operations: Operations, handle: Handle) {
+/// A new key for this agent, and a CSR for `host` signed with it.
+fn key_and_csr(host: &str) -> anyhow::Result<(rcgen::KeyPair, String)> {
+    let key = rcgen::KeyPair::generate().context("cannot generate the agent key")?;
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, host);
+    let csr = params.serialize_request(&key)?.pem()?;
+    Ok((key, csr))
+}
+
+/// Keeps a session with the controller open until the agent stops. Each session
+/// starts from the settings on disk, which a renewal rewrites.
+pub async fn run(home: Home, config: LinkConfig, operations: Operations, handle: Handle) {
     let mut attempt: u32 = 0;
+    let mut config = config;
     loop {
         let started = tokio::time::Instant::now();
-        match session(&config, &operations, &handle).await {
+        if let Ok(Some(saved)) = LinkConfig::load(&home) {
+            config = saved;
+        }
+        match session(&home, &config, &operations, &handle).await {
             Ok(()) => tracing::info!("controller closed the session"),
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "controller session failed")
@@ -202,6 +217,7 @@ fn same_state(a: &apb::ProcessInfo, b: &apb::ProcessInfo) -> bool {
 }
 
 async fn session(
+    home: &Home,
     config: &LinkConfig,
     operations: &Operations,
     handle: &Handle,
@@ -237,12 +253,23 @@ async fn session(
         })?
         .into_inner();
     let mut heartbeat = DEFAULT_HEARTBEAT;
+    // The key of a renewal asked for, until its certificate comes.
+    let mut renewing: Option<rcgen::KeyPair> = None;
     if let Some(cpb::ControllerMessage {
         body: Some(cpb::controller_message::Body::Welcome(welcome)),
     }) = inbound.message().await?
     {
         if welcome.heartbeat_interval_ms > 0 {
             heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms);
+        }
+        if welcome.renew_certificate {
+            let (key, csr_pem) = key_and_csr(&config.host)?;
+            tx.send(send(cpb::agent_message::Body::Renew(cpb::RenewRequest {
+                csr_pem,
+            })))
+            .await?;
+            renewing = Some(key);
+            tracing::info!("the certificate expires soon; asked the controller for a new one");
         }
     } else {
         bail!("the controller did not welcome this agent");
@@ -261,6 +288,13 @@ async fn session(
                     Ok(None) => break Ok(()),
                     Err(status) => break Err(anyhow::anyhow!("{}", status.message())),
                 };
+                if let Some(cpb::controller_message::Body::Renewed(renewed)) = &message.body {
+                    match renewing.take() {
+                        Some(key) => save_renewed(home, config, renewed, &key),
+                        None => tracing::warn!("a certificate nobody asked for; ignored"),
+                    }
+                    continue;
+                }
                 let resync = subscriptions.dispatch(message, operations, &tx, &config.host);
                 if !resync {
                     continue;
@@ -285,6 +319,27 @@ async fn session(
     };
     subscriptions.abort_all();
     result
+}
+
+/// Keeps a renewed certificate and its key: the next session uses them (this one
+/// already stands on the new serial).
+fn save_renewed(
+    home: &Home,
+    config: &LinkConfig,
+    renewed: &cpb::RenewedCertificate,
+    key: &rcgen::KeyPair,
+) {
+    let saved = LinkConfig {
+        cert_pem: renewed.certificate_pem.clone(),
+        key_pem: key.serialize_pem(),
+        ..config.clone()
+    };
+    match saved.save(home) {
+        Ok(()) => tracing::info!("renewed the agent's certificate"),
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "cannot keep the renewed certificate; the next session will be refused")
+        }
+    }
 }
 
 /// What the controller has been told: the process list as of the last snapshot or
@@ -395,7 +450,11 @@ impl Subscriptions {
                 }
             }
             Some(cpb::controller_message::Body::Resync(_)) => return true,
-            Some(cpb::controller_message::Body::Welcome(_)) | None => {}
+            Some(
+                cpb::controller_message::Body::Welcome(_)
+                | cpb::controller_message::Body::Renewed(_),
+            )
+            | None => {}
         }
         false
     }

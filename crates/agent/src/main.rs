@@ -51,6 +51,9 @@ enum Command {
         /// The controller's CA certificate (its `<data>/ca.pem`).
         #[arg(long, env = "FLEET_CA")]
         ca: PathBuf,
+        /// This host joined before: replace its certificate (the old one stops working).
+        #[arg(long)]
+        rejoin: bool,
     },
 }
 
@@ -75,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         token,
         host,
         ca,
+        rejoin,
     }) = args.command
     {
         let host = match host {
@@ -83,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         };
         return runtime()?.block_on(async move {
             home.create()?;
-            fleet_agent::link::join(&home, &url, &token, &host, &ca).await?;
+            fleet_agent::link::join(&home, &url, &token, &host, &ca, rejoin).await?;
             println!("joined {url} as {host}; the agent connects from its next start\nhint: `fleet kill` then any command restarts the agent");
             Ok(())
         });

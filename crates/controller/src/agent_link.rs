@@ -11,13 +11,15 @@ use std::time::Duration;
 use fleet_proto::controller::v1::agent_link_server::AgentLink;
 use fleet_proto::controller::v1::{
     AgentMessage, ControllerMessage, JoinRequest, JoinResponse, LogUnsubscribe, PROTOCOL_MAJOR,
-    PROTOCOL_MINOR, ResyncRequest, Welcome, agent_message, controller_message,
+    PROTOCOL_MINOR, RenewRequest, RenewedCertificate, ResyncRequest, Welcome, agent_message,
+    controller_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Refusal;
+use crate::hosts::{self, Standing};
 use crate::registry::{After, Delivery, HostHandle};
 use crate::server::Controller;
 use crate::store::{self, AuditEntry};
@@ -46,7 +48,8 @@ impl AgentLink for AgentLinkService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Outbound>, Status> {
-        let certified = certified_host(&request)?;
+        let (certified, serial, expires_ms) = certified_identity(&request)?;
+        self.check_standing(&certified, &serial, expires_ms).await?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Refusal::HelloTimeout(HELLO_TIMEOUT.as_secs()).into()),
@@ -82,12 +85,16 @@ impl AgentLink for AgentLinkService {
                 protocol_major: PROTOCOL_MAJOR,
                 protocol_minor: PROTOCOL_MINOR,
                 heartbeat_interval_ms: self.controller.config.heartbeat_interval.as_millis() as u64,
+                renew_certificate: expires_ms
+                    < now_unix_ms().saturating_add(
+                        self.controller.config.agent_cert_renew_before.as_millis() as u64,
+                    ),
             })),
         };
         outbound
             .try_send(welcome)
             .expect("a new queue has room for the welcome");
-        let handle = self.controller.registry.connect(&hello, outbound);
+        let handle = self.controller.registry.connect(&hello, &serial, outbound);
         let (host, version, boot) = (
             hello.host.clone(),
             hello.agent_version.clone(),
@@ -128,10 +135,19 @@ impl AgentLink for AgentLinkService {
                 .call(move |conn| store::check_join_token(conn, &hash, &host, now_unix_ms()))
                 .await??;
         }
-        let certificate_pem = self
+        // Only a valid token learns whether the host joined before.
+        let standing = {
+            let host = host.clone();
+            store.call(move |conn| hosts::standing(conn, &host)).await?
+        };
+        let rejoin = matches!(standing, Standing::Current { .. } | Standing::Unrecorded);
+        if rejoin && !request.rejoin {
+            return Err(Refusal::AlreadyJoined(host).into());
+        }
+        let certificate = self
             .controller
             .pki
-            .sign_agent_csr(&csr, &host)
+            .sign_agent_csr(&csr, &host, self.controller.config.agent_cert_lifetime)
             .map_err(|error| Refusal::BadCsr(error.to_string()))?;
         let claimed = {
             let (hash, host) = (hash.clone(), host.clone());
@@ -146,10 +162,31 @@ impl AgentLink for AgentLinkService {
                 .await??;
             return Err(Refusal::UnknownJoinToken.into());
         }
+        {
+            let (host, issued) = (host.clone(), certificate.clone());
+            store
+                .call(move |conn| {
+                    hosts::record_certificate(
+                        conn,
+                        &host,
+                        &issued.serial,
+                        issued.expires_ms,
+                        now_unix_ms(),
+                    )
+                })
+                .await?;
+        }
+        // The superseded certificate's session, if one is open, ends now.
+        self.controller
+            .registry
+            .sweep(&std::collections::HashMap::from([(
+                host.clone(),
+                Some(certificate.serial.clone()),
+            )]));
         let entry = AuditEntry {
             at_ms: now_unix_ms(),
             who: format!("agent:{}", request.host),
-            action: "join".to_owned(),
+            action: if rejoin { "rejoin" } else { "join" }.to_owned(),
             stage: String::new(),
             targets: vec![request.host.clone()],
             result: "ok".to_owned(),
@@ -157,21 +194,111 @@ impl AgentLink for AgentLinkService {
         store
             .call(move |conn| store::append_audit(conn, &entry))
             .await?;
-        tracing::info!(host = %request.host, "agent joined");
+        tracing::info!(host = %request.host, serial = %certificate.serial, rejoin, "agent joined");
         Ok(Response::new(JoinResponse {
-            certificate_pem,
+            certificate_pem: certificate.pem,
             ca_pem: self.controller.pki.ca_pem.clone(),
         }))
     }
 }
 
-/// The host a verified client certificate was issued for. TLS already checked the
-/// chain against the controller's CA; a connection without a certificate gets here
-/// with none (client auth is optional because `Join` has none yet).
-fn certified_host<T>(request: &Request<T>) -> Result<String, Refusal> {
+impl AgentLinkService {
+    /// Whether the session's certificate is its host's current one. A certificate
+    /// issued before serials were recorded becomes the current one here.
+    async fn check_standing(
+        &self,
+        host: &str,
+        serial: &str,
+        expires_ms: u64,
+    ) -> Result<(), Refusal> {
+        let store = &self.controller.store;
+        let standing = {
+            let host = host.to_owned();
+            store.call(move |conn| hosts::standing(conn, &host)).await?
+        };
+        match standing {
+            Standing::Current { serial: current } if current == serial => Ok(()),
+            Standing::Current { .. } => Err(Refusal::CertificateSuperseded(host.to_owned())),
+            Standing::Removed { at_ms } => Err(Refusal::HostRemoved {
+                host: host.to_owned(),
+                at: crate::format_unix_ms(at_ms),
+            }),
+            Standing::Unknown | Standing::Unrecorded => {
+                let (host, serial) = (host.to_owned(), serial.to_owned());
+                store
+                    .call(move |conn| {
+                        hosts::record_certificate(conn, &host, &serial, expires_ms, now_unix_ms())
+                    })
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The host a verified client certificate was issued for, its serial and expiry. TLS
+/// already checked the chain against the controller's CA; a connection without a
+/// certificate gets here with none (client auth is optional because `Join` has none).
+fn certified_identity<T>(request: &Request<T>) -> Result<(String, String, u64), Refusal> {
     let certificates = request.peer_certs().ok_or(Refusal::NoClientCertificate)?;
     let leaf = certificates.first().ok_or(Refusal::NoClientCertificate)?;
-    pki::certificate_host(leaf.as_ref()).ok_or(Refusal::NamelessCertificate)
+    pki::certificate_identity(leaf.as_ref()).ok_or(Refusal::NamelessCertificate)
+}
+
+/// A renewal the agent asked for (`Welcome.renew_certificate`): a certificate for the
+/// session's host and the CSR's key, recorded as the host's current one; the session
+/// carries on, standing on the new serial.
+async fn renew(
+    controller: Arc<Controller>,
+    link: Arc<crate::registry::SessionLink>,
+    request: RenewRequest,
+) {
+    let host = link.host.clone();
+    let issued = pki::parse_csr(&request.csr_pem).and_then(|csr| {
+        (controller.pki).sign_agent_csr(&csr, &host, controller.config.agent_cert_lifetime)
+    });
+    let issued = match issued {
+        Ok(issued) => issued,
+        Err(error) => {
+            tracing::warn!(%host, %error, "refused a certificate renewal: bad CSR");
+            return;
+        }
+    };
+    let recorded = {
+        let (host, issued) = (host.clone(), issued.clone());
+        controller
+            .store
+            .call(move |conn| {
+                hosts::record_certificate(
+                    conn,
+                    &host,
+                    &issued.serial,
+                    issued.expires_ms,
+                    now_unix_ms(),
+                )?;
+                store::append_audit(
+                    conn,
+                    &AuditEntry {
+                        at_ms: now_unix_ms(),
+                        who: format!("agent:{host}"),
+                        action: "renew certificate".to_owned(),
+                        stage: String::new(),
+                        targets: vec![host.clone()],
+                        result: "ok".to_owned(),
+                    },
+                )
+            })
+            .await
+    };
+    if let Err(error) = recorded {
+        tracing::error!(%host, %error, "cannot record a renewed certificate");
+        return;
+    }
+    *crate::registry::lock(&link.serial) = issued.serial.clone();
+    tracing::info!(%host, serial = %issued.serial, "renewed the agent's certificate");
+    link.send_soon(controller_message::Body::Renewed(RenewedCertificate {
+        certificate_pem: issued.pem,
+    }));
 }
 
 /// Reads one session's messages into the registry until the agent hangs up or the
@@ -212,6 +339,10 @@ async fn read_session(
             agent_message::Body::Heartbeat(heartbeat) => handle.heartbeat(heartbeat.seq),
             agent_message::Body::Result(result) => {
                 link.resolve(result);
+                After::Continue
+            }
+            agent_message::Body::Renew(request) => {
+                tokio::spawn(renew(controller.clone(), link.clone(), request));
                 After::Continue
             }
             agent_message::Body::Logs(batch) => {

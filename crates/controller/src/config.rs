@@ -28,6 +28,25 @@ pub fn check_join_ttl(ttl: Duration) -> Result<(), String> {
     Ok(())
 }
 
+/// An agent certificate lasts 90 days; the agent renews it over its session once it
+/// expires within 30 (Let's Encrypt's cadence: a lost key is useful for weeks, not a
+/// year, and renewal has a month to succeed).
+pub const DEFAULT_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
+pub const DEFAULT_AGENT_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+/// No agent certificate lives longer than this.
+pub const MAX_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Refuses an agent certificate lifetime of under a minute or over ten years.
+pub fn check_agent_cert_lifetime(lifetime: Duration) -> Result<(), String> {
+    if lifetime < Duration::from_secs(60) || lifetime > MAX_AGENT_CERT_LIFETIME {
+        return Err(format!(
+            "an agent certificate lives between 1 minute and 3650 days (asked: {}s)",
+            lifetime.as_secs()
+        ));
+    }
+    Ok(())
+}
+
 /// Everything `serve` needs besides its listener and shutdown signal.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -41,6 +60,10 @@ pub struct ControllerConfig {
     pub heartbeat_interval: Duration,
     /// Silence after which a connected host counts as unreachable.
     pub unreachable_after: Duration,
+    /// How long an agent certificate is valid, and how long before its end the agent
+    /// is asked to renew it.
+    pub agent_cert_lifetime: Duration,
+    pub agent_cert_renew_before: Duration,
 }
 
 impl ControllerConfig {
@@ -50,6 +73,8 @@ impl ControllerConfig {
             sans: Vec::new(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             unreachable_after: DEFAULT_UNREACHABLE_AFTER,
+            agent_cert_lifetime: DEFAULT_AGENT_CERT_LIFETIME,
+            agent_cert_renew_before: DEFAULT_AGENT_CERT_RENEW_BEFORE,
         }
     }
 }

@@ -119,6 +119,18 @@ pub enum Refusal {
         "this join token was already used at {0}\nhint: join tokens work once; create a new one with `fleet-controller join-token <host>`"
     )]
     JoinTokenUsed(String),
+    #[error(
+        "{0} has already joined\nhint: `fleet-agent join --rejoin` replaces its certificate (the current one stops working)"
+    )]
+    AlreadyJoined(String),
+    #[error(
+        "this certificate of {0} was superseded (the host rejoined or renewed it)\nhint: use the agent's current certificate, or rejoin: `fleet-agent join --rejoin`"
+    )]
+    CertificateSuperseded(String),
+    #[error(
+        "{host} was removed at {at}\nhint: to bring it back, `fleet-controller join-token {host}` and `fleet-agent join`"
+    )]
+    HostRemoved { host: String, at: String },
     #[error("bad certificate signing request: {0}")]
     BadCsr(String),
     #[error("{0}")]
@@ -138,7 +150,10 @@ impl From<Refusal> for Status {
             | Refusal::NoClientCertificate
             | Refusal::UnknownJoinToken
             | Refusal::JoinTokenExpired(_)
-            | Refusal::JoinTokenUsed(_) => Status::unauthenticated(message),
+            | Refusal::JoinTokenUsed(_)
+            | Refusal::CertificateSuperseded(_)
+            | Refusal::HostRemoved { .. } => Status::unauthenticated(message),
+            Refusal::AlreadyJoined(_) => Status::already_exists(message),
             Refusal::NamelessCertificate
             | Refusal::HostMismatch { .. }
             | Refusal::JoinTokenHost { .. } => Status::permission_denied(message),

@@ -8,6 +8,7 @@ mod agent_link;
 pub mod config;
 mod error;
 mod fleet_service;
+pub mod hosts;
 pub mod pki;
 pub mod registry;
 mod server;
@@ -92,6 +93,31 @@ pub fn revoke_api_token(data_dir: &Path, name: &str) -> Result<(), Error> {
         )));
     }
     audit_local(&conn, &path, "token revoke", vec![format!("token:{name}")])
+}
+
+/// `fleet-controller host list`: every host with its certificate (serial, expiry).
+pub fn list_hosts(data_dir: &Path) -> Result<Vec<hosts::HostRecord>, Error> {
+    let path = data_dir.join(DATABASE_FILE);
+    let conn = store::open(&path)?;
+    hosts::list(&conn).map_err(|source| Error::Database { path, source })
+}
+
+/// `fleet-controller host remove NAME`: the host's certificate stops working; a
+/// running controller closes its session within `server::SWEEP_INTERVAL`.
+pub fn remove_host(data_dir: &Path, name: &str) -> Result<(), Error> {
+    validate_host(name).map_err(Error::Invalid)?;
+    let path = data_dir.join(DATABASE_FILE);
+    let conn = store::open(&path)?;
+    let removed = hosts::remove(&conn, name, now_unix_ms()).map_err(|source| Error::Database {
+        path: path.clone(),
+        source,
+    })?;
+    if !removed {
+        return Err(Error::Invalid(format!(
+            "no host named {name} that is not removed already\nhint: `fleet-controller host list`"
+        )));
+    }
+    audit_local(&conn, &path, "host remove", vec![name.to_owned()])
 }
 
 /// `fleet-controller join-token <host>`: a one-time token `host` trades for its

@@ -35,6 +35,13 @@ struct Args {
     /// Silence after which a host counts as unreachable [default: 15s].
     #[arg(long, value_parser = parse_duration)]
     unreachable_after: Option<Duration>,
+    /// How long an agent certificate is valid [default: 90d].
+    #[arg(long, value_parser = parse_duration)]
+    agent_cert_lifetime: Option<Duration>,
+    /// Agents renew their certificate over their session once it expires within
+    /// this [default: 30d].
+    #[arg(long, value_parser = parse_duration)]
+    agent_cert_renew_before: Option<Duration>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -45,6 +52,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Hosts and their certificates.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
     },
     /// Print a one-time token a host's agent trades for its certificate.
     JoinToken {
@@ -68,6 +80,15 @@ enum Command {
 /// `audit` prints this many entries unless told otherwise: a screenful or two, and the
 /// newest are what an operator looks for first.
 const DEFAULT_AUDIT_LIMIT: u32 = 100;
+
+#[derive(Subcommand)]
+enum HostCommand {
+    /// Every host: its certificate's serial and expiry, last seen, removed.
+    List,
+    /// Revoke a host: its certificate stops working at once (a running controller
+    /// closes its session); joining again needs a new join token.
+    Remove { name: String },
+}
 
 #[derive(Subcommand)]
 enum TokenCommand {
@@ -114,6 +135,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     match args.command {
         Some(Command::Token { command }) => token_command(&data, command),
+        Some(Command::Host { command }) => host_command(&data, command),
         Some(Command::JoinToken { host, ttl }) => {
             let ttl = ttl.unwrap_or(DEFAULT_JOIN_TOKEN_TTL);
             let (token, expires) = fleet_controller::create_join_token(&data, &host, ttl)?;
@@ -143,6 +165,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             config.sans = args.sans;
             config.heartbeat_interval = args.heartbeat.unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
             config.unreachable_after = args.unreachable_after.unwrap_or(DEFAULT_UNREACHABLE_AFTER);
+            if let Some(lifetime) = args.agent_cert_lifetime {
+                fleet_controller::config::check_agent_cert_lifetime(lifetime)
+                    .map_err(fleet_controller::Error::Invalid)?;
+                config.agent_cert_lifetime = lifetime;
+            }
+            if let Some(before) = args.agent_cert_renew_before {
+                config.agent_cert_renew_before = before;
+            }
             // A listen address given by name belongs in the certificate too.
             if let Some((host, _port)) = args.listen.rsplit_once(':') {
                 let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -318,10 +348,64 @@ fn token_command(data: &std::path::Path, command: TokenCommand) -> anyhow::Resul
     Ok(())
 }
 
-/// `5s`, `1h`, `500ms`, `1h30m`, `30d` (jiff's friendly format).
+fn host_command(data: &std::path::Path, command: HostCommand) -> anyhow::Result<()> {
+    match command {
+        HostCommand::List => {
+            let hosts = fleet_controller::list_hosts(data)?;
+            if hosts.is_empty() {
+                eprintln!("no host yet\nhint: `fleet-controller join-token <host>`");
+            }
+            let when = |ms: Option<u64>| {
+                ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms as i64).ok())
+                    .map_or("-".to_string(), |t| {
+                        t.strftime("%Y-%m-%d %H:%M").to_string()
+                    })
+            };
+            println!(
+                "{:<24} {:<34} {:<17} {:<17} REMOVED",
+                "NAME", "CERTIFICATE SERIAL", "EXPIRES", "LAST SEEN"
+            );
+            for h in hosts {
+                println!(
+                    "{:<24} {:<34} {:<17} {:<17} {}",
+                    h.name,
+                    h.serial.as_deref().unwrap_or("-"),
+                    when(h.expires_ms),
+                    when(Some(h.last_seen_ms).filter(|ms| *ms > 0)),
+                    when(h.removed_ms)
+                );
+            }
+        }
+        HostCommand::Remove { name } => {
+            fleet_controller::remove_host(data, &name)?;
+            eprintln!("removed {name}: its certificate no longer works");
+        }
+    }
+    Ok(())
+}
+
+/// `5s`, `1h`, `500ms`, `1h30m`, `30d` (jiff's friendly format; a day is 24 hours).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let signed: jiff::SignedDuration = text
-        .parse()
-        .map_err(|error| format!("{text:?} is not a duration like 15s, 1h or 500ms ({error})"))?;
+    let bad = |error: &dyn std::fmt::Display| {
+        format!("{text:?} is not a duration like 15s, 1h, 30d or 500ms ({error})")
+    };
+    let span: jiff::Span = text.parse().map_err(|e| bad(&e))?;
+    let signed = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| bad(&e))?;
     Duration::try_from(signed).map_err(|_| format!("{text:?} is negative"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_days_as_24_hours() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("soon").unwrap_err().contains("\"soon\""));
+    }
 }

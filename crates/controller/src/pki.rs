@@ -22,7 +22,7 @@ use crate::error::Error;
 /// (for example step-ca's default root) use.
 const CA_VALIDITY_DAYS: i64 = 3650;
 /// Agent certificates last a year (the brief's choice); re-joining renews one.
-pub const AGENT_CERT_VALIDITY_DAYS: i64 = 365;
+pub const AGENT_CERT_VALIDITY_DAYS: i64 = 90;
 /// The server certificate is reissued at start when it has less than this left.
 const SERVER_CERT_RENEW_BEFORE_DAYS: i64 = 30;
 /// The server certificate lasts a year and is renewed by restarting the controller.
@@ -111,31 +111,64 @@ impl Pki {
         &self,
         csr: &CertificateSigningRequestParams,
         host: &str,
-    ) -> Result<String, rcgen::Error> {
+        lifetime: std::time::Duration,
+    ) -> Result<AgentCertificate, rcgen::Error> {
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(host);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        set_validity(&mut params, AGENT_CERT_VALIDITY_DAYS);
+        // A random serial (positive: the top bit clear), recorded as the host's current
+        // certificate.
+        let mut serial = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut serial)
+            .expect("the system random source does not fail");
+        serial[0] = (serial[0] & 0x7f) | 0x01;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let now = jiff::Timestamp::now().as_second();
+        let expires = now.saturating_add(lifetime.as_secs().min(i64::MAX as u64) as i64);
+        // The lifetime is checked (`config::check_agent_cert_lifetime`): both fit.
+        let at = |second: i64| {
+            time::OffsetDateTime::from_unix_timestamp(second)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        };
+        params.not_before = at(now - CLOCK_SKEW_DAYS * 86_400);
+        params.not_after = at(expires);
         let request = CertificateSigningRequestParams {
             params,
             public_key: csr.public_key.clone(),
         };
-        Ok(request.signed_by(&self.issuer)?.pem())
+        Ok(AgentCertificate {
+            pem: request.signed_by(&self.issuer)?.pem(),
+            serial: hex(&serial),
+            expires_ms: (expires as u64).saturating_mul(1000),
+        })
     }
+}
+
+/// An agent's certificate as `Join` or a renewal issues it.
+#[derive(Clone, Debug)]
+pub struct AgentCertificate {
+    pub pem: String,
+    /// The serial, lowercase hex, as `certificate_identity` reads it back.
+    pub serial: String,
+    pub expires_ms: u64,
+}
+
+/// A client certificate's host (its common name), serial (lowercase hex) and expiry.
+pub fn certificate_identity(der: &[u8]) -> Option<(String, String, u64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    let host = cn.as_str().ok()?.to_owned();
+    let serial = hex(cert.raw_serial());
+    let expires = cert.validity().not_after.timestamp().max(0) as u64 * 1000;
+    Some((host, serial, expires))
 }
 
 /// Parses a PEM CSR and checks its signature (the agent holds the key it asks for).
 pub fn parse_csr(pem: &str) -> Result<CertificateSigningRequestParams, rcgen::Error> {
     CertificateSigningRequestParams::from_pem(pem)
-}
-
-/// The host a client certificate was issued for: its subject's common name.
-pub fn certificate_host(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
 }
 
 /// A new random token with `prefix`, hex encoded.
@@ -379,10 +412,20 @@ mod tests {
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name("someone-else");
         let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let lifetime = std::time::Duration::from_secs(3600);
         let cert = pki
-            .sign_agent_csr(&parse_csr(&csr).unwrap(), "web-1")
+            .sign_agent_csr(&parse_csr(&csr).unwrap(), "web-1", lifetime)
             .unwrap();
-        let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
-        assert_eq!(certificate_host(&pem.contents).as_deref(), Some("web-1"));
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert.pem.as_bytes()).unwrap();
+        let (host, serial, expires) = certificate_identity(&pem.contents).unwrap();
+        assert_eq!(host, "web-1");
+        assert_eq!(serial, cert.serial, "the serial reads back as issued");
+        assert_eq!(serial.len(), 32);
+        assert_eq!(expires, cert.expires_ms);
+        let in_an_hour = crate::now_unix_ms() + 3_600_000;
+        assert!(
+            expires.abs_diff(in_an_hour) < 5_000,
+            "{expires} vs {in_an_hour}"
+        );
     }
 }

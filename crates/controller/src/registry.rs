@@ -114,6 +114,7 @@ impl Registry {
     pub fn connect(
         &self,
         hello: &AgentHello,
+        serial: &str,
         outbound: mpsc::Sender<ControllerMessage>,
     ) -> HostHandle {
         let slot = {
@@ -125,6 +126,7 @@ impl Registry {
             hello.host.clone(),
             outbound,
         ));
+        *lock(&link.serial) = serial.to_owned();
         let replaced = {
             let mut state = lock(&slot);
             // The same agent process reconnecting still runs the same apps: keep showing
@@ -217,6 +219,31 @@ impl Registry {
                 None => "never connected".to_owned(),
             }),
         }
+    }
+
+    /// Closes the sessions of hosts whose certificate is no longer the current one
+    /// (`current`: each recorded host's serial, `None` once removed; hosts not in it
+    /// have none recorded). Returns the hosts whose session was closed.
+    pub fn sweep(&self, current: &HashMap<String, Option<String>>) -> Vec<String> {
+        let slots: Vec<(String, Arc<Mutex<HostState>>)> = (self.hosts.read())
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(host, slot)| (host.clone(), slot.clone()))
+            .collect();
+        let mut closed = Vec::new();
+        for (host, slot) in slots {
+            let Some(recorded) = current.get(&host) else {
+                continue;
+            };
+            let link = lock(&slot).link.clone();
+            if let Some(link) = link
+                && recorded.as_deref() != Some(lock(&link.serial).as_str())
+            {
+                link.close();
+                closed.push(host);
+            }
+        }
+        closed
     }
 
     /// Closes every session (the controller is stopping).
@@ -379,6 +406,8 @@ pub struct SessionLink {
     pending: Mutex<HashMap<u64, oneshot::Sender<CommandResult>>>,
     logs: Mutex<HashMap<u64, LogSink>>,
     ended: watch::Sender<bool>,
+    /// The serial of the certificate the session stands on (a renewal changes it).
+    pub serial: Mutex<String>,
 }
 
 impl SessionLink {
@@ -390,6 +419,7 @@ impl SessionLink {
             pending: Mutex::default(),
             logs: Mutex::default(),
             ended: watch::Sender::new(false),
+            serial: Mutex::default(),
         }
     }
 
@@ -558,7 +588,7 @@ mod tests {
     async fn a_silent_host_becomes_unreachable_after_the_limit() {
         let registry = Registry::new(Duration::from_secs(15), Vec::new());
         let (tx, _rx) = mpsc::channel(8);
-        let handle = registry.connect(&hello("web-1", "b1"), tx);
+        let handle = registry.connect(&hello("web-1", "b1"), "s1", tx);
         assert!(registry.view("web-1").reachable);
         tokio::time::advance(Duration::from_secs(17)).await;
         let view = registry.view("web-1");
@@ -577,7 +607,7 @@ mod tests {
     async fn deltas_apply_in_sequence_and_a_gap_asks_for_one_resync() {
         let registry = Registry::new(Duration::from_secs(15), Vec::new());
         let (tx, _rx) = mpsc::channel(8);
-        let handle = registry.connect(&hello("web-1", "b1"), tx);
+        let handle = registry.connect(&hello("web-1", "b1"), "s1", tx);
         let early = Delta {
             seq: 1,
             ..Delta::default()
@@ -632,8 +662,8 @@ mod tests {
     async fn a_new_session_replaces_the_old_one() {
         let registry = Registry::new(Duration::from_secs(15), Vec::new());
         let (tx, _rx) = mpsc::channel(8);
-        let old = registry.connect(&hello("web-1", "b1"), tx.clone());
-        let new = registry.connect(&hello("web-1", "b2"), tx);
+        let old = registry.connect(&hello("web-1", "b1"), "s1", tx.clone());
+        let new = registry.connect(&hello("web-1", "b2"), "s1", tx);
         assert!(old.link.is_ended());
         assert_eq!(old.heard(), After::Replaced);
         assert_eq!(old.disconnect("gone"), None);
@@ -652,7 +682,7 @@ mod tests {
     async fn an_agent_cannot_speak_for_another_host() {
         let registry = Registry::new(Duration::from_secs(15), Vec::new());
         let (tx, _rx) = mpsc::channel(8);
-        let handle = registry.connect(&hello("web-1", "b1"), tx);
+        let handle = registry.connect(&hello("web-1", "b1"), "s1", tx);
         let mut forged = process(0, "api");
         forged.host = "db-1".into();
         handle.snapshot(Snapshot {

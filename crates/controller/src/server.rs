@@ -84,6 +84,7 @@ pub async fn serve(
         pki,
     });
 
+    tokio::spawn(sweep_sessions(controller.clone()));
     let incoming = TcpListenerStream::new(listener).map(|stream| {
         if let Ok(stream) = &stream {
             // Commands and heartbeats are small messages; don't let Nagle hold them.
@@ -130,6 +131,32 @@ pub async fn serve(
     }
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// How often open sessions are checked against the hosts' current certificates
+/// (`fleet-controller host remove` writes the database from another process).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Closes sessions whose certificate was superseded or whose host was removed.
+async fn sweep_sessions(controller: Arc<Controller>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let current = controller
+            .store
+            .call(|conn| crate::hosts::current_serials(conn))
+            .await;
+        match current {
+            Ok(current) => {
+                for host in controller.registry.sweep(&current) {
+                    tracing::warn!(%host, "closed the session of a removed host or superseded certificate");
+                }
+            }
+            Err(crate::Error::StoreStopped) => return,
+            Err(error) => tracing::error!(%error, "cannot check hosts' certificates"),
+        }
+    }
 }
 
 /// The names the server certificate must carry: the listener's address, the local

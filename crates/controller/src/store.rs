@@ -65,6 +65,12 @@ const MIGRATIONS: &[&str] = &[
     UPDATE api_tokens SET name = 'token-' || id;
     CREATE UNIQUE INDEX api_tokens_by_name ON api_tokens (name);
     ",
+    // 3: each host's current certificate (`hosts`), and removed hosts.
+    "
+    ALTER TABLE hosts ADD COLUMN cert_serial TEXT;
+    ALTER TABLE hosts ADD COLUMN cert_expires_at INTEGER;
+    ALTER TABLE hosts ADD COLUMN removed_at INTEGER;
+    ",
 ];
 
 /// SQLite waits this long for a lock another process holds (`token create` while the
@@ -313,7 +319,8 @@ pub struct KnownHost {
 }
 
 pub fn known_hosts(conn: &Connection) -> rusqlite::Result<Vec<KnownHost>> {
-    let mut statement = conn.prepare("SELECT name, last_seen, agent_version FROM hosts")?;
+    let mut statement =
+        conn.prepare("SELECT name, last_seen, agent_version FROM hosts WHERE removed_at IS NULL")?;
     let rows = statement.query_map([], |row| {
         Ok(KnownHost {
             name: row.get(0)?,

@@ -27,7 +27,8 @@ pub mod controller {
         tonic::include_proto!("fleet.controller.v1");
 
         pub const PROTOCOL_MAJOR: u32 = 1;
-        /// 1.1: `RecordDeploy`.
-        pub const PROTOCOL_MINOR: u32 = 1;
+        /// 1.1: `RecordDeploy`. 1.2: certificate renewal over the session
+        /// (`Welcome.renew_certificate`, `renew`, `renewed`), `JoinRequest.rejoin`.
+        pub const PROTOCOL_MINOR: u32 = 2;
     }
 }

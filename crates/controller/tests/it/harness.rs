@@ -168,6 +168,7 @@ impl Controller {
                 host: host.to_owned(),
                 csr_pem,
                 protocol_major: 1,
+                rejoin: false,
             })
             .await
             .unwrap()
@@ -208,7 +209,7 @@ impl Drop for Controller {
 }
 
 /// A key and the certificate the controller issued for it.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AgentIdentity {
     pub cert_pem: String,
     pub key_pem: String,

@@ -6,6 +6,7 @@ mod harness;
 
 mod audit;
 mod auth;
+mod certificates;
 mod command;
 mod logs;
 mod restart;

@@ -193,6 +193,7 @@ async fn a_join_token_works_once_and_only_for_its_host() {
         host: host.to_owned(),
         csr_pem: csr(host).1,
         protocol_major: 1,
+        rejoin: false,
     };
     let other = link.join(join("web-2")).await.unwrap_err();
     assert_eq!(other.code(), Code::PermissionDenied);
