@@ -16,17 +16,23 @@
 #      calls Status on the 1,000-host stage 200 times over one gRPC channel while
 #      heartbeats flow (a fifth of the agents beat before every call); it prints p50, p99
 #      and the controller's RSS. This script samples the controller process meanwhile
-#      (/proc: utime+stime, VmRSS, VmHWM) for its CPU and peak memory.
-# and prints a table against the issue's targets (through the controller p99 under
+#      (/proc: utime+stime, VmRSS, VmHWM) for its CPU and peak memory;
+#   3. the abuse run (crates/controller/tests/it/abuse.rs, same binary): with the 1,000
+#      agents connected, 200 unauthenticated clients send oversized (1 MiB), malformed
+#      and guessed `Join`s and 50 clients call `Status` with a revoked token, while the
+#      stage's `Status` is called 200 times; it prints how many abusive requests were
+#      sent and refused, the status p50/p99 meanwhile and the controller's RSS growth.
+# and prints a table against the issues' targets (through the controller p99 under
 # 50 ms at 1,000 hosts with controller RSS under 150 MB; over SSH to 20 hosts under
-# 1.5 s).
+# 1.5 s; during the abuse, status p99 under 50 ms, RSS growth under 20 MB and every
+# abusive request refused).
 #
 # Usage: bench/fleet/run.sh [--ssh-runs N] [--controller-runs N] [--scale-runs N] [--apps N] [--no-scale] [--no-build]
 #   --ssh-runs N         timed `fleet status` runs per stage over SSH (default 20)
 #   --controller-runs N  timed runs per stage through the controller (default 50)
 #   --scale-runs N       runs of the 1,000-agent simulation; medians count (default 3)
 #   --apps N             apps per test-bed host (default 10, as in the simulation)
-#   --no-scale           skip the 1,000-agent simulation
+#   --no-scale           skip the 1,000-agent simulation and the abuse run
 #   --no-build           use the existing release binaries (CLI, agent, controller and
 #                        the controller's test binary)
 #
@@ -44,6 +50,7 @@ source "$ROOT/bench/lib.sh"
 TESTBED="$ROOT/deploy/testbed/testbed"
 SCALE_RS="$ROOT/crates/controller/tests/it/scale.rs"
 SCALE_TEST=scale::status_of_a_thousand_hosts_answers_within_50ms_p99
+ABUSE_TEST=abuse::abuse_while_a_thousand_hosts_are_watched
 
 HOSTS=20
 FIVE=5
@@ -404,7 +411,7 @@ scale_run() {
 }
 
 if ((WITH_SCALE)); then
-  S_HOSTS=$(sed -n 's/^const HOSTS: usize = \([0-9_]*\);/\1/p' "$SCALE_RS" | tr -d _)
+  S_HOSTS=$(sed -n 's/^\(pub \)\{0,1\}const HOSTS: usize = \([0-9_]*\);/\2/p' "$SCALE_RS" | tr -d _)
   S_PROCS=$(sed -n 's/^const PROCESSES_PER_HOST: u32 = \([0-9_]*\);/\1/p' "$SCALE_RS" | tr -d _)
   S_CALLS=$(sed -n 's/^const STATUS_CALLS: usize = \([0-9_]*\);/\1/p' "$SCALE_RS" | tr -d _)
   for ((r = 1; r <= SCALE_RUNS; r++)); do
@@ -419,6 +426,32 @@ if ((WITH_SCALE)); then
   R[scale.p99_max]=$(vals p99 | grep . | sort -n | tail -1 || true)
   [[ -n ${R[scale.hwm_max_kb]} ]] || R[scale.hwm_max_kb]=-
   [[ -n ${R[scale.p99_max]} ]] || R[scale.p99_max]=-
+fi
+
+# --- abuse ---------------------------------------------------------------------
+# abuse: 200 join abusers sent 5000, refused 5000; 50 revoked-token clients sent 900, refused 900
+# abuse: status of 1000 hosts during the abuse: p50 13ms, p99 30ms; controller RSS 60 MB before, peak 70 MB (growth 10 MB)
+if ((WITH_SCALE)); then
+  log "abuse: 200 unauthenticated Join clients and 50 revoked-token clients against 1,000 agents"
+  (cd "$ROOT/crates/controller" && exec "$SCALE_BIN" --ignored --exact --nocapture "$ABUSE_TEST") \
+    >"$WORK/abuse.log" 2>&1 </dev/null &
+  SCALE_PID=$!
+  wait "$SCALE_PID" && R[abuse.rc]=0 || R[abuse.rc]=$?
+  SCALE_PID=""
+  line=$(grep '^abuse: .*join abusers' "$WORK/abuse.log" | head -1 || true)
+  if [[ $line =~ sent\ ([0-9]+),\ refused\ ([0-9]+)\;.*sent\ ([0-9]+),\ refused\ ([0-9]+) ]]; then
+    R[abuse.joins]="${BASH_REMATCH[2]} of ${BASH_REMATCH[1]}"
+    R[abuse.revoked]="${BASH_REMATCH[4]} of ${BASH_REMATCH[3]}"
+    R[abuse.all_refused]=$(( BASH_REMATCH[1] == BASH_REMATCH[2] && BASH_REMATCH[3] == BASH_REMATCH[4] ))
+  fi
+  line=$(grep '^abuse: status of' "$WORK/abuse.log" | head -1 || true)
+  if [[ $line =~ p50\ ([^,]+),\ p99\ ([^;]+)\; ]]; then
+    R[abuse.p50]=$(ms "${BASH_REMATCH[1]}")
+    R[abuse.p99]=$(ms "${BASH_REMATCH[2]}")
+  fi
+  [[ $line =~ growth\ ([0-9]+)\ MB ]] && R[abuse.growth_mb]=${BASH_REMATCH[1]}
+  [[ $line =~ ([0-9]+)\ MB\ before ]] && R[abuse.before_mb]=${BASH_REMATCH[1]}
+  [[ -n ${R[abuse.p99]:-} ]] || { log "the abuse run printed no figures (exit ${R[abuse.rc]}):"; tail -n 20 "$WORK/abuse.log" >&2; }
 fi
 
 # --- report ------------------------------------------------------------------
@@ -446,6 +479,10 @@ if ((WITH_SCALE)); then
     "$(mb scale.rss_kb) (peak $(mb scale.hwm_max_kb))" "< 150" "$(ok "$(mb scale.hwm_max_kb) < 150")"
   row "controller CPU, ${S_HOSTS:-?} joins" "$(get scale.join_cpu_s) s CPU in $(secs "$(get scale.join_ms)") s" "-" "info"
   row "controller CPU, status calls + heartbeats" "$(get scale.status_cpu_pct)% of a core" "-" "info"
+  row "abuse: status p50 / p99 during it, ms" "$(get abuse.p50) / $(get abuse.p99)" "p99 < 50" "$(ok "$(get abuse.p99) < 50")"
+  row "abuse: controller RSS growth, MB (from $(get abuse.before_mb))" "$(get abuse.growth_mb)" "< 20" "$(ok "$(get abuse.growth_mb) < 20")"
+  row "abuse: joins refused / revoked-token calls refused" "$(get abuse.joins) / $(get abuse.revoked)" "all" \
+    "$( [[ ${R[abuse.all_refused]:-0} == 1 ]] && echo PASS || echo FAIL)"
 else
   row "status via controller, 1,000 simulated hosts" "not run (--no-scale)" "p99 < 50" "n/a"
   row "controller RSS, 1,000 agents" "not run (--no-scale)" "< 150" "n/a"

@@ -16,7 +16,7 @@ use fleet_proto::controller::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::error::Refusal;
 use crate::hosts::{self, Standing};
@@ -27,6 +27,8 @@ use crate::{now_unix_ms, pki};
 
 /// An agent must say `hello` this soon after opening its session.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines in one log batch (the agent sends at most 256).
+const MAX_LOG_BATCH: usize = 4096;
 /// Messages queued for one agent (commands, subscriptions, resyncs) before senders wait.
 const OUTBOUND_QUEUE: usize = 64;
 
@@ -48,8 +50,23 @@ impl AgentLink for AgentLinkService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Outbound>, Status> {
-        let (certified, serial, expires_ms) = certified_identity(&request)?;
-        self.check_standing(&certified, &serial, expires_ms).await?;
+        // TLS verified the certificate; a session refused past that (superseded,
+        // removed) counts as a failure of its peer, but never blocks a valid one.
+        let peer = crate::limits::peer(&request);
+        let checked = match certified_identity(&request) {
+            Ok((host, serial, expires_ms)) => (self.check_standing(&host, &serial, expires_ms))
+                .await
+                .map(|()| (host, serial, expires_ms)),
+            Err(refusal) => Err(refusal),
+        };
+        let (certified, serial, expires_ms) = checked.map_err(|refusal| {
+            if matches!(refusal, Refusal::Internal(_)) {
+                return Status::from(refusal);
+            }
+            let limited = self.controller.failures.check(peer);
+            self.controller.failures.record(peer);
+            limited.err().unwrap_or_else(|| Status::from(refusal))
+        })?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Refusal::HelloTimeout(HELLO_TIMEOUT.as_secs()).into()),
@@ -113,8 +130,32 @@ impl AgentLink for AgentLinkService {
         }))
     }
 
+    /// A peer that failed too often lately is refused before anything is parsed:
+    /// joins are rare, and a guesser's attempts should cost next to nothing.
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let request = request.into_inner();
+        let peer = crate::limits::peer(&request);
+        self.controller.failures.check(peer)?;
+        let _turn = (self.controller.joins.acquire())
+            .await
+            .map_err(|_| Status::unavailable("the controller is stopping"))?;
+        let joined = self.join_checked(request.into_inner()).await;
+        if let Err(status) = &joined
+            && matches!(
+                status.code(),
+                Code::Unauthenticated
+                    | Code::PermissionDenied
+                    | Code::InvalidArgument
+                    | Code::AlreadyExists
+            )
+        {
+            self.controller.failures.record(peer);
+        }
+        joined.map(Response::new)
+    }
+}
+
+impl AgentLinkService {
+    async fn join_checked(&self, request: JoinRequest) -> Result<JoinResponse, Status> {
         if request.protocol_major != PROTOCOL_MAJOR {
             return Err(Refusal::AgentProtocol {
                 agent: request.protocol_major,
@@ -195,14 +236,12 @@ impl AgentLink for AgentLinkService {
             .call(move |conn| store::append_audit(conn, &entry))
             .await?;
         tracing::info!(host = %request.host, serial = %certificate.serial, rejoin, "agent joined");
-        Ok(Response::new(JoinResponse {
+        Ok(JoinResponse {
             certificate_pem: certificate.pem,
             ca_pem: self.controller.pki.ca_pem.clone(),
-        }))
+        })
     }
-}
 
-impl AgentLinkService {
     /// Whether the session's certificate is its host's current one. A certificate
     /// issued before serials were recorded becomes the current one here.
     async fn check_standing(
@@ -345,6 +384,12 @@ async fn read_session(
                 tokio::spawn(renew(controller.clone(), link.clone(), request));
                 After::Continue
             }
+            agent_message::Body::Logs(batch) if batch.entries.len() > MAX_LOG_BATCH => {
+                After::Refused(format!(
+                    "a log batch of {} lines; at most {MAX_LOG_BATCH}",
+                    batch.entries.len()
+                ))
+            }
             agent_message::Body::Logs(batch) => {
                 let subscription_id = batch.subscription_id;
                 if link.deliver_logs(batch) == Delivery::Unwatched {
@@ -359,6 +404,10 @@ async fn read_session(
             After::Continue => {}
             After::Resync => link.send_soon(controller_message::Body::Resync(ResyncRequest {})),
             After::Replaced => break "replaced by a newer session".to_owned(),
+            After::Refused(reason) => {
+                tracing::warn!(host = %link.host, %reason, "ended a session that broke a bound");
+                break reason;
+            }
         }
     };
     if let Some(last_seen) = handle.disconnect(&reason) {

@@ -53,6 +53,14 @@ impl FleetApi {
     /// Checks the call's bearer token and that its role is at least `needed`; returns
     /// who made the call, for the audit log.
     async fn authorize<T>(&self, request: &Request<T>, needed: Role) -> Result<String, Status> {
+        // A valid token always passes; a peer failing too often is told to wait
+        // instead of why it failed (a guesser learns nothing more, and slowly).
+        let peer = crate::limits::peer(request);
+        let failed = |refusal: Refusal| {
+            let limited = self.controller.failures.check(peer);
+            self.controller.failures.record(peer);
+            limited.err().unwrap_or_else(|| Status::from(refusal))
+        };
         let token = request
             .metadata()
             .get("authorization")
@@ -60,7 +68,7 @@ impl FleetApi {
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|token| !token.is_empty())
-            .ok_or(Refusal::BadApiToken)?;
+            .ok_or_else(|| failed(Refusal::BadApiToken))?;
         let hash = pki::token_hash(token);
         let verdict = self
             .controller
@@ -69,13 +77,13 @@ impl FleetApi {
             .await?;
         let caller = match verdict {
             Verdict::Valid(caller) => caller,
-            Verdict::Unknown => return Err(Refusal::BadApiToken.into()),
-            Verdict::Revoked { name } => return Err(Refusal::ApiTokenRevoked(name).into()),
+            Verdict::Unknown => return Err(failed(Refusal::BadApiToken)),
+            Verdict::Revoked { name } => return Err(failed(Refusal::ApiTokenRevoked(name))),
             Verdict::Expired { name, at_ms } => {
                 let at = jiff::Timestamp::from_millisecond(at_ms as i64)
                     .map(|t| t.to_string())
                     .unwrap_or_default();
-                return Err(Refusal::ApiTokenExpired { name, at }.into());
+                return Err(failed(Refusal::ApiTokenExpired { name, at }));
             }
         };
         if caller.role < needed {

@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 mod fleet_service;
 pub mod hosts;
+pub mod limits;
 pub mod pki;
 pub mod registry;
 mod server;

@@ -19,6 +19,10 @@ use tokio::time::Instant;
 
 use crate::store::KnownHost;
 
+/// The most processes one host may report (an agent's own cap on instances is far
+/// below it): a certificate cannot grow the controller's memory without bound.
+pub const MAX_PROCESSES_PER_HOST: usize = 10_000;
+
 /// Why a host that once had a session has none now, when the controller restarted since.
 const NOT_SINCE_START: &str = "no session since the controller started";
 
@@ -74,6 +78,8 @@ pub enum After {
     Resync,
     /// This session was replaced by a newer one for the same host: stop reading.
     Replaced,
+    /// The agent broke a bound: end the session, saying why.
+    Refused(String),
 }
 
 impl Registry {
@@ -294,6 +300,9 @@ impl HostHandle {
         let Some(mut state) = self.state() else {
             return After::Replaced;
         };
+        if snapshot.processes.len() > MAX_PROCESSES_PER_HOST {
+            return too_many(snapshot.processes.len());
+        }
         state.processes = snapshot
             .processes
             .into_iter()
@@ -328,6 +337,11 @@ impl HostHandle {
             let process = compact(process, &self.link.host);
             state.processes.insert(process.id, process);
         }
+        if state.processes.len() > MAX_PROCESSES_PER_HOST {
+            let reported = state.processes.len();
+            state.processes.clear();
+            return too_many(reported);
+        }
         state.seq = delta.seq;
         After::Continue
     }
@@ -358,6 +372,12 @@ impl HostHandle {
         state.disconnected = Some(reason.to_owned());
         Some(state.last_seen_unix_ms)
     }
+}
+
+fn too_many(reported: usize) -> After {
+    After::Refused(format!(
+        "the agent reported {reported} processes; a host may have at most {MAX_PROCESSES_PER_HOST}"
+    ))
 }
 
 /// Asks for a snapshot unless one was asked for already: deltas and heartbeats that

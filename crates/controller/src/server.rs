@@ -40,6 +40,10 @@ pub(crate) struct Controller {
     pub store: Store,
     pub registry: Registry,
     pub pki: Pki,
+    /// Failed authentications per peer (`limits`).
+    pub failures: crate::limits::Failures,
+    /// Joins being signed at once.
+    pub joins: tokio::sync::Semaphore,
 }
 
 /// Serves the controller on `listener` until `shutdown` resolves. The first start
@@ -82,15 +86,19 @@ pub async fn serve(
         store,
         registry,
         pki,
+        failures: crate::limits::Failures::default(),
+        joins: tokio::sync::Semaphore::new(crate::limits::MAX_CONCURRENT_JOINS),
     });
 
     tokio::spawn(sweep_sessions(controller.clone()));
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        if let Ok(stream) = &stream {
+    let connections = crate::limits::Connections::default();
+    let incoming = TcpListenerStream::new(listener).filter_map(move |stream| match stream {
+        Ok(stream) => {
             // Commands and heartbeats are small messages; don't let Nagle hold them.
             let _ = stream.set_nodelay(true);
+            connections.admit(stream).map(Ok)
         }
-        stream
+        Err(error) => Some(Err(error)),
     });
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let signal = {
@@ -110,6 +118,8 @@ pub async fn serve(
         "controller serving; the CLI trusts it with FLEET_CA=<ca>"
     );
     let server = Server::builder()
+        .layer(crate::limits::JoinLimit)
+        .max_concurrent_streams(crate::limits::MAX_STREAMS_PER_CONNECTION)
         .tls_config(tls)?
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))

@@ -164,3 +164,83 @@ async fn an_agent_renews_its_certificate_over_its_session() {
         .expect("the renewed certificate opens a session");
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn an_oversized_join_is_cut_off_and_the_controller_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(dir.path()).await;
+    let mut link = AgentLinkClient::new(controller.channel(None).await.unwrap());
+    let huge = link
+        .join(JoinRequest {
+            token: "fjt_x".into(),
+            host: "web-1".into(),
+            csr_pem: "A".repeat(4 << 20),
+            protocol_major: 1,
+            rejoin: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), Code::ResourceExhausted, "{huge:?}");
+    assert!(
+        huge.message().contains("at most 64 KiB"),
+        "{}",
+        huge.message()
+    );
+    // A normal join on a new connection still works.
+    FakeAgent::joined(&controller, "web-1").await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_keeps_failing_to_authenticate_is_refused_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(dir.path()).await;
+    let mut link = AgentLinkClient::new(controller.channel(None).await.unwrap());
+    let attempt = || JoinRequest {
+        token: "fjt_guess".into(),
+        host: "web-1".into(),
+        csr_pem: csr("web-1").1,
+        protocol_major: 1,
+        rejoin: false,
+    };
+    let mut codes = Vec::new();
+    for _ in 0..25 {
+        codes.push(link.join(attempt()).await.unwrap_err().code());
+    }
+    let unauthenticated = codes
+        .iter()
+        .filter(|c| **c == Code::Unauthenticated)
+        .count();
+    assert_eq!(unauthenticated, 20, "a burst of 20 failures: {codes:?}");
+    assert!(
+        codes[20..].iter().all(|c| *c == Code::ResourceExhausted),
+        "{codes:?}"
+    );
+    // The same limit covers API tokens from this address.
+    let refused = controller
+        .fleet()
+        .await
+        .hello(crate::harness::authed(Default::default(), "fct_guess"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .starts_with("too many failed attempts from 127.0.0.1")
+    );
+    // A valid token from the same address still works.
+    controller
+        .fleet()
+        .await
+        .hello(crate::harness::authed(
+            fleet_proto::controller::v1::FleetHello {
+                protocol_major: 1,
+                ..Default::default()
+            },
+            &controller.api_token(),
+        ))
+        .await
+        .expect("a valid token passes");
+    controller.stop().await;
+}

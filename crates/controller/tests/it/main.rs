@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod abuse;
 mod audit;
 mod auth;
 mod certificates;

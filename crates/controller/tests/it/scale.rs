@@ -10,14 +10,43 @@ use fleet_proto::controller::v1::{Heartbeat, Snapshot, StatusRequest, agent_mess
 use crate::harness::{Controller, FakeAgent, authed, hello, process, stage};
 
 /// The brief's figures: 1,000 hosts, p99 under 50 ms.
-const HOSTS: usize = 1000;
+pub const HOSTS: usize = 1000;
 const PROCESSES_PER_HOST: u32 = 10;
 const STATUS_CALLS: usize = 200;
 
 /// The brief's memory ceiling for the controller at 1,000 hosts.
 const MAX_RSS_BYTES: u64 = 150 << 20;
 
-fn rss_bytes(pid: u32) -> u64 {
+/// `HOSTS` agents, each joined with its own key and holding its own TLS session as
+/// real agents do, each having sent a snapshot of `PROCESSES_PER_HOST` processes.
+pub async fn connect_agents(controller: &Controller) -> (Vec<FakeAgent>, Vec<String>) {
+    let started = Instant::now();
+    let mut agents = Vec::with_capacity(HOSTS);
+    let mut names = Vec::with_capacity(HOSTS);
+    for index in 0..HOSTS {
+        let host = format!("host-{index:04}");
+        let identity = controller.join(&host).await;
+        let channel = controller.channel(Some(&identity)).await.unwrap();
+        let agent = FakeAgent::connect(channel, hello(&host)).await.unwrap();
+        agent
+            .send(agent_message::Body::Snapshot(Snapshot {
+                processes: (0..PROCESSES_PER_HOST)
+                    .map(|id| process(id, "app"))
+                    .collect(),
+                seq: 1,
+            }))
+            .await;
+        agents.push(agent);
+        names.push(host);
+    }
+    eprintln!(
+        "{HOSTS} agents joined and connected in {:?}",
+        started.elapsed()
+    );
+    (agents, names)
+}
+
+pub fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -41,31 +70,7 @@ async fn status_of_a_thousand_hosts_answers_within_50ms_p99() {
     let pid = controller.process.as_ref().unwrap().id();
     let token = controller.api_token();
     let rss_before = rss_bytes(pid);
-    let started = Instant::now();
-    // Every host joins with its own key and holds its own TLS connection, as real
-    // agents do; one certificate is enough per test host name.
-    let mut agents = Vec::with_capacity(HOSTS);
-    let mut names = Vec::with_capacity(HOSTS);
-    for index in 0..HOSTS {
-        let host = format!("host-{index:04}");
-        let identity = controller.join(&host).await;
-        let channel = controller.channel(Some(&identity)).await.unwrap();
-        let agent = FakeAgent::connect(channel, hello(&host)).await.unwrap();
-        agent
-            .send(agent_message::Body::Snapshot(Snapshot {
-                processes: (0..PROCESSES_PER_HOST)
-                    .map(|id| process(id, "app"))
-                    .collect(),
-                seq: 1,
-            }))
-            .await;
-        agents.push(agent);
-        names.push(host);
-    }
-    eprintln!(
-        "{HOSTS} agents joined and connected in {:?}",
-        started.elapsed()
-    );
+    let (agents, names) = connect_agents(&controller).await;
     let hosts: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut fleet = controller.fleet().await;
     let mut latencies = Vec::with_capacity(STATUS_CALLS);

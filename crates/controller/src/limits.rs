@@ -1,0 +1,308 @@
+//! What any client can cost the controller, bounded before it authenticates:
+//! connections per peer address, streams per connection (`server`), the size of an
+//! unauthenticated `Join` (a layer that cuts its body short), failed authentications
+//! per peer (a token bucket: past a burst, a peer's failures are answered with "retry
+//! later" and its joins refused before they are parsed, while its valid credentials
+//! keep working), and how many joins sign at once. What an authenticated agent can grow (its process
+//! table, its log batches) is bounded in `registry`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::Status;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::registry::lock;
+
+/// `Join` is a token, a host name and a CSR: a few KiB. Anything larger is cut off
+/// while it arrives, before it is decoded.
+pub const MAX_JOIN_BYTES: usize = 64 * 1024;
+/// The path of `AgentLink.Join`, the one call without a credential at the TLS layer.
+const JOIN_PATH: &str = "/fleet.controller.v1.AgentLink/Join";
+/// Open connections from one address. The 1,000-agent simulation (`bench/fleet`) runs
+/// from one address; a real fleet has one or two per host.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 2048;
+/// HTTP/2 streams one connection may have open (an agent has one session and the
+/// CLI a few calls; a follower of logs one stream per host).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Failed authentications per peer address: a burst, then one every few seconds.
+const FAILURE_BURST: f64 = 20.0;
+const FAILURE_REFILL_PER_SEC: f64 = 0.5;
+/// Peers remembered by the failure limiter; past this, full buckets are forgotten
+/// (they are what an unknown peer starts with).
+const MAX_TRACKED_PEERS: usize = 16 * 1024;
+/// Joins being signed at once; more wait their turn.
+pub const MAX_CONCURRENT_JOINS: usize = 8;
+
+/// A token bucket of failed authentications per peer address.
+#[derive(Default)]
+pub struct Failures {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl Failures {
+    fn refilled(tokens: f64, since: Instant, now: Instant) -> f64 {
+        let refill = now.saturating_duration_since(since).as_secs_f64() * FAILURE_REFILL_PER_SEC;
+        (tokens + refill).min(FAILURE_BURST)
+    }
+
+    /// Refuses a peer that failed too often lately, saying when to try again.
+    pub fn check(&self, peer: Option<IpAddr>) -> Result<(), Status> {
+        let Some(peer) = peer else { return Ok(()) };
+        let buckets = lock(&self.buckets);
+        let Some(&(tokens, since)) = buckets.get(&peer) else {
+            return Ok(());
+        };
+        let tokens = Self::refilled(tokens, since, Instant::now());
+        if tokens >= 1.0 {
+            return Ok(());
+        }
+        let wait = ((1.0 - tokens) / FAILURE_REFILL_PER_SEC).ceil() as u64;
+        Err(Status::resource_exhausted(format!(
+            "too many failed attempts from {peer}; retry in {wait} s"
+        )))
+    }
+
+    /// Counts one failed authentication of `peer`.
+    pub fn record(&self, peer: Option<IpAddr>) {
+        let Some(peer) = peer else { return };
+        let now = Instant::now();
+        let mut buckets = lock(&self.buckets);
+        if buckets.len() >= MAX_TRACKED_PEERS && !buckets.contains_key(&peer) {
+            buckets
+                .retain(|_, (tokens, since)| Self::refilled(*tokens, *since, now) < FAILURE_BURST);
+            if buckets.len() >= MAX_TRACKED_PEERS {
+                // Everyone is failing: forget the oldest half rather than grow.
+                let mut ages: Vec<Instant> = buckets.values().map(|(_, since)| *since).collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 2];
+                buckets.retain(|_, (_, since)| *since > cut);
+            }
+        }
+        let (tokens, since) = buckets.get(&peer).copied().unwrap_or((FAILURE_BURST, now));
+        let tokens = Self::refilled(tokens, since, now);
+        buckets.insert(peer, ((tokens - 1.0).max(0.0), now));
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        lock(&self.buckets).len()
+    }
+}
+
+/// The peer address of a request (tonic records it for TCP and TLS connections).
+pub fn peer<T>(request: &tonic::Request<T>) -> Option<IpAddr> {
+    request.remote_addr().map(|address| address.ip())
+}
+
+/// Cuts a `Join` request's body off past `MAX_JOIN_BYTES`.
+#[derive(Clone, Copy, Default)]
+pub struct JoinLimit;
+
+impl<S> tower::Layer<S> for JoinLimit {
+    type Service = JoinLimited<S>;
+    fn layer(&self, inner: S) -> JoinLimited<S> {
+        JoinLimited { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct JoinLimited<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for JoinLimited<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() != JOIN_PATH {
+            return self.inner.call(request);
+        }
+        let (parts, body) = request.into_parts();
+        let body = tonic::body::Body::new(Limited {
+            inner: body,
+            left: MAX_JOIN_BYTES,
+        });
+        self.inner.call(http::Request::from_parts(parts, body))
+    }
+}
+
+/// A body that fails once more than `left` bytes arrived.
+struct Limited {
+    inner: tonic::body::Body,
+    left: usize,
+}
+
+impl http_body::Body for Limited {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if data.len() > this.left {
+                        this.left = 0;
+                        return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+                            "a Join request is at most {} KiB",
+                            MAX_JOIN_BYTES / 1024
+                        )))));
+                    }
+                    this.left -= data.len();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+/// Open connections per peer address, counted while each one lives.
+#[derive(Clone, Default)]
+pub struct Connections {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Connections {
+    /// The connection, counted; `None` (and the connection dropped) when its peer has
+    /// `MAX_CONNECTIONS_PER_PEER` open already.
+    pub fn admit(&self, stream: TcpStream) -> Option<Counted> {
+        let peer = stream.peer_addr().ok()?.ip();
+        let mut open = lock(&self.open);
+        let count = open.entry(peer).or_default();
+        if *count >= MAX_CONNECTIONS_PER_PEER {
+            tracing::warn!(%peer, "refused a connection: {MAX_CONNECTIONS_PER_PEER} open from this address already");
+            return None;
+        }
+        *count += 1;
+        Some(Counted {
+            stream,
+            peer,
+            open: self.open.clone(),
+        })
+    }
+}
+
+/// A TCP connection counted in `Connections` until it is dropped.
+pub struct Counted {
+    stream: TcpStream,
+    peer: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = lock(&self.open);
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl Connected for Counted {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_refused_after_a_burst_of_failures_and_others_are_not() {
+        let failures = Failures::default();
+        let bad: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
+        let good: Option<IpAddr> = Some("192.0.2.2".parse().unwrap());
+        for _ in 0..FAILURE_BURST as usize {
+            assert!(failures.check(bad).is_ok());
+            failures.record(bad);
+        }
+        let refused = failures.check(bad).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("retry in 2 s"),
+            "{}",
+            refused.message()
+        );
+        assert!(failures.check(good).is_ok());
+        assert!(failures.check(None).is_ok(), "no address, no bucket");
+    }
+
+    #[test]
+    fn the_failure_table_stays_bounded() {
+        let failures = Failures::default();
+        for n in 0..(MAX_TRACKED_PEERS as u32 + 5000) {
+            failures.record(Some(IpAddr::from(n.to_be_bytes())));
+        }
+        assert!(
+            failures.tracked() <= MAX_TRACKED_PEERS,
+            "{}",
+            failures.tracked()
+        );
+    }
+}
