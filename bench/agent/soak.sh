@@ -18,6 +18,9 @@
 #   --minutes N          how long after the warm-up (default 10)
 #   --warmup-minutes N   before the first figure (default 3)
 #   --no-build    use the existing target/release binaries
+#   --heaptrack FILE  run the agent under heaptrack, writing FILE (.zst); the agent is
+#                 SIGKILLed at the end, so what heaptrack reports as leaked is what the
+#                 agent held then (heaptrack_print --print-leaks FILE.zst)
 set -euo pipefail
 export LC_ALL=C
 
@@ -29,11 +32,13 @@ source "$ROOT/bench/lib.sh"
 MINUTES=10
 WARMUP=3
 BUILD=1
+HEAPTRACK=""
 while (($#)); do
   case "$1" in
     --minutes) MINUTES=${2:?--minutes needs a number}; shift ;;
     --warmup-minutes) WARMUP=${2:?--warmup-minutes needs a number}; shift ;;
     --no-build) BUILD=0 ;;
+    --heaptrack) HEAPTRACK=${2:?--heaptrack needs a file}; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -76,6 +81,12 @@ cfg="$WORK/fleet.toml"
   done
 } >"$cfg"
 
+if [[ -n $HEAPTRACK ]]; then
+  command -v heaptrack >/dev/null || die "--heaptrack needs heaptrack (apt-get install heaptrack)"
+  heaptrack -o "$HEAPTRACK" "$ROOT/target/release/fleet-agent" --home "$FLEET_HOME" \
+    >"$WORK/heaptrack.log" 2>&1 &
+  until [[ -S $FLEET_HOME/agent.sock ]]; do sleep 0.1; done
+fi
 log "starting 100 apps (112 instances) for $MINUTES minute(s)"
 "$FLEET" start "$cfg" >/dev/null
 AGENT=$(tr -dc '0-9' <"$FLEET_HOME/agent.pid")
@@ -121,6 +132,14 @@ done
 sample end
 pkill -P "$RELOADER" 2>/dev/null || true
 kill "$RELOADER" 2>/dev/null || true
+if [[ -n $HEAPTRACK ]]; then
+  restarts=$(timeout 20 "$FLEET" list --json | python3 -c 'import json,sys; print(sum(p["restarts"] for p in json.load(sys.stdin)))')
+  kill -KILL "$AGENT"
+  while kill -0 "$AGENT" 2>/dev/null; do sleep 0.1; done
+  wait
+  log "heaptrack wrote $(ls "$HEAPTRACK"* 2>/dev/null | head -1) ($restarts restarts)"
+  exit 0
+fi
 
 restarts=$(timeout 20 "$FLEET" list --json | python3 -c 'import json,sys; print(sum(p["restarts"] for p in json.load(sys.stdin)))')
 growth() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.1f%%", 100 * (b - a) / a }'; }
