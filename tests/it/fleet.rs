@@ -36,11 +36,20 @@ impl Fleetbed {
             .iter()
             .map(|h| format!("\"{}\"", h.address))
             .collect();
+        // `proxied`: the first host by a name nothing resolves, reachable only through
+        // a ProxyCommand (bash's /dev/tcp), its key known by its address (HostKeyAlias).
+        let first = &bed.hosts[0].address;
+        let proxy = format!(
+            "bash -c 'exec 3<>/dev/tcp/{first}/22; cat <&3 & exec cat >&3'"
+        );
         fleet.file(
             "fleet.toml",
             &format!(
-                "[deploy.bed]\nhost = [{}]\nuser = \"root\"\nkey = \"{}\"\nssh_options = [\"UserKnownHostsFile={}\", \"ConnectTimeout=3\"]\nfleet_home = \"{HOST_FLEET_HOME}\"\nrepo = \".\"\nref = \"main\"\npath = \"/srv/app\"\n",
+                "[deploy.bed]\nhost = [{}]\nuser = \"root\"\nkey = \"{}\"\nssh_options = [\"UserKnownHostsFile={}\", \"ConnectTimeout=3\"]\nfleet_home = \"{HOST_FLEET_HOME}\"\nrepo = \".\"\nref = \"main\"\npath = \"/srv/app\"\n\n\
+                 [deploy.proxied]\nhost = [\"proxied-h1.invalid\"]\nuser = \"root\"\nkey = \"{}\"\nssh_options = [\"UserKnownHostsFile={}\", \"ConnectTimeout=3\", \"ProxyCommand={proxy}\", \"HostKeyAlias={first}\"]\nfleet_home = \"{HOST_FLEET_HOME}\"\nrepo = \".\"\nref = \"main\"\npath = \"/srv/app\"\n",
                 addresses.join(", "),
+                bed.client_key().display(),
+                bed.known_hosts().display(),
                 bed.client_key().display(),
                 bed.known_hosts().display(),
             ),
@@ -162,6 +171,18 @@ fn status_over_ssh_across_five_hosts_with_a_lost_agent_and_a_partition() {
     let output = fb.fleet.run(&["status", "bed"]);
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains(&format!("{a2}: unreachable")), "{text}");
+
+    // A host reachable only through its ProxyCommand.
+    let output = fb.fleet.run(&["status", "proxied", "--json"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: Vec<Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(instances_on(&status, "proxied-h1.invalid"), 2, "{status:#?}");
 }
 
 #[test]

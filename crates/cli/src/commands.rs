@@ -13,13 +13,13 @@ use crate::{Command, Failure, fleet, status_error};
 
 type Result<T> = std::result::Result<T, Failure>;
 
-pub async fn run(command: Command, accept_new_host_keys: bool) -> Result<()> {
-    if let Some(result) = fleet::route(&command, accept_new_host_keys).await {
+pub async fn run(command: Command, ssh: fleet_remote::ssh::SshChoices) -> Result<()> {
+    if let Some(result) = fleet::route(&command, &ssh).await {
         return result;
     }
     let home = client::home()?;
     match command {
-        Command::Deploy(args) => crate::deploy::run(args, accept_new_host_keys).await,
+        Command::Deploy(args) => crate::deploy::run(args, ssh).await,
         Command::Status(args) => list_command(&home, args.json).await,
         Command::List(args) => list_command(&home, args.json).await,
         Command::Jlist(args) => {

@@ -62,7 +62,7 @@ pub fn parse_action(words: &[String]) -> Result<Action> {
     }
 }
 
-pub async fn run(args: DeployArgs, accept_new_host_keys: bool) -> Result<()> {
+pub async fn run(args: DeployArgs, ssh: fleet_remote::ssh::SshChoices) -> Result<()> {
     let mut words = vec![args.stage];
     words.extend(args.action);
     // PM2's `pm2 deploy ecosystem.config.js production`: the config file first.
@@ -87,7 +87,7 @@ pub async fn run(args: DeployArgs, accept_new_host_keys: bool) -> Result<()> {
         git_ref: args.git_ref,
         no_rollback: args.no_rollback,
         reason: args.reason,
-        accept_new_host_keys,
+        ssh,
         who: None,
     };
     let hosts = stage.config.targets().into_iter().map(|t| t.host).collect();

@@ -3,6 +3,7 @@
 //! the hosts (through the controller or over SSH); this file prints and picks the
 //! exit codes, the same either way.
 
+use fleet_remote::ssh::SshChoices;
 use fleet_proto::controller::v1::Action;
 use fleet_remote::stage::{self, LogsQuery, Stage, StageError};
 
@@ -23,7 +24,7 @@ impl From<StageError> for Failure {
 /// A command aimed at a stage rather than this host, run across the stage's hosts;
 /// `None` when the command is for this host. A first word naming a stage of the
 /// config file makes it a fleet command: `fleet restart production api`.
-pub async fn route(command: &Command, accept_new_host_keys: bool) -> Option<Result<()>> {
+pub async fn route(command: &Command, ssh: &SshChoices) -> Option<Result<()>> {
     let (targets, action) = match command {
         Command::Start(args) => (&args.targets, Action::Start),
         Command::Stop(args) => (&args.targets, Action::Stop),
@@ -32,7 +33,7 @@ pub async fn route(command: &Command, accept_new_host_keys: bool) -> Option<Resu
         Command::Status(args) => {
             let name = args.stage.as_ref()?;
             return Some(match stage::find(name) {
-                Ok(Some(stage)) => status(&stage, args.json, accept_new_host_keys).await,
+                Ok(Some(stage)) => status(&stage, args.json, ssh).await,
                 Ok(None) => Err(Failure::usage(format!(
                     "no stage {name:?}: fleet.toml has no [deploy.{name}]\nhint: `fleet status` without a stage lists this host's apps"
                 ))),
@@ -42,7 +43,7 @@ pub async fn route(command: &Command, accept_new_host_keys: bool) -> Option<Resu
         Command::Logs(args) => {
             return match stage_of(&args.targets) {
                 Ok(Some((stage, targets))) => {
-                    Some(logs(&stage, targets, args, accept_new_host_keys).await)
+                    Some(logs(&stage, targets, args, ssh).await)
                 }
                 Ok(None) => None,
                 Err(error) => Some(Err(error)),
@@ -55,7 +56,7 @@ pub async fn route(command: &Command, accept_new_host_keys: bool) -> Option<Resu
     }
     match stage_of(targets) {
         Ok(Some((stage, targets))) => {
-            Some(command_on_stage(&stage, action, targets, accept_new_host_keys).await)
+            Some(command_on_stage(&stage, action, targets, ssh).await)
         }
         Ok(None) => None,
         Err(error) => Some(Err(error)),
@@ -74,8 +75,8 @@ pub fn stage_of(targets: &[String]) -> Result<Option<(Stage, Vec<String>)>> {
 }
 
 /// `fleet status <stage>`: every instance of every host; exit 1 if a host is unreachable.
-pub async fn status(stage: &Stage, json: bool, accept_new_host_keys: bool) -> Result<()> {
-    let mut remote = stage.connect(accept_new_host_keys).await?;
+pub async fn status(stage: &Stage, json: bool, ssh: &SshChoices) -> Result<()> {
+    let mut remote = stage.connect(ssh).await?;
     let outcomes = remote.status().await?;
     output::print_fleet_status(&outcomes, json);
     let unreachable = outcomes.iter().filter(|o| o.result.is_err()).count();
@@ -93,9 +94,9 @@ pub async fn command_on_stage(
     stage: &Stage,
     action: Action,
     targets: Vec<String>,
-    accept_new_host_keys: bool,
+    ssh: &SshChoices,
 ) -> Result<()> {
-    let mut remote = stage.connect(accept_new_host_keys).await?;
+    let mut remote = stage.connect(ssh).await?;
     let outcomes = remote.command(action, targets, String::new()).await?;
     output::print_host_results(&outcomes);
     let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
@@ -115,9 +116,9 @@ pub async fn logs(
     stage: &Stage,
     targets: Vec<String>,
     args: &LogsArgs,
-    accept_new_host_keys: bool,
+    ssh: &SshChoices,
 ) -> Result<()> {
-    let mut remote = stage.connect(accept_new_host_keys).await?;
+    let mut remote = stage.connect(ssh).await?;
     let style = output::LogStyle::from_flags(args.json, args.raw);
     let mut printer = output::LogPrinter::new(style).with_hosts();
     let mut lines = remote

@@ -31,6 +31,11 @@ pub struct Cli {
     /// Learn the host keys of hosts never seen before (changed keys are still refused).
     #[arg(long, global = true)]
     accept_new_host_keys: bool,
+    /// Accept, for this run only, that HOST (as the stage names it, or its HostName)
+    /// offers another host key than the one known (repeatable). Verify the new
+    /// fingerprint first: otherwise a changed key is always refused.
+    #[arg(long = "accept-changed-host-key", value_name = "HOST", global = true)]
+    accept_changed_host_keys: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -436,7 +441,12 @@ fn main() -> ExitCode {
     };
     // One crypto backend for TLS to the controller.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    match runtime.block_on(commands::run(cli.command, cli.accept_new_host_keys)) {
+    let choices = fleet_remote::ssh::SshChoices {
+        accept_new_host_keys: cli.accept_new_host_keys,
+        accept_changed_host_keys: cli.accept_changed_host_keys,
+        print_warnings: true,
+    };
+    match runtime.block_on(commands::run(cli.command, choices)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("error: {}", failure.message);

@@ -63,8 +63,8 @@ pub struct Options {
     pub no_rollback: bool,
     /// Why: kept in each host's lock and releases.log.
     pub reason: Option<String>,
-    /// Learn the host keys of hosts never seen before (changed keys are refused).
-    pub accept_new_host_keys: bool,
+    /// Host keys the operator accepts on this run, and whether warnings print now.
+    pub ssh: crate::ssh::SshChoices,
     /// Who deploys, as `user@machine`; by default this process's user and hostname.
     pub who: Option<String>,
 }
@@ -162,7 +162,7 @@ impl Context {
             })?);
         }
         let hosts = stage
-            .ssh_targets(options.accept_new_host_keys)
+            .ssh_targets(&options.ssh)
             .into_iter()
             .zip(paths)
             .map(|((target, pool), path)| {

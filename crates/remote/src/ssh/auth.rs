@@ -1,7 +1,10 @@
-//! Public-key authentication, in this order: ssh-agent identities, the configured
-//! key and IdentityFiles, then the default keys (~/.ssh/id_ed25519, id_ecdsa,
-//! id_rsa). Encrypted key files are skipped (fleet never prompts); load them into
-//! ssh-agent. Key material never reaches a message: only paths and fingerprints do.
+//! Public-key authentication, in this order: ssh-agent identities (with
+//! IdentitiesOnly, only the configured keys' copies), the configured key and
+//! IdentityFiles, or when none is configured the default keys (~/.ssh/id_ed25519,
+//! id_ecdsa, id_rsa), as OpenSSH does. Encrypted key files are skipped (fleet never
+//! prompts); load them into ssh-agent. A key file others may read or write is refused,
+//! as OpenSSH refuses it. Key material never reaches a message: only paths and
+//! fingerprints do.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +35,17 @@ enum KeyFile {
 }
 
 fn read_key_file(path: &Path) -> KeyFile {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return KeyFile::Missing,
+        Ok(meta) if meta.mode() & 0o077 != 0 => {
+            return KeyFile::Unreadable(format!(
+                "permissions {:04o} are too open: others may read it; chmod 600 it",
+                meta.mode() & 0o7777
+            ));
+        }
+        _ => {}
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return KeyFile::Missing,
@@ -114,7 +128,8 @@ fn key_files(resolved: &Resolved) -> Vec<(PathBuf, bool, KeyFile)> {
         .iter()
         .map(|f| (f.clone(), true))
         .collect();
-    if let Some(home) = std::env::home_dir() {
+    // The defaults only when nothing is configured (OpenSSH's rule).
+    if let Some(home) = std::env::home_dir().filter(|_| files.is_empty()) {
         for default in DEFAULT_KEYS {
             let path = home.join(default);
             if !files.iter().any(|(f, _)| *f == path) {

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use russh::client::{self, Handle, Msg};
@@ -29,12 +29,15 @@ const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
 /// The russh handler: checks the server's host key against known_hosts.
 pub struct Checker {
     label: String,
+    /// The name known_hosts files know the host by (HostKeyAlias, else HostName).
     hostname: String,
     port: u16,
     user_known_hosts: Vec<PathBuf>,
     global_known_hosts: Vec<PathBuf>,
     strict: StrictHostKeyChecking,
-    warnings: Arc<Mutex<Vec<String>>>,
+    hash_known_hosts: bool,
+    accept_changed: bool,
+    warnings: Arc<super::Warnings>,
 }
 
 #[derive(Debug)]
@@ -79,9 +82,11 @@ impl client::Handler for Checker {
                 }))
             }
             Verdict::Changed { file, line } => {
-                if self.strict == StrictHostKeyChecking::No {
+                // Never on StrictHostKeyChecking=no alone: only when the operator
+                // named this host for this run.
+                if self.accept_changed {
                     self.warn(format!(
-                        "the host key of {} changed ({}:{} holds another; it now offers {fingerprint}); connected anyway, as StrictHostKeyChecking=no asks",
+                        "the host key of {} changed ({}:{} holds another; it now offers {fingerprint}); connected anyway, as --accept-changed-host-key asks",
                         self.label,
                         file.display(),
                         line
@@ -106,7 +111,13 @@ impl client::Handler for Checker {
                     }));
                 }
                 if let Some(file) = learn_into
-                    && let Err(error) = known_hosts::learn(&file, &self.hostname, self.port, key)
+                    && let Err(error) = known_hosts::learn(
+                        &file,
+                        &self.hostname,
+                        self.port,
+                        key,
+                        self.hash_known_hosts,
+                    )
                 {
                     self.warn(format!(
                         "cannot add the host key of {} to {}: {error}",
@@ -122,9 +133,7 @@ impl client::Handler for Checker {
 
 impl Checker {
     fn warn(&self, message: String) {
-        if let Ok(mut warnings) = self.warnings.lock() {
-            warnings.push(message);
-        }
+        self.warnings.push(message);
     }
 }
 
@@ -164,6 +173,8 @@ pub struct Connection {
     pub connect_timeout: Duration,
     /// The jump host's connection, kept alive while this one lives.
     _via: Option<Arc<Connection>>,
+    /// The ProxyCommand carrying this connection.
+    _proxy: Option<ProxyCommand>,
 }
 
 /// Tracks handshakes in flight (for the concurrency test and for `--verbose` one day).
@@ -201,7 +212,7 @@ pub async fn establish(
     via: Option<Arc<Connection>>,
     handshakes: &Semaphore,
     gauge: &HandshakeGauge,
-    warnings: Arc<Mutex<Vec<String>>>,
+    warnings: Arc<super::Warnings>,
 ) -> Result<Connection, SshError> {
     let Ok(_permit) = handshakes.acquire().await else {
         return Err(SshError::Channel {
@@ -214,11 +225,13 @@ pub async fn establish(
     let address = format!("{}:{}", resolved.hostname, resolved.port);
     let checker = Checker {
         label: label.clone(),
-        hostname: resolved.hostname.clone(),
+        hostname: resolved.host_key_name.clone(),
         port: resolved.port,
         user_known_hosts: resolved.user_known_hosts.clone(),
         global_known_hosts: resolved.global_known_hosts.clone(),
         strict: resolved.strict,
+        hash_known_hosts: resolved.hash_known_hosts,
+        accept_changed: resolved.accept_changed_host_key,
         warnings,
     };
     let known_files: Vec<PathBuf> = resolved
@@ -235,7 +248,7 @@ pub async fn establish(
         nodelay: true,
         preferred: preferred_for(&known_hosts::known_algorithms(
             &known_files,
-            &resolved.hostname,
+            &resolved.host_key_name,
             resolved.port,
         )),
         ..client::Config::default()
@@ -245,6 +258,7 @@ pub async fn establish(
         step,
         after: timeout,
     };
+    let mut proxy_child = None;
     let mut handle = match &via {
         Some(jump) => {
             let channel = tokio::time::timeout(
@@ -267,6 +281,15 @@ pub async fn establish(
                 ),
             })?;
             handshake(channel.into_stream(), config, checker, timeout, &label).await?
+        }
+        None if resolved.proxy_command.is_some() => {
+            let command = resolved.proxy_command.as_deref().unwrap_or_default();
+            let (child, stream) = proxy(command).map_err(|error| SshError::Connect {
+                host: label.clone(),
+                source: format!("cannot run ProxyCommand `{command}`: {error}"),
+            })?;
+            proxy_child = Some(child);
+            handshake(stream, config, checker, timeout, &label).await?
         }
         None => {
             let stream = tokio::time::timeout(
@@ -292,7 +315,41 @@ pub async fn establish(
         label,
         connect_timeout: timeout,
         _via: via,
+        _proxy: proxy_child,
     })
+}
+
+/// Runs a `ProxyCommand` (`sh -c`, as OpenSSH does): its stdout and stdin are the
+/// connection; its stderr is the user's. It runs in a process group of its own, all
+/// of which is killed when the connection is dropped (a shell's background job would
+/// otherwise outlive it, holding the socket and the user's terminal).
+fn proxy(command: &str) -> std::io::Result<(ProxyCommand, impl AsyncRead + AsyncWrite + Unpin + Send + 'static)> {
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
+        return Err(std::io::Error::other("no pipes to the command"));
+    };
+    Ok((ProxyCommand(child), tokio::io::join(stdout, stdin)))
+}
+
+/// A running ProxyCommand; dropping it kills its whole process group.
+pub struct ProxyCommand(tokio::process::Child);
+
+impl Drop for ProxyCommand {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 async fn handshake<R>(

@@ -1,5 +1,6 @@
 //! Host key checking against OpenSSH known_hosts files: plain and hashed (`|1|`)
-//! names, `*`/`?` and `!` patterns, `[host]:port`, `@revoked`; and learning a new key.
+//! names, `*`/`?` and `!` patterns, `[host]:port`, `@revoked`; and learning a new key,
+//! hashed with `HashKnownHosts yes` as OpenSSH writes it.
 //! russh's own `check_known_hosts_path` was not used: it matches exact names only,
 //! splits on single spaces, fails on a line it cannot parse and reads a known key of
 //! another algorithm as "unknown", which would let `accept-new` learn a second key.
@@ -141,7 +142,31 @@ fn names_host(patterns: &HostPatterns, name: &str) -> bool {
 
 /// Appends `[host]:port algorithm key` to `file` (created 0600 in a 0700 directory,
 /// as ssh does), in one write so concurrent fleet runs do not interleave lines.
-pub fn learn(file: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
+/// `|1|salt|HMAC-SHA1(salt, name)`, both base64: a known_hosts name that does not
+/// say which host it is.
+fn hashed_name(name: &str) -> std::io::Result<String> {
+    use base64ct::{Base64, Encoding};
+    let mut salt = [0u8; 20];
+    getrandom::fill(&mut salt).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt)
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .chain_update(name.as_bytes())
+        .finalize()
+        .into_bytes();
+    Ok(format!(
+        "|1|{}|{}",
+        Base64::encode_string(&salt),
+        Base64::encode_string(&mac)
+    ))
+}
+
+pub fn learn(
+    file: &Path,
+    host: &str,
+    port: u16,
+    key: &PublicKey,
+    hashed: bool,
+) -> std::io::Result<()> {
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -165,7 +190,8 @@ pub fn learn(file: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Re
             line.push('\n');
         }
     }
-    line.push_str(&host_name(host, port));
+    let name = host_name(host, port);
+    line.push_str(&if hashed { hashed_name(&name)? } else { name });
     line.push(' ');
     line.push_str(key.trim_end());
     line.push('\n');

@@ -49,6 +49,16 @@ const CLOSE_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Jump hosts followed from one target (ProxyJump chains and configs that loop).
 const MAX_JUMP_DEPTH: usize = 8;
 
+/// What the operator chose for this run: `--accept-new-host-keys`,
+/// `--accept-changed-host-key HOST` (repeatable), and whether warnings are printed
+/// as they happen (the CLI) or only collected.
+#[derive(Clone, Debug, Default)]
+pub struct SshChoices {
+    pub accept_new_host_keys: bool,
+    pub accept_changed_host_keys: Vec<String>,
+    pub print_warnings: bool,
+}
+
 /// A stage's SSH settings (`DeployStage`'s keys plus the CLI's flags).
 #[derive(Clone, Debug)]
 pub struct SshSettings {
@@ -72,6 +82,13 @@ pub struct SshSettings {
     pub ssh_config: Option<PathBuf>,
     /// `--accept-new-host-keys`: learn unknown keys, still refuse changed ones.
     pub accept_new_host_keys: bool,
+    /// `--accept-changed-host-key HOST`: these hosts (as named in the stage, or their
+    /// HostName) may offer a key other than the one known, for this run. Without it a
+    /// changed key is always refused, `StrictHostKeyChecking=no` or not.
+    pub accept_changed_host_keys: Vec<String>,
+    /// Print each warning on stderr when it happens (the CLI), besides keeping it for
+    /// `Pool::take_warnings`.
+    pub print_warnings: bool,
     pub connect_timeout: Duration,
 }
 
@@ -87,6 +104,8 @@ impl Default for SshSettings {
             known_hosts: None,
             ssh_config: None,
             accept_new_host_keys: false,
+            accept_changed_host_keys: Vec::new(),
+            print_warnings: false,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
@@ -193,7 +212,7 @@ impl fmt::Display for SshError {
                 line,
             } => write!(
                 f,
-                "the host key of {host} has changed: it offers {fingerprint}, {}:{line} holds another\nhint: someone may be intercepting the connection; if the host was reinstalled, delete that line and verify the new fingerprint",
+                "the host key of {host} has changed: it offers {fingerprint}, {}:{line} holds another\nhint: someone may be intercepting the connection; if the host was reinstalled, verify the new fingerprint, then delete that line or pass `--accept-changed-host-key {host}` for one run",
                 known_hosts.display()
             ),
             SshError::RevokedHostKey {
@@ -346,7 +365,46 @@ struct Inner {
     fleet_homes: Slots<String>,
     agents: Slots<Channel>,
     /// Problems met on the way (ignored options, accepted changed keys).
-    warnings: Arc<Mutex<Vec<String>>>,
+    warnings: Arc<Warnings>,
+}
+
+/// Problems met on the way, each kept once; printed on stderr as they happen when
+/// the settings ask (`SshSettings::print_warnings`).
+#[derive(Debug, Default)]
+pub struct Warnings {
+    list: Mutex<Vec<String>>,
+    print: bool,
+}
+
+impl Warnings {
+    pub fn push(&self, warning: String) {
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if list.contains(&warning) {
+            return;
+        }
+        if self.print {
+            eprintln!("warning: {}", crate::ssh::printable(&warning));
+        }
+        list.push(warning);
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.list.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// `text` with control characters shown escaped: a host name or config line must not
+/// move the operator's cursor or recolour the terminal.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().collect::<Vec<char>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// A cap on SSH handshakes in flight, shared by every pool made with it (a stage's
@@ -371,16 +429,24 @@ impl Pool {
 
     /// A pool whose handshakes count against `limit`.
     pub fn with_limit(settings: SshSettings, limit: HandshakeLimit) -> Pool {
-        let mut warnings = Vec::new();
-        let options = options::parse_ssh_options(&settings.ssh_options, &mut warnings);
+        let mut parsed = Vec::new();
+        let warnings = &mut parsed;
+        let options = options::parse_ssh_options(&settings.ssh_options, warnings);
         let config_path = settings
             .ssh_config
             .clone()
             .or_else(|| std::env::home_dir().map(|home| home.join(".ssh/config")));
         let config = match config_path {
-            Some(path) => SshConfig::load(&path, &mut warnings),
+            Some(path) => SshConfig::load(&path, warnings),
             None => SshConfig::default(),
         };
+        let warnings = Warnings {
+            list: Mutex::new(Vec::new()),
+            print: settings.print_warnings,
+        };
+        for warning in parsed {
+            warnings.push(warning);
+        }
         Pool {
             inner: Arc::new(Inner {
                 settings,
@@ -390,7 +456,7 @@ impl Pool {
                 connections: Slots::new(),
                 fleet_homes: Slots::new(),
                 agents: Slots::new(),
-                warnings: Arc::new(Mutex::new(warnings)),
+                warnings: Arc::new(warnings),
             }),
         }
     }
@@ -398,18 +464,7 @@ impl Pool {
     /// Warnings to show the user once: ignored ssh options, config lines fleet
     /// cannot use, host keys accepted because `StrictHostKeyChecking=no`.
     pub fn take_warnings(&self) -> Vec<String> {
-        let mut warnings = self
-            .inner
-            .warnings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut taken: Vec<String> = Vec::new();
-        for warning in std::mem::take(&mut *warnings) {
-            if !taken.contains(&warning) {
-                taken.push(warning);
-            }
-        }
-        taken
+        self.inner.warnings.take()
     }
 
     /// Connects (or reuses the connection) to `host` and returns a tonic Channel

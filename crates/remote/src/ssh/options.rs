@@ -4,8 +4,11 @@
 //!
 //! Only the keywords fleet acts on are read: Host, Match (`all`, `host`,
 //! `originalhost`), Include, HostName, User, Port, IdentityFile, IdentitiesOnly,
-//! ProxyJump, UserKnownHostsFile, GlobalKnownHostsFile, StrictHostKeyChecking,
-//! ConnectTimeout, ServerAliveInterval and ServerAliveCountMax. The `russh-config`
+//! ProxyJump, ProxyCommand, HostKeyAlias, HashKnownHosts, UserKnownHostsFile,
+//! GlobalKnownHostsFile, StrictHostKeyChecking, ConnectTimeout, ServerAliveInterval
+//! and ServerAliveCountMax. An option that changes how a connection is secured and
+//! that fleet does not implement (`SECURITY_OPTIONS`) is an error for the hosts it
+//! applies to, never silently ignored; other unknown options are. The `russh-config`
 //! crate was not used: it splits lines on single spaces (no tabs, no `Key=value`),
 //! rejects options before the first `Host`, reads `Match` blocks as part of the
 //! previous `Host`, has no `Include` and reads `StrictHostKeyChecking accept-new` as `yes`.
@@ -113,7 +116,13 @@ pub struct Layer {
     /// Accumulated from every source, in order, as OpenSSH does.
     identity_files: Vec<String>,
     identities_only: Option<bool>,
+    /// ProxyJump and ProxyCommand: whichever comes first wins, as in OpenSSH.
     proxy_jump: Option<String>,
+    proxy_command: Option<String>,
+    host_key_alias: Option<String>,
+    hash_known_hosts: Option<bool>,
+    /// Security options that apply and that fleet cannot honour, with where.
+    unsupported: Vec<String>,
     user_known_hosts: Option<Vec<String>>,
     global_known_hosts: Option<Vec<String>>,
     strict: Option<StrictHostKeyChecking>,
@@ -127,11 +136,43 @@ pub struct Layer {
 enum Applied {
     Known,
     Unknown,
+    /// A security option fleet does not implement, set to something that matters.
+    Unsupported,
+}
+
+/// Options that change how a connection is secured, which fleet's SSH client does not
+/// implement: each is refused for the hosts it applies to, unless set to the value
+/// that asks for nothing (`none`, `no`), or to what fleet does anyway.
+fn unsupported_security(keyword: &str, args: &[String]) -> bool {
+    let value = args.first().map(|v| v.to_ascii_lowercase()).unwrap_or_default();
+    let off = matches!(value.as_str(), "no" | "false" | "off" | "none" | "");
+    match keyword {
+        "knownhostscommand" | "certificatefile" | "pkcs11provider" | "securitykeyprovider"
+        | "revokedhostkeys" | "hostkeyalgorithms" | "kexalgorithms" | "ciphers" | "macs"
+        | "pubkeyacceptedalgorithms" | "pubkeyacceptedkeytypes" | "casignaturealgorithms"
+        | "hostbasedacceptedalgorithms" | "requiredrsasize" => !off,
+        "verifyhostkeydns" | "hostbasedauthentication" | "canonicalizehostname"
+        | "gssapiauthentication" | "gssapidelegatecredentials" => !off,
+        // fleet uses the agent at SSH_AUTH_SOCK, or none.
+        "identityagent" => !off && value != "ssh_auth_sock" && value != "$ssh_auth_sock",
+        _ => false,
+    }
+}
+
+/// What follows a line's keyword (and its `=`): ProxyCommand's command, whole.
+fn raw_value(line: &str) -> &str {
+    let line = line.trim();
+    let end = line
+        .find(|c: char| c.is_whitespace() || c == '=')
+        .unwrap_or(line.len());
+    let rest = line[end..].trim_start();
+    rest.strip_prefix('=').unwrap_or(rest).trim()
 }
 
 impl Layer {
-    /// Applies one `Keyword args...` line; an error names a bad value.
-    fn apply(&mut self, keyword: &str, args: &[String]) -> Result<Applied, String> {
+    /// Applies one `Keyword args...` line (`raw`: what follows the keyword); an error
+    /// names a bad value.
+    fn apply(&mut self, keyword: &str, args: &[String], raw: &str) -> Result<Applied, String> {
         let one = || -> Result<&str, String> {
             match args {
                 [value] => Ok(value.as_str()),
@@ -161,7 +202,22 @@ impl Layer {
                 }
             }
             "identitiesonly" => set(&mut self.identities_only, yes_no(one()?)?),
-            "proxyjump" => set(&mut self.proxy_jump, one()?.to_string()),
+            "proxyjump" => {
+                let jump = one()?.to_string();
+                if self.proxy_command.is_none() {
+                    set(&mut self.proxy_jump, jump);
+                }
+            }
+            "proxycommand" => {
+                if raw.is_empty() {
+                    return Err(format!("{keyword} needs a value"));
+                }
+                if self.proxy_jump.is_none() {
+                    set(&mut self.proxy_command, raw.to_string());
+                }
+            }
+            "hostkeyalias" => set(&mut self.host_key_alias, one()?.to_string()),
+            "hashknownhosts" => set(&mut self.hash_known_hosts, yes_no(one()?)?),
             "userknownhostsfile" if !args.is_empty() => {
                 set(&mut self.user_known_hosts, args.to_vec())
             }
@@ -205,6 +261,7 @@ impl Layer {
             "userknownhostsfile" | "globalknownhostsfile" => {
                 return Err(format!("{keyword} needs a value"));
             }
+            other if unsupported_security(other, args) => return Ok(Applied::Unsupported),
             _ => return Ok(Applied::Unknown),
         }
         Ok(Applied::Known)
@@ -265,15 +322,19 @@ fn tokenize(line: &str) -> Option<(String, Vec<String>)> {
 }
 
 /// Parses `ssh_options` (each `Key=value` or `Key value`) into a layer, with one
-/// warning per option fleet ignores.
+/// warning per option fleet ignores; a security option it cannot honour is kept in
+/// the layer and refused when a host is resolved.
 pub fn parse_ssh_options(options: &[String], warnings: &mut Vec<String>) -> Layer {
     let mut layer = Layer::default();
     for option in options {
         let Some((keyword, args)) = tokenize(option) else {
             continue;
         };
-        match layer.apply(&keyword, &args) {
+        match layer.apply(&keyword, &args, raw_value(option)) {
             Ok(Applied::Known) => {}
+            Ok(Applied::Unsupported) => layer
+                .unsupported
+                .push(format!("`{keyword}` (the stage's ssh_options)")),
             // fleet never prompts, so batch mode is what it always does.
             Ok(Applied::Unknown) if keyword.eq_ignore_ascii_case("batchmode") => {}
             Ok(Applied::Unknown) => warnings.push(format!(
@@ -300,6 +361,9 @@ enum Item {
     Option {
         keyword: String,
         args: Vec<String>,
+        raw: String,
+        /// `file:line`, for errors.
+        at: String,
     },
     /// An included file's items, evaluated in the includer's context.
     Include(Vec<Item>),
@@ -402,11 +466,17 @@ fn parse_config(
             }
             _ => {
                 // Check values once, here, so a bad one is reported once.
-                if let Err(message) = Layer::default().apply(&keyword, &args) {
+                let raw = raw_value(line).to_string();
+                if let Err(message) = Layer::default().apply(&keyword, &args, &raw) {
                     warnings.push(format!("{}: {message}; ignored", at()));
                     continue;
                 }
-                items.push(Item::Option { keyword, args });
+                items.push(Item::Option {
+                    keyword,
+                    args,
+                    raw,
+                    at: at(),
+                });
             }
         }
     }
@@ -483,9 +553,14 @@ fn apply_items(items: &[Item], alias: &str, mut active: bool, layer: &mut Layer)
                     })
                 });
             }
-            Item::Option { keyword, args } => {
-                if active {
-                    let _ = layer.apply(keyword, args);
+            Item::Option {
+                keyword,
+                args,
+                raw,
+                at,
+            } => {
+                if active && layer.apply(keyword, args, raw) == Ok(Applied::Unsupported) {
+                    layer.unsupported.push(format!("`{keyword}` ({at})"));
                 }
             }
             // The included file starts in the includer's state and leaves it as it was.

@@ -17,7 +17,7 @@ use fleet_proto::controller::v1 as cpb;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use crate::ssh::{HandshakeLimit, Pool, SshSettings};
+use crate::ssh::{HandshakeLimit, Pool, SshChoices, SshSettings};
 pub use controller::{ControllerClient, connect_controller};
 pub use ssh::{SshHost, agent_client};
 
@@ -182,7 +182,7 @@ impl Stage {
     /// The route to the stage's hosts: the controller when configured, else SSH.
     pub async fn connect(
         &self,
-        accept_new_host_keys: bool,
+        choices: &SshChoices,
     ) -> Result<Box<dyn StageApi>, StageError> {
         if let Some(settings) = &self.controller {
             let client = connect_controller(settings).await?;
@@ -192,7 +192,7 @@ impl Stage {
             }));
         }
         let hosts = self
-            .ssh_targets(accept_new_host_keys)
+            .ssh_targets(choices)
             .into_iter()
             .map(|(target, pool)| SshHost {
                 name: target.host,
@@ -206,7 +206,7 @@ impl Stage {
     /// Every host with its effective settings and the SSH pool that reaches it: one pool
     /// per distinct SSH identity, since hosts may override user, port and key. The
     /// pools share one cap on handshakes in flight.
-    pub fn ssh_targets(&self, accept_new_host_keys: bool) -> Vec<(DeployTarget, Arc<Pool>)> {
+    pub fn ssh_targets(&self, choices: &SshChoices) -> Vec<(DeployTarget, Arc<Pool>)> {
         let limit = HandshakeLimit::new(MAX_HANDSHAKES);
         let mut pools: BTreeMap<SshIdentity, Arc<Pool>> = BTreeMap::new();
         let mut hosts = Vec::new();
@@ -224,7 +224,9 @@ impl Stage {
                             proxy_jump: self.config.proxy_jump.clone(),
                             known_hosts: None,
                             ssh_config: None,
-                            accept_new_host_keys,
+                            accept_new_host_keys: choices.accept_new_host_keys,
+                            accept_changed_host_keys: choices.accept_changed_host_keys.clone(),
+                            print_warnings: choices.print_warnings,
                             connect_timeout: crate::ssh::DEFAULT_CONNECT_TIMEOUT,
                             host_keys: Default::default(),
                         },

@@ -20,6 +20,15 @@ pub struct Resolved {
     pub identities_only: bool,
     /// Jump hosts, first to last (`ProxyJump a,b`).
     pub jumps: Vec<String>,
+    /// `ProxyCommand`, its `%` tokens expanded: run with `sh -c`, its stdin and
+    /// stdout are the connection.
+    pub proxy_command: Option<String>,
+    /// The name known_hosts files know the host by (`HostKeyAlias`, else `hostname`).
+    pub host_key_name: String,
+    /// Learned keys are written hashed (`HashKnownHosts yes`).
+    pub hash_known_hosts: bool,
+    /// `--accept-changed-host-key` names this host.
+    pub accept_changed_host_key: bool,
     /// The first one learns new keys.
     pub user_known_hosts: Vec<PathBuf>,
     pub global_known_hosts: Vec<PathBuf>,
@@ -32,7 +41,10 @@ pub struct Resolved {
 impl Resolved {
     /// Identifies a connection: two names for the same login share it.
     pub fn route(&self, via: Option<&str>) -> String {
-        let address = format!("{}@[{}]:{}", self.user, self.hostname, self.port);
+        let mut address = format!("{}@[{}]:{}", self.user, self.hostname, self.port);
+        if let Some(command) = &self.proxy_command {
+            address = format!("{address} through `{command}`");
+        }
         match via {
             Some(via) => format!("{address} via {via}"),
             None => address,
@@ -117,6 +129,8 @@ fn merged_layer(
         from_options.user = None;
         from_options.port = None;
         from_options.proxy_jump = None;
+        from_options.proxy_command = None;
+        from_options.host_key_alias = None;
     }
     merge(&mut layer, from_options);
     config.apply(&destination.host, &mut layer);
@@ -129,6 +143,12 @@ fn finish(
     destination: &Destination,
     settings: &SshSettings,
 ) -> Result<Resolved, String> {
+    if !layer.unsupported.is_empty() {
+        return Err(format!(
+            "{} applies to this host, and fleet's SSH client does not implement it; ignoring it could weaken the connection\nhint: remove it for this host (a `Host` block of its own), or reach the host with OpenSSH",
+            layer.unsupported.join(", ")
+        ));
+    }
     let alias = destination.host.clone();
     let hostname = layer
         .hostname
@@ -163,6 +183,15 @@ fn finish(
     for hop in &jumps {
         Destination::parse(hop).map_err(|e| format!("bad ProxyJump: {e}"))?;
     }
+    let proxy_command = match layer.proxy_command.as_deref() {
+        None => None,
+        Some(command) if command.eq_ignore_ascii_case("none") => None,
+        Some(command) => Some(proxy_command(command, &tokens)?),
+    };
+    let host_key_name = match &layer.host_key_alias {
+        Some(alias) => expand_percent(alias, &tokens).to_ascii_lowercase(),
+        None => hostname.clone(),
+    };
     // `UserKnownHostsFile none`: no user file (nothing known, nothing learned).
     let known_hosts = |configured: &Option<Vec<String>>, defaults: [PathBuf; 2]| match configured {
         Some(files) => files
@@ -197,6 +226,8 @@ fn finish(
         .map(|f| path(f))
         .filter(|f| seen.insert(f.clone()))
         .collect();
+    let accept_changed_host_key = (settings.accept_changed_host_keys.iter())
+        .any(|named| named.eq_ignore_ascii_case(&alias) || named.eq_ignore_ascii_case(&hostname));
     Ok(Resolved {
         hostname,
         port,
@@ -204,6 +235,10 @@ fn finish(
         identity_files,
         identities_only: layer.identities_only.unwrap_or(false),
         jumps,
+        proxy_command,
+        host_key_name,
+        hash_known_hosts: layer.hash_known_hosts.unwrap_or(false),
+        accept_changed_host_key,
         user_known_hosts,
         global_known_hosts,
         strict,
@@ -215,6 +250,24 @@ fn finish(
     })
 }
 
+/// `ProxyCommand` with its tokens expanded. A token's value goes into a shell command:
+/// one with anything but letters, digits and `.-_:@[]` is refused (a host name from a
+/// config file must not become shell code), as OpenSSH refuses such host names.
+fn proxy_command(command: &str, tokens: &[(char, &str)]) -> Result<String, String> {
+    for (token, value) in tokens {
+        let used = command.contains(&format!("%{token}"));
+        let safe = value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:@[]/".contains(c));
+        if used && !safe {
+            return Err(format!(
+                "ProxyCommand: %{token} would put {value:?} in a shell command; refused"
+            ));
+        }
+    }
+    Ok(expand_percent(command, tokens))
+}
+
 /// Adds `later`'s values where `layer` has none yet.
 fn merge(layer: &mut Layer, later: Layer) {
     set_opt(&mut layer.hostname, later.hostname);
@@ -222,7 +275,16 @@ fn merge(layer: &mut Layer, later: Layer) {
     set_opt(&mut layer.port, later.port);
     layer.identity_files.extend(later.identity_files);
     set_opt(&mut layer.identities_only, later.identities_only);
-    set_opt(&mut layer.proxy_jump, later.proxy_jump);
+    // ProxyJump and ProxyCommand: the first one set wins.
+    if layer.proxy_command.is_none() {
+        set_opt(&mut layer.proxy_jump, later.proxy_jump);
+    }
+    if layer.proxy_jump.is_none() {
+        set_opt(&mut layer.proxy_command, later.proxy_command);
+    }
+    set_opt(&mut layer.host_key_alias, later.host_key_alias);
+    set_opt(&mut layer.hash_known_hosts, later.hash_known_hosts);
+    layer.unsupported.extend(later.unsupported);
     set_opt(&mut layer.user_known_hosts, later.user_known_hosts);
     set_opt(&mut layer.global_known_hosts, later.global_known_hosts);
     set_opt(&mut layer.strict, later.strict);

@@ -173,3 +173,29 @@ async fn authentication_failure_lists_what_was_tried_without_secrets() {
     let body = secret.lines().nth(1).unwrap();
     assert!(!message.contains(body), "key material in the message");
 }
+
+#[tokio::test]
+async fn a_key_file_others_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    let sshd = world.sshd("sshd", "");
+    world.trust(&sshd);
+    let settings = world.settings();
+    let key = settings.key.clone().expect("the world's authorized key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let error = Pool::new(settings.clone(), 4)
+        .exec(&sshd.host(), "true", Duration::from_secs(10))
+        .await
+        .expect_err("a readable key is not used");
+    let message = error.to_string();
+    assert!(matches!(error, SshError::Auth { .. }), "{message}");
+    assert!(
+        message.contains("permissions 0644 are too open") && message.contains("chmod 600"),
+        "{message}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    Pool::new(settings, 4)
+        .exec(&sshd.host(), "true", Duration::from_secs(10))
+        .await
+        .expect("the same key, private again");
+}

@@ -184,25 +184,51 @@ async fn hashed_and_pattern_entries_are_understood_and_revoked_keys_refused() {
         .expect_err("revoked key refused");
     assert!(matches!(error, SshError::RevokedHostKey { .. }), "{error}");
 
-    // StrictHostKeyChecking=no (only when written) connects, with a warning.
-    let lax = Pool::new(
-        SshSettings {
-            ssh_options: vec!["StrictHostKeyChecking no".to_string()],
-            known_hosts: Some(world.path("other_known_hosts")),
-            ..world.settings()
-        },
-        4,
-    );
+    // A changed key is refused even with StrictHostKeyChecking=no ...
+    let lax_settings = SshSettings {
+        ssh_options: vec!["StrictHostKeyChecking no".to_string()],
+        known_hosts: Some(world.path("other_known_hosts")),
+        ..world.settings()
+    };
     append(
         &world.path("other_known_hosts"),
         &format!("[127.0.0.1]:{} {}", sshd.port, impostor.join(" ")),
     );
-    lax.exec(&sshd.host(), "true", Duration::from_secs(10))
+    let error = Pool::new(lax_settings.clone(), 4)
+        .exec(&sshd.host(), "true", Duration::from_secs(10))
         .await
-        .expect("StrictHostKeyChecking=no connects");
-    let warnings = lax.take_warnings();
+        .expect_err("StrictHostKeyChecking=no does not accept a changed key");
+    assert!(matches!(error, SshError::ChangedHostKey { .. }), "{error}");
+    // ... and accepted, with a warning, only for a host named for this run.
+    let named = Pool::new(
+        SshSettings {
+            accept_changed_host_keys: vec!["127.0.0.1".to_string()],
+            ..lax_settings
+        },
+        4,
+    );
+    named
+        .exec(&sshd.host(), "true", Duration::from_secs(10))
+        .await
+        .expect("--accept-changed-host-key connects");
+    let warnings = named.take_warnings();
     assert!(
-        warnings.iter().any(|w| w.contains("changed")),
+        warnings.iter().any(|w| w.contains("changed") && w.contains("--accept-changed-host-key")),
         "{warnings:?}"
     );
+}
+
+#[test]
+fn a_key_learned_hashed_is_known_and_does_not_name_its_host() {
+    use crate::ssh::known_hosts::{self, Verdict};
+    let dir = tempfile::TempDir::new().unwrap();
+    let file = dir.path().join("known_hosts");
+    let line = super::keygen(&dir.path().join("id"), "ed25519", "");
+    let key = russh::keys::PublicKey::from_openssh(line.trim()).unwrap();
+    known_hosts::learn(&file, "web-prod", 2222, &key, true).unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("|1|") && !text.contains("web-prod"), "{text}");
+    let files = [file];
+    assert_eq!(known_hosts::check(&files, "web-prod", 2222, &key), Verdict::Known);
+    assert_eq!(known_hosts::check(&files, "web-prod", 22, &key), Verdict::Unknown);
 }

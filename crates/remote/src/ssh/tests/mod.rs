@@ -15,6 +15,7 @@ use tempfile::TempDir;
 
 mod auth;
 mod host_keys;
+mod properties;
 mod parsing;
 mod transport;
 

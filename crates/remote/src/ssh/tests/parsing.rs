@@ -173,3 +173,66 @@ fn wildcards_match_like_ssh() {
         "*.example.com,!bad.*"
     ));
 }
+
+#[test]
+fn security_options_fleet_cannot_honour_are_refused_where_they_apply() {
+    let config = "Host legacy\n  KexAlgorithms +diffie-hellman-group1-sha1\n\
+                  Host relaxed\n  VerifyHostKeyDNS no\n  CanonicalizeHostname no\n  ForwardAgent yes\n\
+                  Host dns\n  VerifyHostKeyDNS yes\n";
+    let mut warnings = Vec::new();
+    let config = SshConfig::parse(config, &mut warnings);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let settings = SshSettings::default();
+    let resolve =
+        |host: &str| options::resolve(host, Role::Target, &settings, &Default::default(), &config);
+    let refused = resolve("legacy").unwrap_err();
+    assert!(
+        refused.starts_with("`KexAlgorithms` (config:2) applies to this host"),
+        "{refused}"
+    );
+    assert!(resolve("dns").unwrap_err().contains("`VerifyHostKeyDNS` (config:8)"));
+    // Set to what asks for nothing, or to what fleet does anyway: fine.
+    resolve("relaxed").unwrap();
+    // Not in a block that applies: fine.
+    resolve("other").unwrap();
+    // From the stage's ssh_options, too.
+    let mut warnings = Vec::new();
+    let options = options::parse_ssh_options(&["Ciphers=aes128-cbc".into()], &mut warnings);
+    let refused = options::resolve("web1", Role::Target, &settings, &options, &SshConfig::default())
+        .unwrap_err();
+    assert!(refused.contains("`Ciphers` (the stage's ssh_options)"), "{refused}");
+}
+
+#[test]
+fn proxy_command_and_proxy_jump_first_one_wins_and_tokens_stay_out_of_the_shell() {
+    let config = "Host via-command\n  ProxyCommand ssh -W %h:%p \"bastion host\"\n  ProxyJump ignored\n\
+                  Host via-jump\n  ProxyJump bastion\n  ProxyCommand ignored\n\
+                  Host none\n  ProxyCommand none\n\
+                  Host aliased\n  HostName 10.0.0.5\n  HostKeyAlias web-prod\n  HashKnownHosts yes\n\
+                  Host *\n  ProxyCommand nc %h %p\n";
+    let mut warnings = Vec::new();
+    let config = SshConfig::parse(config, &mut warnings);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let settings = SshSettings::default();
+    let resolve =
+        |host: &str| options::resolve(host, Role::Target, &settings, &Default::default(), &config);
+    let command = resolve("via-command").unwrap();
+    assert_eq!(
+        command.proxy_command.as_deref(),
+        Some("ssh -W via-command:22 \"bastion host\""),
+        "the whole rest of the line, quotes kept, tokens expanded"
+    );
+    assert!(command.jumps.is_empty());
+    let jump = resolve("via-jump").unwrap();
+    assert_eq!(jump.jumps, ["bastion"]);
+    assert_eq!(jump.proxy_command, None);
+    assert_eq!(resolve("none").unwrap().proxy_command, None);
+    let aliased = resolve("aliased").unwrap();
+    assert_eq!(aliased.hostname, "10.0.0.5");
+    assert_eq!(aliased.host_key_name, "web-prod");
+    assert!(aliased.hash_known_hosts);
+    assert_eq!(aliased.proxy_command.as_deref(), Some("nc 10.0.0.5 22"));
+    // A host name that would be shell code never reaches `sh -c`.
+    let refused = resolve("x;touch${IFS}pwned").unwrap_err();
+    assert!(refused.starts_with("ProxyCommand: %h would put"), "{refused}");
+}
