@@ -39,9 +39,7 @@ impl Fleetbed {
         // `proxied`: the first host by a name nothing resolves, reachable only through
         // a ProxyCommand (bash's /dev/tcp), its key known by its address (HostKeyAlias).
         let first = &bed.hosts[0].address;
-        let proxy = format!(
-            "bash -c 'exec 3<>/dev/tcp/{first}/22; cat <&3 & exec cat >&3'"
-        );
+        let proxy = format!("bash -c 'exec 3<>/dev/tcp/{first}/22; cat <&3 & exec cat >&3'");
         fleet.file(
             "fleet.toml",
             &format!(
@@ -182,7 +180,11 @@ fn status_over_ssh_across_five_hosts_with_a_lost_agent_and_a_partition() {
         String::from_utf8_lossy(&output.stderr)
     );
     let status: Vec<Value> = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(instances_on(&status, "proxied-h1.invalid"), 2, "{status:#?}");
+    assert_eq!(
+        instances_on(&status, "proxied-h1.invalid"),
+        2,
+        "{status:#?}"
+    );
 }
 
 #[test]

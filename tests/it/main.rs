@@ -29,4 +29,5 @@ mod systemd;
 mod testbed;
 mod tidy;
 mod triggers;
+mod trust;
 mod update;

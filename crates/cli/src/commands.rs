@@ -20,6 +20,7 @@ pub async fn run(command: Command, ssh: fleet_remote::ssh::SshChoices) -> Result
     let home = client::home()?;
     match command {
         Command::Deploy(args) => crate::deploy::run(args, ssh).await,
+        Command::Controller(args) => crate::trust::run(args.command).await,
         Command::Status(args) => list_command(&home, args.json).await,
         Command::List(args) => list_command(&home, args.json).await,
         Command::Jlist(args) => {

@@ -3,8 +3,8 @@
 //! the hosts (through the controller or over SSH); this file prints and picks the
 //! exit codes, the same either way.
 
-use fleet_remote::ssh::SshChoices;
 use fleet_proto::controller::v1::Action;
+use fleet_remote::ssh::SshChoices;
 use fleet_remote::stage::{self, LogsQuery, Stage, StageError};
 
 use crate::{Command, Failure, LogsArgs, output};
@@ -42,9 +42,7 @@ pub async fn route(command: &Command, ssh: &SshChoices) -> Option<Result<()>> {
         }
         Command::Logs(args) => {
             return match stage_of(&args.targets) {
-                Ok(Some((stage, targets))) => {
-                    Some(logs(&stage, targets, args, ssh).await)
-                }
+                Ok(Some((stage, targets))) => Some(logs(&stage, targets, args, ssh).await),
                 Ok(None) => None,
                 Err(error) => Some(Err(error)),
             };
@@ -55,9 +53,7 @@ pub async fn route(command: &Command, ssh: &SshChoices) -> Option<Result<()>> {
         return None;
     }
     match stage_of(targets) {
-        Ok(Some((stage, targets))) => {
-            Some(command_on_stage(&stage, action, targets, ssh).await)
-        }
+        Ok(Some((stage, targets))) => Some(command_on_stage(&stage, action, targets, ssh).await),
         Ok(None) => None,
         Err(error) => Some(Err(error)),
     }

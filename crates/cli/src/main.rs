@@ -12,6 +12,7 @@ mod output;
 mod pm2;
 mod progress;
 mod startup;
+mod trust;
 mod update;
 
 use std::process::ExitCode;
@@ -106,6 +107,29 @@ pub enum Command {
     Jlist(JlistArgs),
     /// Ship releases over SSH: `fleet deploy <stage> [setup|update|revert [n]|list|curr|prev|exec <cmd>|unlock]`.
     Deploy(DeployArgs),
+    /// The controller: `fleet controller trust [URL]` pins its CA after you confirm
+    /// the fingerprint.
+    Controller(ControllerArgs),
+}
+
+#[derive(Args)]
+pub struct ControllerArgs {
+    #[command(subcommand)]
+    pub command: ControllerCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ControllerCommand {
+    /// Show the CA the controller at URL (default FLEET_CONTROLLER) presents and pin it
+    /// once confirmed: compare with `openssl x509 -noout -fingerprint -sha256 -in
+    /// ca.pem` on the controller's machine. Later commands verify the controller
+    /// against it (FLEET_CA still wins).
+    Trust {
+        url: Option<String>,
+        /// The expected SHA-256 fingerprint (AB:CD:...), to confirm without a prompt.
+        #[arg(long, value_name = "SHA256")]
+        fingerprint: Option<String>,
+    },
 }
 
 #[derive(Args)]

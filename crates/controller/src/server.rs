@@ -73,8 +73,9 @@ pub async fn serve(
     let registry = Registry::new(config.unreachable_after, known);
 
     let tls = ServerTlsConfig::new()
+        // The chain with the CA: `fleet controller trust` shows its fingerprint.
         .identity(Identity::from_pem(
-            &pki.server_cert_pem,
+            format!("{}{}", pki.server_cert_pem, pki.ca_pem),
             &pki.server_key_pem,
         ))
         .client_ca_root(Certificate::from_pem(&pki.ca_pem))

@@ -323,7 +323,12 @@ pub async fn establish(
 /// connection; its stderr is the user's. It runs in a process group of its own, all
 /// of which is killed when the connection is dropped (a shell's background job would
 /// otherwise outlive it, holding the socket and the user's terminal).
-fn proxy(command: &str) -> std::io::Result<(ProxyCommand, impl AsyncRead + AsyncWrite + Unpin + Send + 'static)> {
+fn proxy(
+    command: &str,
+) -> std::io::Result<(
+    ProxyCommand,
+    impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+)> {
     let mut child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(command)

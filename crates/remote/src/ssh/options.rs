@@ -144,15 +144,31 @@ enum Applied {
 /// implement: each is refused for the hosts it applies to, unless set to the value
 /// that asks for nothing (`none`, `no`), or to what fleet does anyway.
 fn unsupported_security(keyword: &str, args: &[String]) -> bool {
-    let value = args.first().map(|v| v.to_ascii_lowercase()).unwrap_or_default();
+    let value = args
+        .first()
+        .map(|v| v.to_ascii_lowercase())
+        .unwrap_or_default();
     let off = matches!(value.as_str(), "no" | "false" | "off" | "none" | "");
     match keyword {
-        "knownhostscommand" | "certificatefile" | "pkcs11provider" | "securitykeyprovider"
-        | "revokedhostkeys" | "hostkeyalgorithms" | "kexalgorithms" | "ciphers" | "macs"
-        | "pubkeyacceptedalgorithms" | "pubkeyacceptedkeytypes" | "casignaturealgorithms"
-        | "hostbasedacceptedalgorithms" | "requiredrsasize" => !off,
-        "verifyhostkeydns" | "hostbasedauthentication" | "canonicalizehostname"
-        | "gssapiauthentication" | "gssapidelegatecredentials" => !off,
+        "knownhostscommand"
+        | "certificatefile"
+        | "pkcs11provider"
+        | "securitykeyprovider"
+        | "revokedhostkeys"
+        | "hostkeyalgorithms"
+        | "kexalgorithms"
+        | "ciphers"
+        | "macs"
+        | "pubkeyacceptedalgorithms"
+        | "pubkeyacceptedkeytypes"
+        | "casignaturealgorithms"
+        | "hostbasedacceptedalgorithms"
+        | "requiredrsasize" => !off,
+        "verifyhostkeydns"
+        | "hostbasedauthentication"
+        | "canonicalizehostname"
+        | "gssapiauthentication"
+        | "gssapidelegatecredentials" => !off,
         // fleet uses the agent at SSH_AUTH_SOCK, or none.
         "identityagent" => !off && value != "ssh_auth_sock" && value != "$ssh_auth_sock",
         _ => false,

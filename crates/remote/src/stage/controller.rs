@@ -42,15 +42,12 @@ pub async fn connect_controller(
     settings: &ControllerSettings,
 ) -> Result<ControllerClient, StageError> {
     fleet_proto::ops::check_controller_url(&settings.url).map_err(StageError::Config)?;
-    let mut tls = ClientTlsConfig::new();
-    if let Some(ca) = &settings.ca {
-        let pem = std::fs::read_to_string(ca).map_err(|e| {
-            StageError::Config(format!("cannot read FLEET_CA {}: {e}", ca.display()))
-        })?;
-        tls = tls.ca_certificate(Certificate::from_pem(pem));
-    } else {
-        tls = tls.with_enabled_roots();
-    }
+    let tls = match super::trust::resolve(&settings.url, settings.ca.as_deref())? {
+        super::trust::Trust::Pem(pem) => {
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+        }
+        super::trust::Trust::System => ClientTlsConfig::new().with_enabled_roots(),
+    };
     let channel = Endpoint::from_shared(settings.url.clone())
         .map_err(|e| StageError::Config(format!("bad controller url {}: {e}", settings.url)))?
         .tls_config(tls)

@@ -5,6 +5,7 @@
 
 mod controller;
 mod ssh;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -180,10 +181,7 @@ impl Stage {
     }
 
     /// The route to the stage's hosts: the controller when configured, else SSH.
-    pub async fn connect(
-        &self,
-        choices: &SshChoices,
-    ) -> Result<Box<dyn StageApi>, StageError> {
+    pub async fn connect(&self, choices: &SshChoices) -> Result<Box<dyn StageApi>, StageError> {
         if let Some(settings) = &self.controller {
             let client = connect_controller(settings).await?;
             return Ok(Box::new(controller::ControllerStage {

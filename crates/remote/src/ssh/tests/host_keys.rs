@@ -213,7 +213,9 @@ async fn hashed_and_pattern_entries_are_understood_and_revoked_keys_refused() {
         .expect("--accept-changed-host-key connects");
     let warnings = named.take_warnings();
     assert!(
-        warnings.iter().any(|w| w.contains("changed") && w.contains("--accept-changed-host-key")),
+        warnings
+            .iter()
+            .any(|w| w.contains("changed") && w.contains("--accept-changed-host-key")),
         "{warnings:?}"
     );
 }
@@ -227,8 +229,17 @@ fn a_key_learned_hashed_is_known_and_does_not_name_its_host() {
     let key = russh::keys::PublicKey::from_openssh(line.trim()).unwrap();
     known_hosts::learn(&file, "web-prod", 2222, &key, true).unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.starts_with("|1|") && !text.contains("web-prod"), "{text}");
+    assert!(
+        text.starts_with("|1|") && !text.contains("web-prod"),
+        "{text}"
+    );
     let files = [file];
-    assert_eq!(known_hosts::check(&files, "web-prod", 2222, &key), Verdict::Known);
-    assert_eq!(known_hosts::check(&files, "web-prod", 22, &key), Verdict::Unknown);
+    assert_eq!(
+        known_hosts::check(&files, "web-prod", 2222, &key),
+        Verdict::Known
+    );
+    assert_eq!(
+        known_hosts::check(&files, "web-prod", 22, &key),
+        Verdict::Unknown
+    );
 }

@@ -15,8 +15,8 @@ use tempfile::TempDir;
 
 mod auth;
 mod host_keys;
-mod properties;
 mod parsing;
+mod properties;
 mod transport;
 
 use super::SshSettings;

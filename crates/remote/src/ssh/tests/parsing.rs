@@ -190,7 +190,11 @@ fn security_options_fleet_cannot_honour_are_refused_where_they_apply() {
         refused.starts_with("`KexAlgorithms` (config:2) applies to this host"),
         "{refused}"
     );
-    assert!(resolve("dns").unwrap_err().contains("`VerifyHostKeyDNS` (config:8)"));
+    assert!(
+        resolve("dns")
+            .unwrap_err()
+            .contains("`VerifyHostKeyDNS` (config:8)")
+    );
     // Set to what asks for nothing, or to what fleet does anyway: fine.
     resolve("relaxed").unwrap();
     // Not in a block that applies: fine.
@@ -198,9 +202,18 @@ fn security_options_fleet_cannot_honour_are_refused_where_they_apply() {
     // From the stage's ssh_options, too.
     let mut warnings = Vec::new();
     let options = options::parse_ssh_options(&["Ciphers=aes128-cbc".into()], &mut warnings);
-    let refused = options::resolve("web1", Role::Target, &settings, &options, &SshConfig::default())
-        .unwrap_err();
-    assert!(refused.contains("`Ciphers` (the stage's ssh_options)"), "{refused}");
+    let refused = options::resolve(
+        "web1",
+        Role::Target,
+        &settings,
+        &options,
+        &SshConfig::default(),
+    )
+    .unwrap_err();
+    assert!(
+        refused.contains("`Ciphers` (the stage's ssh_options)"),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -234,5 +247,8 @@ fn proxy_command_and_proxy_jump_first_one_wins_and_tokens_stay_out_of_the_shell(
     assert_eq!(aliased.proxy_command.as_deref(), Some("nc 10.0.0.5 22"));
     // A host name that would be shell code never reaches `sh -c`.
     let refused = resolve("x;touch${IFS}pwned").unwrap_err();
-    assert!(refused.starts_with("ProxyCommand: %h would put"), "{refused}");
+    assert!(
+        refused.starts_with("ProxyCommand: %h would put"),
+        "{refused}"
+    );
 }

@@ -28,7 +28,11 @@ const KNOWN_HOSTS: &str = "web1,192.0.2.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO
 fn mutate(text: &str, edits: &[(usize, u8, u8)]) -> String {
     let mut bytes = text.as_bytes().to_vec();
     for &(at, op, byte) in edits {
-        let at = if bytes.is_empty() { 0 } else { at % bytes.len() };
+        let at = if bytes.is_empty() {
+            0
+        } else {
+            at % bytes.len()
+        };
         match op % 3 {
             0 if !bytes.is_empty() => bytes[at] = byte,
             1 => bytes.insert(at, byte),
@@ -49,7 +53,14 @@ fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
 /// or says why not.
 fn resolve_all(config: &SshConfig) {
     let settings = SshSettings::default();
-    for host in ["web.prod", "bastion.prod", "db1", "x.internal", "plain", "[::1]:22"] {
+    for host in [
+        "web.prod",
+        "bastion.prod",
+        "db1",
+        "x.internal",
+        "plain",
+        "[::1]:22",
+    ] {
         if let Ok(resolved) =
             options::resolve(host, Role::Target, &settings, &Default::default(), config)
         {
@@ -119,4 +130,3 @@ proptest! {
         let _ = options::resolve("web1", Role::Target, &SshSettings::default(), &layer, &SshConfig::default());
     }
 }
-
