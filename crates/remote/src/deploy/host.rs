@@ -425,10 +425,20 @@ impl Context {
     }
 
     /// Switches `current`; returns the release's config file name, if it has one.
-    async fn switch(&self, host: &Host, release: &str) -> Result<Option<String>, StepError> {
-        let output = host
-            .run(&Step::quick(script::switch(&host.path, release)))
-            .await?;
+    /// A switch back (a rollback): like every step that changes the host, only while
+    /// the lock is still this deploy's.
+    async fn switch(
+        &self,
+        host: &Host,
+        release: &str,
+        token: &str,
+    ) -> Result<Option<String>, StepError> {
+        let script = format!(
+            "{}{}",
+            script::still_locked(&host.path, token),
+            script::switch(&host.path, release)
+        );
+        let output = host.run(&Step::quick(script)).await?;
         Ok(output.fact("config"))
     }
 
@@ -462,16 +472,19 @@ impl Context {
         match live.walk.undo(live.previous.is_some()) {
             Undo::Nothing => live.previous.clone(),
             Undo::Discard => {
-                let _ = host
-                    .exec(&Step::quick(script::discard(&host.path, payload.release())))
-                    .await;
+                let script = format!(
+                    "{}{}",
+                    script::still_locked(&host.path, &live.token),
+                    script::discard(&host.path, payload.release())
+                );
+                let _ = host.exec(&Step::quick(script)).await;
                 live.previous.clone()
             }
             Undo::StayOnNew => Some(payload.release().to_string()),
             Undo::SwitchBack => {
                 let previous = live.previous.clone().unwrap_or_default();
                 self.events.step(host.name(), "roll back");
-                match self.switch(&host, &previous).await {
+                match self.switch(&host, &previous, &live.token).await {
                     Ok(config_file) => {
                         live.walk.switched = false;
                         if let Err((step, error)) = self
@@ -537,7 +550,11 @@ impl Context {
             _ => Vec::new(),
         };
         live.renewer.abort();
-        let step = Step::quick(script::finish(&host.path, &live.token, &record, &prune));
+        let step = Step::quick(format!(
+            "{}{}",
+            script::still_locked(&host.path, &live.token),
+            script::finish(&host.path, &live.token, &record, &prune)
+        ));
         if let Err(error) = host.run(&step).await {
             summary.error = Some(format!("record and unlock: {error}"));
         }
