@@ -37,6 +37,8 @@ pub struct Checker {
     strict: StrictHostKeyChecking,
     hash_known_hosts: bool,
     accept_changed: bool,
+    /// `@cert-authority` keys for this host: their host certificates are trusted.
+    authorities: Vec<russh::keys::PublicKey>,
     warnings: Arc<super::Warnings>,
 }
 
@@ -59,10 +61,10 @@ impl client::Handler for Checker {
         &mut self,
         server_key: &PublicKeyOrCertificate,
     ) -> Result<bool, CheckerError> {
-        // fleet does not advertise certificate host-key algorithms, so a
-        // conforming server never sends one.
-        let PublicKeyOrCertificate::PublicKey { key, .. } = server_key else {
-            return Ok(false);
+        // Certificate algorithms are asked for only when a CA is known for the host.
+        let key = match server_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            PublicKeyOrCertificate::Certificate(cert) => return self.check_certificate(cert),
         };
         let fingerprint = known_hosts::fingerprint(key);
         let files: Vec<PathBuf> = self
@@ -134,6 +136,60 @@ impl client::Handler for Checker {
 impl Checker {
     fn warn(&self, message: String) {
         self.warnings.push(message);
+    }
+
+    fn known_files(&self) -> Vec<PathBuf> {
+        (self.user_known_hosts.iter())
+            .chain(&self.global_known_hosts)
+            .cloned()
+            .collect()
+    }
+
+    /// A host certificate: of the host type, signed by a CA known for this host (and
+    /// not revoked, nor its key), valid now, naming this host if it names any, with
+    /// no critical option.
+    fn check_certificate(&self, cert: &russh::keys::Certificate) -> Result<bool, CheckerError> {
+        use russh::keys::HashAlg;
+        use russh::keys::ssh_key::certificate::CertType;
+        let refuse = |why: String| {
+            Err(CheckerError::Refused(SshError::Connect {
+                host: self.label.clone(),
+                source: format!("its host certificate {}: {why}", cert.key_id()),
+            }))
+        };
+        let files = self.known_files();
+        if cert.cert_type() != CertType::Host {
+            return refuse("is not a host certificate".into());
+        }
+        if known_hosts::revoked(&files, cert.public_key())
+            || known_hosts::revoked(&files, cert.signature_key())
+        {
+            return refuse("its key or its CA is @revoked in known_hosts".into());
+        }
+        let trusted: Vec<_> = (self.authorities.iter())
+            .map(|ca| ca.fingerprint(HashAlg::Sha256))
+            .collect();
+        if let Err(error) = cert.validate(trusted.iter()) {
+            return refuse(format!(
+                "does not validate against the @cert-authority keys for this host ({error})"
+            ));
+        }
+        let principals = cert.valid_principals();
+        if !principals.is_empty()
+            && !principals
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(&self.hostname))
+        {
+            return refuse(format!(
+                "is for {}, not {}",
+                principals.join(", "),
+                self.hostname
+            ));
+        }
+        if !cert.critical_options().is_empty() {
+            return refuse("carries critical options fleet does not know".into());
+        }
+        Ok(true)
     }
 }
 
@@ -232,6 +288,7 @@ pub async fn establish(
         strict: resolved.strict,
         hash_known_hosts: resolved.hash_known_hosts,
         accept_changed: resolved.accept_changed_host_key,
+        authorities: Vec::new(),
         warnings,
     };
     let known_files: Vec<PathBuf> = resolved
@@ -240,17 +297,31 @@ pub async fn establish(
         .chain(&resolved.global_known_hosts)
         .cloned()
         .collect();
+    let authorities =
+        known_hosts::cert_authorities(&known_files, &resolved.host_key_name, resolved.port);
+    let checker = Checker {
+        authorities: authorities.clone(),
+        ..checker
+    };
     let config = Arc::new(client::Config {
         keepalive_interval: resolved.keepalive_interval,
         keepalive_max: resolved.keepalive_max,
         // Long silent commands must not end the connection; keepalives find dead peers.
         inactivity_timeout: None,
         nodelay: true,
-        preferred: preferred_for(&known_hosts::known_algorithms(
-            &known_files,
-            &resolved.host_key_name,
-            resolved.port,
-        )),
+        preferred: Preferred {
+            // Host certificates only where a CA is known for the host.
+            host_key_certificates: if authorities.is_empty() {
+                Cow::Borrowed(&[])
+            } else {
+                Preferred::default().key
+            },
+            ..preferred_for(&known_hosts::known_algorithms(
+                &known_files,
+                &resolved.host_key_name,
+                resolved.port,
+            ))
+        },
         ..client::Config::default()
     });
     let timed_out = |step: &'static str| SshError::Timeout {

@@ -1,6 +1,7 @@
 //! Host key checking against OpenSSH known_hosts files: plain and hashed (`|1|`)
 //! names, `*`/`?` and `!` patterns, `[host]:port`, `@revoked`; and learning a new key,
-//! hashed with `HashKnownHosts yes` as OpenSSH writes it.
+//! hashed with `HashKnownHosts yes` as OpenSSH writes it. `@cert-authority` lines name
+//! the CAs whose host certificates are trusted for the hosts they match.
 //! russh's own `check_known_hosts_path` was not used: it matches exact names only,
 //! splits on single spaces, fails on a line it cannot parse and reads a known key of
 //! another algorithm as "unknown", which would let `accept-new` learn a second key.
@@ -94,8 +95,30 @@ pub fn known_algorithms(files: &[PathBuf], host: &str, port: u16) -> Vec<Algorit
     algorithms
 }
 
-fn lookup(files: &[PathBuf], name: &str) -> Vec<Known> {
+/// The `@cert-authority` keys whose host certificates are trusted for the host.
+pub fn cert_authorities(files: &[PathBuf], host: &str, port: u16) -> Vec<PublicKey> {
     let mut found = Vec::new();
+    read_entries(files, |_, _, entry| {
+        if entry.marker() == Some(&Marker::CertAuthority)
+            && names_host(entry.host_patterns(), &host_name(host, port))
+        {
+            found.push(entry.public_key().clone());
+        }
+    });
+    found
+}
+
+/// Whether an `@revoked` line names `key` (a certificate's key or its CA).
+pub fn revoked(files: &[PathBuf], key: &russh::keys::ssh_key::public::KeyData) -> bool {
+    let mut revoked = false;
+    read_entries(files, |_, _, entry| {
+        revoked |= entry.marker() == Some(&Marker::Revoked) && entry.public_key().key_data() == key;
+    });
+    revoked
+}
+
+/// Calls `each` with every line fleet can read, with its file and line number.
+fn read_entries(files: &[PathBuf], mut each: impl FnMut(&Path, usize, &Entry)) {
     for file in files {
         // A missing or unreadable file knows no keys; strict checking then refuses.
         let Ok(text) = std::fs::read_to_string(file) else {
@@ -109,22 +132,26 @@ fn lookup(files: &[PathBuf], name: &str) -> Vec<Known> {
             // ssh-key's parser wants single spaces; OpenSSH allows any blanks.
             let normalized = line.split_whitespace().collect::<Vec<_>>().join(" ");
             // Lines fleet cannot read (unsupported key types) are skipped, as ssh does.
-            let Ok(entry) = normalized.parse::<Entry>() else {
-                continue;
-            };
-            if entry.marker() == Some(&Marker::CertAuthority) {
-                continue;
-            }
-            if names_host(entry.host_patterns(), name) {
-                found.push(Known {
-                    file: file.clone(),
-                    line: index + 1,
-                    marker: entry.marker().copied(),
-                    key: entry.public_key().clone(),
-                });
+            if let Ok(entry) = normalized.parse::<Entry>() {
+                each(file, index + 1, &entry);
             }
         }
     }
+}
+
+fn lookup(files: &[PathBuf], name: &str) -> Vec<Known> {
+    let mut found = Vec::new();
+    read_entries(files, |file, line, entry| {
+        if entry.marker() != Some(&Marker::CertAuthority) && names_host(entry.host_patterns(), name)
+        {
+            found.push(Known {
+                file: file.to_path_buf(),
+                line,
+                marker: entry.marker().copied(),
+                key: entry.public_key().clone(),
+            });
+        }
+    });
     found
 }
 

@@ -243,3 +243,75 @@ fn a_key_learned_hashed_is_known_and_does_not_name_its_host() {
         Verdict::Unknown
     );
 }
+
+#[tokio::test]
+async fn a_host_certificate_from_a_known_ca_is_trusted_and_others_refused() {
+    let world = World::new();
+    let dir = world.path("sshd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = keygen(&dir.join("host_ca"), "ed25519", "");
+    let ca = ca.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let sshd = world.sshd("sshd", "");
+    // Only the CA is known: no line names the host's own key.
+    append(
+        &world.known_hosts(),
+        &format!("@cert-authority [127.0.0.1]:{} {ca}", sshd.port),
+    );
+    let output = Pool::new(world.settings(), 4)
+        .exec(&sshd.host(), "echo certified", Duration::from_secs(10))
+        .await
+        .expect("a certificate from the known CA is trusted");
+    assert_eq!(output.stdout, b"certified\n");
+
+    // Another CA for the host: the certificate is refused, not taken as a plain key.
+    let other = World::new();
+    let stranger = keygen(&other.path("stranger_ca"), "ed25519", "");
+    let stranger = stranger
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    append(
+        &other.known_hosts(),
+        &format!("@cert-authority [127.0.0.1]:{} {stranger}", sshd.port),
+    );
+    let error = Pool::new(
+        SshSettings {
+            known_hosts: Some(other.known_hosts()),
+            ..world.settings()
+        },
+        4,
+    )
+    .exec(&sshd.host(), "true", Duration::from_secs(10))
+    .await
+    .expect_err("another CA's trust does not cover it");
+    assert!(
+        error
+            .to_string()
+            .contains("does not validate against the @cert-authority keys"),
+        "{error}"
+    );
+
+    // A certificate for other principals: refused.
+    let world = World::new();
+    let dir = world.path("sshd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = keygen(&dir.join("host_ca"), "ed25519", "");
+    let ca = ca.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    std::fs::write(dir.join("host_ca.principals"), "db.example").unwrap();
+    let sshd = world.sshd("sshd", "");
+    append(
+        &world.known_hosts(),
+        &format!("@cert-authority [127.0.0.1]:{} {ca}", sshd.port),
+    );
+    let error = Pool::new(world.settings(), 4)
+        .exec(&sshd.host(), "true", Duration::from_secs(10))
+        .await
+        .expect_err("a certificate for another host");
+    assert!(
+        error
+            .to_string()
+            .contains("is for db.example, not 127.0.0.1"),
+        "{error}"
+    );
+}

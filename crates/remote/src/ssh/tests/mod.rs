@@ -156,6 +156,25 @@ impl Sshd {
             .collect::<Vec<_>>()
             .join(" ");
         std::fs::write(dir.join("authorized_keys"), authorized).expect("authorized_keys");
+        // A CA placed in the directory beforehand (`host_ca`, and the principals in
+        // `host_ca.principals`) signs the host key: the sshd presents a certificate.
+        let ca = dir.join("host_ca");
+        let certificate = if ca.exists() {
+            let principals = std::fs::read_to_string(dir.join("host_ca.principals"))
+                .unwrap_or_else(|_| "127.0.0.1".into());
+            run(Command::new("ssh-keygen")
+                .arg("-q")
+                .arg("-s")
+                .arg(&ca)
+                .args(["-I", "fleet-test-host", "-h", "-n", principals.trim()])
+                .arg(host_key.with_extension("pub")));
+            format!(
+                "HostCertificate {}\n",
+                dir.join("host_ed25519-cert.pub").display()
+            )
+        } else {
+            String::new()
+        };
         for _attempt in 0..5 {
             let port = free_port();
             let listen = extra_config
@@ -168,7 +187,7 @@ impl Sshd {
                  UsePAM no\nStrictModes no\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
                  AllowTcpForwarding yes\nAllowStreamLocalForwarding yes\nMaxAuthTries 20\n\
-                 LogLevel DEBUG1\n{extra_config}\n",
+                 LogLevel DEBUG1\n{certificate}{extra_config}\n",
                 host_key.display(),
                 dir.join("authorized_keys").display(),
                 dir.join("sshd.pid").display(),

@@ -114,6 +114,8 @@ proptest! {
         for (host, port) in [("web1", 22), ("web2", 2222), ("a.prod", 22), ("192.0.2.1", 22)] {
             let _ = known_hosts::check(&files, host, port, &key());
             let _ = known_hosts::known_algorithms(&files, host, port);
+            let _ = known_hosts::cert_authorities(&files, host, port);
+            let _ = known_hosts::revoked(&files, key().key_data());
         }
     }
 
