@@ -76,7 +76,12 @@ impl FleetApi {
             .call(move |conn| tokens::verify(conn, &hash, now_unix_ms()))
             .await?;
         let caller = match verdict {
-            Verdict::Valid(caller) => caller,
+            Verdict::Valid(caller) => {
+                self.controller
+                    .valid_tokens
+                    .remember(&pki::token_hash(token));
+                caller
+            }
             Verdict::Unknown => return Err(failed(Refusal::BadApiToken)),
             Verdict::Revoked { name } => return Err(failed(Refusal::ApiTokenRevoked(name))),
             Verdict::Expired { name, at_ms } => {

@@ -1,9 +1,10 @@
 //! What any client can cost the controller, bounded before it authenticates:
-//! connections per peer address, streams per connection (`server`), the size of an
-//! unauthenticated `Join` (a layer that cuts its body short), failed authentications
-//! per peer (a token bucket: past a burst, a peer's failures are answered with "retry
-//! later" and its joins refused before they are parsed, while its valid credentials
-//! keep working), and how many joins sign at once. What an authenticated agent can grow (its process
+//! connections per peer address, streams and flow-control windows per connection
+//! (`server`), the size of an unauthenticated `Join` (`Guard` cuts its body short),
+//! failed authentications
+//! per peer (a token bucket: past a burst, the peer's calls are refused before their
+//! body is read, unless they carry a token known valid, which is still checked at the
+//! call), and how many joins sign at once. What an authenticated agent can grow (its process
 //! table, its log batches) is bounded in `registry`.
 
 use std::collections::HashMap;
@@ -38,6 +39,11 @@ const FAILURE_REFILL_PER_SEC: f64 = 0.5;
 /// Peers remembered by the failure limiter; past this, full buckets are forgotten
 /// (they are what an unknown peer starts with).
 const MAX_TRACKED_PEERS: usize = 16 * 1024;
+/// HTTP/2 flow-control windows: what one stream and one connection may send before
+/// the controller reads it (h2's defaults are 64 KiB and 64 KiB; hyper's adaptive
+/// window would grow them to megabytes per connection).
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// Joins being signed at once; more wait their turn.
 pub const MAX_CONCURRENT_JOINS: usize = 8;
 
@@ -102,45 +108,131 @@ pub fn peer<T>(request: &tonic::Request<T>) -> Option<IpAddr> {
     request.remote_addr().map(|address| address.ip())
 }
 
-/// Cuts a `Join` request's body off past `MAX_JOIN_BYTES`.
-#[derive(Clone, Copy, Default)]
-pub struct JoinLimit;
+/// Token hashes known valid (the database's, every `SWEEP_INTERVAL`, and each one
+/// that verified since): a peer over its failure budget still
+/// gets through with one of these (checked again at the call, so a revocation still
+/// applies at once), and with anything else is refused before its request is read.
+#[derive(Default)]
+pub struct ValidTokens {
+    seen: Mutex<HashMap<Vec<u8>, Instant>>,
+}
 
-impl<S> tower::Layer<S> for JoinLimit {
-    type Service = JoinLimited<S>;
-    fn layer(&self, inner: S) -> JoinLimited<S> {
-        JoinLimited { inner }
+/// Valid token hashes remembered, the oldest forgotten first past this.
+const MAX_VALID_TOKENS: usize = 4096;
+
+impl ValidTokens {
+    pub fn remember(&self, hash: &[u8]) {
+        let mut seen = lock(&self.seen);
+        if seen.len() >= MAX_VALID_TOKENS
+            && !seen.contains_key(hash)
+            && let Some(oldest) = (seen.iter().min_by_key(|(_, at)| **at)).map(|(k, _)| k.clone())
+        {
+            seen.remove(&oldest);
+        }
+        seen.insert(hash.to_vec(), Instant::now());
+    }
+
+    fn contains(&self, hash: &[u8]) -> bool {
+        lock(&self.seen).contains_key(hash)
+    }
+
+    /// Replaces the set with the database's usable tokens (every few seconds), so a
+    /// token created meanwhile is known and a revoked one forgotten.
+    pub fn refresh(&self, usable: Vec<Vec<u8>>) {
+        let now = Instant::now();
+        let mut seen = lock(&self.seen);
+        seen.clear();
+        for hash in usable.into_iter().take(MAX_VALID_TOKENS) {
+            seen.insert(hash, now);
+        }
+    }
+}
+
+/// In front of every call, before its body is read: a peer past its failure budget is
+/// refused (unless it carries a token known valid), and a `Join` body is cut off past
+/// `MAX_JOIN_BYTES`.
+#[derive(Clone)]
+pub struct Guard {
+    pub failures: Arc<Failures>,
+    pub valid: Arc<ValidTokens>,
+}
+
+impl<S> tower::Layer<S> for Guard {
+    type Service = Guarded<S>;
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            guard: self.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
-pub struct JoinLimited<S> {
+pub struct Guarded<S> {
     inner: S,
+    guard: Guard,
 }
 
-impl<S> tower::Service<http::Request<tonic::body::Body>> for JoinLimited<S>
+type Respond<E> =
+    Pin<Box<dyn std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Guarded<S>
 where
-    S: tower::Service<http::Request<tonic::body::Body>>,
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        >,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Respond<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path() != JOIN_PATH {
-            return self.inner.call(request);
+        let peer = request_peer(&request);
+        let join = request.uri().path() == JOIN_PATH;
+        if let Err(refused) = self.guard.failures.check(peer) {
+            let known = (request.headers().get("authorization"))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|token| {
+                    self.guard
+                        .valid
+                        .contains(&crate::pki::token_hash(token.trim()))
+                });
+            if join || !known {
+                self.guard.failures.record(peer);
+                return Box::pin(std::future::ready(Ok(refused.into_http())));
+            }
+        }
+        if !join {
+            return Box::pin(self.inner.call(request));
         }
         let (parts, body) = request.into_parts();
         let body = tonic::body::Body::new(Limited {
             inner: body,
             left: MAX_JOIN_BYTES,
         });
-        self.inner.call(http::Request::from_parts(parts, body))
+        Box::pin(self.inner.call(http::Request::from_parts(parts, body)))
     }
+}
+
+/// The peer address tonic records for a TCP or TLS connection.
+fn request_peer<B>(request: &http::Request<B>) -> Option<IpAddr> {
+    use tonic::transport::server::TlsConnectInfo;
+    let extensions = request.extensions();
+    (extensions.get::<TcpConnectInfo>())
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            (extensions.get::<TlsConnectInfo<TcpConnectInfo>>())
+                .and_then(|info| info.get_ref().remote_addr())
+        })
+        .map(|address| address.ip())
 }
 
 /// A body that fails once more than `left` bytes arrived.

@@ -41,7 +41,9 @@ pub(crate) struct Controller {
     pub registry: Registry,
     pub pki: Pki,
     /// Failed authentications per peer (`limits`).
-    pub failures: crate::limits::Failures,
+    pub failures: Arc<crate::limits::Failures>,
+    /// API tokens that verified lately (`limits::Guard`).
+    pub valid_tokens: Arc<crate::limits::ValidTokens>,
     /// Joins being signed at once.
     pub joins: tokio::sync::Semaphore,
 }
@@ -87,7 +89,8 @@ pub async fn serve(
         store,
         registry,
         pki,
-        failures: crate::limits::Failures::default(),
+        failures: Arc::default(),
+        valid_tokens: Arc::default(),
         joins: tokio::sync::Semaphore::new(crate::limits::MAX_CONCURRENT_JOINS),
     });
 
@@ -119,8 +122,15 @@ pub async fn serve(
         "controller serving; the CLI trusts it with FLEET_CA=<ca>"
     );
     let server = Server::builder()
-        .layer(crate::limits::JoinLimit)
+        .layer(crate::limits::Guard {
+            failures: controller.failures.clone(),
+            valid: controller.valid_tokens.clone(),
+        })
         .max_concurrent_streams(crate::limits::MAX_STREAMS_PER_CONNECTION)
+        // What a connection may have in flight before it is read: a 1 MiB `Join`
+        // is cut off at 64 KiB instead of buffered whole, per abuser.
+        .initial_stream_window_size(crate::limits::STREAM_WINDOW)
+        .initial_connection_window_size(crate::limits::CONNECTION_WINDOW)
         .tls_config(tls)?
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
@@ -148,7 +158,8 @@ pub async fn serve(
 /// (`fleet-controller host remove` writes the database from another process).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Closes sessions whose certificate was superseded or whose host was removed.
+/// Closes sessions whose certificate was superseded or whose host was removed, and
+/// refreshes the API tokens known valid (`limits::ValidTokens`).
 async fn sweep_sessions(controller: Arc<Controller>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,6 +177,13 @@ async fn sweep_sessions(controller: Arc<Controller>) {
             }
             Err(crate::Error::StoreStopped) => return,
             Err(error) => tracing::error!(%error, "cannot check hosts' certificates"),
+        }
+        let usable = controller
+            .store
+            .call(|conn| crate::tokens::usable_hashes(conn, crate::now_unix_ms()))
+            .await;
+        if let Ok(usable) = usable {
+            controller.valid_tokens.refresh(usable);
         }
     }
 }

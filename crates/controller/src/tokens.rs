@@ -121,6 +121,16 @@ pub fn create(
     }
 }
 
+/// The hashes of every token that may be used now (for `limits::ValidTokens`).
+pub fn usable_hashes(conn: &Connection, now_ms: u64) -> rusqlite::Result<Vec<Vec<u8>>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT sha256 FROM api_tokens
+         WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1)",
+    )?;
+    let rows = statement.query_map([now_ms as i64], |row| row.get::<_, Vec<u8>>(0))?;
+    rows.collect()
+}
+
 /// Finds the token whose hash is `hash` and says whether it may be used now.
 pub fn verify(conn: &Connection, hash: &[u8], now_ms: u64) -> rusqlite::Result<Verdict> {
     let row = conn
