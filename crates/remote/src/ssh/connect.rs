@@ -259,6 +259,54 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
+/// The host key checker and the client's settings for `resolved`: the algorithms of
+/// its known keys asked for first, host certificates only where a CA is known.
+fn prepare(
+    resolved: &Resolved,
+    label: String,
+    warnings: Arc<super::Warnings>,
+) -> (Checker, Arc<client::Config>) {
+    let known_files: Vec<PathBuf> = (resolved.user_known_hosts.iter())
+        .chain(&resolved.global_known_hosts)
+        .cloned()
+        .collect();
+    let authorities =
+        known_hosts::cert_authorities(&known_files, &resolved.host_key_name, resolved.port);
+    let config = Arc::new(client::Config {
+        keepalive_interval: resolved.keepalive_interval,
+        keepalive_max: resolved.keepalive_max,
+        // Long silent commands must not end the connection; keepalives find dead peers.
+        inactivity_timeout: None,
+        nodelay: true,
+        preferred: Preferred {
+            host_key_certificates: if authorities.is_empty() {
+                Cow::Borrowed(&[])
+            } else {
+                Preferred::default().key
+            },
+            ..preferred_for(&known_hosts::known_algorithms(
+                &known_files,
+                &resolved.host_key_name,
+                resolved.port,
+            ))
+        },
+        ..client::Config::default()
+    });
+    let checker = Checker {
+        label,
+        hostname: resolved.host_key_name.clone(),
+        port: resolved.port,
+        user_known_hosts: resolved.user_known_hosts.clone(),
+        global_known_hosts: resolved.global_known_hosts.clone(),
+        strict: resolved.strict,
+        hash_known_hosts: resolved.hash_known_hosts,
+        accept_changed: resolved.accept_changed_host_key,
+        authorities,
+        warnings,
+    };
+    (checker, config)
+}
+
 /// Connects, checks the host key and authenticates, holding a handshake permit
 /// throughout (the jump host's connection must already exist: waiting for it while
 /// holding a permit could starve it).
@@ -279,51 +327,7 @@ pub async fn establish(
     let _gauge = GaugeGuard::new(gauge);
     let timeout = resolved.connect_timeout;
     let address = format!("{}:{}", resolved.hostname, resolved.port);
-    let checker = Checker {
-        label: label.clone(),
-        hostname: resolved.host_key_name.clone(),
-        port: resolved.port,
-        user_known_hosts: resolved.user_known_hosts.clone(),
-        global_known_hosts: resolved.global_known_hosts.clone(),
-        strict: resolved.strict,
-        hash_known_hosts: resolved.hash_known_hosts,
-        accept_changed: resolved.accept_changed_host_key,
-        authorities: Vec::new(),
-        warnings,
-    };
-    let known_files: Vec<PathBuf> = resolved
-        .user_known_hosts
-        .iter()
-        .chain(&resolved.global_known_hosts)
-        .cloned()
-        .collect();
-    let authorities =
-        known_hosts::cert_authorities(&known_files, &resolved.host_key_name, resolved.port);
-    let checker = Checker {
-        authorities: authorities.clone(),
-        ..checker
-    };
-    let config = Arc::new(client::Config {
-        keepalive_interval: resolved.keepalive_interval,
-        keepalive_max: resolved.keepalive_max,
-        // Long silent commands must not end the connection; keepalives find dead peers.
-        inactivity_timeout: None,
-        nodelay: true,
-        preferred: Preferred {
-            // Host certificates only where a CA is known for the host.
-            host_key_certificates: if authorities.is_empty() {
-                Cow::Borrowed(&[])
-            } else {
-                Preferred::default().key
-            },
-            ..preferred_for(&known_hosts::known_algorithms(
-                &known_files,
-                &resolved.host_key_name,
-                resolved.port,
-            ))
-        },
-        ..client::Config::default()
-    });
+    let (checker, config) = prepare(resolved, label.clone(), warnings);
     let timed_out = |step: &'static str| SshError::Timeout {
         host: label.clone(),
         step,
