@@ -153,10 +153,16 @@ pub(crate) fn evaluate(
         }
         return Err(fail(message, None));
     }
-    match stdout.rfind(MARKER) {
-        Some(at) => Ok(stdout[at + MARKER.len()..].to_string()),
+    match json_after_marker(&stdout) {
+        Some(json) => Ok(json.to_string()),
         None => Err(fail("node printed no config".to_string(), None)),
     }
+}
+
+/// What node printed after the last marker: the config's JSON (what the file printed
+/// itself comes before).
+fn json_after_marker(stdout: &str) -> Option<&str> {
+    stdout.rfind(MARKER).map(|at| &stdout[at + MARKER.len()..])
 }
 
 /// Gives every node of a tree parsed from node's JSON the line of its key in the
@@ -331,6 +337,65 @@ fn to_line(index: usize) -> u32 {
 mod tests {
     use super::*;
     use crate::tree::parse_json;
+    use proptest::prelude::*;
+
+    const SOURCE: &str = "module.exports = {\n  apps: [{\n    name: 'web',\n    script: 'web.js',\n    env: { PORT: 3000, 'NODE_ENV': \"production\" },\n  }, {\n    name: \"api\", instances: 'max',\n  }],\n};\n";
+    const JSON: &str = r#"{"apps":[{"name":"web","script":"web.js","env":{"PORT":3000,"NODE_ENV":"production"}},{"name":"api","instances":"max"}]}"#;
+
+    fn mutate(text: &str, edits: &[(usize, u8, u8)]) -> String {
+        let mut bytes = text.as_bytes().to_vec();
+        for &(at, op, byte) in edits {
+            let at = if bytes.is_empty() {
+                0
+            } else {
+                at % bytes.len()
+            };
+            match op % 3 {
+                0 if !bytes.is_empty() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                _ if !bytes.is_empty() => {
+                    bytes.remove(at);
+                }
+                _ => {}
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn lines_within(node: &Located<Node>, count: u32) -> bool {
+        node.line.is_none_or(|l| l >= 1 && l <= count)
+            && match &node.value {
+                Node::Map(entries) => entries.iter().all(|(key, value)| {
+                    key.line.is_none_or(|l| l >= 1 && l <= count) && lines_within(value, count)
+                }),
+                Node::Seq(items) => items.iter().all(|item| lines_within(item, count)),
+                _ => true,
+            }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// The bridge's output: whatever node printed, the JSON is what follows the
+        /// last marker, and mutated sources and outputs never panic; every line found
+        /// is a line of the source.
+        #[test]
+        fn the_js_bridge_output_never_panics(
+            printed in "[ -~\n]{0,80}",
+            source_edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 0..10),
+            json_edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 0..6),
+        ) {
+            let stdout = format!("{printed}{MARKER}{}", mutate(JSON, &json_edits));
+            let json = json_after_marker(&stdout).unwrap();
+            let source = mutate(SOURCE, &source_edits);
+            if let Ok(mut root) = parse_json(json) {
+                assign_lines(&mut root, &source);
+                let count = source.lines().count() as u32;
+                prop_assert!(lines_within(&root, count.max(1)));
+            }
+            prop_assert_eq!(json_after_marker(&printed).is_some(), printed.contains(MARKER));
+        }
+    }
 
     #[test]
     fn keys_are_found_in_javascript_source() {
