@@ -1,57 +1,24 @@
-//! glibc's allocator tuned for a small daemon that lives for months: one arena for
-//! every thread, and freed memory handed back to the kernel now and then.
+//! The agent's allocator: jemalloc, with one arena, no thread caches, and freed pages
+//! returned to the kernel within a second of falling idle (`MALLOC_CONF` below). A
+//! daemon that lives for months should hold what it uses and no more.
 //!
-//! glibc gives each thread that allocates an arena of its own and keeps what is freed
-//! in it; the agent's few threads gain nothing from that and its RSS grew with each
-//! start and delete of 100 apps (bench/agent: 9.7 MB after the first round, 10.7 after
-//! the third, every byte of it reusable but never returned).
+//! glibc's malloc was tuned first (one arena, a fixed 64 KiB mmap threshold,
+//! `malloc_trim` every 10 s) and still fragmented under the soak's churn of log
+//! chunks and restarts: its RSS crept by about 0.2 MB a minute while heaptrack saw the
+//! live heap flat at 2.2 MB (`bench/agent/soak.sh --heaptrack`). jemalloc's size
+//! classes keep that churn on slabs it can reuse and purge; at the same start it
+//! stays flat.
 //!
-//! Blocks of 64 KiB and more (a log pump's read buffer grows to 1 MiB while an app
-//! floods) are mapped on their own and unmapped when freed. glibc would otherwise
-//! raise that threshold to the largest block freed so far, and from then on carve such
-//! buffers out of the heap, where the small allocations around them keep the heap
-//! from shrinking: the soak's RSS crept by 0.2 MB a minute while the live heap
-//! (heaptrack) stayed at 2.2 MB.
+//! Declared in the library, so the agent, `fleet-runtime` and the tests that run an
+//! agent in-process all use it.
 
-#![allow(unsafe_code)] // mallopt(3) and malloc_trim(3) have no safe wrapper.
+#![allow(unsafe_code)] // jemalloc reads its options from an exported symbol.
 
-use std::time::Duration;
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// How often freed memory is returned to the kernel.
-const TRIM_EVERY: Duration = Duration::from_secs(10);
-/// Blocks from this size up are mapped on their own (a fixed threshold: glibc's
-/// dynamic one only grows).
-const MMAP_THRESHOLD: i32 = 64 * 1024;
-
-/// One arena for all threads and a fixed mmap threshold, unless `MALLOC_ARENA_MAX` or
-/// `MALLOC_MMAP_THRESHOLD_` say otherwise. Call before any thread is started.
-pub fn configure() {
-    #[cfg(target_env = "gnu")]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a parameter of the allocator; no thread runs yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
-    }
-    #[cfg(target_env = "gnu")]
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-        // SAFETY: as above.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        }
-    }
-}
-
-/// Returns free memory to the kernel every [`TRIM_EVERY`], for the agent's lifetime.
-pub async fn trim_periodically() {
-    let mut every = tokio::time::interval(TRIM_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim takes the allocator's own locks; any thread may call it.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    }
-}
+/// jemalloc's options, read once at its first allocation: one arena for the agent's
+/// few threads, no per-thread caches (memory a thread freed is reused by all), and
+/// dirty pages purged after a second, muzzy ones at once.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8] = b"narenas:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0\0";

@@ -161,7 +161,6 @@ pub async fn run(
     let updater = crate::update::start(handle.clone(), keep, record);
     tokio::spawn(sample_metrics(handle.clone()));
     tokio::spawn(reopen_logs_on_sigusr2(hub.clone()));
-    tokio::spawn(crate::alloc::trim_periodically());
 
     let (operations, service, kill) = api(&home, &handle, hub, Some(updater));
     match crate::link::LinkConfig::load(&home) {

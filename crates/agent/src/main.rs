@@ -58,7 +58,6 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    fleet_agent::alloc::configure();
     let args = Args::parse();
     if args.handoff_check {
         println!("{}", fleet_agent::handoff::check_answer());

@@ -49,7 +49,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    fleet_agent::alloc::configure();
     let args = Args::parse();
     match run(args) {
         Ok(code) => ExitCode::from(code),
