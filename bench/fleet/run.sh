@@ -451,6 +451,8 @@ if ((WITH_SCALE)); then
   fi
   [[ $line =~ growth\ ([0-9]+)\ MB ]] && R[abuse.growth_mb]=${BASH_REMATCH[1]}
   [[ $line =~ ([0-9]+)\ MB\ before ]] && R[abuse.before_mb]=${BASH_REMATCH[1]}
+  line=$(grep '^abuse: [0-9]* CPUs' "$WORK/abuse.log" | head -1 || true)
+  R[abuse.cpus]=${line#abuse: }
   [[ -n ${R[abuse.p99]:-} ]] || { log "the abuse run printed no figures (exit ${R[abuse.rc]}):"; tail -n 20 "$WORK/abuse.log" >&2; }
 fi
 
@@ -479,7 +481,7 @@ if ((WITH_SCALE)); then
     "$(mb scale.rss_kb) (peak $(mb scale.hwm_max_kb))" "< 150" "$(ok "$(mb scale.hwm_max_kb) < 150")"
   row "controller CPU, ${S_HOSTS:-?} joins" "$(get scale.join_cpu_s) s CPU in $(secs "$(get scale.join_ms)") s" "-" "info"
   row "controller CPU, status calls + heartbeats" "$(get scale.status_cpu_pct)% of a core" "-" "info"
-  row "abuse: status p50 / p99 during it, ms" "$(get abuse.p50) / $(get abuse.p99)" "p99 < 50" "$(ok "$(get abuse.p99) < 50")"
+  row "abuse: status p50 / p99 during it, ms ($(get abuse.cpus))" "$(get abuse.p50) / $(get abuse.p99)" "p99 < 50" "$(ok "$(get abuse.p99) < 50")"
   row "abuse: controller RSS growth, MB (from $(get abuse.before_mb))" "$(get abuse.growth_mb)" "< 20" "$(ok "$(get abuse.growth_mb) < 20")"
   row "abuse: joins refused / revoked-token calls refused" "$(get abuse.joins) / $(get abuse.revoked)" "all" \
     "$( [[ ${R[abuse.all_refused]:-0} == 1 ]] && echo PASS || echo FAIL)"
