@@ -62,7 +62,9 @@ fn startup_units_verify_and_carry_what_the_agent_needs() {
         "Type=notify".to_string(),
         "KillMode=process".to_string(),
         "WantedBy=multi-user.target".to_string(),
-        format!("Environment=\"FLEET_HOME={home}\""),
+        format!("Environment=\"FLEET_HOME={home}\" \"FLEET_FDSTORE=16384\""),
+        "FileDescriptorStoreMax=16384".to_string(),
+        "Restart=always".to_string(),
         format!("ExecStart=\"{agent}\" --home \"{home}\" --daemon --resurrect"),
     ] {
         assert!(
