@@ -5,6 +5,7 @@
 //! run a controller in-process.
 
 mod agent_link;
+pub mod alloc;
 pub mod config;
 mod error;
 mod fleet_service;
