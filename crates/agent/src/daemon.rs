@@ -283,10 +283,7 @@ async fn adopt_stored(
         })
         .collect();
     terminate_orphans(&others).await;
-    let gap_ns = crate::handoff::monotonic_ns().saturating_sub(document.written_ns);
-    let taken = Instant::now()
-        .checked_sub(Duration::from_nanos(gap_ns))
-        .unwrap_or_else(Instant::now);
+    let (taken, _) = written_at(document.written_ns);
     let instances = document.supervisor.instances.len();
     let handle = supervisor::take_over(
         home.clone(),
@@ -305,6 +302,16 @@ async fn adopt_stored(
     handle
 }
 
+/// When a document written at `written_ns` (CLOCK_MONOTONIC) was written, on this
+/// image's clock, and how long ago in nanoseconds.
+fn written_at(written_ns: u64) -> (Instant, u64) {
+    let gap_ns = crate::handoff::monotonic_ns().saturating_sub(written_ns);
+    let taken = Instant::now()
+        .checked_sub(Duration::from_nanos(gap_ns))
+        .unwrap_or_else(Instant::now);
+    (taken, gap_ns)
+}
+
 /// The table a previous image of this agent handed over, and what `Hello` reports.
 fn take_over_from(
     home: &Home,
@@ -312,10 +319,7 @@ fn take_over_from(
     take_over: TakeOver,
 ) -> (supervisor::Handle, crate::handoff::Record) {
     let TakeOver { document, mut fds } = take_over;
-    let gap_ns = crate::handoff::monotonic_ns().saturating_sub(document.written_ns);
-    let taken = Instant::now()
-        .checked_sub(Duration::from_nanos(gap_ns))
-        .unwrap_or_else(Instant::now);
+    let (taken, gap_ns) = written_at(document.written_ns);
     let apps = document.supervisor.instances.len();
     let handle = supervisor::take_over(
         home.clone(),

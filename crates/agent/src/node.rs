@@ -378,9 +378,6 @@ impl Channel {
         })
     }
 
-    /// Stops the channel between two messages and hands it over, for the next agent
-    /// image. A task that does not stop in time is dropped and its end handed over as
-    /// it is (a message it was writing may arrive cut).
     /// The channel as systemd's store keeps it (`crate::fdstore`): another
     /// descriptor of the agent's end; what is in flight is not kept.
     pub fn copy(&self) -> std::io::Result<ChannelCarry> {
@@ -393,6 +390,9 @@ impl Channel {
         })
     }
 
+    /// Stops the channel between two messages and hands it over, for the next agent
+    /// image. A task that does not stop in time is dropped and its end handed over as
+    /// it is (a message it was writing may arrive cut).
     pub async fn hand_over(mut self) -> std::io::Result<ChannelCarry> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -408,13 +408,7 @@ impl Channel {
                 }
             }
         }
-        Ok(ChannelCarry {
-            fd: self.spare.try_clone()?,
-            partial: Vec::new(),
-            skipping: false,
-            awaiting_ack: false,
-            queued: Vec::new(),
-        })
+        self.copy()
     }
 
     pub fn sender(&self) -> Sender {

@@ -203,20 +203,8 @@ impl AgentLinkService {
                 .await??;
             return Err(Refusal::UnknownJoinToken.into());
         }
-        {
-            let (host, issued) = (host.clone(), certificate.clone());
-            store
-                .call(move |conn| {
-                    hosts::record_certificate(
-                        conn,
-                        &host,
-                        &issued.serial,
-                        issued.expires_ms,
-                        now_unix_ms(),
-                    )
-                })
-                .await?;
-        }
+        let action = if rejoin { "rejoin" } else { "join" };
+        record_issued(&self.controller, &host, &certificate, action).await?;
         // The superseded certificate's session, if one is open, ends now.
         self.controller
             .registry
@@ -224,17 +212,6 @@ impl AgentLinkService {
                 host.clone(),
                 Some(certificate.serial.clone()),
             )]));
-        let entry = AuditEntry {
-            at_ms: now_unix_ms(),
-            who: format!("agent:{}", request.host),
-            action: if rejoin { "rejoin" } else { "join" }.to_owned(),
-            stage: String::new(),
-            targets: vec![request.host.clone()],
-            result: "ok".to_owned(),
-        };
-        store
-            .call(move |conn| store::append_audit(conn, &entry))
-            .await?;
         tracing::info!(host = %request.host, serial = %certificate.serial, rejoin, "agent joined");
         Ok(JoinResponse {
             certificate_pem: certificate.pem,
@@ -303,32 +280,7 @@ async fn renew(
             return;
         }
     };
-    let recorded = {
-        let (host, issued) = (host.clone(), issued.clone());
-        controller
-            .store
-            .call(move |conn| {
-                hosts::record_certificate(
-                    conn,
-                    &host,
-                    &issued.serial,
-                    issued.expires_ms,
-                    now_unix_ms(),
-                )?;
-                store::append_audit(
-                    conn,
-                    &AuditEntry {
-                        at_ms: now_unix_ms(),
-                        who: format!("agent:{host}"),
-                        action: "renew certificate".to_owned(),
-                        stage: String::new(),
-                        targets: vec![host.clone()],
-                        result: "ok".to_owned(),
-                    },
-                )
-            })
-            .await
-    };
+    let recorded = record_issued(&controller, &host, &issued, "renew certificate").await;
     if let Err(error) = recorded {
         tracing::error!(%host, %error, "cannot record a renewed certificate");
         return;
@@ -338,6 +290,35 @@ async fn renew(
     link.send_soon(controller_message::Body::Renewed(RenewedCertificate {
         certificate_pem: issued.pem,
     }));
+}
+
+/// Records `issued` as `host`'s current certificate, and in the audit log as `action`
+/// by the agent: one database call.
+async fn record_issued(
+    controller: &Controller,
+    host: &str,
+    issued: &pki::AgentCertificate,
+    action: &'static str,
+) -> Result<(), crate::Error> {
+    let (host, issued) = (host.to_owned(), issued.clone());
+    controller
+        .store
+        .call(move |conn| {
+            let now = now_unix_ms();
+            hosts::record_certificate(conn, &host, &issued.serial, issued.expires_ms, now)?;
+            store::append_audit(
+                conn,
+                &AuditEntry {
+                    at_ms: now,
+                    who: format!("agent:{host}"),
+                    action: action.to_owned(),
+                    stage: String::new(),
+                    targets: vec![host.clone()],
+                    result: "ok".to_owned(),
+                },
+            )
+        })
+        .await
 }
 
 /// Reads one session's messages into the registry until the agent hangs up or the

@@ -70,16 +70,16 @@ impl FleetApi {
             .filter(|token| !token.is_empty())
             .ok_or_else(|| failed(Refusal::BadApiToken))?;
         let hash = pki::token_hash(token);
-        let verdict = self
-            .controller
-            .store
-            .call(move |conn| tokens::verify(conn, &hash, now_unix_ms()))
-            .await?;
+        let verdict = {
+            let hash = hash.clone();
+            self.controller
+                .store
+                .call(move |conn| tokens::verify(conn, &hash, now_unix_ms()))
+                .await?
+        };
         let caller = match verdict {
             Verdict::Valid(caller) => {
-                self.controller
-                    .valid_tokens
-                    .remember(&pki::token_hash(token));
+                self.controller.valid_tokens.remember(&hash);
                 caller
             }
             Verdict::Unknown => return Err(failed(Refusal::BadApiToken)),

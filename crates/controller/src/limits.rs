@@ -125,8 +125,12 @@ const MAX_VALID_TOKENS: usize = 4096;
 impl ValidTokens {
     pub fn remember(&self, hash: &[u8]) {
         let mut seen = lock(&self.seen);
+        // Every authorized call comes here: a known token is only touched.
+        if let Some(at) = seen.get_mut(hash) {
+            *at = Instant::now();
+            return;
+        }
         if seen.len() >= MAX_VALID_TOKENS
-            && !seen.contains_key(hash)
             && let Some(oldest) = (seen.iter().min_by_key(|(_, at)| **at)).map(|(k, _)| k.clone())
         {
             seen.remove(&oldest);
