@@ -191,8 +191,8 @@ impl Layer {
     fn apply(&mut self, keyword: &str, args: &[String], raw: &str) -> Result<Applied, String> {
         let one = || -> Result<&str, String> {
             match args {
-                [value] => Ok(value.as_str()),
-                [] => Err(format!("{keyword} needs a value")),
+                [value] if !value.is_empty() => Ok(value.as_str()),
+                [] | [_] => Err(format!("{keyword} needs a value")),
                 _ => Err(format!("{keyword} takes one value")),
             }
         };
@@ -292,8 +292,9 @@ fn set<T>(slot: &mut Option<T>, value: T) {
 
 /// Splits a config line into its keyword and arguments: whitespace separated, an
 /// optional `=` after the keyword, double or single quotes group, and an unquoted
-/// `#` starts a comment. `None` for blank and comment lines.
-fn tokenize(line: &str) -> Option<(String, Vec<String>)> {
+/// `#` starts a comment. `None` for blank and comment lines; a quote left open is an
+/// error, as it is to ssh.
+fn tokenize(line: &str) -> Option<Result<(String, Vec<String>), String>> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
@@ -331,10 +332,13 @@ fn tokenize(line: &str) -> Option<(String, Vec<String>)> {
             }
         }
     }
+    if quote.is_some() {
+        return Some(Err(format!("{keyword}: a quote is left open")));
+    }
     if in_token {
         args.push(current);
     }
-    Some((keyword, args))
+    Some(Ok((keyword, args)))
 }
 
 /// Parses `ssh_options` (each `Key=value` or `Key value`) into a layer, with one
@@ -343,8 +347,13 @@ fn tokenize(line: &str) -> Option<(String, Vec<String>)> {
 pub fn parse_ssh_options(options: &[String], warnings: &mut Vec<String>) -> Layer {
     let mut layer = Layer::default();
     for option in options {
-        let Some((keyword, args)) = tokenize(option) else {
-            continue;
+        let (keyword, args) = match tokenize(option) {
+            None => continue,
+            Some(Ok(line)) => line,
+            Some(Err(message)) => {
+                warnings.push(format!("ignored ssh option: {message}"));
+                continue;
+            }
         };
         match layer.apply(&keyword, &args, raw_value(option)) {
             Ok(Applied::Known) => {}
@@ -446,14 +455,29 @@ fn parse_config(
 ) -> Vec<Item> {
     let mut items = Vec::new();
     for (index, line) in text.lines().enumerate() {
-        let Some((keyword, args)) = tokenize(line) else {
-            continue;
-        };
         let origin = Origin {
             file: file.to_path_buf(),
             line: index + 1,
         };
         let at = || format!("{}:{}", origin.file.display(), origin.line);
+        let (keyword, args) = match tokenize(line) {
+            None => continue,
+            Some(Ok(line)) => line,
+            Some(Err(message)) => {
+                warnings.push(format!("{}: {message}; the line is ignored", at()));
+                // A block whose header cannot be read matches nothing, so its lines
+                // never fall into the block before it.
+                let keyword = line
+                    .trim()
+                    .split([' ', '\t', '='])
+                    .next()
+                    .unwrap_or_default();
+                if keyword.eq_ignore_ascii_case("host") || keyword.eq_ignore_ascii_case("match") {
+                    items.push(Item::Match(None));
+                }
+                continue;
+            }
+        };
         match keyword.to_ascii_lowercase().as_str() {
             "host" => items.push(Item::Host(args)),
             "match" => {

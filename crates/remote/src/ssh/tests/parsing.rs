@@ -74,6 +74,28 @@ fn ssh_config_first_value_wins_with_patterns_includes_and_match() {
 }
 
 #[test]
+fn empty_values_and_open_quotes_are_warned_about_and_never_resolve() {
+    let mut warnings = Vec::new();
+    let config = SshConfig::parse(
+        "Host web\n  HostName \"\n  Port \"\"\n  User \"ops\n\
+         Host \"db\n  User intruder\n",
+        &mut warnings,
+    );
+    assert_eq!(warnings.len(), 4, "{warnings:?}");
+    assert!(
+        warnings[0].contains("line 2") || warnings[0].contains(":2:"),
+        "{warnings:?}"
+    );
+    let settings = SshSettings::default();
+    let web =
+        options::resolve("web", Role::Target, &settings, &Default::default(), &config).unwrap();
+    assert_eq!((web.hostname.as_str(), web.port), ("web", 22));
+    // The unreadable `Host "db` line opens a block that matches nothing: `User intruder`
+    // never falls into the `Host web` block.
+    assert_ne!(web.user, "intruder");
+}
+
+#[test]
 fn explicit_settings_beat_ssh_options_which_beat_the_config() {
     let mut warnings = Vec::new();
     let config = SshConfig::parse(
