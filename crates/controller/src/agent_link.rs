@@ -67,6 +67,7 @@ impl AgentLink for AgentLinkService {
             self.controller.failures.record(peer);
             limited.err().unwrap_or_else(|| Status::from(refusal))
         })?;
+        self.controller.connections.prove(request.remote_addr());
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Refusal::HelloTimeout(HELLO_TIMEOUT.as_secs()).into()),
@@ -134,6 +135,7 @@ impl AgentLink for AgentLinkService {
     /// joins are rare, and a guesser's attempts should cost next to nothing.
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let peer = crate::limits::peer(&request);
+        let address = request.remote_addr();
         self.controller.failures.check(peer)?;
         let _turn = (self.controller.joins.acquire())
             .await
@@ -149,6 +151,9 @@ impl AgentLink for AgentLinkService {
             )
         {
             self.controller.failures.record(peer);
+        }
+        if joined.is_ok() {
+            self.controller.connections.prove(address);
         }
         joined.map(Response::new)
     }

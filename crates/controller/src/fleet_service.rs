@@ -80,6 +80,7 @@ impl FleetApi {
         let caller = match verdict {
             Verdict::Valid(caller) => {
                 self.controller.valid_tokens.remember(&hash);
+                self.controller.connections.prove(request.remote_addr());
                 caller
             }
             Verdict::Unknown => return Err(failed(Refusal::BadApiToken)),

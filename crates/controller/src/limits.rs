@@ -1,5 +1,6 @@
 //! What any client can cost the controller, bounded before it authenticates:
-//! connections per peer address, streams and flow-control windows per connection
+//! connections per peer address (all of them, and those not yet authenticated, which
+//! are also closed after a grace time), streams and flow-control windows per connection
 //! (`server`), the size of an unauthenticated `Join` (`Guard` cuts its body short),
 //! failed authentications
 //! per peer (a token bucket: past a burst, the peer's calls are refused before their
@@ -8,11 +9,13 @@
 //! table, its log batches) is bounded in `registry`.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -46,6 +49,14 @@ const MAX_TRACKED_PEERS: usize = 16 * 1024;
 /// RSS with 256 KiB / 1 MiB windows.
 pub const STREAM_WINDOW: u32 = 64 * 1024;
 pub const CONNECTION_WINDOW: u32 = 256 * 1024;
+/// Connections from one address that have not made an authenticated call yet: past
+/// this, new ones from that address are closed at accept, before TLS costs anything
+/// (sshd's `MaxStartups`, per address). Agents and CLIs prove themselves on their
+/// first call, so only a flood of unauthenticated connections meets this.
+pub const MAX_UNPROVEN_PER_PEER: usize = 64;
+/// How long a connection may stay open without an authenticated call (sshd's
+/// `LoginGraceTime`).
+pub const PROVE_WITHIN: Duration = Duration::from_secs(30);
 /// Joins being signed at once; more wait their turn.
 pub const MAX_CONCURRENT_JOINS: usize = 8;
 
@@ -279,46 +290,119 @@ impl http_body::Body for Limited {
     }
 }
 
-/// Open connections per peer address, counted while each one lives.
-#[derive(Clone, Default)]
+/// Open connections per peer address, counted while each one lives, and the ones
+/// among them that have not made an authenticated call yet ("unproven": no valid
+/// token, no accepted session, no join).
+#[derive(Clone)]
 pub struct Connections {
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    table: Arc<Mutex<Table>>,
+    /// How long an unproven connection stays open (`PROVE_WITHIN`).
+    grace: Duration,
 }
 
-impl Connections {
-    /// The connection, counted; `None` (and the connection dropped) when its peer has
-    /// `MAX_CONNECTIONS_PER_PEER` open already.
-    pub fn admit(&self, stream: TcpStream) -> Option<Counted> {
-        let peer = stream.peer_addr().ok()?.ip();
-        let mut open = lock(&self.open);
-        let count = open.entry(peer).or_default();
-        if *count >= MAX_CONNECTIONS_PER_PEER {
-            tracing::warn!(%peer, "refused a connection: {MAX_CONNECTIONS_PER_PEER} open from this address already");
-            return None;
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            table: Arc::default(),
+            grace: PROVE_WITHIN,
         }
-        *count += 1;
-        Some(Counted {
-            stream,
-            peer,
-            open: self.open.clone(),
-        })
     }
 }
 
-/// A TCP connection counted in `Connections` until it is dropped.
+#[derive(Default)]
+struct Table {
+    peers: HashMap<IpAddr, PeerCount>,
+    /// Each unproven connection by its peer's address and port, with the flag its
+    /// `Counted` reads.
+    unproven: HashMap<SocketAddr, Arc<AtomicBool>>,
+}
+
+#[derive(Default)]
+struct PeerCount {
+    open: usize,
+    unproven: usize,
+}
+
+impl Connections {
+    /// The connection, counted; `None` (and the connection dropped before TLS) when
+    /// its peer has `MAX_CONNECTIONS_PER_PEER` open already, or
+    /// `MAX_UNPROVEN_PER_PEER` that have not authenticated yet.
+    pub fn admit(&self, stream: TcpStream) -> Option<Counted> {
+        let address = stream.peer_addr().ok()?;
+        let peer = address.ip();
+        let mut table = lock(&self.table);
+        let count = table.peers.entry(peer).or_default();
+        if count.open >= MAX_CONNECTIONS_PER_PEER {
+            tracing::warn!(%peer, "refused a connection: {MAX_CONNECTIONS_PER_PEER} open from this address already");
+            return None;
+        }
+        if count.unproven >= MAX_UNPROVEN_PER_PEER {
+            // Said at debug: a flood would otherwise flood the log too.
+            tracing::debug!(%peer, "refused a connection: {MAX_UNPROVEN_PER_PEER} from this address have not authenticated");
+            return None;
+        }
+        count.open += 1;
+        count.unproven += 1;
+        let proven = Arc::new(AtomicBool::new(false));
+        table.unproven.insert(address, proven.clone());
+        drop(table);
+        Some(Counted {
+            stream,
+            address,
+            proven,
+            deadline: Some(Box::pin(tokio::time::sleep(self.grace))),
+            table: self.table.clone(),
+        })
+    }
+
+    /// Marks the connection from `address` as having made an authenticated call: it
+    /// no longer counts against its peer's unproven ones, and stays open.
+    pub fn prove(&self, address: Option<SocketAddr>) {
+        let Some(address) = address else { return };
+        let mut table = lock(&self.table);
+        if let Some(proven) = table.unproven.remove(&address) {
+            proven.store(true, Ordering::Relaxed);
+            if let Some(count) = table.peers.get_mut(&address.ip()) {
+                count.unproven -= 1;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn unproven(&self, peer: IpAddr) -> usize {
+        lock(&self.table)
+            .peers
+            .get(&peer)
+            .map_or(0, |count| count.unproven)
+    }
+}
+
+/// A TCP connection counted in `Connections` until it is dropped; closed (its next
+/// read fails) if it makes no authenticated call within `PROVE_WITHIN`.
 pub struct Counted {
     stream: TcpStream,
-    peer: IpAddr,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: SocketAddr,
+    proven: Arc<AtomicBool>,
+    /// Until proven: when it is closed.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    table: Arc<Mutex<Table>>,
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        let mut open = lock(&self.open);
-        if let Some(count) = open.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.peer);
+        let mut table = lock(&self.table);
+        let unproven = !self.proven.load(Ordering::Relaxed)
+            && (table.unproven.get(&self.address))
+                .is_some_and(|flag| Arc::ptr_eq(flag, &self.proven));
+        if unproven {
+            table.unproven.remove(&self.address);
+        }
+        let peer = self.address.ip();
+        if let Some(count) = table.peers.get_mut(&peer) {
+            count.open -= 1;
+            count.unproven -= usize::from(unproven);
+            if count.open == 0 {
+                table.peers.remove(&peer);
             }
         }
     }
@@ -337,6 +421,17 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if let Some(deadline) = &mut this.deadline {
+            if this.proven.load(Ordering::Relaxed) {
+                this.deadline = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no authenticated call in time",
+                )));
+            }
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -389,6 +484,67 @@ mod tests {
         );
         assert!(failures.check(good).is_ok());
         assert!(failures.check(None).is_ok(), "no address, no bucket");
+    }
+
+    /// `count` connections to a listener, as the controller accepts them.
+    async fn accept(
+        listener: &tokio::net::TcpListener,
+        count: usize,
+    ) -> Vec<(TcpStream, TcpStream)> {
+        let mut pairs = Vec::new();
+        for _ in 0..count {
+            let client = TcpStream::connect(listener.local_addr().unwrap());
+            let (client, accepted) = tokio::join!(client, listener.accept());
+            pairs.push((client.unwrap(), accepted.unwrap().0));
+        }
+        pairs
+    }
+
+    #[tokio::test]
+    async fn unproven_connections_are_capped_per_peer_and_closed_after_the_grace_time() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connections = Connections {
+            grace: Duration::from_millis(300),
+            ..Connections::default()
+        };
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut admitted = Vec::new();
+        for (client, accepted) in accept(&listener, MAX_UNPROVEN_PER_PEER).await {
+            admitted.push((client, connections.admit(accepted).expect("under the cap")));
+        }
+        assert_eq!(connections.unproven(loopback), MAX_UNPROVEN_PER_PEER);
+        let (_client, extra) = accept(&listener, 1).await.pop().unwrap();
+        assert!(
+            connections.admit(extra).is_none(),
+            "one past the cap is refused"
+        );
+
+        // One authenticates: it no longer counts, and a new connection gets in.
+        let (_, first) = &admitted[0];
+        connections.prove(Some(first.address));
+        assert_eq!(connections.unproven(loopback), MAX_UNPROVEN_PER_PEER - 1);
+        let (_c, next) = accept(&listener, 1).await.pop().unwrap();
+        let next = connections.admit(next).expect("room again");
+
+        // Past the grace time an unproven connection's read fails; a proven one waits.
+        let (_proven_client, mut proven) = admitted.remove(0);
+        let (_unproven_client, mut unproven) = admitted.pop().unwrap();
+        let mut buffer = [0u8; 1];
+        let failed = tokio::time::timeout(Duration::from_secs(5), unproven.read(&mut buffer))
+            .await
+            .expect("the grace time ends the read");
+        assert_eq!(failed.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        let waited =
+            tokio::time::timeout(Duration::from_millis(600), proven.read(&mut buffer)).await;
+        assert!(waited.is_err(), "a proven connection is left alone");
+
+        // Dropped connections are forgotten, proven or not.
+        drop((proven, unproven, next));
+        admitted.clear();
+        assert_eq!(connections.unproven(loopback), 0);
+        assert!(lock(&connections.table).peers.is_empty());
+        assert!(lock(&connections.table).unproven.is_empty());
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub(crate) struct Controller {
     pub valid_tokens: Arc<crate::limits::ValidTokens>,
     /// Joins being signed at once.
     pub joins: tokio::sync::Semaphore,
+    /// Open connections, and which have authenticated (`limits`).
+    pub connections: crate::limits::Connections,
 }
 
 /// Serves the controller on `listener` until `shutdown` resolves. The first start
@@ -92,10 +94,11 @@ pub async fn serve(
         failures: Arc::default(),
         valid_tokens: Arc::default(),
         joins: tokio::sync::Semaphore::new(crate::limits::MAX_CONCURRENT_JOINS),
+        connections: crate::limits::Connections::default(),
     });
 
     tokio::spawn(sweep_sessions(controller.clone()));
-    let connections = crate::limits::Connections::default();
+    let connections = controller.connections.clone();
     let incoming = TcpListenerStream::new(listener).filter_map(move |stream| match stream {
         Ok(stream) => {
             // Commands and heartbeats are small messages; don't let Nagle hold them.

@@ -156,7 +156,11 @@ fn finish(
         .map(|h| expand_percent(h, &[('h', &alias)]))
         .unwrap_or_else(|| alias.clone())
         .to_ascii_lowercase();
-    if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if hostname.is_empty()
+        || hostname
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(format!("HostName `{hostname}` is not a host name"));
     }
     let port = layer.port.unwrap_or(DEFAULT_PORT);
