@@ -303,14 +303,14 @@ fn agent_join(
         HOST_FLEET_HOME,
         "join",
         &controller.url,
-        &join,
         "--host",
         address,
     ];
     let ca = controller.ca();
     args.extend(["--ca", ca.to_str().unwrap()]);
     args.extend(more);
-    fb.bed.exec(host, &args)
+    fb.bed
+        .exec_with_env(host, &args, &[("FLEET_JOIN_TOKEN", join.as_str())])
 }
 
 /// Stops the host's agent (its apps stay in its state file) and starts it again, so it

@@ -1,6 +1,7 @@
 //! Inputs that must be refused where they arrive, and credentials that never travel in
 //! cleartext: a scale bomb refused at once, an app name that cannot write outside
-//! `FLEET_HOME`, and an `http://` controller refused before any connection.
+//! `FLEET_HOME`, an `http://` controller refused before any connection, and a join token
+//! never taken from the command line.
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -66,12 +67,65 @@ fn an_http_controller_is_refused_before_any_connection() {
     let output = std::process::Command::new(agent)
         .args(["--home"])
         .arg(fleet.home.path())
-        .args(["join", &url, "join-token", "--ca", "/nonexistent.pem"])
+        .args(["join", &url, "--ca", "/nonexistent.pem"])
+        .env("FLEET_JOIN_TOKEN", "join-token")
         .output()
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("only https://"));
     // The listener never saw a connection.
+    assert!(matches!(
+        listener.accept(),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    ));
+}
+
+#[test]
+fn a_join_token_is_never_taken_from_the_command_line() {
+    let fleet = Fleet::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let join = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(crate::testbed::agent_binary())
+            .arg("--home")
+            .arg(fleet.home.path())
+            .args(["join", &url, "--ca", "/nonexistent.pem"])
+            .args(args)
+            .env_remove("FLEET_JOIN_TOKEN")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = join(&["fjt_on_argv"], "");
+    assert!(stderr.contains("visible to every local user"), "{stderr}");
+    assert!(
+        !stderr.contains("fjt_on_argv"),
+        "the token is not repeated: {stderr}"
+    );
+    assert!(join(&[], "").contains("no join token given"));
+    // A token on stdin is read: the join goes on to the CA file, named.
+    let stderr = join(&[], "fjt_from_stdin\n");
+    assert!(stderr.contains("/nonexistent.pem"), "{stderr}");
+    let file = fleet.home.path().join("token");
+    std::fs::write(&file, "fjt_from_file\n").unwrap();
+    let stderr = join(&["--token-file", file.to_str().unwrap()], "");
+    assert!(stderr.contains("/nonexistent.pem"), "{stderr}");
+    // Nothing reached the listener.
     assert!(matches!(
         listener.accept(),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock

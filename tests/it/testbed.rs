@@ -148,6 +148,17 @@ impl TestBed {
         self.run_script(&args)
     }
 
+    /// `exec` with `env` added to the command's environment (`nsenter` passes it on):
+    /// for a secret that must not be in an argv.
+    pub fn exec_with_env(&self, host: &str, command: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut args = vec!["exec", host, "--"];
+        args.extend_from_slice(command);
+        let mut script = with_args(script(&self.dir), &args);
+        script.envs(env.iter().copied());
+        run(script, COMMAND_TIMEOUT)
+            .unwrap_or_else(|output| panic!("testbed {args:?} hung:\n{}", text(&output)))
+    }
+
     /// Runs a shell command on the host through its sshd and the system OpenSSH client;
     /// the caller checks the status.
     pub fn ssh(&self, host: &str, command: &str) -> Output {

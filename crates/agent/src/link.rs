@@ -100,7 +100,63 @@ fn tls(url: &str, ca_pem: &str) -> anyhow::Result<ClientTlsConfig> {
         .domain_name(domain))
 }
 
-/// `fleet-agent join <url> <token>`: enrolls this agent as `host`.
+/// The join token for `fleet-agent join`: from `file` (`-`: stdin), else from
+/// `FLEET_JOIN_TOKEN`, else from stdin (asked for without echo on a terminal). Bounded:
+/// a token is a short line.
+pub fn read_join_token(file: Option<&Path>) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Read};
+    const MAX_TOKEN_BYTES: u64 = 4096;
+    let from_stdin = || -> anyhow::Result<String> {
+        let stdin = std::io::stdin();
+        let terminal = stdin.is_terminal();
+        let echo = terminal.then(|| {
+            eprint!("join token: ");
+            no_echo(&stdin)
+        });
+        let mut text = String::new();
+        let read = stdin.lock().take(MAX_TOKEN_BYTES).read_line(&mut text);
+        if let Some(Some(saved)) = echo {
+            let _ =
+                nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &saved);
+            eprintln!();
+        }
+        read.context("cannot read the join token from stdin")?;
+        Ok(text)
+    };
+    let text = match file {
+        Some(path) if path == Path::new("-") => from_stdin()?,
+        Some(path) => {
+            let mut text = String::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_TOKEN_BYTES).read_to_string(&mut text))
+                .with_context(|| format!("cannot read the join token from {}", path.display()))?;
+            text
+        }
+        None => match std::env::var("FLEET_JOIN_TOKEN") {
+            Ok(token) => token,
+            Err(_) => from_stdin()?,
+        },
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!(
+            "no join token given\nhint: `fleet-controller join-token <host>` makes one; give it on stdin, with --token-file FILE, or in FLEET_JOIN_TOKEN"
+        );
+    }
+    Ok(token.to_string())
+}
+
+/// Turns the terminal's echo off, returning what to restore.
+fn no_echo(stdin: &std::io::Stdin) -> Option<nix::sys::termios::Termios> {
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    let saved = tcgetattr(stdin).ok()?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    tcsetattr(stdin, SetArg::TCSANOW, &quiet).ok()?;
+    Some(saved)
+}
+
+/// `fleet-agent join <url>`: enrolls this agent as `host` with a join `token`.
 /// With `rejoin`, a host that joined before gets a new certificate and its previous
 /// one stops working.
 pub async fn join(

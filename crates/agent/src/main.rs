@@ -41,10 +41,19 @@ struct Args {
 enum Command {
     /// Enroll this agent with a controller using a one-time join token; the agent
     /// connects to it from its next start on.
+    ///
+    /// The join token is read from `--token-file` (`-`: stdin), else from
+    /// `FLEET_JOIN_TOKEN`, else from stdin (asked for, unechoed, on a terminal); never
+    /// from the command line, where every local user could read it.
     Join {
         /// The controller, e.g. https://controller.example:7443
         url: String,
-        token: String,
+        /// Refused: a token on the command line is visible in /proc/PID/cmdline.
+        #[arg(hide = true)]
+        token: Option<String>,
+        /// A file holding the join token (`-`: stdin).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         /// The name this host has in the fleet (default: its hostname).
         #[arg(long)]
         host: Option<String>,
@@ -75,11 +84,19 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::Join {
         url,
         token,
+        token_file,
         host,
         ca,
         rejoin,
     }) = args.command
     {
+        fleet_proto::ops::check_controller_url(&url).map_err(anyhow::Error::msg)?;
+        if token.is_some() {
+            anyhow::bail!(
+                "a join token on the command line is visible to every local user (ps, /proc/PID/cmdline)\nhint: give it on stdin (`fleet-agent join {url} < token`), with --token-file FILE, or in FLEET_JOIN_TOKEN"
+            );
+        }
+        let token = fleet_agent::link::read_join_token(token_file.as_deref())?;
         let host = match host {
             Some(host) => host,
             None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),

@@ -91,7 +91,7 @@ pub enum Refusal {
     #[error("agent speaks protocol {agent}.x, controller speaks {controller}.x; upgrade the agent")]
     AgentProtocol { agent: u32, controller: u32 },
     #[error(
-        "no client certificate: this agent has not joined\nhint: `fleet-agent join <url> <token>`"
+        "no client certificate: this agent has not joined\nhint: `fleet-agent join <url>` with a join token"
     )]
     NoClientCertificate,
     #[error("the client certificate names no host (no common name)")]

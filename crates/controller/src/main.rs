@@ -143,7 +143,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .map(|at| at.to_string())
                 .unwrap_or_default();
             eprintln!(
-                "join token for {host}, valid once until {until}; on the host run: fleet-agent join <url> <token>"
+                "join token for {host}, valid once until {until}; on the host run: fleet-agent join <url> (it reads the token on stdin)"
             );
             println!("{token}");
             Ok(())

@@ -96,7 +96,7 @@ async fn a_session_without_a_certificate_is_told_to_join() {
     assert_eq!(refused.code(), Code::Unauthenticated);
     assert_eq!(
         refused.message(),
-        "no client certificate: this agent has not joined\nhint: `fleet-agent join <url> <token>`"
+        "no client certificate: this agent has not joined\nhint: `fleet-agent join <url>` with a join token"
     );
     controller.stop().await;
 }

@@ -726,6 +726,34 @@ mod tests {
     }
 
     #[test]
+    fn the_join_token_reaches_the_agent_in_its_environment_never_its_argv() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().to_str().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        let agent = dir.path().join("bin/fleet-agent");
+        std::fs::write(
+            &agent,
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$0.args\"\nprintf '%s' \"$FLEET_JOIN_TOKEN\" > \"$0.env\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let token = "fjt_secret'token";
+        let snippet = agent_join(home, "https://c:7443", token, "h1", "PEM");
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&snippet)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let args = std::fs::read_to_string(dir.path().join("bin/fleet-agent.args")).unwrap();
+        assert!(!args.contains("secret"), "{args}");
+        assert!(args.contains("https://c:7443"), "{args}");
+        let env = std::fs::read_to_string(dir.path().join("bin/fleet-agent.env")).unwrap();
+        assert_eq!(env, token);
+    }
+
+    #[test]
     fn a_symlinked_parent_of_a_shared_path_stops_the_release() {
         let dir = tempfile::tempdir().unwrap();
         let (p, outside) = (dir.path().join("app"), dir.path().join("outside"));

@@ -103,10 +103,12 @@ pub fn agent_controller_url(home: &str) -> String {
     format!("cat {}/controller/url 2>/dev/null || true", quote(home))
 }
 
-/// Writes the controller's CA for the agent's `join`, then joins.
+/// Writes the controller's CA for the agent's `join`, then joins. The token goes in
+/// the agent's environment, set by the shell reading this script from stdin: never in
+/// an argv on the host.
 pub fn agent_join(home: &str, url: &str, token: &str, host: &str, ca_pem: &str) -> String {
     format!(
-        "set -eu\nH={home}\nprintf '%s' {ca} > \"$H/controller-ca.pem\"\nchmod 600 \"$H/controller-ca.pem\"\n\"$H/bin/fleet-agent\" --home \"$H\" join {url} {token} --host {host} --ca \"$H/controller-ca.pem\" >/dev/null\n",
+        "set -eu\nH={home}\nprintf '%s' {ca} > \"$H/controller-ca.pem\"\nchmod 600 \"$H/controller-ca.pem\"\nFLEET_JOIN_TOKEN={token} \"$H/bin/fleet-agent\" --home \"$H\" join {url} --host {host} --ca \"$H/controller-ca.pem\" >/dev/null\n",
         home = quote(home),
         ca = quote(ca_pem),
         url = quote(url),
