@@ -122,6 +122,26 @@ fn reachable(status: &[Value], address: &str) -> Option<bool> {
         .map(|v| v.get("reachable") != Some(&Value::Bool(false)))
 }
 
+/// Every instance of every reachable host carries its host's metrics: memory, CPUs,
+/// and the filesystem holding the host's FLEET_HOME.
+fn host_metrics_everywhere(status: &[Value]) -> bool {
+    let instances: Vec<&Value> = status.iter().filter(|v| v["name"] == "web").collect();
+    !instances.is_empty()
+        && instances.iter().all(|v| {
+            let m = &v["host_metrics"];
+            m["memory_total_bytes"].as_u64() > Some(0)
+                && m["cpus"].as_u64() >= Some(1)
+                && m["disks"].as_array().is_some_and(|disks| {
+                    disks.iter().any(|d| {
+                        d["total_bytes"].as_u64() > Some(0)
+                            && d["paths"]
+                                .as_array()
+                                .is_some_and(|p| p.iter().any(|p| p == HOST_FLEET_HOME))
+                    })
+                })
+        })
+}
+
 fn instances_on(status: &[Value], address: &str) -> usize {
     status
         .iter()
@@ -138,6 +158,10 @@ fn status_over_ssh_across_five_hosts_with_a_lost_agent_and_a_partition() {
         assert_eq!(instances_on(&status, &host.address), 2, "{status:#?}");
     }
     assert!(status.iter().all(|v| v["status"] == "online"));
+    assert!(host_metrics_everywhere(&status), "{status:#?}");
+    let output = fb.fleet.run(&["status", "bed"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("| load"), "a row of metrics per host: {text}");
 
     // A lost agent: the host answers SSH but nothing listens on the socket.
     let (h2, a2) = fb.host(1);
@@ -382,6 +406,10 @@ fn through_the_controller_status_survives_lost_agents_partitions_and_a_restart()
         SETTLE,
         all_up,
     );
+    // Each agent sends its host's metrics at most every 10 s: the first right away.
+    wait_status(&fb, &env, "every host's metrics", SETTLE, |s| {
+        all_up(s) && host_metrics_everywhere(s)
+    });
 
     // A lost agent: unreachable within the heartbeat window, the others still report.
     let (h2, a2) = fb.host(1);

@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ use crate::supervisor::{self, Reply, Request};
 /// PM2 refreshes its process list metrics about once a second (`pm2 monit`); so does
 /// the agent, only while something runs.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+/// The host is sampled every this many instance samples (5 s).
+const HOST_METRICS_EVERY: u64 = 5;
 /// How long a starting agent waits for a previous one to release the home's lock.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// The socket and the pid file are private to the agent's user.
@@ -159,7 +162,7 @@ pub async fn run(
         Start::TakeOver(take_over) => take_over_from(&home, &hub, *take_over),
     };
     let updater = crate::update::start(handle.clone(), keep, record);
-    tokio::spawn(sample_metrics(handle.clone()));
+    tokio::spawn(sample_metrics(handle.clone(), home.root.clone()));
     tokio::spawn(reopen_logs_on_sigusr2(hub.clone()));
 
     let (operations, service, kill) = api(&home, &handle, hub, Some(updater));
@@ -485,16 +488,40 @@ async fn reopen_logs_on_sigusr2(hub: LogHub) {
     }
 }
 
-pub(crate) async fn sample_metrics(handle: supervisor::Handle) {
+/// Samples every instance's process tree each `METRICS_INTERVAL`, and the host (its
+/// CPU, load, memory and the filesystems of `home` and the apps' working directories)
+/// every `HOST_METRICS_EVERY` of those.
+pub(crate) async fn sample_metrics(handle: supervisor::Handle, home: PathBuf) {
     let mut sampler = Sampler::new();
+    let mut host = Some(crate::hostmetrics::HostSampler::default());
     let mut tick = tokio::time::interval(METRICS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = handle.closed() => return,
         }
         let leaders = handle.leaders().await;
+        if ticks.is_multiple_of(HOST_METRICS_EVERY)
+            && let Some(mut sampling) = host.take()
+        {
+            let mut paths = vec![home.clone()];
+            paths.extend(
+                (leaders.iter())
+                    .filter_map(|(_, pid)| std::fs::read_link(format!("/proc/{pid}/cwd")).ok()),
+            );
+            let now = crate::operations::now_ms();
+            let (returned, metrics) = tokio::task::spawn_blocking(move || {
+                let metrics = sampling.sample(&paths, now);
+                (sampling, metrics)
+            })
+            .await
+            .expect("the host sampler does not panic");
+            host = Some(returned);
+            handle.report_host(metrics);
+        }
+        ticks += 1;
         if leaders.is_empty() {
             continue;
         }

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod error;
 pub mod fdstore;
 pub mod handoff;
+pub mod hostmetrics;
 pub mod link;
 pub mod logs;
 pub mod metrics;

@@ -30,6 +30,8 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// Until the controller's `welcome` says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often the host's metrics may go to the controller (sampled every 5 s).
+const HOST_METRICS_INTERVAL: Duration = Duration::from_secs(10);
 /// Log lines are sent in batches of at most this many, or after this long.
 const LOG_BATCH_LINES: usize = 256;
 const LOG_BATCH_WAIT: Duration = Duration::from_millis(50);
@@ -311,6 +313,8 @@ async fn session(
     let mut heartbeat = DEFAULT_HEARTBEAT;
     // The key of a renewal asked for, until its certificate comes.
     let mut renewing: Option<rcgen::KeyPair> = None;
+    // Host metrics go only to a controller that reads them (1.3 and later).
+    let host_metrics: bool;
     if let Some(cpb::ControllerMessage {
         body: Some(cpb::controller_message::Body::Welcome(welcome)),
     }) = inbound.message().await?
@@ -318,6 +322,7 @@ async fn session(
         if welcome.heartbeat_interval_ms > 0 {
             heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms);
         }
+        host_metrics = welcome.protocol_major == cpb::PROTOCOL_MAJOR && welcome.protocol_minor >= 3;
         if welcome.renew_certificate {
             let (key, csr_pem) = key_and_csr(&config.host)?;
             tx.send(send(cpb::agent_message::Body::Renew(cpb::RenewRequest {
@@ -336,6 +341,8 @@ async fn session(
     let mut tick = tokio::time::interval(heartbeat);
     tick.tick().await;
     let mut subscriptions = Subscriptions::default();
+    let mut host_tick = tokio::time::interval(HOST_METRICS_INTERVAL);
+    let mut host_sent_at = 0;
     let result = loop {
         let body = tokio::select! {
             message = inbound.message() => {
@@ -368,6 +375,16 @@ async fn session(
                 }
             }
             _ = tick.tick() => sent.heartbeat(snapshot(handle, &config.host).await),
+            _ = host_tick.tick(), if host_metrics => {
+                // At most one every `HOST_METRICS_INTERVAL`, and only a new sample.
+                match handle.host_metrics() {
+                    Some(metrics) if metrics.at_unix_ms != host_sent_at => {
+                        host_sent_at = metrics.at_unix_ms;
+                        cpb::agent_message::Body::HostMetrics(metrics)
+                    }
+                    _ => continue,
+                }
+            }
         };
         if tx.send(send(body)).await.is_err() {
             break Ok(());

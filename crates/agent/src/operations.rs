@@ -248,6 +248,7 @@ impl Operations {
         let views = self.views(r.targets, r.details).await?;
         Ok(pb::ListResponse {
             processes: views.iter().map(|v| self.info(v)).collect(),
+            host: self.handle.host_metrics(),
         })
     }
 
@@ -334,7 +335,7 @@ impl Operations {
 /// client only ever delays itself (the pumps never wait for followers).
 const LOG_STREAM_BUFFER: usize = 1024;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

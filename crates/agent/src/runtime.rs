@@ -54,7 +54,10 @@ pub async fn run(
     let (lines, writer) = writer();
     let printer = tokio::spawn(print(hub.subscribe(), output, lines));
     let handle = supervisor::start(home.clone(), hub.clone(), Vec::new(), None);
-    tokio::spawn(crate::daemon::sample_metrics(handle.clone()));
+    tokio::spawn(crate::daemon::sample_metrics(
+        handle.clone(),
+        home.root.clone(),
+    ));
     tokio::spawn(reap_orphans(handle.clone()));
     let (operations, service, kill) = crate::daemon::api(&home, &handle, hub, None);
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();

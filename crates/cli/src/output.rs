@@ -312,10 +312,14 @@ pub fn print_fleet_status(outcomes: &[fleet_remote::stage::HostOutcome], json: b
     for outcome in outcomes {
         match &outcome.result {
             Ok(processes) => {
+                let metrics = outcome.metrics.as_ref().map(host_metrics_json);
                 for p in processes {
                     let mut value = process_json(p, false);
                     value["host"] = json!(outcome.host);
                     value["release"] = json!(fleet_remote::stage::release_of(&p.script));
+                    if let Some(metrics) = &metrics {
+                        value["host_metrics"] = metrics.clone();
+                    }
                     array.push(value);
                 }
             }
@@ -366,6 +370,10 @@ pub fn fleet_status_text(outcomes: &[fleet_remote::stage::HostOutcome], now_ms: 
     if rows > 0 {
         let _ = writeln!(text, "{table}");
     }
+    let hosts = host_metrics_table(outcomes);
+    if !hosts.is_empty() {
+        let _ = writeln!(text, "{hosts}");
+    }
     for outcome in outcomes {
         match &outcome.result {
             Ok(processes) if processes.is_empty() => {
@@ -382,6 +390,93 @@ pub fn fleet_status_text(outcomes: &[fleet_remote::stage::HostOutcome], now_ms: 
         }
     }
     text
+}
+
+/// A host's metrics in `status --json` (beside each of its instances).
+fn host_metrics_json(m: &fleet_proto::agent::v1::HostMetrics) -> Value {
+    let disks: Vec<Value> = (m.disks.iter())
+        .map(|d| {
+            json!({
+                "mount_point": d.mount_point,
+                "fs_type": d.fs_type,
+                "total_bytes": d.total_bytes,
+                "available_bytes": d.available_bytes,
+                "used_bytes": d.used_bytes,
+                "paths": d.paths,
+            })
+        })
+        .collect();
+    json!({
+        "at_ms": m.at_unix_ms,
+        "cpus": m.cpus,
+        "cpu_percent": m.cpu_percent,
+        "load": [m.load1, m.load5, m.load15],
+        "memory_total_bytes": m.memory_total_bytes,
+        "memory_available_bytes": m.memory_available_bytes,
+        "swap_total_bytes": m.swap_total_bytes,
+        "swap_free_bytes": m.swap_free_bytes,
+        "uptime_ms": m.uptime_ms,
+        "disks": disks,
+    })
+}
+
+/// A row per host whose metrics are known: CPU, load, memory in use and the fullest
+/// of its filesystems. Empty when none are.
+fn host_metrics_table(outcomes: &[fleet_remote::stage::HostOutcome]) -> String {
+    let mut table = new_table();
+    table.set_header(vec!["host", "cpu", "load", "memory", "disk", "up"]);
+    let mut rows = 0;
+    for outcome in outcomes {
+        let (Ok(_), Some(m)) = (&outcome.result, &outcome.metrics) else {
+            continue;
+        };
+        rows += 1;
+        let used = m
+            .memory_total_bytes
+            .saturating_sub(m.memory_available_bytes);
+        let share = |part: u64, whole: u64| {
+            if whole == 0 {
+                0.0
+            } else {
+                part as f64 * 100.0 / whole as f64
+            }
+        };
+        // The fullest filesystem, by the share an app can no longer write.
+        let fullest = (m.disks.iter())
+            .map(|d| {
+                (
+                    share(
+                        d.total_bytes - d.available_bytes.min(d.total_bytes),
+                        d.total_bytes,
+                    ),
+                    d,
+                )
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        table.add_row(vec![
+            outcome.host.clone(),
+            format!("{:.1}% of {}", m.cpu_percent, m.cpus),
+            format!("{:.2} {:.2} {:.2}", m.load1, m.load5, m.load15),
+            format!(
+                "{} / {} ({:.0}%)",
+                bytes(used),
+                bytes(m.memory_total_bytes),
+                share(used, m.memory_total_bytes)
+            ),
+            fullest.map_or("-".into(), |(full, d)| {
+                format!(
+                    "{} {full:.0}% ({} free)",
+                    d.mount_point,
+                    bytes(d.available_bytes)
+                )
+            }),
+            duration(m.uptime_ms),
+        ]);
+    }
+    if rows == 0 {
+        return String::new();
+    }
+    table.to_string()
 }
 
 /// The result of an action on each host.

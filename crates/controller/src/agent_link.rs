@@ -362,6 +362,7 @@ async fn read_session(
             agent_message::Body::Snapshot(snapshot) => handle.snapshot(snapshot),
             agent_message::Body::Delta(delta) => handle.delta(delta),
             agent_message::Body::Heartbeat(heartbeat) => handle.heartbeat(heartbeat.seq),
+            agent_message::Body::HostMetrics(metrics) => handle.host_metrics(metrics),
             agent_message::Body::Result(result) => {
                 link.resolve(result);
                 After::Continue

@@ -186,6 +186,7 @@ impl FleetService for FleetApi {
                     last_seen_unix_ms: view.last_seen_unix_ms,
                     processes: view.processes,
                     agent_version: view.agent_version,
+                    metrics: view.metrics,
                 }
             })
             .collect();

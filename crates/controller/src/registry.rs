@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use fleet_proto::agent::v1::{LogEntry, ProcessInfo};
+use fleet_proto::agent::v1::{HostMetrics, LogEntry, ProcessInfo};
 use fleet_proto::controller::v1::{
     AgentCommand, AgentHello, CommandResult, ControllerMessage, Delta, LogBatch, Snapshot,
     controller_message,
@@ -22,6 +22,10 @@ use crate::store::KnownHost;
 /// The most processes one host may report (an agent's own cap on instances is far
 /// below it): a certificate cannot grow the controller's memory without bound.
 pub const MAX_PROCESSES_PER_HOST: usize = 10_000;
+/// Filesystems in one host's metrics, and directories named per filesystem (twice
+/// what an agent sends).
+const MAX_DISKS: usize = 64;
+const MAX_PATHS_PER_DISK: usize = 32;
 
 /// Why a host that once had a session has none now, when the controller restarted since.
 const NOT_SINCE_START: &str = "no session since the controller started";
@@ -56,6 +60,8 @@ pub struct HostState {
     last_seen_unix_ms: u64,
     agent_version: String,
     boot_id: String,
+    /// The host's last metrics (CPU, load, memory, disks), from protocol 1.3 agents.
+    metrics: Option<HostMetrics>,
     /// Why the last session ended.
     disconnected: Option<String>,
 }
@@ -68,6 +74,8 @@ pub struct HostView {
     pub last_seen_unix_ms: u64,
     pub agent_version: String,
     pub processes: Vec<ProcessInfo>,
+    /// While reachable: the host's last metrics.
+    pub metrics: Option<HostMetrics>,
 }
 
 /// What a session's reader should do after a message.
@@ -176,6 +184,7 @@ impl Registry {
             Some(error) => view.error = error,
             None => {
                 view.reachable = true;
+                view.metrics = state.metrics.clone();
                 view.processes = state
                     .processes
                     .values()
@@ -360,6 +369,24 @@ impl HostHandle {
             state.awaiting_snapshot = true;
             return ask_resync(&mut state);
         }
+        After::Continue
+    }
+
+    /// The host's metrics: kept as the latest. Bounded like the agent's sampler
+    /// bounds them; more ends the session.
+    pub fn host_metrics(&self, metrics: HostMetrics) -> After {
+        let too_many = metrics.disks.len() > MAX_DISKS
+            || (metrics.disks.iter()).any(|d| d.paths.len() > MAX_PATHS_PER_DISK);
+        if too_many {
+            return After::Refused(format!(
+                "host metrics with {} filesystems; at most {MAX_DISKS}, each naming at most {MAX_PATHS_PER_DISK} directories",
+                metrics.disks.len()
+            ));
+        }
+        let Some(mut state) = self.state() else {
+            return After::Replaced;
+        };
+        state.metrics = Some(metrics);
         After::Continue
     }
 

@@ -16,7 +16,8 @@ pub mod agent {
         /// 1.1: `ReloadRequest.config_path` and `env_stage`. 1.2: `SendMessage`.
         /// 1.3: `ReloadRequest.config_cwd`. 1.4: `ProcessInfo.restart_cause`.
         /// 1.5: `Update` (agent handoff), `Hello`'s handoff fields, `ExitInfo.unknown`.
-        pub const PROTOCOL_MINOR: u32 = 5;
+        /// 1.6: `ListResponse.host` (the host's metrics).
+        pub const PROTOCOL_MINOR: u32 = 6;
     }
 }
 
@@ -29,6 +30,7 @@ pub mod controller {
         pub const PROTOCOL_MAJOR: u32 = 1;
         /// 1.1: `RecordDeploy`. 1.2: certificate renewal over the session
         /// (`Welcome.renew_certificate`, `renew`, `renewed`), `JoinRequest.rejoin`.
-        pub const PROTOCOL_MINOR: u32 = 2;
+        /// 1.3: host metrics (`AgentMessage.host_metrics`, `HostStatus.metrics`).
+        pub const PROTOCOL_MINOR: u32 = 3;
     }
 }

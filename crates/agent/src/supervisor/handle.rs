@@ -1,6 +1,6 @@
 //! `Handle`: the cheap, clonable way to talk to the supervisor task: a request and
 //! its reply, waits until instances settle or meet a condition, change
-//! notifications, and the metrics sampler's two calls.
+//! notifications, and the metrics sampler's calls (per instance and for the host).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,6 +18,9 @@ pub struct Handle {
     pub(super) tx: mpsc::UnboundedSender<Msg>,
     pub(super) changed: watch::Receiver<u64>,
     pub(super) node_messages: tokio::sync::broadcast::Sender<(u32, serde_json::Value)>,
+    /// The host's metrics as last sampled (`daemon::sample_metrics`), for `List` and
+    /// the controller link.
+    pub(super) host: std::sync::Arc<std::sync::Mutex<Option<fleet_proto::agent::v1::HostMetrics>>>,
 }
 
 impl Handle {
@@ -123,6 +126,16 @@ impl Handle {
 
     pub fn report_usage(&self, usage: HashMap<u32, TreeUsage>) {
         let _ = self.tx.send(Msg::Usage(usage));
+    }
+
+    /// Keeps the host's latest metrics.
+    pub fn report_host(&self, metrics: fleet_proto::agent::v1::HostMetrics) {
+        *self.host.lock().unwrap_or_else(|e| e.into_inner()) = Some(metrics);
+    }
+
+    /// The host's latest metrics, if sampled yet.
+    pub fn host_metrics(&self) -> Option<fleet_proto::agent::v1::HostMetrics> {
+        self.host.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// `fleet update`: the process table for the next agent image, once nothing is in

@@ -431,6 +431,7 @@ impl Supervisor {
             tx,
             changed: changed_rx,
             node_messages,
+            host: std::sync::Arc::default(),
         };
         (supervisor, rx, handle)
     }

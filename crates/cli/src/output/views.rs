@@ -49,6 +49,42 @@ fn list_with_no_app() {
     insta::assert_snapshot!(process_table(&[]));
 }
 
+fn host_metrics() -> fleet_proto::agent::v1::HostMetrics {
+    use fleet_proto::agent::v1::{DiskUsage, HostMetrics};
+    const GB: u64 = 1 << 30;
+    HostMetrics {
+        at_unix_ms: NOW_MS,
+        cpus: 4,
+        cpu_percent: 37.25,
+        load1: 1.5,
+        load5: 0.75,
+        load15: 0.5,
+        memory_total_bytes: 16 * GB,
+        memory_available_bytes: 12 * GB,
+        swap_total_bytes: 0,
+        swap_free_bytes: 0,
+        disks: vec![
+            DiskUsage {
+                mount_point: "/".into(),
+                fs_type: "ext4".into(),
+                total_bytes: 100 * GB,
+                available_bytes: 60 * GB,
+                used_bytes: 35 * GB,
+                paths: vec!["/root/.fleet".into()],
+            },
+            DiskUsage {
+                mount_point: "/srv".into(),
+                fs_type: "xfs".into(),
+                total_bytes: 500 * GB,
+                available_bytes: 25 * GB,
+                used_bytes: 475 * GB,
+                paths: vec!["/srv/api/current".into()],
+            },
+        ],
+        uptime_ms: 3 * 86_400_000,
+    }
+}
+
 #[test]
 fn status_of_a_stage_with_a_host_out_of_reach() {
     let with_host = |host: &str| {
@@ -63,16 +99,19 @@ fn status_of_a_stage_with_a_host_out_of_reach() {
             host: "web1".into(),
             result: Ok(with_host("web1")),
             last_seen_unix_ms: None,
+            metrics: None,
         },
         HostOutcome {
             host: "web2".into(),
             result: Ok(Vec::new()),
             last_seen_unix_ms: None,
+            metrics: Some(host_metrics()),
         },
         HostOutcome {
             host: "web3".into(),
             result: Err("no session".into()),
             last_seen_unix_ms: Some(NOW_MS - 95_000),
+            metrics: None,
         },
     ];
     insta::assert_snapshot!(fleet_status_text(&outcomes, NOW_MS));

@@ -104,6 +104,7 @@ impl StageApi for ControllerStage {
                         Err(h.error)
                     },
                     last_seen_unix_ms: (h.last_seen_unix_ms > 0).then_some(h.last_seen_unix_ms),
+                    metrics: h.metrics,
                     host: h.host,
                 })
                 .collect())
@@ -136,6 +137,7 @@ impl StageApi for ControllerStage {
                     result: if h.ok { Ok(h.processes) } else { Err(h.error) },
                     host: h.host,
                     last_seen_unix_ms: None,
+                    metrics: None,
                 })
                 .collect())
         }

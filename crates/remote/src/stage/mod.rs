@@ -130,6 +130,9 @@ pub struct HostOutcome {
     pub result: Result<Vec<apb::ProcessInfo>, String>,
     /// For unreachable hosts through the controller.
     pub last_seen_unix_ms: Option<u64>,
+    /// The host's CPU, load, memory and disks (`status`, agents from protocol 1.6 over
+    /// SSH, controllers from 1.3).
+    pub metrics: Option<apb::HostMetrics>,
 }
 
 /// What `logs` asks of every host.

@@ -79,6 +79,7 @@ async fn run_on_host(host: SshHost, action: cpb::Action, call: AgentCall) -> Hos
         host: host.name,
         result,
         last_seen_unix_ms: None,
+        metrics: None,
     }
 }
 
@@ -90,24 +91,28 @@ impl StageApi for SshStage {
                 .into_iter()
                 .map(|host| {
                     tokio::spawn(async move {
-                        let result = tokio::time::timeout(STATUS_TIMEOUT, async {
+                        let answer = tokio::time::timeout(STATUS_TIMEOUT, async {
                             let mut client = agent_client(&host, ops::ANY_MINOR).await?;
                             let list = client
                                 .list(apb::ListRequest::default())
                                 .await
                                 .map_err(|s| format!("agent: {}", s.message()))?
-                                .into_inner()
-                                .processes;
-                            Ok(with_host(list, &host.name))
+                                .into_inner();
+                            Ok((with_host(list.processes, &host.name), list.host))
                         })
                         .await
                         .unwrap_or_else(|_| {
                             Err(format!("no answer within {}s", STATUS_TIMEOUT.as_secs()))
                         });
+                        let (result, metrics) = match answer {
+                            Ok((processes, metrics)) => (Ok(processes), metrics),
+                            Err(error) => (Err(error), None),
+                        };
                         HostOutcome {
                             host: host.name,
                             result,
                             last_seen_unix_ms: None,
+                            metrics,
                         }
                     })
                 })
@@ -143,6 +148,7 @@ impl StageApi for SshStage {
                     host: host.name,
                     result: Err(ops::NOT_REACHED.to_string()),
                     last_seen_unix_ms: None,
+                    metrics: None,
                 },
             )
             .await)
