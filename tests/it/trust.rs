@@ -54,8 +54,10 @@ fn the_cli_verifies_a_controller_only_against_a_confirmed_ca() {
             .spawn()
             .unwrap(),
     );
+    // The port is bound before the CA is made: wait for both, or a loaded machine runs
+    // openssl on a `ca.pem` not yet written.
     wait_until("the controller to listen", Duration::from_secs(20), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
+        data.path().join("server.pem").exists() && TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     let url = format!("https://127.0.0.1:{port}");
     let fleet = Fleet::new();
@@ -89,6 +91,7 @@ fn the_cli_verifies_a_controller_only_against_a_confirmed_ca() {
         .arg(data.path().join("ca.pem"))
         .output()
         .unwrap();
+    assert!(openssl.status.success(), "openssl: {openssl:?}");
     let expected = text(&openssl.stdout)
         .trim()
         .rsplit('=')

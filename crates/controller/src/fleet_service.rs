@@ -23,11 +23,11 @@ use tonic::{Request, Response, Status};
 
 use crate::config::DEFAULT_JOIN_TOKEN_TTL;
 use crate::error::Refusal;
+use crate::now_unix_ms;
 use crate::registry::{SessionLink, lock};
 use crate::server::Controller;
 use crate::store::{self, AuditEntry};
-use crate::tokens::{self, Role, Verdict};
-use crate::{now_unix_ms, pki};
+use crate::tokens::Role;
 
 /// Batches of log lines buffered for one watcher before lines are dropped (and the
 /// watcher told), so a slow terminal never slows any agent's session.
@@ -53,53 +53,10 @@ impl FleetApi {
     /// Checks the call's bearer token and that its role is at least `needed`; returns
     /// who made the call, for the audit log.
     async fn authorize<T>(&self, request: &Request<T>, needed: Role) -> Result<String, Status> {
-        // A valid token always passes; a peer failing too often is told to wait
-        // instead of why it failed (a guesser learns nothing more, and slowly).
-        let peer = crate::limits::peer(request);
-        let failed = |refusal: Refusal| {
-            let limited = self.controller.failures.check(peer);
-            self.controller.failures.record(peer);
-            limited.err().unwrap_or_else(|| Status::from(refusal))
-        };
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or_else(|| failed(Refusal::BadApiToken))?;
-        let hash = pki::token_hash(token);
-        let verdict = {
-            let hash = hash.clone();
-            self.controller
-                .store
-                .call(move |conn| tokens::verify(conn, &hash, now_unix_ms()))
-                .await?
-        };
-        let caller = match verdict {
-            Verdict::Valid(caller) => {
-                self.controller.valid_tokens.remember(&hash);
-                self.controller.connections.prove(request.remote_addr());
-                caller
-            }
-            Verdict::Unknown => return Err(failed(Refusal::BadApiToken)),
-            Verdict::Revoked { name } => return Err(failed(Refusal::ApiTokenRevoked(name))),
-            Verdict::Expired { name, at_ms } => {
-                let at = jiff::Timestamp::from_millisecond(at_ms as i64)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default();
-                return Err(failed(Refusal::ApiTokenExpired { name, at }));
-            }
-        };
-        if caller.role < needed {
-            return Err(Refusal::RoleTooLow {
-                name: caller.name,
-                role: caller.role.as_str(),
-                needed: needed.as_str(),
-            }
-            .into());
-        }
+        let token = (request.metadata().get("authorization")).and_then(|value| value.to_str().ok());
+        let caller = (self.controller)
+            .authorize(token, request.remote_addr(), needed)
+            .await?;
         Ok(format!("token:{}", caller.name))
     }
 
@@ -339,6 +296,7 @@ impl FleetService for FleetApi {
         if !record.release.is_empty() {
             targets.insert(0, format!("release={}", record.release));
         }
+        (self.controller.deploys).count(&record.stage, &record.action, &record.result);
         self.audit(AuditEntry {
             at_ms: now_unix_ms(),
             who: format!("{who} ({})", record.who),

@@ -6,10 +6,12 @@
 
 mod agent_link;
 pub mod alloc;
+mod auth;
 pub mod config;
 mod error;
 mod fleet_service;
 pub mod hosts;
+pub mod http;
 pub mod limits;
 pub mod pki;
 pub mod registry;
@@ -23,7 +25,7 @@ use std::time::Duration;
 
 pub use config::ControllerConfig;
 pub use error::{Error, Refusal};
-pub use server::serve;
+pub use server::{serve, serve_with};
 
 /// The database's file name in the data directory.
 pub const DATABASE_FILE: &str = "controller.db";

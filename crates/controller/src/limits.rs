@@ -172,6 +172,8 @@ impl ValidTokens {
 pub struct Guard {
     pub failures: Arc<Failures>,
     pub valid: Arc<ValidTokens>,
+    /// Each call's latency, by method (`/metrics`).
+    pub telemetry: crate::http::metrics::Telemetry,
 }
 
 impl<S> tower::Layer<S> for Guard {
@@ -227,15 +229,23 @@ where
                 return Box::pin(std::future::ready(Ok(refused.into_http())));
             }
         }
-        if !join {
-            return Box::pin(self.inner.call(request));
-        }
-        let (parts, body) = request.into_parts();
-        let body = tonic::body::Body::new(Limited {
-            inner: body,
-            left: MAX_JOIN_BYTES,
-        });
-        Box::pin(self.inner.call(http::Request::from_parts(parts, body)))
+        let path = request.uri().path().to_owned();
+        let (telemetry, started) = (self.guard.telemetry.clone(), Instant::now());
+        let answer = if join {
+            let (parts, body) = request.into_parts();
+            let body = tonic::body::Body::new(Limited {
+                inner: body,
+                left: MAX_JOIN_BYTES,
+            });
+            self.inner.call(http::Request::from_parts(parts, body))
+        } else {
+            self.inner.call(request)
+        };
+        Box::pin(async move {
+            let answer = answer.await;
+            telemetry.rpc(&path, started.elapsed());
+            answer
+        })
     }
 }
 

@@ -23,6 +23,13 @@ struct Args {
     /// Address to serve agents and the CLI on (TLS).
     #[arg(long, default_value = DEFAULT_LISTEN)]
     listen: String,
+    /// Also serve HTTPS on this address (Prometheus' /metrics), with the controller's
+    /// certificate [default: off].
+    #[arg(long, value_name = "ADDR", conflicts_with = "http_plain")]
+    http: Option<String>,
+    /// Serve plain HTTP instead, on a loopback address only (behind a local proxy).
+    #[arg(long, value_name = "ADDR")]
+    http_plain: Option<String>,
     /// Data directory: CA, server certificate, database. Default ~/.fleet-controller.
     #[arg(long, global = true)]
     data: Option<PathBuf>,
@@ -97,7 +104,8 @@ enum TokenCommand {
         /// What the audit log calls it and `revoke` takes, e.g. ci-deploy.
         #[arg(long)]
         name: String,
-        /// read (status, logs), operate (also start/stop/restart/reload/scale),
+        /// metrics (only /metrics, for Prometheus), read (status, logs), operate (also
+        /// start/stop/restart/reload/scale),
         /// deploy (also record deploys), admin (also join tokens and hosts).
         #[arg(long)]
         role: String,
@@ -187,7 +195,23 @@ fn run(args: Args) -> anyhow::Result<()> {
                     let listener = tokio::net::TcpListener::bind(&args.listen)
                         .await
                         .with_context(|| format!("cannot listen on {}", args.listen))?;
-                    fleet_controller::serve(config, listener, shutdown_signal()).await?;
+                    let http = match (args.http, args.http_plain) {
+                        (Some(address), _) => Some((address, true)),
+                        (None, Some(address)) => Some((address, false)),
+                        (None, None) => None,
+                    };
+                    let http = match http {
+                        Some((address, tls)) => {
+                            let listener = tokio::net::TcpListener::bind(&address)
+                                .await
+                                .with_context(|| format!("cannot listen on {address}"))?;
+                            let http = fleet_controller::http::HttpListener::new(listener, tls)
+                                .map_err(anyhow::Error::msg)?;
+                            Some(http)
+                        }
+                        None => None,
+                    };
+                    fleet_controller::serve_with(config, listener, http, shutdown_signal()).await?;
                     Ok(())
                 })
         }

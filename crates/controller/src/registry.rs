@@ -166,6 +166,19 @@ impl Registry {
         HostHandle { slot, link }
     }
 
+    /// Every host the registry knows (joined, connected or not), sorted.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The host's state as `Status` shows it.
     pub fn view(&self, host: &str) -> HostView {
         let Some(slot) = self.slot(host) else {

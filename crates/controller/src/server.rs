@@ -48,6 +48,9 @@ pub(crate) struct Controller {
     pub joins: tokio::sync::Semaphore,
     /// Open connections, and which have authenticated (`limits`).
     pub connections: crate::limits::Connections,
+    /// RPC and store latencies, and deploys by outcome, for `/metrics`.
+    pub telemetry: crate::http::metrics::Telemetry,
+    pub deploys: crate::http::metrics::DeployCounts,
 }
 
 /// Serves the controller on `listener` until `shutdown` resolves. The first start
@@ -56,6 +59,16 @@ pub(crate) struct Controller {
 pub async fn serve(
     config: ControllerConfig,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    serve_with(config, listener, None, shutdown).await
+}
+
+/// `serve`, with the HTTP face (`/metrics`) on `http` when given.
+pub async fn serve_with(
+    config: ControllerConfig,
+    listener: TcpListener,
+    http: Option<crate::http::HttpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     // One crypto backend (aws-lc-rs); installing it as the process default keeps rustls
@@ -72,7 +85,13 @@ pub async fn serve(
     })
     .await
     .expect("loading the PKI does not panic")?;
-    let store = Store::start(&config.data_dir.join(crate::DATABASE_FILE))?;
+    let telemetry = crate::http::metrics::Telemetry::default();
+    let store = Store::start(
+        &config.data_dir.join(crate::DATABASE_FILE),
+        telemetry.store.clone(),
+    )?;
+    let deploys = crate::http::metrics::DeployCounts::default();
+    deploys.load(store.call(|conn| store::deploy_counts(conn)).await?);
     let known = store.call(|conn| store::known_hosts(conn)).await?;
     let registry = Registry::new(config.unreachable_after, known);
 
@@ -95,9 +114,14 @@ pub async fn serve(
         valid_tokens: Arc::default(),
         joins: tokio::sync::Semaphore::new(crate::limits::MAX_CONCURRENT_JOINS),
         connections: crate::limits::Connections::default(),
+        telemetry,
+        deploys,
     });
 
     tokio::spawn(sweep_sessions(controller.clone()));
+    // Stopped with the gRPC server: dropping the handle's task at return aborts it.
+    let _http =
+        http.map(|http| AbortOnDrop(tokio::spawn(crate::http::serve(controller.clone(), http))));
     let connections = controller.connections.clone();
     let incoming = TcpListenerStream::new(listener).filter_map(move |stream| match stream {
         Ok(stream) => {
@@ -128,6 +152,7 @@ pub async fn serve(
         .layer(crate::limits::Guard {
             failures: controller.failures.clone(),
             valid: controller.valid_tokens.clone(),
+            telemetry: controller.telemetry.clone(),
         })
         .max_concurrent_streams(crate::limits::MAX_STREAMS_PER_CONNECTION)
         // What a connection may have in flight before it is read: a 1 MiB `Join`
@@ -155,6 +180,15 @@ pub async fn serve(
     }
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How often open sessions are checked against the hosts' current certificates

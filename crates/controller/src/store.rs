@@ -188,11 +188,16 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 pub struct Store {
     jobs: std::sync::mpsc::Sender<Job>,
     path: Arc<PathBuf>,
+    /// How long each call waited for the database thread and ran (`/metrics`).
+    latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Store {
     /// Opens the database and starts the thread that owns the connection.
-    pub fn start(path: &Path) -> Result<Store, Error> {
+    pub fn start(
+        path: &Path,
+        latency: prometheus_client::metrics::histogram::Histogram,
+    ) -> Result<Store, Error> {
         let mut conn = open(path)?;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -206,6 +211,7 @@ impl Store {
         Ok(Store {
             jobs,
             path: Arc::new(path.to_owned()),
+            latency,
         })
     }
 
@@ -215,9 +221,11 @@ impl Store {
         job: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, Error> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let (latency, queued) = (self.latency.clone(), std::time::Instant::now());
         self.jobs
             .send(Box::new(move |conn| {
                 let _ = reply.send(job(conn));
+                latency.observe(queued.elapsed().as_secs_f64());
             }))
             .map_err(|_| Error::StoreStopped)?;
         answer
@@ -236,10 +244,12 @@ impl Store {
         job: impl FnOnce(&mut Connection) -> rusqlite::Result<()> + Send + 'static,
     ) {
         let path = self.path.clone();
+        let (latency, queued) = (self.latency.clone(), std::time::Instant::now());
         let _ = self.jobs.send(Box::new(move |conn| {
             if let Err(error) = job(conn) {
                 tracing::error!(%error, db = %path.display(), what, "database write failed");
             }
+            latency.observe(queued.elapsed().as_secs_f64());
         }));
     }
 }
@@ -406,6 +416,29 @@ pub fn append_audit(conn: &Connection, entry: &AuditEntry) -> rusqlite::Result<(
 /// The last `limit` entries of the audit log (all of them for `None`), oldest first so
 /// the newest ends up last, next to the prompt. Ordered by `id`, the order of appending:
 /// two entries in the same millisecond keep their order.
+/// Deploys in the audit log by stage, action and outcome (`ok`, `failed`,
+/// `rolled_back`, as `DeployCounts::outcome` names them), for `/metrics`.
+pub fn deploy_counts(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String, u64)>> {
+    let mut statement = conn.prepare(
+        "SELECT stage, substr(action, 8),
+                CASE WHEN result = 'ok' THEN 'ok'
+                     WHEN result LIKE '%rolled back%' THEN 'rolled_back'
+                     ELSE 'failed' END AS outcome,
+                count(*)
+         FROM audit_log WHERE action LIKE 'deploy %'
+         GROUP BY 1, 2, 3",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get::<_, i64>(3)? as u64,
+        ))
+    })?;
+    rows.collect()
+}
+
 pub fn audit_entries(conn: &Connection, limit: Option<u32>) -> rusqlite::Result<Vec<AuditEntry>> {
     // SQLite reads a negative LIMIT as no limit.
     let limit = limit.map_or(-1, i64::from);

@@ -3,7 +3,8 @@
 //! table's unique index (a random token's hash reveals nothing to compare against),
 //! then compared in constant time.
 //!
-//! Roles grow from `read` (status and logs) to `operate` (also start, stop, restart,
+//! Roles grow from `metrics` (only `/metrics`, for a Prometheus server) to `read`
+//! (status and logs) to `operate` (also start, stop, restart,
 //! reload, scale), `deploy` (also record deploys and, later, run them) and `admin`
 //! (also join tokens and hosts). Tokens made before roles existed are `admin`, as
 //! they could do everything.
@@ -20,6 +21,8 @@ const MAX_NAME: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
+    /// Only scrapes `/metrics`: what a Prometheus server holds.
+    Metrics,
     Read,
     Operate,
     Deploy,
@@ -27,10 +30,17 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Read, Role::Operate, Role::Deploy, Role::Admin];
+    pub const ALL: [Role; 5] = [
+        Role::Metrics,
+        Role::Read,
+        Role::Operate,
+        Role::Deploy,
+        Role::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Metrics => "metrics",
             Role::Read => "read",
             Role::Operate => "operate",
             Role::Deploy => "deploy",
@@ -42,7 +52,9 @@ impl Role {
         Role::ALL
             .into_iter()
             .find(|role| role.as_str() == text)
-            .ok_or_else(|| format!("unknown role {text:?}: one of read, operate, deploy, admin"))
+            .ok_or_else(|| {
+                format!("unknown role {text:?}: one of metrics, read, operate, deploy, admin")
+            })
     }
 }
 

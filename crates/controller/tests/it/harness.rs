@@ -38,6 +38,38 @@ impl Controller {
         Controller::start_with(data, |_| {}).await
     }
 
+    /// Starts a controller on `data` with its HTTP face (TLS or plain) on a free
+    /// loopback port, returned.
+    pub async fn start_http(data: &Path, tls: bool) -> (Controller, SocketAddr) {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, http) = (
+            listener.local_addr().unwrap(),
+            http_listener.local_addr().unwrap(),
+        );
+        let face = fleet_controller::http::HttpListener::new(http_listener, tls).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = ControllerConfig::new(data);
+        let task = tokio::spawn(fleet_controller::serve_with(
+            config,
+            listener,
+            Some(face),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let controller = Controller {
+            data: data.to_owned(),
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            process: None,
+        };
+        controller.wait_until_up().await;
+        (controller, http)
+    }
+
     /// Starts a controller on `data` after `adjust` changed its config.
     pub async fn start_with(data: &Path, adjust: impl FnOnce(&mut ControllerConfig)) -> Controller {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -10,6 +10,7 @@ mod auth;
 mod certificates;
 mod command;
 mod logs;
+mod metrics;
 mod restart;
 mod scale;
 mod session;
