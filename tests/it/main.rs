@@ -17,6 +17,7 @@ mod http;
 mod lifecycle;
 mod liveness;
 mod logs;
+mod logs_missed;
 mod monit;
 mod node;
 mod persistence;

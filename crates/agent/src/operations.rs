@@ -278,11 +278,12 @@ impl Operations {
             Ok(pb::LogStream::Err) => Some(Stream::Err),
             _ => None,
         };
-        // Subscribe before reading history so no line falls between the two.
+        // Subscribe before reading history so no line falls between the two; where each
+        // instance's count of lines stood then tells what a lagging follower missed.
         let mut follow = r.follow.then(|| self.hub.subscribe());
-        let (history, last_seq) =
-            self.hub
-                .history(&matches, r.lines as usize, stream, r.since_unix_ms);
+        let (history, last_seq, marks) =
+            (self.hub).history_and_marks(&matches, r.lines as usize, stream, r.since_unix_ms);
+        let mut gaps = crate::logs::gaps::Gaps::new(marks);
         let (tx, rx) = tokio::sync::mpsc::channel(LOG_STREAM_BUFFER);
         let host = self.host.clone();
         tokio::spawn(async move {
@@ -297,20 +298,8 @@ impl Operations {
             loop {
                 let chunk = match follow.recv().await {
                     Ok(chunk) => chunk,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        let notice = pb::LogEntry {
-                            ts_unix_ms: now_ms(),
-                            host: host.clone(),
-                            notice: format!(
-                                "{missed} batches of lines were not shown: this client fell behind (they are in the log files)"
-                            ),
-                            ..Default::default()
-                        };
-                        if tx.send(notice).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
+                    // What was skipped is counted per app by the next chunks (`gaps`).
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
                 if chunk.seq <= last_seq
@@ -318,6 +307,11 @@ impl Operations {
                     || stream.is_some_and(|s| s != chunk.stream)
                 {
                     continue;
+                }
+                let lines = chunk.lines().count() as u64;
+                let missed = gaps.observe(chunk.id, chunk.stream, chunk.first_line, lines);
+                if missed > 0 && tx.send(missed_notice(&chunk, missed, &host)).await.is_err() {
+                    return;
                 }
                 for line in chunk.lines() {
                     let line = String::from_utf8_lossy(line).into_owned();
@@ -341,6 +335,21 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// `missed` lines of `chunk`'s instance and stream that a follower never got.
+fn missed_notice(chunk: &Chunk, missed: u64, host: &str) -> pb::LogEntry {
+    pb::LogEntry {
+        missed,
+        notice: format!(
+            "{missed} lines of {}#{} ({}) were not shown: this client fell behind (they are in the log files)",
+            chunk.app,
+            chunk.instance,
+            chunk.stream.as_str()
+        ),
+        line: String::new(),
+        ..entry(chunk, String::new(), host)
+    }
+}
+
 fn entry(chunk: &Chunk, line: String, host: &str) -> pb::LogEntry {
     pb::LogEntry {
         ts_unix_ms: chunk.ts_ms,
@@ -354,6 +363,7 @@ fn entry(chunk: &Chunk, line: String, host: &str) -> pb::LogEntry {
         line,
         host: host.to_string(),
         notice: String::new(),
+        missed: 0,
     }
 }
 

@@ -282,6 +282,7 @@ mod tests {
     fn lines_are_whole_and_prefixed_raw_or_json() {
         let chunk = Chunk {
             seq: 1,
+            first_line: 0,
             ts_ms: 7,
             id: 3,
             app: "api".into(),

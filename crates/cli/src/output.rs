@@ -68,6 +68,20 @@ impl LogPrinter {
         };
         let result = if !entry.notice.is_empty() {
             match self.style {
+                // Lines a follower missed name their app, instance and stream.
+                LogStyle::Json if entry.missed > 0 => writeln!(
+                    self.out,
+                    "{}",
+                    json!({
+                        "ts": entry.ts_unix_ms,
+                        "host": entry.host,
+                        "notice": entry.notice,
+                        "missed": entry.missed,
+                        "app": entry.app,
+                        "instance": entry.instance,
+                        "stream": stream,
+                    })
+                ),
                 LogStyle::Json => writeln!(
                     self.out,
                     "{}",

@@ -13,6 +13,7 @@ mod fleet_service;
 pub mod hosts;
 pub mod http;
 pub mod limits;
+mod logdrops;
 pub mod pki;
 pub mod registry;
 mod server;

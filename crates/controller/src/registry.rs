@@ -447,7 +447,7 @@ struct LogSink {
     tx: mpsc::Sender<Vec<LogEntry>>,
     follow: bool,
     /// Lines dropped because the CLI read too slowly, reported with the next batch.
-    dropped: u64,
+    dropped: crate::logdrops::Dropped,
 }
 
 /// What became of a log batch.
@@ -564,7 +564,7 @@ impl SessionLink {
             LogSink {
                 tx,
                 follow,
-                dropped: 0,
+                dropped: Default::default(),
             },
         );
     }
@@ -589,28 +589,16 @@ impl SessionLink {
             }
             return Delivery::Delivered;
         }
-        let lines = batch.entries.len() as u64;
-        let mut entries = Vec::with_capacity(batch.entries.len() + 1);
-        if sink.dropped > 0 {
-            entries.push(LogEntry {
-                ts_unix_ms: crate::now_unix_ms(),
-                host: self.host.clone(),
-                notice: format!("{} lines dropped: the client was too slow", sink.dropped),
-                ..LogEntry::default()
-            });
-        }
+        let mut entries = (sink.dropped).take_notices(&self.host, crate::now_unix_ms());
         // The certificate's name, whatever the agent wrote: no host speaks for another.
         entries.extend(batch.entries.into_iter().map(|mut entry| {
             entry.host.clone_from(&self.host);
             entry
         }));
         match sink.tx.try_send(entries) {
-            Ok(()) => {
-                sink.dropped = 0;
-                Delivery::Delivered
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                sink.dropped += lines;
+            Ok(()) => Delivery::Delivered,
+            Err(mpsc::error::TrySendError::Full(entries)) => {
+                sink.dropped.count(&entries);
                 Delivery::Delivered
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {

@@ -16,7 +16,7 @@ pub mod agent {
         /// 1.1: `ReloadRequest.config_path` and `env_stage`. 1.2: `SendMessage`.
         /// 1.3: `ReloadRequest.config_cwd`. 1.4: `ProcessInfo.restart_cause`.
         /// 1.5: `Update` (agent handoff), `Hello`'s handoff fields, `ExitInfo.unknown`.
-        /// 1.6: `ListResponse.host` (the host's metrics).
+        /// 1.6: `ListResponse.host` (the host's metrics), `LogEntry.missed`.
         pub const PROTOCOL_MINOR: u32 = 6;
     }
 }

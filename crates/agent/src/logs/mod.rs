@@ -8,6 +8,7 @@
 
 mod file;
 mod format;
+pub mod gaps;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -63,6 +64,9 @@ impl Stream {
 pub struct Chunk {
     /// Capture order across every instance.
     pub seq: u64,
+    /// Lines of this instance's stream captured before this chunk (`gaps`: a
+    /// follower that fell behind counts what it missed by these).
+    pub first_line: u64,
     pub ts_ms: u64,
     pub id: u32,
     pub app: Arc<str>,
@@ -81,6 +85,9 @@ impl Chunk {
             .split(|b| *b == b'\n')
     }
 }
+
+/// Lines from the rings, each with its chunk, in capture order.
+pub type History = Vec<(Arc<Chunk>, String)>;
 
 /// One log file, shared by every instance that writes to it (merged logs).
 pub type SharedFile = Arc<Mutex<LogFile>>;
@@ -116,6 +123,8 @@ impl InstanceLogs {
 struct Ring {
     chunks: VecDeque<Arc<Chunk>>,
     bytes: usize,
+    /// Lines captured so far, out and err.
+    lines: [u64; 2],
 }
 
 struct Inner {
@@ -294,6 +303,31 @@ impl LogHub {
         self.inner.follow.subscribe()
     }
 
+    /// `history`, and the lines captured so far of each instance's stream as of its
+    /// sequence number: a follower that subscribed before this counts what it misses
+    /// from there (`gaps`).
+    pub fn history_and_marks(
+        &self,
+        matches: &dyn Fn(&Chunk) -> bool,
+        lines: usize,
+        stream: Option<Stream>,
+        since_ms: Option<u64>,
+    ) -> (History, u64, gaps::Marks) {
+        let rings = self.inner.rings.lock().expect("log rings");
+        let marks = (rings.iter())
+            .flat_map(|(id, ring)| {
+                [
+                    (*id, Stream::Out, ring.lines[0]),
+                    (*id, Stream::Err, ring.lines[1]),
+                ]
+            })
+            .filter(|(_, _, lines)| *lines > 0)
+            .map(|(id, stream, lines)| ((id, stream), lines))
+            .collect();
+        let (history, last_seq) = self.history_locked(&rings, matches, lines, stream, since_ms);
+        (history, last_seq, marks)
+    }
+
     /// The last `lines` lines of each instance `matches` selects (optionally of one
     /// stream and no older than `since_ms`), in capture order, and the sequence number
     /// up to which they go (a follower skips what it already got here).
@@ -303,9 +337,21 @@ impl LogHub {
         lines: usize,
         stream: Option<Stream>,
         since_ms: Option<u64>,
-    ) -> (Vec<(Arc<Chunk>, String)>, u64) {
-        let last_seq = self.inner.seq.load(Ordering::SeqCst);
+    ) -> (History, u64) {
         let rings = self.inner.rings.lock().expect("log rings");
+        self.history_locked(&rings, matches, lines, stream, since_ms)
+    }
+
+    fn history_locked(
+        &self,
+        rings: &HashMap<u32, Ring>,
+        matches: &dyn Fn(&Chunk) -> bool,
+        lines: usize,
+        stream: Option<Stream>,
+        since_ms: Option<u64>,
+    ) -> (History, u64) {
+        // Read under the rings' lock: sequence numbers are handed out under it too.
+        let last_seq = self.inner.seq.load(Ordering::SeqCst);
         let mut picked: Vec<(u64, usize, Arc<Chunk>, String)> = Vec::new();
         for ring in rings.values() {
             let mut taken = Vec::new();
@@ -331,7 +377,6 @@ impl LogHub {
             }
             picked.extend(taken);
         }
-        drop(rings);
         picked.sort_by_key(|(seq, n, _, _)| (*seq, *n));
         (
             picked.into_iter().map(|(_, _, c, l)| (c, l)).collect(),
@@ -496,8 +541,11 @@ async fn pump(
             take_lines(&mut pending, eof)
         };
         if !lines.is_empty() {
+            let count = memchr::memchr_iter(b'\n', &lines).count() as u64;
+            let (seq, first_line) = number(&hub, logs.id, stream, count);
             let chunk = Arc::new(Chunk {
-                seq: hub.seq.fetch_add(1, Ordering::SeqCst) + 1,
+                seq,
+                first_line,
                 ts_ms: now_ms(),
                 id: logs.id,
                 app: logs.app.clone(),
@@ -553,13 +601,27 @@ fn ring_cost(chunk: &Chunk) -> usize {
     chunk.data.len() + CHUNK_OVERHEAD
 }
 
+/// A chunk's sequence number and first line, handed out together under the rings'
+/// lock, so `marks` and `history` see counts that match their sequence number.
+fn number(hub: &Inner, id: u32, stream: Stream, lines: u64) -> (u64, u64) {
+    let mut rings = hub.rings.lock().expect("log rings");
+    let counter = &mut rings.entry(id).or_default().lines[stream as usize];
+    let first_line = *counter;
+    *counter += lines;
+    (hub.seq.fetch_add(1, Ordering::SeqCst) + 1, first_line)
+}
+
 fn remember(hub: &Inner, chunk: &Arc<Chunk>) {
     // A big chunk is kept only by its last lines: the ring is for recent history.
     let chunk = if chunk.data.len() > RING_BYTES {
         let tail = &chunk.data[chunk.data.len() - RING_BYTES..];
         let start = memchr::memchr(b'\n', tail).map_or(0, |i| i + 1);
+        let skipped =
+            memchr::memchr_iter(b'\n', &chunk.data[..chunk.data.len() - tail.len() + start])
+                .count();
         Arc::new(Chunk {
             seq: chunk.seq,
+            first_line: chunk.first_line + skipped as u64,
             ts_ms: chunk.ts_ms,
             id: chunk.id,
             app: chunk.app.clone(),
@@ -584,163 +646,4 @@ fn remember(hub: &Inner, chunk: &Arc<Chunk>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_are_cut_whole_and_long_ones_split() {
-        let mut pending = b"one\ntwo\nthr".to_vec();
-        assert_eq!(take_lines(&mut pending, false), b"one\ntwo\n");
-        assert_eq!(pending, b"thr");
-        pending.extend_from_slice(b"ee\n");
-        assert_eq!(take_lines(&mut pending, false), b"three\n");
-
-        let mut long = vec![b'x'; MAX_LINE * 2 + 10];
-        let out = take_lines(&mut long, false);
-        assert_eq!(out.len(), 2 * (MAX_LINE + 1));
-        assert_eq!(long.len(), 10, "the short remainder waits for its newline");
-        assert_eq!(
-            take_lines(&mut long, true).len(),
-            11,
-            "and is flushed at EOF"
-        );
-        let mut empty_lines = b"\n\n".to_vec();
-        assert_eq!(take_lines(&mut empty_lines, false), b"\n\n");
-        assert!(lines_fit(b"short\nlines\ntail"));
-        assert!(!lines_fit(&vec![b'x'; MAX_LINE + 1]));
-    }
-
-    fn logs(hub: &LogHub, dir: &Path, format: LineFormat) -> Arc<InstanceLogs> {
-        Arc::new(InstanceLogs {
-            id: format.id,
-            app: Arc::from(format.app.as_str()),
-            namespace: Arc::from("default"),
-            instance: 0,
-            out: Some(
-                hub.file(&dir.join("out.log"), &Rotation::default())
-                    .unwrap(),
-            ),
-            err: Some(
-                hub.file(&dir.join("err.log"), &Rotation::default())
-                    .unwrap(),
-            ),
-            combined: Some(
-                hub.file(&dir.join("all.log"), &Rotation::default())
-                    .unwrap(),
-            ),
-            format,
-        })
-    }
-
-    #[tokio::test]
-    async fn pumps_write_files_keep_history_and_feed_followers() {
-        let dir = tempfile::tempdir().unwrap();
-        let hub = LogHub::new();
-        let format = LineFormat {
-            date: None,
-            json: false,
-            app: "api".into(),
-            id: 7,
-        };
-        let instance = logs(&hub, dir.path(), format);
-        let mut follower = hub.subscribe();
-        let (out_r, out_w) = nix::unistd::pipe().unwrap();
-        let (err_r, err_w) = nix::unistd::pipe().unwrap();
-        let (mut out_w, mut err_w) = (std::fs::File::from(out_w), std::fs::File::from(err_w));
-        hub.capture(instance.clone(), Stream::Out, out_r, b"hel".to_vec());
-        hub.capture(instance, Stream::Err, err_r, Vec::new());
-        use std::io::Write;
-        out_w.write_all(b"lo\nwor").unwrap();
-        err_w.write_all(b"oops\n").unwrap();
-        out_w.write_all(b"ld\nlast without newline").unwrap();
-        drop(out_w);
-        drop(err_w);
-
-        let mut followed = Vec::new();
-        while followed.len() < 4 {
-            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), follower.recv())
-                .await
-                .unwrap()
-                .unwrap();
-            followed.extend(
-                chunk
-                    .lines()
-                    .map(|l| String::from_utf8_lossy(l).into_owned()),
-            );
-        }
-        assert!(followed.contains(&"last without newline".to_string()));
-
-        let out = std::fs::read_to_string(dir.path().join("out.log")).unwrap();
-        assert_eq!(out, "hello\nworld\nlast without newline\n");
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("err.log")).unwrap(),
-            "oops\n"
-        );
-        let all = std::fs::read_to_string(dir.path().join("all.log")).unwrap();
-        assert_eq!(all.lines().count(), 4);
-
-        let (history, _) = hub.history(&|_| true, 2, Some(Stream::Out), None);
-        let lines: Vec<_> = history.iter().map(|(_, l)| l.as_str()).collect();
-        assert_eq!(lines, ["world", "last without newline"]);
-        let (history, _) = hub.history(&|c| c.id == 8, 10, None, None);
-        assert!(history.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_handover_keeps_the_unfinished_line_and_loses_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let format = || LineFormat {
-            date: None,
-            json: false,
-            app: "api".into(),
-            id: 7,
-        };
-        let first = LogHub::new();
-        let (read, write) = nix::unistd::pipe().unwrap();
-        let mut write = std::fs::File::from(write);
-        first.capture(
-            logs(&first, dir.path(), format()),
-            Stream::Out,
-            read,
-            Vec::new(),
-        );
-        use std::io::Write;
-        write.write_all(b"one\ntw").unwrap();
-        let out = dir.path().join("out.log");
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::fs::read_to_string(&out).unwrap_or_default() != "one\n" {
-            assert!(
-                std::time::Instant::now() < until,
-                "the first line is written"
-            );
-            tokio::task::yield_now().await;
-        }
-        let mut carried = first.hand_over().await;
-        assert_eq!(carried.len(), 1);
-        let pipe = carried.pop().unwrap();
-        assert_eq!(
-            (pipe.id, pipe.stream, pipe.pending.as_slice()),
-            (7, Stream::Out, &b"tw"[..])
-        );
-        // Written while no image reads: it waits in the pipe.
-        write.write_all(b"o\nthree\n").unwrap();
-        drop(write);
-        let second = LogHub::new();
-        let mut follower = second.subscribe();
-        let instance = logs(&second, dir.path(), format());
-        second.capture(instance, pipe.stream, pipe.fd, pipe.pending);
-        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), follower.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&*chunk.data, b"two\nthree\n");
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::fs::read_to_string(&out).unwrap() != "one\ntwo\nthree\n" {
-            assert!(
-                std::time::Instant::now() < until,
-                "every line once, in order"
-            );
-            tokio::task::yield_now().await;
-        }
-    }
-}
+mod tests;

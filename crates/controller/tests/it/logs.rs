@@ -1,5 +1,7 @@
 //! Log lines flow from agents to the CLI only while someone watches.
 
+use std::time::Duration;
+
 use fleet_proto::agent::v1::{LogEntry, LogStream};
 use fleet_proto::controller::v1::{FleetLogsRequest, LogBatch, agent_message, controller_message};
 
@@ -15,6 +17,7 @@ fn line(text: &str) -> LogEntry {
         line: text.into(),
         host: "web-1".into(),
         notice: String::new(),
+        missed: 0,
     }
 }
 
@@ -123,5 +126,99 @@ async fn logs_without_follow_end_when_the_agent_sends_an_empty_batch() {
         .unwrap()
         .unwrap();
     assert!(end.is_none(), "the stream ends after the history");
+    controller.stop().await;
+}
+
+/// A watcher that stops reading loses lines at the controller (the agent's session is
+/// never slowed), and is told with its next lines how many of which app it missed:
+/// lines shown plus lines reported missed are every line the agent sent.
+#[tokio::test]
+async fn a_slow_watcher_is_told_how_many_lines_of_which_app_it_missed() {
+    const BATCHES: usize = 2_000;
+    const PER_BATCH: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let controller = Controller::start(dir.path()).await;
+    let token = controller.api_token();
+    let (mut agent, _) = FakeAgent::joined(&controller, "web-1").await;
+    let mut lines = controller
+        .fleet()
+        .await
+        .logs(authed(
+            FleetLogsRequest {
+                stage: Some(stage(&["web-1"])),
+                targets: Vec::new(),
+                lines: 0,
+                follow: true,
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(controller_message::Body::Subscribe(subscribe)) = agent.next().await else {
+        panic!("the agent was not asked for logs");
+    };
+    let batch = |n: usize, text: &str| {
+        let mut entries: Vec<LogEntry> = (0..PER_BATCH).map(|_| line(text)).collect();
+        for entry in entries.iter_mut().skip(n % 2) {
+            entry.app = "worker".into();
+            entry.instance = 1;
+        }
+        LogBatch {
+            subscription_id: subscribe.subscription_id,
+            entries,
+        }
+    };
+    // Nobody reads while the agent floods.
+    for n in 0..BATCHES {
+        agent.send(agent_message::Body::Logs(batch(n, "x"))).await;
+    }
+    // Read until the flood is drained, then one last line marks the end.
+    let (mut shown, mut missed) = (0usize, 0u64);
+    let mut per_app: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut ended = false;
+    let mut sent_end = false;
+    while !ended {
+        let next = tokio::time::timeout(Duration::from_millis(300), lines.message()).await;
+        let entries = match next {
+            Ok(entry) => vec![entry.unwrap().unwrap()],
+            Err(_) if !sent_end => {
+                let end = LogBatch {
+                    subscription_id: subscribe.subscription_id,
+                    entries: vec![line("end")],
+                };
+                agent.send(agent_message::Body::Logs(end)).await;
+                sent_end = true;
+                continue;
+            }
+            Err(_) => panic!("the end line never came"),
+        };
+        for entry in entries {
+            if entry.missed > 0 {
+                assert!(
+                    entry.notice.contains("on web-1 were not shown"),
+                    "{entry:?}"
+                );
+                missed += entry.missed;
+                *per_app
+                    .entry(format!("{}#{}", entry.app, entry.instance))
+                    .or_default() += entry.missed;
+            } else if entry.line == "end" {
+                ended = true;
+            } else {
+                shown += 1;
+            }
+        }
+    }
+    assert!(
+        missed > 0,
+        "the watcher fell behind (else this tests nothing)"
+    );
+    assert_eq!(shown as u64 + missed, (BATCHES * PER_BATCH) as u64);
+    assert_eq!(
+        per_app.keys().collect::<Vec<_>>(),
+        ["api#0", "worker#1"],
+        "{per_app:?}"
+    );
     controller.stop().await;
 }
