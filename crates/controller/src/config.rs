@@ -64,6 +64,8 @@ pub struct ControllerConfig {
     /// is asked to renew it.
     pub agent_cert_lifetime: Duration,
     pub agent_cert_renew_before: Duration,
+    /// The config file's `[alerts]`, when given (`--config`).
+    pub alerts: Option<crate::alerts::config::Alerts>,
 }
 
 impl ControllerConfig {
@@ -75,6 +77,7 @@ impl ControllerConfig {
             unreachable_after: DEFAULT_UNREACHABLE_AFTER,
             agent_cert_lifetime: DEFAULT_AGENT_CERT_LIFETIME,
             agent_cert_renew_before: DEFAULT_AGENT_CERT_RENEW_BEFORE,
+            alerts: None,
         }
     }
 }

@@ -297,6 +297,16 @@ impl FleetService for FleetApi {
             targets.insert(0, format!("release={}", record.release));
         }
         (self.controller.deploys).count(&record.stage, &record.action, &record.result);
+        if let Some(alerts) = &self.controller.alerts {
+            alerts
+                .deploy(
+                    &self.controller,
+                    &record.stage,
+                    &record.action,
+                    &record.result,
+                )
+                .await;
+        }
         self.audit(AuditEntry {
             at_ms: now_unix_ms(),
             who: format!("{who} ({})", record.who),

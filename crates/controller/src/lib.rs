@@ -5,6 +5,7 @@
 //! run a controller in-process.
 
 mod agent_link;
+pub mod alerts;
 pub mod alloc;
 mod auth;
 pub mod config;

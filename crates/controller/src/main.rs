@@ -33,6 +33,15 @@ struct Args {
     /// Data directory: CA, server certificate, database. Default ~/.fleet-controller.
     #[arg(long, global = true)]
     data: Option<PathBuf>,
+    /// The controller's config file (TOML): its `[alerts]` say what to watch and whom to
+    /// tell (webhooks, email).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_CONTROLLER_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
     /// Another name or address for the server certificate (repeatable).
     #[arg(long = "san", value_name = "NAME")]
     sans: Vec<String>,
@@ -72,6 +81,11 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
     },
+    /// Alerts of the config file (`--config`).
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
     /// Print the audit log, newest last: commands, deploys, tokens. Safe while the
     /// controller runs (the database is opened read-only).
     Audit {
@@ -87,6 +101,12 @@ enum Command {
 /// `audit` prints this many entries unless told otherwise: a screenful or two, and the
 /// newest are what an operator looks for first.
 const DEFAULT_AUDIT_LIMIT: u32 = 100;
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// Send a test message to every target of `[alerts]` now; exit 1 if one fails.
+    Test,
+}
 
 #[derive(Subcommand)]
 enum HostCommand {
@@ -144,6 +164,30 @@ fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Some(Command::Token { command }) => token_command(&data, command),
         Some(Command::Host { command }) => host_command(&data, command),
+        Some(Command::Alerts {
+            command: AlertsCommand::Test,
+        }) => {
+            let Some(file) = &args.config else {
+                anyhow::bail!(
+                    "`alerts test` needs the config file\nhint: --config FILE (or FLEET_CONTROLLER_CONFIG)"
+                );
+            };
+            let alerts = fleet_controller::alerts::config::load(file)
+                .map_err(anyhow::Error::msg)?
+                .filter(|alerts| !alerts.targets.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{}: [alerts] names no webhook or email", file.display())
+                })?;
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let all = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(fleet_controller::alerts::send_test(&data, &alerts))?;
+            if !all {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Some(Command::JoinToken { host, ttl }) => {
             let ttl = ttl.unwrap_or(DEFAULT_JOIN_TOKEN_TTL);
             let (token, expires) = fleet_controller::create_join_token(&data, &host, ttl)?;
@@ -170,6 +214,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => {
             init_logging();
             let mut config = ControllerConfig::new(data);
+            if let Some(file) = &args.config {
+                config.alerts =
+                    fleet_controller::alerts::config::load(file).map_err(anyhow::Error::msg)?;
+            }
             config.sans = args.sans;
             config.heartbeat_interval = args.heartbeat.unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
             config.unreachable_after = args.unreachable_after.unwrap_or(DEFAULT_UNREACHABLE_AFTER);

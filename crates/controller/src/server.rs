@@ -48,6 +48,8 @@ pub(crate) struct Controller {
     pub joins: tokio::sync::Semaphore,
     /// Open connections, and which have authenticated (`limits`).
     pub connections: crate::limits::Connections,
+    /// Alerts, when the config file has `[alerts]`.
+    pub alerts: Option<Arc<crate::alerts::AlertEngine>>,
     /// RPC and store latencies, and deploys by outcome, for `/metrics`.
     pub telemetry: crate::http::metrics::Telemetry,
     pub deploys: crate::http::metrics::DeployCounts,
@@ -90,6 +92,19 @@ pub async fn serve_with(
         &config.data_dir.join(crate::DATABASE_FILE),
         telemetry.store.clone(),
     )?;
+    let alerts = match config.alerts.clone() {
+        Some(alerts) => {
+            let open = store
+                .call(|conn| crate::alerts::open_incidents(conn))
+                .await?;
+            Some(Arc::new(crate::alerts::AlertEngine::new(
+                alerts,
+                open,
+                crate::now_unix_ms(),
+            )))
+        }
+        None => None,
+    };
     let deploys = crate::http::metrics::DeployCounts::default();
     deploys.load(store.call(|conn| store::deploy_counts(conn)).await?);
     let known = store.call(|conn| store::known_hosts(conn)).await?;
@@ -116,12 +131,28 @@ pub async fn serve_with(
         connections: crate::limits::Connections::default(),
         telemetry,
         deploys,
+        alerts,
     });
 
-    tokio::spawn(sweep_sessions(controller.clone()));
-    // Stopped with the gRPC server: dropping the handle's task at return aborts it.
-    let _http =
-        http.map(|http| AbortOnDrop(tokio::spawn(crate::http::serve(controller.clone(), http))));
+    // Background tasks stop with the server: each is aborted when `serve` returns (an
+    // in-process controller that stopped must not go on sweeping or alerting).
+    let mut background = vec![AbortOnDrop(tokio::spawn(sweep_sessions(
+        controller.clone(),
+    )))];
+    if let Some(engine) = &controller.alerts {
+        let (c, e) = (controller.clone(), engine.clone());
+        background.push(AbortOnDrop(tokio::spawn(crate::alerts::evaluate(c, e))));
+        let (c, e) = (controller.clone(), engine.clone());
+        background.push(AbortOnDrop(tokio::spawn(crate::alerts::deliver(c, e))));
+    }
+    if let Some(http) = http {
+        let task = crate::http::serve(controller.clone(), http);
+        background.push(AbortOnDrop(tokio::spawn(async move {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "the HTTP face stopped");
+            }
+        })));
+    }
     let connections = controller.connections.clone();
     let incoming = TcpListenerStream::new(listener).filter_map(move |stream| match stream {
         Ok(stream) => {
@@ -183,9 +214,9 @@ pub async fn serve_with(
 }
 
 /// A task aborted when this is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-impl<T> Drop for AbortOnDrop<T> {
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }

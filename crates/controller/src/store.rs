@@ -71,6 +71,24 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE hosts ADD COLUMN cert_expires_at INTEGER;
     ALTER TABLE hosts ADD COLUMN removed_at INTEGER;
     ",
+    // 4: alerts: incidents open now, and deliveries (pending ones survive a restart).
+    "
+    CREATE TABLE alert_incidents (
+        key TEXT PRIMARY KEY,
+        opened_at INTEGER NOT NULL
+    );
+    CREATE TABLE alert_deliveries (
+        id INTEGER PRIMARY KEY,
+        created_at INTEGER NOT NULL,
+        target TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at INTEGER NOT NULL,
+        done_at INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX alert_deliveries_due ON alert_deliveries (next_at) WHERE done_at IS NULL;
+    ",
 ];
 
 /// SQLite waits this long for a lock another process holds (`token create` while the

@@ -5,6 +5,7 @@
 mod harness;
 
 mod abuse;
+mod alerts;
 mod audit;
 mod auth;
 mod certificates;
