@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod agent_metrics;
 mod cluster;
 mod config;
 mod controller;

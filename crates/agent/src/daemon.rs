@@ -166,6 +166,7 @@ pub async fn run(
     tokio::spawn(reopen_logs_on_sigusr2(hub.clone()));
 
     let (operations, service, kill) = api(&home, &handle, hub, Some(updater));
+    serve_metrics(&home, &operations).await;
     match crate::link::LinkConfig::load(&home) {
         Ok(Some(config)) => {
             tokio::spawn(crate::link::run(
@@ -473,6 +474,31 @@ async fn terminate_orphans(saved: &[SavedProcess]) {
     }
     for wait in waits {
         let _ = wait.await;
+    }
+}
+
+/// `agent.toml`'s `metrics_listen`: Prometheus' `/metrics` for this host. A bad file or
+/// an address that cannot be bound is logged, and the agent runs on without it.
+async fn serve_metrics(home: &Home, operations: &Operations) {
+    let settings = match crate::settings::load(&home.root) {
+        Ok(settings) => settings,
+        Err(error) => {
+            tracing::error!(%error, "ignored the agent's settings");
+            return;
+        }
+    };
+    let Some(address) = settings.metrics_listen else {
+        return;
+    };
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => {
+            if !address.ip().is_loopback() {
+                tracing::warn!(%address, "serving /metrics beyond this machine: anyone who reaches it sees the apps' names and usage");
+            }
+            tracing::info!(%address, "serving /metrics");
+            tokio::spawn(crate::prometheus::serve(listener, operations.clone()));
+        }
+        Err(error) => tracing::error!(%address, %error, "cannot serve /metrics"),
     }
 }
 

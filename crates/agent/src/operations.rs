@@ -41,6 +41,11 @@ impl Operations {
         Operations { handle, hub, host }
     }
 
+    /// This host's name in process infos and log entries.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     pub fn handle(&self) -> &Handle {
         &self.handle
     }

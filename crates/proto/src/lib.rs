@@ -3,6 +3,8 @@
 //! per-action timeouts and the rolling-reload policy. Other crates convert to their
 //! domain types at the edge.
 
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod ops;
 
 /// The host agent's local API (`fleet.agent.v1`), served on `FLEET_HOME/agent.sock`.
