@@ -636,3 +636,41 @@ fn get(address: &str) -> std::io::Result<()> {
         Err(std::io::Error::other(format!("bad response {response:?}")))
     }
 }
+
+/// `fleet monit <stage>` over SSH under tmux: every host's instances in one table with
+/// their host; a partitioned host is marked unreachable, and back after the heal.
+#[test]
+fn monit_of_a_stage_shows_every_host_and_marks_a_partitioned_one() {
+    let Some(fb) = Fleetbed::up(3) else { return };
+    let monit = crate::monit::Monit::start_with(&fb.fleet, &["monit", "bed"]);
+    // Table rows: `│  <host>  web ...` (`│> ` when selected).
+    let rows_of = |screen: &str, address: &str| {
+        let cell = format!("{address} ");
+        (screen.lines())
+            .filter(|line| {
+                let row = line.trim_start_matches('│');
+                let row = row.strip_prefix("> ").or_else(|| row.strip_prefix("  "));
+                row.is_some_and(|row| row.starts_with(&cell) && row.contains(" web "))
+            })
+            .count()
+    };
+    let addresses: Vec<String> = fb.bed.hosts.iter().map(|h| h.address.clone()).collect();
+    monit.wait_screen("both instances of every host", |screen| {
+        screen.contains("fleet monit bed: 9 instances")
+            && addresses.iter().all(|a| rows_of(screen, a) == 2)
+    });
+    let (h2, a2) = fb.host(1);
+    fb.bed.partition(h2);
+    let screen = monit.wait_screen("h2 marked unreachable", |screen| {
+        screen.contains("1 unreachable")
+            && screen
+                .lines()
+                .any(|line| line.contains(a2) && line.contains("unreachable"))
+    });
+    assert!(screen.contains("fleet monit bed: 6 instances"), "{screen}");
+    fb.bed.heal(h2);
+    monit.wait_screen("h2 back", |screen| {
+        !screen.contains("unreachable") && rows_of(screen, a2) == 2
+    });
+    monit.quit();
+}

@@ -18,7 +18,7 @@ static SESSIONS: AtomicUsize = AtomicUsize::new(0);
 
 /// One detached tmux session running `fleet monit`, on a private tmux server that is
 /// killed on drop, so a failing test leaves neither a server nor a dashboard behind.
-struct Monit {
+pub(crate) struct Monit {
     socket: String,
     session: String,
     exit_file: PathBuf,
@@ -28,17 +28,25 @@ struct Monit {
 
 impl Monit {
     fn start(fleet: &Fleet) -> Monit {
+        Monit::start_with(fleet, &["monit"])
+    }
+
+    /// `fleet ARGS` in the pane, run in the fleet's work directory (its fleet.toml).
+    pub(crate) fn start_with(fleet: &Fleet, args: &[&str]) -> Monit {
         let name = format!(
             "fleet-monit-{}-{}",
             std::process::id(),
             SESSIONS.fetch_add(1, Ordering::SeqCst)
         );
         let exit_file = fleet.path("monit.exit");
-        let probe = fleet.command(&["monit"]);
+        let probe = fleet.command(args);
+        let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
         let command = format!(
-            "env FLEET_HOME={} NO_COLOR=1 {} monit; echo $? > {}",
+            "cd {} && env FLEET_HOME={} NO_COLOR=1 {} {}; echo $? > {}",
+            quote(&fleet.work.path().display().to_string()),
             quote(&fleet.home.path().display().to_string()),
             quote(&probe.get_program().to_string_lossy()),
+            args.join(" "),
             quote(&exit_file.display().to_string()),
         );
         let mut monit = Monit {
@@ -101,7 +109,7 @@ impl Monit {
     }
 
     /// Polls the pane until `done` holds; on timeout fails with the last screen.
-    fn wait_screen(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_screen(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
         let until = Instant::now() + SCREEN_TIMEOUT;
         loop {
             let screen = self.screen();
@@ -118,7 +126,7 @@ impl Monit {
 
     /// Sends `q` and asserts the dashboard ended (the session closes with its
     /// command) with exit code 0.
-    fn quit(&self) {
+    pub(crate) fn quit(&self) {
         self.keys("q");
         wait_until("monit to quit on q", SCREEN_TIMEOUT, || !self.running());
         let code = std::fs::read_to_string(&self.exit_file).unwrap_or_default();

@@ -70,7 +70,7 @@ pub async fn run(command: Command, ssh: fleet_remote::ssh::SshChoices) -> Result
             Ok(())
         }
         Command::Start(args) => start(&home, args).await,
-        Command::Monit => crate::monit::run(&home).await,
+        Command::Monit(_) => crate::monit::run(&home).await,
         Command::Reload(args) => reload(&home, args).await,
         Command::Scale(args) => {
             let mut client = agent(&home).await?;

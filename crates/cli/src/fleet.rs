@@ -40,6 +40,16 @@ pub async fn route(command: &Command, ssh: &SshChoices) -> Option<Result<()>> {
                 Err(error) => Err(error.into()),
             });
         }
+        Command::Monit(args) => {
+            let name = args.stage.as_ref()?;
+            return Some(match stage::find(name) {
+                Ok(Some(stage)) => crate::monit::run_stage(stage, ssh.clone()).await,
+                Ok(None) => Err(Failure::usage(format!(
+                    "no stage {name:?}: fleet.toml has no [deploy.{name}]\nhint: `fleet monit` without a stage watches this host's apps"
+                ))),
+                Err(error) => Err(error.into()),
+            });
+        }
         Command::Logs(args) => {
             return match stage_of(&args.targets) {
                 Ok(Some((stage, targets))) => Some(logs(&stage, targets, args, ssh).await),

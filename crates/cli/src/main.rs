@@ -76,8 +76,9 @@ pub enum Command {
     Kill,
     /// Check the agent answers (starts it when it is not running).
     Ping,
-    /// Live dashboard: processes, CPU and memory, the selected app's log.
-    Monit,
+    /// Live dashboard: processes, CPU and memory, the selected app's log; with a
+    /// stage, every host of it (unreachable ones marked).
+    Monit(MonitArgs),
     /// Show the last lines of apps' logs, then (with -f) follow them live.
     #[command(alias = "log")]
     Logs(LogsArgs),
@@ -336,6 +337,12 @@ pub struct ScaleArgs {
     /// `N`, `+N` or `-N`.
     #[arg(allow_hyphen_values = true)]
     pub count: String,
+}
+
+#[derive(Args)]
+pub struct MonitArgs {
+    /// A stage of fleet.toml (`[deploy.<stage>]`): watch every host of it.
+    pub stage: Option<String>,
 }
 
 #[derive(Args)]

@@ -73,43 +73,11 @@ pub async fn serve_with(
     http: Option<crate::http::HttpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    // One crypto backend (aws-lc-rs); installing it as the process default keeps rustls
-    // working even if some dependency also enables ring. Already installed is fine.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let local = listener
         .local_addr()
         .map_err(|source| Error::io(&config.data_dir, source))?;
-    let data_dir = config.data_dir.clone();
-    let sans = server_sans(&config, local);
-    let pki = tokio::task::spawn_blocking(move || {
-        crate::prepare_data_dir(&data_dir)?;
-        Pki::load_or_create(&PkiPaths::new(&data_dir), &sans)
-    })
-    .await
-    .expect("loading the PKI does not panic")?;
-    let telemetry = crate::http::metrics::Telemetry::default();
-    let store = Store::start(
-        &config.data_dir.join(crate::DATABASE_FILE),
-        telemetry.store.clone(),
-    )?;
-    let alerts = match config.alerts.clone() {
-        Some(alerts) => {
-            let open = store
-                .call(|conn| crate::alerts::open_incidents(conn))
-                .await?;
-            Some(Arc::new(crate::alerts::AlertEngine::new(
-                alerts,
-                open,
-                crate::now_unix_ms(),
-            )))
-        }
-        None => None,
-    };
-    let deploys = crate::http::metrics::DeployCounts::default();
-    deploys.load(store.call(|conn| store::deploy_counts(conn)).await?);
-    let known = store.call(|conn| store::known_hosts(conn)).await?;
-    let registry = Registry::new(config.unreachable_after, known);
-
+    let controller = open(config, local).await?;
+    let pki = &controller.pki;
     let tls = ServerTlsConfig::new()
         // The chain with the CA: `fleet controller trust` shows its fingerprint.
         .identity(Identity::from_pem(
@@ -120,39 +88,7 @@ pub async fn serve_with(
         // `Join` comes without a client certificate; `Session` checks for one itself.
         .client_auth_optional(true)
         .timeout(TLS_HANDSHAKE_TIMEOUT);
-    let controller = Arc::new(Controller {
-        config,
-        store,
-        registry,
-        pki,
-        failures: Arc::default(),
-        valid_tokens: Arc::default(),
-        joins: tokio::sync::Semaphore::new(crate::limits::MAX_CONCURRENT_JOINS),
-        connections: crate::limits::Connections::default(),
-        telemetry,
-        deploys,
-        alerts,
-    });
-
-    // Background tasks stop with the server: each is aborted when `serve` returns (an
-    // in-process controller that stopped must not go on sweeping or alerting).
-    let mut background = vec![AbortOnDrop(tokio::spawn(sweep_sessions(
-        controller.clone(),
-    )))];
-    if let Some(engine) = &controller.alerts {
-        let (c, e) = (controller.clone(), engine.clone());
-        background.push(AbortOnDrop(tokio::spawn(crate::alerts::evaluate(c, e))));
-        let (c, e) = (controller.clone(), engine.clone());
-        background.push(AbortOnDrop(tokio::spawn(crate::alerts::deliver(c, e))));
-    }
-    if let Some(http) = http {
-        let task = crate::http::serve(controller.clone(), http);
-        background.push(AbortOnDrop(tokio::spawn(async move {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "the HTTP face stopped");
-            }
-        })));
-    }
+    let _background = background(&controller, http);
     let connections = controller.connections.clone();
     let incoming = TcpListenerStream::new(listener).filter_map(move |stream| match stream {
         Ok(stream) => {
@@ -211,6 +147,84 @@ pub async fn serve_with(
     }
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// The controller's state, opened from its data directory: the PKI (made on the first
+/// start), the database, open alert incidents, deploy counts and the known hosts.
+async fn open(config: ControllerConfig, local: SocketAddr) -> Result<Arc<Controller>, Error> {
+    // One crypto backend (aws-lc-rs); installing it as the process default keeps rustls
+    // working even if some dependency also enables ring. Already installed is fine.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let data_dir = config.data_dir.clone();
+    let sans = server_sans(&config, local);
+    let pki = tokio::task::spawn_blocking(move || {
+        crate::prepare_data_dir(&data_dir)?;
+        Pki::load_or_create(&PkiPaths::new(&data_dir), &sans)
+    })
+    .await
+    .expect("loading the PKI does not panic")?;
+    let telemetry = crate::http::metrics::Telemetry::default();
+    let store = Store::start(
+        &config.data_dir.join(crate::DATABASE_FILE),
+        telemetry.store.clone(),
+    )?;
+    let alerts = match config.alerts.clone() {
+        Some(alerts) => {
+            let open = store
+                .call(|conn| crate::alerts::open_incidents(conn))
+                .await?;
+            Some(Arc::new(crate::alerts::AlertEngine::new(
+                alerts,
+                open,
+                crate::now_unix_ms(),
+            )))
+        }
+        None => None,
+    };
+    let deploys = crate::http::metrics::DeployCounts::default();
+    deploys.load(store.call(|conn| store::deploy_counts(conn)).await?);
+    let known = store.call(|conn| store::known_hosts(conn)).await?;
+    let registry = Registry::new(config.unreachable_after, known);
+
+    Ok(Arc::new(Controller {
+        config,
+        store,
+        registry,
+        pki,
+        failures: Arc::default(),
+        valid_tokens: Arc::default(),
+        joins: tokio::sync::Semaphore::new(crate::limits::MAX_CONCURRENT_JOINS),
+        connections: crate::limits::Connections::default(),
+        telemetry,
+        deploys,
+        alerts,
+    }))
+}
+
+/// Background tasks stop with the server: each is aborted when the returned guards are
+/// dropped (an in-process controller that stopped must not go on sweeping or alerting).
+fn background(
+    controller: &Arc<Controller>,
+    http: Option<crate::http::HttpListener>,
+) -> Vec<AbortOnDrop> {
+    let mut background = vec![AbortOnDrop(tokio::spawn(sweep_sessions(
+        controller.clone(),
+    )))];
+    if let Some(engine) = &controller.alerts {
+        let (c, e) = (controller.clone(), engine.clone());
+        background.push(AbortOnDrop(tokio::spawn(crate::alerts::evaluate(c, e))));
+        let (c, e) = (controller.clone(), engine.clone());
+        background.push(AbortOnDrop(tokio::spawn(crate::alerts::deliver(c, e))));
+    }
+    if let Some(http) = http {
+        let task = crate::http::serve(controller.clone(), http);
+        background.push(AbortOnDrop(tokio::spawn(async move {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "the HTTP face stopped");
+            }
+        })));
+    }
+    background
 }
 
 /// A task aborted when this is dropped.

@@ -81,6 +81,10 @@ pub(super) struct Dashboard {
     pub(super) log: LogPane,
     pub(super) status: Option<Status>,
     pub(super) colour: bool,
+    /// `fleet monit <stage>`: instances of several hosts (a host column), and the hosts
+    /// that could not be reached, each with why.
+    pub(super) stage: Option<String>,
+    pub(super) unreachable: Vec<String>,
 }
 
 impl Dashboard {
@@ -97,6 +101,16 @@ impl Dashboard {
             },
             status: None,
             colour,
+            stage: None,
+            unreachable: Vec::new(),
+        }
+    }
+
+    /// A dashboard of a stage's hosts.
+    pub(super) fn of_stage(colour: bool, stage: &str) -> Dashboard {
+        Dashboard {
+            stage: Some(stage.to_owned()),
+            ..Dashboard::new(colour)
         }
     }
 
@@ -114,6 +128,10 @@ impl Dashboard {
             Message::List(Ok(processes)) => self.update_list(processes),
             Message::List(Err(status)) => {
                 self.list_error = Some(format!("cannot list: {}", status_text(&status)));
+                Vec::new()
+            }
+            Message::Unreachable(hosts) => {
+                self.unreachable = hosts;
                 Vec::new()
             }
             Message::Log { generation, event } => {
@@ -175,10 +193,12 @@ impl Dashboard {
     /// (and the log task keeps only this instance's lines).
     pub(super) fn log_target(&self, process: &pb::ProcessInfo) -> String {
         let id = process.id.to_string();
-        if self
-            .processes
-            .iter()
-            .any(|p| p.name == id || p.namespace == id)
+        // A stage's ids are the dashboard's own: the app's name selects on the host.
+        if self.stage.is_some()
+            || self
+                .processes
+                .iter()
+                .any(|p| p.name == id || p.namespace == id)
         {
             process.name.clone()
         } else {
@@ -227,8 +247,10 @@ impl Dashboard {
             }
             KeyCode::Up | KeyCode::Char('k') => self.move_selection(-1),
             KeyCode::Down | KeyCode::Char('j') => self.move_selection(1),
-            KeyCode::Char('r') => self.action("restarting", Effect::Restart),
-            KeyCode::Char('s') => self.action("stopping", Effect::Stop),
+            KeyCode::Char('r') => {
+                self.action("restarting", |id, name| Effect::Restart { id, name })
+            }
+            KeyCode::Char('s') => self.action("stopping", |id, name| Effect::Stop { id, name }),
             KeyCode::PageUp => {
                 self.log.scroll_back =
                     (self.log.scroll_back + self.log.page.max(1)).min(self.log.max_scroll());
@@ -261,22 +283,34 @@ impl Dashboard {
         self.select(Some(self.processes[index].id))
     }
 
-    pub(super) fn action(&mut self, doing: &str, effect: fn(String) -> Effect) -> Vec<Effect> {
-        let Some(name) = self.selected_process().map(|p| p.name.clone()) else {
+    pub(super) fn action(&mut self, doing: &str, effect: fn(u32, String) -> Effect) -> Vec<Effect> {
+        let Some((id, name)) = self.selected_process().map(|p| (p.id, p.name.clone())) else {
             self.status = Some(Status {
                 text: "no app is selected".into(),
                 until: Some(Instant::now() + STATUS_TTL),
             });
             return Vec::new();
         };
+        let on = match (&self.stage, self.selected_process()) {
+            (Some(_), Some(p)) => format!(" on {}", p.host),
+            _ => String::new(),
+        };
         self.status = Some(Status {
-            text: format!("{doing} {name}…"),
+            text: format!("{doing} {name}{on}…"),
             until: None,
         });
-        vec![effect(name)]
+        vec![effect(id, name)]
     }
 
     // -- drawing --
+
+    /// How an instance is named in titles: `api #3` here, `api#1 on web1` on a stage.
+    pub(super) fn label(&self, p: &pb::ProcessInfo) -> String {
+        match self.stage {
+            Some(_) => format!("{}#{} on {}", p.name, p.instance, p.host),
+            None => format!("{} #{}", p.name, p.id),
+        }
+    }
 
     pub(super) fn style(&self, colour: Color) -> Style {
         if self.colour {
@@ -320,15 +354,21 @@ impl Dashboard {
     }
 
     pub(super) fn render_table(&mut self, frame: &mut Frame<'_>, area: Rect) {
-        let header = Row::new(["id", "name", "namespace", "status", "↺", "cpu", "mem"])
+        // A stage's table names each instance's host instead of the agent's id.
+        let first = if self.stage.is_some() { "host" } else { "id" };
+        let header = Row::new([first, "name", "namespace", "status", "↺", "cpu", "mem"])
             .style(Style::new().add_modifier(Modifier::BOLD));
-        let rows: Vec<Row<'_>> = self
+        let mut rows: Vec<Row<'_>> = self
             .processes
             .iter()
             .map(|p| {
                 let status = output::status_name(p.status);
+                let first = match self.stage {
+                    Some(_) => p.host.clone(),
+                    None => p.id.to_string(),
+                };
                 Row::new([
-                    Cell::from(p.id.to_string()),
+                    Cell::from(first),
                     Cell::from(p.name.clone()),
                     Cell::from(p.namespace.clone()),
                     Cell::from(status).style(self.style(status_colour(p.status))),
@@ -338,11 +378,31 @@ impl Dashboard {
                 ])
             })
             .collect();
-        let title = match self.processes.len() {
-            0 => " fleet monit: no app is running ".to_string(),
-            1 => " fleet monit: 1 instance ".to_string(),
-            n => format!(" fleet monit: {n} instances "),
+        // Hosts out of reach come last, marked, never selectable.
+        for entry in &self.unreachable {
+            let (host, why) = entry.split_once(": ").unwrap_or((entry, ""));
+            rows.push(Row::new([
+                Cell::from(host.to_owned()),
+                Cell::from(why.to_owned()).style(self.style(Color::Red)),
+                Cell::from(""),
+                Cell::from("unreachable").style(self.style(Color::Red)),
+                Cell::from(""),
+                Cell::from(""),
+                Cell::from(""),
+            ]));
+        }
+        let scope = match &self.stage {
+            Some(stage) => format!("{stage}: "),
+            None => String::new(),
         };
+        let mut title = match self.processes.len() {
+            0 => format!(" fleet monit {scope}no app is running "),
+            1 => format!(" fleet monit {scope}1 instance "),
+            n => format!(" fleet monit {scope}{n} instances "),
+        };
+        if !self.unreachable.is_empty() {
+            title.push_str(&format!("· {} unreachable ", self.unreachable.len()));
+        }
         // Reverse video is an attribute, not a colour; the `>` marks the row anyway.
         let highlight = if self.colour {
             Style::new().add_modifier(Modifier::REVERSED | Modifier::BOLD)
@@ -350,7 +410,7 @@ impl Dashboard {
             Style::new().add_modifier(Modifier::BOLD)
         };
         let widths = [
-            Constraint::Length(4),
+            Constraint::Length(if self.stage.is_some() { 14 } else { 4 }),
             Constraint::Fill(2),
             Constraint::Fill(1),
             Constraint::Length(15), // "waiting-restart"
@@ -371,7 +431,7 @@ impl Dashboard {
     pub(super) fn render_charts(&self, frame: &mut Frame<'_>, cpu: Rect, memory: Rect) {
         let selected = self.selected_process();
         let history = selected.and_then(|p| self.history.get(&p.id));
-        let label = selected.map_or(String::new(), |p| format!("{} #{}", p.name, p.id));
+        let label = selected.map_or(String::new(), |p| self.label(p));
         let last = |area: Rect, samples: Option<&VecDeque<u64>>| -> Vec<u64> {
             let width = usize::from(area.width.saturating_sub(2));
             samples.map_or(Vec::new(), |samples| {
@@ -431,7 +491,7 @@ impl Dashboard {
         self.log.page = rows;
         self.log.scroll_back = self.log.scroll_back.min(self.log.max_scroll());
         let mut title = match self.selected_process() {
-            Some(p) => format!(" logs: {} #{} ", p.name, p.id),
+            Some(p) => format!(" logs: {} ", self.label(p)),
             None => " logs ".to_string(),
         };
         if self.log.scroll_back > 0 {

@@ -1,7 +1,8 @@
 //! `fleet monit`: the live terminal dashboard (ratatui over crossterm). Owns the
 //! terminal while it runs (alternate screen and raw mode, restored on exit, on error
 //! and on panic) and the dashboard's state; the data comes from the agent, polled
-//! through `List` and streamed through `Logs`.
+//! through `List` and streamed through `Logs`, or with `fleet monit <stage>` from every
+//! host of the stage (`stage`: through the controller or over SSH).
 //!
 //! One task per source (list poller, log stream, a thread reading keys) feeds one
 //! channel; `Dashboard` is the synchronous core that turns those messages into state
@@ -11,8 +12,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IsTerminal, Stdout};
 use std::path::Path;
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use fleet_proto::agent::v1 as pb;
@@ -81,8 +82,42 @@ pub async fn run(home: &Path) -> Result<(), Failure> {
     let colour = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let mut screen =
         Screen::enter().map_err(|e| Failure::failed(format!("cannot set up the terminal: {e}")))?;
-    let result = dashboard_loop(&mut screen.terminal, client, colour).await;
+    let result = dashboard_loop(
+        &mut screen.terminal,
+        Source::Local(client),
+        Dashboard::new(colour),
+    )
+    .await;
     // Restore before main prints any error, so the message lands on the normal screen.
+    drop(screen);
+    result
+}
+
+/// `fleet monit <stage>`: the same dashboard over every host of the stage. Fails with
+/// exit code 1 before touching the terminal when the route to the stage (its
+/// controller, or its SSH settings) cannot be set up.
+pub async fn run_stage(
+    stage: fleet_remote::stage::Stage,
+    ssh: fleet_remote::ssh::SshChoices,
+) -> Result<(), Failure> {
+    if !io::stdout().is_terminal() {
+        return Err(Failure::usage(format!(
+            "`fleet monit {}` needs a terminal\nhint: `fleet status {} --json` prints the same data for scripts",
+            stage.name, stage.name
+        )));
+    }
+    // Warnings (a new host key) would land under the dashboard: collect them instead.
+    let ssh = fleet_remote::ssh::SshChoices {
+        print_warnings: false,
+        ..ssh
+    };
+    let api = stage.connect(&ssh).await?;
+    let colour = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let dashboard = Dashboard::of_stage(colour, &stage.name);
+    let source = Source::Stage(Arc::new(stage::StageSource::new(stage, ssh, api)));
+    let mut screen =
+        Screen::enter().map_err(|e| Failure::failed(format!("cannot set up the terminal: {e}")))?;
+    let result = dashboard_loop(&mut screen.terminal, source, dashboard).await;
     drop(screen);
     result
 }
@@ -146,6 +181,8 @@ fn restore_terminal() {
 #[derive(Debug)]
 enum Message {
     List(Result<Vec<pb::ProcessInfo>, tonic::Status>),
+    /// A stage's hosts that could not be reached, as `host: why`, before each `List`.
+    Unreachable(Vec<String>),
     /// From the log stream started for `generation` (older streams' leftovers are ignored).
     Log {
         generation: u64,
@@ -179,12 +216,26 @@ enum Effect {
         generation: u64,
         follow: Option<(u32, String)>,
     },
-    Restart(String),
-    Stop(String),
+    /// Restart or stop the app of instance `id` (on its host, on a stage).
+    Restart {
+        id: u32,
+        name: String,
+    },
+    Stop {
+        id: u32,
+        name: String,
+    },
+}
+
+/// Where the dashboard's data comes from.
+#[derive(Clone)]
+enum Source {
+    Local(Client),
+    Stage(Arc<stage::StageSource>),
 }
 
 struct Shell {
-    client: Client,
+    source: Source,
     sender: mpsc::Sender<Message>,
     log_task: Option<JoinHandle<()>>,
 }
@@ -201,45 +252,63 @@ impl Shell {
                         task.abort();
                     }
                     if let Some((id, target)) = follow {
-                        self.log_task = Some(tokio::spawn(follow_logs(
-                            self.client.clone(),
-                            self.sender.clone(),
-                            generation,
-                            id,
-                            target,
-                        )));
+                        let sender = self.sender.clone();
+                        self.log_task = Some(match &self.source {
+                            Source::Local(client) => tokio::spawn(follow_logs(
+                                client.clone(),
+                                sender,
+                                generation,
+                                id,
+                                target,
+                            )),
+                            Source::Stage(stage) => tokio::spawn(stage::follow_logs(
+                                stage.clone(),
+                                sender,
+                                generation,
+                                id,
+                                target,
+                            )),
+                        });
                     }
                 }
-                Effect::Restart(name) => {
-                    let mut client = self.client.clone();
-                    let sender = self.sender.clone();
-                    tokio::spawn(async move {
+                Effect::Restart { id, name } => self.act(id, name, true),
+                Effect::Stop { id, name } => self.act(id, name, false),
+            }
+        }
+        None
+    }
+
+    /// Restarts (or stops) an app: here, every instance of it; on a stage, the app on
+    /// the selected instance's host.
+    fn act(&self, id: u32, name: String, restart: bool) {
+        let sender = self.sender.clone();
+        match &self.source {
+            Source::Stage(stage) => {
+                tokio::spawn(stage::act(stage.clone(), sender, id, name, restart));
+            }
+            Source::Local(client) => {
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    let text = if restart {
                         let result = client
                             .restart(pb::RestartRequest {
                                 targets: vec![name.clone()],
                                 ..Default::default()
                             })
                             .await;
-                        let text = action_result(&name, "restarted", "restart", result);
-                        let _ = sender.send(Message::ActionDone(text)).await;
-                    });
-                }
-                Effect::Stop(name) => {
-                    let mut client = self.client.clone();
-                    let sender = self.sender.clone();
-                    tokio::spawn(async move {
+                        action_result(&name, "restarted", "restart", result)
+                    } else {
                         let result = client
                             .stop(pb::TargetRequest {
                                 targets: vec![name.clone()],
                             })
                             .await;
-                        let text = action_result(&name, "stopped", "stop", result);
-                        let _ = sender.send(Message::ActionDone(text)).await;
-                    });
-                }
+                        action_result(&name, "stopped", "stop", result)
+                    };
+                    let _ = sender.send(Message::ActionDone(text)).await;
+                });
             }
         }
-        None
     }
 }
 
@@ -277,19 +346,21 @@ fn status_text(status: &tonic::Status) -> String {
 
 async fn dashboard_loop(
     terminal: &mut Terminal<CrosstermBackend<Stdout>>,
-    client: Client,
-    colour: bool,
+    source: Source,
+    mut dashboard: Dashboard,
 ) -> Result<(), Failure> {
     let (sender, mut receiver) = mpsc::channel(CHANNEL_CAPACITY);
-    let poller = tokio::spawn(poll_list(client.clone(), sender.clone()));
+    let poller = match &source {
+        Source::Local(client) => tokio::spawn(poll_list(client.clone(), sender.clone())),
+        Source::Stage(stage) => tokio::spawn(stage::poll(stage.clone(), sender.clone())),
+    };
     spawn_input_thread(sender.clone());
     let signals = tokio::spawn(wait_for_signal(sender.clone()));
     let mut shell = Shell {
-        client,
+        source,
         sender,
         log_task: None,
     };
-    let mut dashboard = Dashboard::new(colour);
     let mut last_draw: Option<Instant> = None;
     let mut dirty = true;
     let result = loop {
@@ -447,5 +518,6 @@ fn spawn_input_thread(sender: mpsc::Sender<Message>) {
 // The dashboard: state in, effects out, and how it looks
 
 mod dashboard;
+mod stage;
 
 use dashboard::*;

@@ -178,80 +178,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Option<Alerts>, String> {
     };
     let mut targets = Vec::new();
     for (n, hook) in section.webhook.into_iter().enumerate() {
-        let key = format!("webhook[{n}]");
-        let url: http::Uri = hook
-            .url
-            .parse()
-            .map_err(|e| at(&format!("{key}.url"), format!("{e}")))?;
-        let host = url.host().unwrap_or_default();
-        match url.scheme_str() {
-            Some("https") => {}
-            Some("http") if is_loopback(host) => {}
-            _ => {
-                return Err(at(
-                    &format!("{key}.url"),
-                    "only https:// (http:// to a loopback address)".into(),
-                ));
-            }
-        }
-        targets.push(Target::Webhook {
-            name: target_name(hook.name, "webhook", n, &key, &at)?,
-            url,
-            format: hook.format,
-            ca_pem: read_ca(hook.ca_file.as_deref(), &key, &at)?,
-        });
+        targets.push(webhook(n, hook, &at)?);
     }
-    for (n, email) in section.email.into_iter().enumerate() {
-        let key = format!("email[{n}]");
-        let url: http::Uri = email
-            .smtp
-            .parse()
-            .map_err(|e| at(&format!("{key}.smtp"), format!("{e}")))?;
-        let host = url.host().unwrap_or_default().to_owned();
-        let implicit_tls = match url.scheme_str() {
-            Some("smtps") => true,
-            Some("smtp") => false,
-            _ => {
-                return Err(at(
-                    &format!("{key}.smtp"),
-                    "expected smtps://host[:465] or smtp://host[:587] (STARTTLS)".into(),
-                ));
-            }
-        };
-        if email.to.is_empty() {
-            return Err(at(&format!("{key}.to"), "names no recipient".into()));
-        }
-        for address in std::iter::once(&email.from).chain(&email.to) {
-            address
-                .parse::<lettre::Address>()
-                .map_err(|e| at(&key, format!("{address:?} is not an email address: {e}")))?;
-        }
-        let credentials = match (email.username, email.password_file) {
-            (Some(user), Some(file)) => {
-                let password = std::fs::read_to_string(&file).map_err(|e| {
-                    at(
-                        &format!("{key}.password_file"),
-                        format!("{}: {e}", file.display()),
-                    )
-                })?;
-                Some((user, password.trim_end_matches(['\r', '\n']).to_owned()))
-            }
-            (None, None) => None,
-            _ => return Err(at(&key, "username and password_file go together".into())),
-        };
-        targets.push(Target::Email {
-            name: target_name(email.name, "email", n, &key, &at)?,
-            port: url
-                .port_u16()
-                .unwrap_or(if implicit_tls { 465 } else { 587 }),
-            loopback: is_loopback(&host),
-            host,
-            implicit_tls,
-            from: email.from,
-            to: email.to,
-            credentials,
-            ca_pem: read_ca(email.ca_file.as_deref(), &key, &at)?,
-        });
+    for (n, section) in section.email.into_iter().enumerate() {
+        targets.push(email(n, section, &at)?);
     }
     Ok(Some(Alerts {
         rules: RuleConfig {
@@ -263,6 +193,94 @@ pub fn parse(text: &str, path: &Path) -> Result<Option<Alerts>, String> {
         },
         targets,
     }))
+}
+
+/// One `[[alerts.webhook]]`, the `n`th.
+fn webhook(
+    n: usize,
+    hook: WebhookSection,
+    at: &dyn Fn(&str, String) -> String,
+) -> Result<Target, String> {
+    let key = format!("webhook[{n}]");
+    let url: http::Uri = hook
+        .url
+        .parse()
+        .map_err(|e| at(&format!("{key}.url"), format!("{e}")))?;
+    let host = url.host().unwrap_or_default();
+    match url.scheme_str() {
+        Some("https") => {}
+        Some("http") if is_loopback(host) => {}
+        _ => {
+            return Err(at(
+                &format!("{key}.url"),
+                "only https:// (http:// to a loopback address)".into(),
+            ));
+        }
+    }
+    Ok(Target::Webhook {
+        name: target_name(hook.name, "webhook", n, &key, at)?,
+        url,
+        format: hook.format,
+        ca_pem: read_ca(hook.ca_file.as_deref(), &key, at)?,
+    })
+}
+
+/// One `[[alerts.email]]`, the `n`th.
+fn email(
+    n: usize,
+    email: EmailSection,
+    at: &dyn Fn(&str, String) -> String,
+) -> Result<Target, String> {
+    let key = format!("email[{n}]");
+    let url: http::Uri = email
+        .smtp
+        .parse()
+        .map_err(|e| at(&format!("{key}.smtp"), format!("{e}")))?;
+    let host = url.host().unwrap_or_default().to_owned();
+    let implicit_tls = match url.scheme_str() {
+        Some("smtps") => true,
+        Some("smtp") => false,
+        _ => {
+            return Err(at(
+                &format!("{key}.smtp"),
+                "expected smtps://host[:465] or smtp://host[:587] (STARTTLS)".into(),
+            ));
+        }
+    };
+    if email.to.is_empty() {
+        return Err(at(&format!("{key}.to"), "names no recipient".into()));
+    }
+    for address in std::iter::once(&email.from).chain(&email.to) {
+        address
+            .parse::<lettre::Address>()
+            .map_err(|e| at(&key, format!("{address:?} is not an email address: {e}")))?;
+    }
+    let credentials = match (email.username, email.password_file) {
+        (Some(user), Some(file)) => {
+            let password = std::fs::read_to_string(&file).map_err(|e| {
+                at(
+                    &format!("{key}.password_file"),
+                    format!("{}: {e}", file.display()),
+                )
+            })?;
+            Some((user, password.trim_end_matches(['\r', '\n']).to_owned()))
+        }
+        (None, None) => None,
+        _ => return Err(at(&key, "username and password_file go together".into())),
+    };
+    Ok(Target::Email {
+        name: target_name(email.name, "email", n, &key, at)?,
+        port: url
+            .port_u16()
+            .unwrap_or(if implicit_tls { 465 } else { 587 }),
+        loopback: is_loopback(&host),
+        host,
+        implicit_tls,
+        from: email.from,
+        to: email.to,
+        credentials,
+        ca_pem: read_ca(email.ca_file.as_deref(), &key, at)?,
+    })
 }
 
 fn is_loopback(host: &str) -> bool {

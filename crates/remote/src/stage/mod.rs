@@ -48,6 +48,7 @@ impl StageError {
 }
 
 /// A stage and how to reach its hosts.
+#[derive(Clone)]
 pub struct Stage {
     pub name: String,
     /// The config file the stage comes from (absolute).
@@ -170,6 +171,11 @@ pub trait StageApi: Send {
         &mut self,
         query: LogsQuery,
     ) -> BoxFuture<'_, Result<mpsc::Receiver<LogItem>, StageError>>;
+
+    /// How long `status` waits for each host before calling it unreachable (a live
+    /// view wants seconds, not `fleet status`'s patience). The controller answers from
+    /// memory and has its own heartbeat deadline.
+    fn set_status_timeout(&mut self, _timeout: Duration) {}
 }
 
 /// The user, port and key a host is reached with (hosts may override the stage's).
@@ -201,7 +207,10 @@ impl Stage {
                 fleet_home: self.config.fleet_home.clone(),
             })
             .collect();
-        Ok(Box::new(ssh::SshStage { hosts }))
+        Ok(Box::new(ssh::SshStage {
+            hosts,
+            status_timeout: STATUS_TIMEOUT,
+        }))
     }
 
     /// Every host with its effective settings and the SSH pool that reaches it: one pool

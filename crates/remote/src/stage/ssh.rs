@@ -2,6 +2,7 @@
 //! the hosts in parallel (or rolling, for a reload) as `fleet_proto::ops` decides.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleet_proto::agent::v1 as apb;
 use fleet_proto::agent::v1::agent_service_client::AgentServiceClient;
@@ -12,7 +13,7 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use super::{HostOutcome, LOG_QUEUE, LogItem, LogsQuery, STATUS_TIMEOUT, StageApi, StageError};
+use super::{HostOutcome, LOG_QUEUE, LogItem, LogsQuery, StageApi, StageError};
 use crate::ssh::Pool;
 
 /// One host of a stage and the pool that reaches it.
@@ -43,6 +44,8 @@ pub async fn agent_client(
 
 pub(super) struct SshStage {
     pub(super) hosts: Vec<SshHost>,
+    /// How long `status` waits for each host.
+    pub(super) status_timeout: Duration,
 }
 
 /// The agent reports the machine's hostname; the stage's name for the host is what
@@ -84,14 +87,19 @@ async fn run_on_host(host: SshHost, action: cpb::Action, call: AgentCall) -> Hos
 }
 
 impl StageApi for SshStage {
+    fn set_status_timeout(&mut self, timeout: Duration) {
+        self.status_timeout = timeout;
+    }
+
     fn status(&mut self) -> BoxFuture<'_, Result<Vec<HostOutcome>, StageError>> {
         let hosts = self.hosts.clone();
+        let timeout = self.status_timeout;
         async move {
             let jobs: Vec<_> = hosts
                 .into_iter()
                 .map(|host| {
                     tokio::spawn(async move {
-                        let answer = tokio::time::timeout(STATUS_TIMEOUT, async {
+                        let answer = tokio::time::timeout(timeout, async {
                             let mut client = agent_client(&host, ops::ANY_MINOR).await?;
                             let list = client
                                 .list(apb::ListRequest::default())
@@ -102,7 +110,7 @@ impl StageApi for SshStage {
                         })
                         .await
                         .unwrap_or_else(|_| {
-                            Err(format!("no answer within {}s", STATUS_TIMEOUT.as_secs()))
+                            Err(format!("no answer within {}s", timeout.as_secs()))
                         });
                         let (result, metrics) = match answer {
                             Ok((processes, metrics)) => (Ok(processes), metrics),

@@ -71,7 +71,10 @@ fn first_list_selects_the_first_instance_and_follows_its_log() {
     );
     assert_eq!(
         dashboard.handle(key(KeyCode::Char('r')), Instant::now()),
-        vec![Effect::Restart("worker".into())]
+        vec![Effect::Restart {
+            id: 1,
+            name: "worker".into()
+        }]
     );
     assert_eq!(
         dashboard.handle(key(KeyCode::Char('q')), Instant::now()),
