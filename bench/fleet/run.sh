@@ -25,6 +25,9 @@
 #      and guessed `Join`s and 50 clients call `Status` with a revoked token, while the
 #      stage's `Status` is called 200 times; it prints how many abusive requests were
 #      sent and refused, the status p50/p99 meanwhile and the controller's RSS growth.
+# and, on the test bed through the controller, a log flood: every host writes numbered
+# lines while `fleet logs <stage> -f` follows them (lines a second printed, latency from
+# a line's write to its print, lines reported missed against lines that never arrived);
 # and prints a table against the issues' targets (through the controller p99 under
 # 50 ms at 1,000 hosts with controller RSS under 150 MB; over SSH to 20 hosts under
 # 1.5 s; during the abuse, status p99 under 50 ms, RSS growth under 20 MB and every
@@ -35,6 +38,8 @@
 #   --controller-runs N  timed runs per stage through the controller (default 50)
 #   --scale-runs N       runs of the 1,000-agent simulation; medians count (default 3)
 #   --apps N             apps per test-bed host (default 10, as in the simulation)
+#   --flood-rate N       lines a second each host writes in the log flood (default 1000)
+#   --flood-seconds N    how long the flood lasts (default 10)
 #   --no-scale           skip the 1,000-agent simulation and the abuse run
 #   --no-build           use the existing release binaries (CLI, agent, controller and
 #                        the controller's test binary)
@@ -62,6 +67,8 @@ SSH_RUNS=20
 CTL_RUNS=50
 SCALE_RUNS=3
 APPS=10
+FLOOD_RATE=1000
+FLOOD_SECONDS=10
 WITH_SCALE=1
 BUILD=1
 while (($#)); do
@@ -70,6 +77,8 @@ while (($#)); do
     --controller-runs) CTL_RUNS=${2:?--controller-runs needs a number}; shift ;;
     --scale-runs) SCALE_RUNS=${2:?--scale-runs needs a number}; shift ;;
     --apps) APPS=${2:?--apps needs a number}; shift ;;
+    --flood-rate) FLOOD_RATE=${2:?--flood-rate needs a number}; shift ;;
+    --flood-seconds) FLOOD_SECONDS=${2:?--flood-seconds needs a number}; shift ;;
     --no-scale) WITH_SCALE=0 ;;
     --no-build) BUILD=0 ;;
     -h | --help) usage; exit 0 ;;
@@ -77,7 +86,7 @@ while (($#)); do
   esac
   shift
 done
-for v in "$SSH_RUNS" "$CTL_RUNS" "$SCALE_RUNS" "$APPS"; do
+for v in "$SSH_RUNS" "$CTL_RUNS" "$SCALE_RUNS" "$APPS" "$FLOOD_RATE" "$FLOOD_SECONDS"; do
   [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "--ssh-runs, --controller-runs, --scale-runs and --apps take positive integers" >&2; exit 2; }
 done
 
@@ -313,7 +322,8 @@ for ((i = 1; i <= HOSTS; i++)); do
   addr=${ADDR[i - 1]}
   join=$("$CONTROLLER" join-token "$addr" --data "$CTL_DATA" 2>"$WORK/join.err") && [[ -n $join ]] ||
     { cat "$WORK/join.err" >&2; die "join-token $addr failed"; }
-  bed exec "h$i" -- "$AGENT" --home /srv/fleet/home join "$URL" "$join" --host "$addr" \
+  # The token goes in the agent's environment (nsenter passes it on), never in an argv.
+  FLEET_JOIN_TOKEN=$join bed exec "h$i" -- "$AGENT" --home /srv/fleet/home join "$URL" --host "$addr" \
     --ca "$CTL_DATA/ca.pem" >"$WORK/join-h$i.log" 2>&1 || { cat "$WORK/join-h$i.log" >&2; die "join on h$i failed"; }
   pid=$(bed exec "h$i" -- cat /srv/fleet/home/agent.pid | tr -dc '0-9')
   [[ -n $pid ]] || die "no agent.pid on h$i"
@@ -334,6 +344,42 @@ measure ctl "$CTL_RUNS"
 R[ctl20.cpu_pct]=$(awk -v t=$(($(cpu_ticks "$CTL_PID") - c0)) -v hz="$CLK_TCK" -v us=$(($(now_us) - t0)) \
   'BEGIN { printf "%.1f", 100 * t / hz / (us / 1e6) }')
 R[ctl20.rss_kb]=$(rss_kb "$CTL_PID")
+
+# --- a log flood through the controller ----------------------------------------
+# Every host floods FLOOD_RATE numbered lines a second for FLOOD_SECONDS while `fleet
+# logs twenty flood -f --json` follows them through the controller; flood_reader.py
+# starts the flood once it hears every host, times each line from its write on the host
+# to its arrival here (one clock: the hosts are namespaces), and compares the lines the
+# stream reported missed with those that never arrived.
+log "flood: $HOSTS hosts x $FLOOD_RATE lines/s for $FLOOD_SECONDS s through the controller"
+GO="$WORK/flood.go"
+install -m 755 "$HERE/flood.py" "$WORK/apps/flood.py"
+printf '[apps.flood]\nscript = "%s"\ninterpreter = "python3"\nargs = ["%s", "%s", "%s"]\n' \
+  "$WORK/apps/flood.py" "$GO" "$FLOOD_RATE" "$FLOOD_SECONDS" >"$WORK/apps/flood.toml"
+for ((i = 1; i <= HOSTS; i++)); do
+  bed exec "h$i" -- "$FLEET" start "$WORK/apps/flood.toml" >"$WORK/flood-h$i.log" 2>&1 ||
+    { cat "$WORK/flood-h$i.log" >&2; die "starting the flood on h$i failed"; }
+done
+mkfifo "$WORK/flood.fifo"
+FLEET_CONTROLLER=${CTL_ENV[0]} FLEET_TOKEN=${CTL_ENV[1]} FLEET_CA=${CTL_ENV[2]} \
+  "$FLEET" logs twenty flood -f --json --lines 0 >"$WORK/flood.fifo" 2>"$WORK/flood.err" &
+FLOOD_LOGS=$!
+python3 "$HERE/flood_reader.py" "$HOSTS" $((FLOOD_SECONDS + 60)) "$GO" <"$WORK/flood.fifo" >"$WORK/flood.out" || true
+# The follower never ends on its own (`-f`): the reader is done with it.
+kill "$FLOOD_LOGS" 2>/dev/null || true
+wait "$FLOOD_LOGS" 2>/dev/null || true
+line=$(grep '^flood: ' "$WORK/flood.out" || true)
+if [[ $line =~ wrote\ ([0-9]+)\ received\ ([0-9]+).*\(([0-9]+)\ lines/s\),\ p50\ ([0-9.-]+)\ ms\ p99\ ([0-9.-]+)\ ms,\ missed\ reported\ ([0-9]+)\ actual\ (-?[0-9]+) ]]; then
+  R[flood.written]=${BASH_REMATCH[1]}
+  R[flood.received]=${BASH_REMATCH[2]}
+  R[flood.rate]=${BASH_REMATCH[3]}
+  R[flood.p50]=${BASH_REMATCH[4]}
+  R[flood.p99]=${BASH_REMATCH[5]}
+  R[flood.reported]=${BASH_REMATCH[6]}
+  R[flood.actual]=${BASH_REMATCH[7]}
+else
+  log "the flood printed no figures:"; cat "$WORK/flood.out" "$WORK/flood.err" >&2
+fi
 CTL_ENV=()
 
 # The bed and its controller go before the simulation, so they take no CPU from it.
@@ -498,6 +544,10 @@ row "status via SSH, $HOSTS hosts, ms ($SSH_RUNS runs)" "$(lat ssh twenty "$SSH_
 row "status via controller, $FIVE hosts, ms ($CTL_RUNS runs)" "$(lat ctl five "$CTL_RUNS")" "-" "info"
 row "status via controller, $HOSTS hosts, ms ($CTL_RUNS runs)" "$(lat ctl twenty "$CTL_RUNS")" "-" "info"
 row "controller with $HOSTS agents: RSS MB / CPU during runs" "$(mb ctl20.rss_kb) MB / $(get ctl20.cpu_pct)% of a core" "-" "info"
+row "log flood, $HOSTS hosts x $FLOOD_RATE lines/s: lines/s printed ($(get flood.received) of $(get flood.written))" "$(get flood.rate)" "-" "info"
+row "log flood: write-to-print latency p50 / p99, ms" "$(get flood.p50) / $(get flood.p99)" "p99 < 250" "$(ok "$(get flood.p99) < 250")"
+row "log flood: lines reported missed / actually missed" "$(get flood.reported) / $(get flood.actual)" "equal" \
+  "$([[ ${R[flood.reported]:-x} == "${R[flood.actual]:-y}" ]] && echo PASS || echo FAIL)"
 if ((WITH_SCALE)); then
   row "status via controller, ${S_HOSTS:-?} simulated hosts, ms (gRPC, ${S_CALLS:-?} calls)" \
     "p50 $(get scale.p50) / p99 $(get scale.p99) (worst p99 $(get scale.p99_max))" "p99 < 50" "$(ok "$(get scale.p99) < 50")"
