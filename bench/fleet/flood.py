@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""A flooding app for bench/fleet/run.sh: says `ready` until GO (a file) exists, then writes RATE
-numbered lines a second for SECONDS, each `SEQ WRITTEN_US`, one write per line, then
-`done SEQ` and sleeps. Usage: flood.py GO RATE SECONDS"""
+"""A flooding app for bench/fleet/run.sh: says `ready` until GO (a file) exists, then
+writes RATE numbered lines a second for SECONDS, each `SEQ WRITTEN_US`, one write per
+line, then `done SEQ`, records SEQ in GO.count.PID (the reader's count of what was
+written, even if the `done` line is lost on the way) and sleeps.
+Usage: flood.py GO RATE SECONDS"""
 import os
 import sys
 import time
@@ -26,4 +28,6 @@ while True:
     time.sleep(0.001)
 out.write("done %d\n" % seq)
 out.flush()
+with open("%s.count.%d" % (go, os.getpid()), "w") as count:
+    count.write("%d\n" % seq)
 time.sleep(100000)

@@ -364,7 +364,7 @@ mkfifo "$WORK/flood.fifo"
 FLEET_CONTROLLER=${CTL_ENV[0]} FLEET_TOKEN=${CTL_ENV[1]} FLEET_CA=${CTL_ENV[2]} \
   "$FLEET" logs twenty flood -f --json --lines 0 >"$WORK/flood.fifo" 2>"$WORK/flood.err" &
 FLOOD_LOGS=$!
-python3 "$HERE/flood_reader.py" "$HOSTS" $((FLOOD_SECONDS + 60)) "$GO" <"$WORK/flood.fifo" >"$WORK/flood.out" || true
+python3 "$HERE/flood_reader.py" "$HOSTS" $((FLOOD_SECONDS + 90)) "$GO" <"$WORK/flood.fifo" >"$WORK/flood.out" || true
 # The follower never ends on its own (`-f`): the reader is done with it.
 kill "$FLOOD_LOGS" 2>/dev/null || true
 wait "$FLOOD_LOGS" 2>/dev/null || true

@@ -32,9 +32,10 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often the host's metrics may go to the controller (sampled every 5 s).
 const HOST_METRICS_INTERVAL: Duration = Duration::from_secs(10);
-/// Log lines are sent in batches of at most this many, or after this long.
+/// Log lines are sent in batches of at most this many, closed this long after their
+/// first line.
 const LOG_BATCH_LINES: usize = 256;
-const LOG_BATCH_WAIT: Duration = Duration::from_millis(50);
+const LOG_BATCH_WAIT: Duration = Duration::from_millis(20);
 
 /// Where a joined agent keeps its controller settings: `FLEET_HOME/controller/`.
 #[derive(Clone, Debug)]
@@ -596,26 +597,37 @@ async fn forward_logs(
         return;
     };
     loop {
-        let mut entries = Vec::new();
+        // A batch starts with the next line and closes `LOG_BATCH_WAIT` after it (or
+        // full): a quiet app's line waits at most that, a flood travels in batches.
+        let Some(first) = lines.recv().await else {
+            if !subscribe.follow {
+                // An empty batch tells the controller the history is complete.
+                let _ = tx.send(batch(subscribe.subscription_id, Vec::new())).await;
+            }
+            return;
+        };
+        let mut entries = vec![first];
         let deadline = tokio::time::Instant::now() + LOG_BATCH_WAIT;
+        let mut ended = false;
         while entries.len() < LOG_BATCH_LINES {
             match tokio::time::timeout_at(deadline, lines.recv()).await {
-                Ok(Some(mut entry)) => {
-                    entry.host = host.clone();
-                    entries.push(entry);
-                }
+                Ok(Some(entry)) => entries.push(entry),
                 Ok(None) => {
-                    if !entries.is_empty() {
-                        let _ = tx.send(batch(subscribe.subscription_id, entries)).await;
-                    }
-                    if !subscribe.follow {
-                        // An empty batch tells the controller the history is complete.
-                        let _ = tx.send(batch(subscribe.subscription_id, Vec::new())).await;
-                    }
-                    return;
+                    ended = true;
+                    break;
                 }
                 Err(_) => break,
             }
+        }
+        for entry in &mut entries {
+            entry.host.clone_from(&host);
+        }
+        if ended {
+            let _ = tx.send(batch(subscribe.subscription_id, entries)).await;
+            if !subscribe.follow {
+                let _ = tx.send(batch(subscribe.subscription_id, Vec::new())).await;
+            }
+            return;
         }
         if !entries.is_empty()
             && tx

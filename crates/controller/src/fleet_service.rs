@@ -161,11 +161,17 @@ impl FleetService for FleetApi {
         let (tx, rx) = mpsc::channel(LOG_QUEUE_BATCHES);
         let mut subscriptions = Vec::new();
         let mut notices = Vec::new();
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for host in stage.hosts {
             match registry.reach(&host) {
                 Ok(link) => {
                     let subscription_id = registry.next_id();
-                    link.add_log_subscription(subscription_id, tx.clone(), request.follow);
+                    link.add_log_subscription(
+                        subscription_id,
+                        tx.clone(),
+                        request.follow,
+                        dropped.clone(),
+                    );
                     if link.is_ended() {
                         link.remove_log_subscription(subscription_id);
                         continue;
@@ -190,6 +196,7 @@ impl FleetService for FleetApi {
             queue: rx,
             ready: notices.into_iter(),
             subscriptions,
+            dropped,
             deadline: (!request.follow).then(|| Box::pin(tokio::time::sleep(LOG_HISTORY_DEADLINE))),
         }))
     }
@@ -372,6 +379,8 @@ pub(crate) struct MergedLogs {
     queue: mpsc::Receiver<Vec<LogEntry>>,
     ready: std::vec::IntoIter<LogEntry>,
     subscriptions: Vec<(Arc<SessionLink>, u64)>,
+    /// Some host's sink dropped lines: once the queue is empty, tell them.
+    dropped: Arc<std::sync::atomic::AtomicBool>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -392,6 +401,19 @@ impl Stream for MergedLogs {
             match this.queue.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => this.ready = batch.into_iter(),
                 Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending
+                    if this
+                        .dropped
+                        .swap(false, std::sync::atomic::Ordering::AcqRel) =>
+                {
+                    // Everything queued was read: the drop notices fit now.
+                    for (link, subscription_id) in &this.subscriptions {
+                        if link.flush_dropped(*subscription_id) {
+                            this.dropped
+                                .store(true, std::sync::atomic::Ordering::Release);
+                        }
+                    }
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }

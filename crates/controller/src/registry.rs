@@ -5,7 +5,7 @@
 //! Locks here are short and never held across an `.await`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -446,8 +446,12 @@ fn compact(mut process: ProcessInfo, host: &str) -> ProcessInfo {
 struct LogSink {
     tx: mpsc::Sender<Vec<LogEntry>>,
     follow: bool,
-    /// Lines dropped because the CLI read too slowly, reported with the next batch.
+    /// Lines dropped because the CLI read too slowly, reported with the next batch or
+    /// as soon as the watcher's queue is empty (`flush_dropped`).
     dropped: crate::logdrops::Dropped,
+    /// Set when this sink dropped lines: the watcher's stream then flushes the notices
+    /// once it has read everything queued.
+    pending: Arc<AtomicBool>,
 }
 
 /// What became of a log batch.
@@ -558,15 +562,44 @@ impl SessionLink {
         }
     }
 
-    pub fn add_log_subscription(&self, id: u64, tx: mpsc::Sender<Vec<LogEntry>>, follow: bool) {
+    pub fn add_log_subscription(
+        &self,
+        id: u64,
+        tx: mpsc::Sender<Vec<LogEntry>>,
+        follow: bool,
+        pending: Arc<AtomicBool>,
+    ) {
         lock(&self.logs).insert(
             id,
             LogSink {
                 tx,
                 follow,
                 dropped: Default::default(),
+                pending,
             },
         );
+    }
+
+    /// Sends the notices of lines this subscription dropped, if any and if its watcher's
+    /// queue has room (a flood's last lost lines are told even if no line follows).
+    /// True while some remain untold.
+    pub fn flush_dropped(&self, id: u64) -> bool {
+        let mut logs = lock(&self.logs);
+        let Some(sink) = logs.get_mut(&id) else {
+            return false;
+        };
+        let notices = (sink.dropped).take_notices(&self.host, crate::now_unix_ms());
+        if notices.is_empty() {
+            return false;
+        }
+        match sink.tx.try_send(notices) {
+            Ok(()) => false,
+            Err(mpsc::error::TrySendError::Full(notices)) => {
+                sink.dropped.count(&notices);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     /// Forgets a subscription; true if it was still open (the agent should be told).
@@ -599,6 +632,7 @@ impl SessionLink {
             Ok(()) => Delivery::Delivered,
             Err(mpsc::error::TrySendError::Full(entries)) => {
                 sink.dropped.count(&entries);
+                sink.pending.store(true, Ordering::Release);
                 Delivery::Delivered
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -739,7 +773,9 @@ mod tests {
         });
         assert_eq!(registry.view("web-1").processes[0].host, "web-1");
         let (logs_tx, mut logs_rx) = mpsc::channel(4);
-        handle.link.add_log_subscription(9, logs_tx, true);
+        handle
+            .link
+            .add_log_subscription(9, logs_tx, true, Arc::default());
         let entry = LogEntry {
             host: "db-1".into(),
             line: "forged".into(),
