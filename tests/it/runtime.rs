@@ -53,6 +53,13 @@ fn start(fleet: &Fleet, config: &str) -> (Child, i32) {
             .unwrap_or(0);
         runtime != 0
     });
+    // Its socket first: a `fleet` command before it would start an agent of its own on
+    // this home (as it does for any home without one), and the runtime would lose it.
+    let socket = fleet.home.path().join("agent.sock");
+    wait_until("the runtime's socket", SETTLE, || {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::metadata(&socket).is_ok_and(|m| m.file_type().is_socket())
+    });
     (child, runtime)
 }
 
