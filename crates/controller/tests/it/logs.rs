@@ -7,6 +7,26 @@ use fleet_proto::controller::v1::{FleetLogsRequest, LogBatch, agent_message, con
 
 use crate::harness::{Controller, DEADLINE, FakeAgent, authed, stage};
 
+/// `logs` of web-1 with every target: `lines` of history, then (with `follow`) live.
+async fn watch(
+    controller: &Controller,
+    token: &str,
+    lines: u32,
+    follow: bool,
+) -> tonic::Streaming<LogEntry> {
+    let request = FleetLogsRequest {
+        stage: Some(stage(&["web-1"])),
+        targets: Vec::new(),
+        lines,
+        follow,
+    };
+    (controller.fleet().await)
+        .logs(authed(request, token))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn line(text: &str) -> LogEntry {
     LogEntry {
         ts_unix_ms: 1,
@@ -89,21 +109,7 @@ async fn logs_without_follow_end_when_the_agent_sends_an_empty_batch() {
     let controller = Controller::start(dir.path()).await;
     let token = controller.api_token();
     let (mut agent, _) = FakeAgent::joined(&controller, "web-1").await;
-    let mut lines = controller
-        .fleet()
-        .await
-        .logs(authed(
-            FleetLogsRequest {
-                stage: Some(stage(&["web-1"])),
-                targets: vec![],
-                lines: 10,
-                follow: false,
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut lines = watch(&controller, &token, 10, false).await;
     let Some(controller_message::Body::Subscribe(subscribe)) = agent.next().await else {
         panic!("the agent was not asked for logs");
     };
@@ -130,7 +136,8 @@ async fn logs_without_follow_end_when_the_agent_sends_an_empty_batch() {
 }
 
 /// A watcher that stops reading loses lines at the controller (the agent's session is
-/// never slowed), and is told with its next lines how many of which app it missed:
+/// never slowed), and is told how many of which app it missed, with its next lines or
+/// once it has read what was queued:
 /// lines shown plus lines reported missed are every line the agent sent.
 #[tokio::test]
 async fn a_slow_watcher_is_told_how_many_lines_of_which_app_it_missed() {
@@ -140,21 +147,7 @@ async fn a_slow_watcher_is_told_how_many_lines_of_which_app_it_missed() {
     let controller = Controller::start(dir.path()).await;
     let token = controller.api_token();
     let (mut agent, _) = FakeAgent::joined(&controller, "web-1").await;
-    let mut lines = controller
-        .fleet()
-        .await
-        .logs(authed(
-            FleetLogsRequest {
-                stage: Some(stage(&["web-1"])),
-                targets: Vec::new(),
-                lines: 0,
-                follow: true,
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut lines = watch(&controller, &token, 0, true).await;
     let Some(controller_message::Body::Subscribe(subscribe)) = agent.next().await else {
         panic!("the agent was not asked for logs");
     };
