@@ -416,6 +416,7 @@ pub fn process_info(view: &ProcessView, host: &str) -> pb::ProcessInfo {
             .map(|(cause, _)| cause.clone())
             .unwrap_or_default(),
         restart_cause_at_unix_ms: view.restart_cause.as_ref().map(|(_, at)| *at),
+        max_memory_bytes: view.max_memory_bytes,
         config_json: view
             .config
             .as_ref()

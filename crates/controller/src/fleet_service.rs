@@ -157,48 +157,13 @@ impl FleetService for FleetApi {
         self.authorize(&request, Role::Read).await?;
         let request = request.into_inner();
         let stage = self.stage(request.stage)?;
-        let registry = &self.controller.registry;
-        let (tx, rx) = mpsc::channel(LOG_QUEUE_BATCHES);
-        let mut subscriptions = Vec::new();
-        let mut notices = Vec::new();
-        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        for host in stage.hosts {
-            match registry.reach(&host) {
-                Ok(link) => {
-                    let subscription_id = registry.next_id();
-                    link.add_log_subscription(
-                        subscription_id,
-                        tx.clone(),
-                        request.follow,
-                        dropped.clone(),
-                    );
-                    if link.is_ended() {
-                        link.remove_log_subscription(subscription_id);
-                        continue;
-                    }
-                    link.send_soon(controller_message::Body::Subscribe(LogSubscribe {
-                        subscription_id,
-                        targets: request.targets.clone(),
-                        lines: request.lines,
-                        follow: request.follow,
-                    }));
-                    subscriptions.push((link, subscription_id));
-                }
-                Err(why) => notices.push(LogEntry {
-                    ts_unix_ms: now_unix_ms(),
-                    host,
-                    notice: format!("unreachable: {why}"),
-                    ..LogEntry::default()
-                }),
-            }
-        }
-        Ok(Response::new(MergedLogs {
-            queue: rx,
-            ready: notices.into_iter(),
-            subscriptions,
-            dropped,
-            deadline: (!request.follow).then(|| Box::pin(tokio::time::sleep(LOG_HISTORY_DEADLINE))),
-        }))
+        Ok(Response::new(subscribe_logs(
+            &self.controller,
+            stage.hosts,
+            request.targets,
+            request.lines,
+            request.follow,
+        )))
     }
 
     async fn command(
@@ -214,44 +179,10 @@ impl FleetService for FleetApi {
         let stage = self.stage(request.stage)?;
         let command = HostCommand {
             action,
-            targets: request.targets.clone(),
-            count: request.count.clone(),
-        };
-        let controller = self.controller.clone();
-        let hosts = ops::fan_out(
-            action,
-            stage.hosts.clone(),
-            move |host| {
-                let (controller, command) = (controller.clone(), command.clone());
-                async move { run_on_host(&controller, &host, &command).await }
-            },
-            |result| !result.ok,
-            |host| HostResult {
-                host,
-                ok: false,
-                error: ops::NOT_REACHED.to_owned(),
-                processes: Vec::new(),
-            },
-        )
-        .await;
-        let failures: Vec<String> = hosts
-            .iter()
-            .filter(|host| !host.ok)
-            .map(|host| format!("{}: {}", host.host, host.error))
-            .collect();
-        self.audit(AuditEntry {
-            at_ms: now_unix_ms(),
-            who,
-            action: ops::action_name(action).to_owned(),
-            stage: stage.name,
             targets: request.targets,
-            result: if failures.is_empty() {
-                "ok".to_owned()
-            } else {
-                format!("failed: {}", failures.join("; "))
-            },
-        })
-        .await?;
+            count: request.count,
+        };
+        let hosts = run_command(&self.controller, who, stage, command).await?;
         Ok(Response::new(CommandResponse { hosts }))
     }
 
@@ -294,11 +225,43 @@ impl FleetService for FleetApi {
     ) -> Result<Response<DeployRecordReply>, Status> {
         let who = self.authorize(&request, Role::Deploy).await?;
         let record = request.into_inner();
-        if record.action.len() > 32 || record.release.len() > 128 || record.result.len() > 4096 {
+        if record.action.len() > 32
+            || record.release.len() > 128
+            || record.result.len() > 4096
+            || record.git_ref.len() > 256
+            || record.commit.len() > 64
+            || record.outcomes_json.len() > crate::deploys::MAX_OUTCOMES_BYTES
+        {
             return Err(Status::invalid_argument(
                 "deploy record fields are too long",
             ));
         }
+        let outcomes = match record.outcomes_json.as_str() {
+            "" => serde_json::Value::Array(Vec::new()),
+            text => serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .filter(serde_json::Value::is_array)
+                .ok_or_else(|| {
+                    Status::invalid_argument("deploy record outcomes are not a JSON list")
+                })?,
+        };
+        let detail = crate::deploys::Deploy {
+            id: 0,
+            at_ms: now_unix_ms(),
+            who: format!("{who} ({})", record.who),
+            stage: record.stage.clone(),
+            action: record.action.clone(),
+            release: record.release.clone(),
+            git_ref: record.git_ref.clone(),
+            commit: record.commit.clone(),
+            result: record.result.clone(),
+            rolled_back: record.rolled_back,
+            duration_ms: record.duration_ms,
+            hosts: outcomes,
+        };
+        (self.controller.store)
+            .call(move |conn| crate::deploys::record(conn, &detail))
+            .await?;
         let mut targets = record.hosts;
         if !record.release.is_empty() {
             targets.insert(0, format!("release={}", record.release));
@@ -327,12 +290,119 @@ impl FleetService for FleetApi {
     }
 }
 
+/// Log lines of `hosts` (the apps in `targets`, all when empty) merged into one
+/// stream: the last `lines` of each, then new ones while `follow`. A host that cannot
+/// be reached is a notice line. The CLI's `Logs` and the dashboard's live logs.
+pub(crate) fn subscribe_logs(
+    controller: &Controller,
+    hosts: Vec<String>,
+    targets: Vec<String>,
+    lines: u32,
+    follow: bool,
+) -> MergedLogs {
+    let registry = &controller.registry;
+    let (tx, rx) = mpsc::channel(LOG_QUEUE_BATCHES);
+    let mut subscriptions = Vec::new();
+    let mut notices = Vec::new();
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for host in hosts {
+        match registry.reach(&host) {
+            Ok(link) => {
+                let subscription_id = registry.next_id();
+                link.add_log_subscription(subscription_id, tx.clone(), follow, dropped.clone());
+                if link.is_ended() {
+                    link.remove_log_subscription(subscription_id);
+                    continue;
+                }
+                link.send_soon(controller_message::Body::Subscribe(LogSubscribe {
+                    subscription_id,
+                    targets: targets.clone(),
+                    lines,
+                    follow,
+                }));
+                subscriptions.push((link, subscription_id));
+            }
+            Err(why) => notices.push(LogEntry {
+                ts_unix_ms: now_unix_ms(),
+                host,
+                notice: format!("unreachable: {why}"),
+                ..LogEntry::default()
+            }),
+        }
+    }
+    MergedLogs {
+        queue: rx,
+        ready: notices.into_iter(),
+        subscriptions,
+        dropped,
+        deadline: (!follow).then(|| Box::pin(tokio::time::sleep(LOG_HISTORY_DEADLINE))),
+    }
+}
+
 /// What to do on each host of a command.
 #[derive(Clone)]
-struct HostCommand {
-    action: Action,
-    targets: Vec<String>,
-    count: String,
+pub(crate) struct HostCommand {
+    pub action: Action,
+    pub targets: Vec<String>,
+    pub count: String,
+}
+/// Runs `command` on every host of `stage` (in batches for a reload, as the agent
+/// would) and writes it to the audit log as `who`'s: the CLI's `Command` and the
+/// dashboard's actions both come here.
+pub(crate) async fn run_command(
+    controller: &Arc<Controller>,
+    who: String,
+    stage: Stage,
+    command: HostCommand,
+) -> Result<Vec<HostResult>, Status> {
+    let (action, targets) = (command.action, command.targets.clone());
+    let shared = controller.clone();
+    let hosts = ops::fan_out(
+        action,
+        stage.hosts.clone(),
+        move |host| {
+            let (controller, command) = (shared.clone(), command.clone());
+            async move { run_on_host(&controller, &host, &command).await }
+        },
+        |result| !result.ok,
+        |host| HostResult {
+            host,
+            ok: false,
+            error: ops::NOT_REACHED.to_owned(),
+            processes: Vec::new(),
+        },
+    )
+    .await;
+    let failures: Vec<String> = hosts
+        .iter()
+        .filter(|host| !host.ok)
+        .map(|host| format!("{}: {}", host.host, host.error))
+        .collect();
+    audit(
+        controller,
+        AuditEntry {
+            at_ms: now_unix_ms(),
+            who,
+            action: ops::action_name(action).to_owned(),
+            stage: stage.name,
+            targets,
+            result: if failures.is_empty() {
+                "ok".to_owned()
+            } else {
+                format!("failed: {}", failures.join("; "))
+            },
+        },
+    )
+    .await?;
+    Ok(hosts)
+}
+
+async fn audit(controller: &Controller, entry: AuditEntry) -> Result<(), Status> {
+    controller
+        .store
+        .call(move |conn| store::append_audit(conn, &entry))
+        .await?;
+    Ok(())
 }
 
 async fn run_on_host(controller: &Controller, host: &str, command: &HostCommand) -> HostResult {

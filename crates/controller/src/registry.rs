@@ -64,6 +64,8 @@ pub struct HostState {
     metrics: Option<HostMetrics>,
     /// Why the last session ended.
     disconnected: Option<String>,
+    /// When the open session began (wall clock).
+    connected_unix_ms: u64,
 }
 
 /// A host as `Status` shows it.
@@ -72,6 +74,8 @@ pub struct HostView {
     pub reachable: bool,
     pub error: String,
     pub last_seen_unix_ms: u64,
+    /// Reachable since (the session's start), or unreachable since (last heard).
+    pub since_unix_ms: u64,
     pub agent_version: String,
     pub processes: Vec<ProcessInfo>,
     /// While reachable: the host's last metrics.
@@ -154,6 +158,7 @@ impl Registry {
             state.resync_asked = false;
             state.last_heard = Some(Instant::now());
             state.last_seen_unix_ms = crate::now_unix_ms();
+            state.connected_unix_ms = state.last_seen_unix_ms;
             state.agent_version = hello.agent_version.clone();
             state.boot_id = hello.boot_id.clone();
             state.disconnected = None;
@@ -194,9 +199,13 @@ impl Registry {
             ..HostView::default()
         };
         match self.unreachable_because(&state) {
-            Some(error) => view.error = error,
+            Some(error) => {
+                view.error = error;
+                view.since_unix_ms = state.last_seen_unix_ms;
+            }
             None => {
                 view.reachable = true;
+                view.since_unix_ms = state.connected_unix_ms;
                 view.metrics = state.metrics.clone();
                 view.processes = state
                     .processes

@@ -89,6 +89,24 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (next_at) WHERE done_at IS NULL;
     ",
+    // 5: deploys with their ref, commit and each host's outcome and step timings
+    // (`deploys`), beside their line in the audit log.
+    "
+    CREATE TABLE deploys (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        action TEXT NOT NULL,
+        release TEXT NOT NULL DEFAULT '',
+        git_ref TEXT NOT NULL DEFAULT '',
+        git_commit TEXT NOT NULL DEFAULT '',
+        result TEXT NOT NULL,
+        rolled_back INTEGER NOT NULL DEFAULT 0,
+        duration_ms INTEGER NOT NULL DEFAULT 0,
+        outcomes TEXT NOT NULL DEFAULT '[]'
+    );
+    ",
 ];
 
 /// SQLite waits this long for a lock another process holds (`token create` while the

@@ -19,7 +19,8 @@ pub mod agent {
         /// 1.3: `ReloadRequest.config_cwd`. 1.4: `ProcessInfo.restart_cause`.
         /// 1.5: `Update` (agent handoff), `Hello`'s handoff fields, `ExitInfo.unknown`.
         /// 1.6: `ListResponse.host` (the host's metrics), `LogEntry.missed`.
-        pub const PROTOCOL_MINOR: u32 = 6;
+        /// 1.7: `ProcessInfo.max_memory_bytes`.
+        pub const PROTOCOL_MINOR: u32 = 7;
     }
 }
 
@@ -33,6 +34,7 @@ pub mod controller {
         /// 1.1: `RecordDeploy`. 1.2: certificate renewal over the session
         /// (`Welcome.renew_certificate`, `renew`, `renewed`), `JoinRequest.rejoin`.
         /// 1.3: host metrics (`AgentMessage.host_metrics`, `HostStatus.metrics`).
-        pub const PROTOCOL_MINOR: u32 = 3;
+        /// 1.4: `DeployRecord`'s ref, commit, rollback, duration and host outcomes.
+        pub const PROTOCOL_MINOR: u32 = 4;
     }
 }

@@ -207,6 +207,8 @@ pub struct ProcessView {
     pub prev_restart_delay_ms: u64,
     pub last_exit: Option<ExitView>,
     pub script: String,
+    /// `max_memory_restart`, when set.
+    pub max_memory_bytes: Option<u64>,
     /// Only with details: the resolved config, secrets redacted.
     pub config: Option<serde_json::Value>,
     /// The last start went online because `listen_timeout` ran out.

@@ -126,6 +126,7 @@ fn summary(host: &str, result: HostResult, step: &str, error: Option<&str>) -> H
         release: Some("20261206T001500.000Z-abc1234".into()),
         previous: Some("20261205T120000.000Z-0ff1ce0".into()),
         duration_ms: 1234,
+        steps: Vec::new(),
     }
 }
 

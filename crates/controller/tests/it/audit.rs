@@ -37,11 +37,46 @@ async fn audit_prints_a_recorded_deploy_while_the_controller_runs() {
                 hosts: vec!["web-1".to_owned(), "web-2".to_owned()],
                 result: "failed: web-2\n\x1b[31mhook\x1b[0m".to_owned(),
                 who: "ops@laptop".to_owned(),
+                git_ref: "main".to_owned(),
+                commit: "0123456789abcdef".to_owned(),
+                rolled_back: true,
+                duration_ms: 4321,
+                outcomes_json: r#"[{"host":"web-1","result":"rolled_back","release":"r0","steps":[{"step":"upload","ms":12}]}]"#.to_owned(),
             },
             &token,
         ))
         .await
         .unwrap();
+    // The detail the dashboard's deploys page shows.
+    let conn = fleet_controller::store::open_read_only(&dir.path().join("controller.db")).unwrap();
+    let deploys = fleet_controller::deploys::recent(&conn, Some("prod"), 10).unwrap();
+    assert_eq!(deploys.len(), 1);
+    let deploy = &deploys[0];
+    assert_eq!(
+        (
+            deploy.git_ref.as_str(),
+            deploy.commit.as_str(),
+            deploy.rolled_back,
+            deploy.duration_ms
+        ),
+        ("main", "0123456789abcdef", true, 4321)
+    );
+    assert_eq!(deploy.hosts[0]["steps"][0]["ms"], 12);
+    assert!(deploy.who.ends_with("(ops@laptop)"), "{}", deploy.who);
+    let bad = controller
+        .fleet()
+        .await
+        .record_deploy(authed(
+            DeployRecord {
+                stage: "prod".to_owned(),
+                action: "update".to_owned(),
+                outcomes_json: "{not json".to_owned(),
+                ..DeployRecord::default()
+            },
+            &token,
+        ))
+        .await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
 
     let output = audit(&controller.data, &["--json"]);
     let entries: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();

@@ -2,8 +2,12 @@
 //! them as spinners or lines, and a controller can forward them. The library never
 //! prints. Also the interrupt a watcher uses to stop a deploy cleanly.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::summary::StepTime;
 
 use tokio::sync::mpsc;
 
@@ -27,29 +31,88 @@ pub enum Event {
 }
 
 /// Where a deploy sends its events. Sending never blocks; a watcher that went away
-/// is not an error.
+/// is not an error. Each host's steps are also timed here, for the report.
 #[derive(Clone, Debug)]
-pub struct Events(Option<mpsc::UnboundedSender<Event>>);
+pub struct Events {
+    tx: Option<mpsc::UnboundedSender<Event>>,
+    clock: Arc<Mutex<StepClock>>,
+}
+
+/// When each host's steps started, in order; a step ends when the next one starts or
+/// the host finishes.
+#[derive(Debug, Default)]
+struct StepClock {
+    hosts: HashMap<String, HostSteps>,
+}
+
+#[derive(Debug, Default)]
+struct HostSteps {
+    done: Vec<StepTime>,
+    current: Option<(String, Instant)>,
+}
+
+impl HostSteps {
+    fn close(&mut self, now: Instant) {
+        if let Some((step, started)) = self.current.take() {
+            let ms = now.duration_since(started).as_millis() as u64;
+            self.done.push(StepTime { step, ms });
+        }
+    }
+}
+
+/// The most steps kept per host: a deploy has a dozen; a runaway loop cannot grow it.
+const MAX_TIMED_STEPS: usize = 64;
 
 impl Events {
     /// Events and the stream to read them from.
     pub fn channel() -> (Events, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Events(Some(tx)), rx)
+        let events = Events {
+            tx: Some(tx),
+            clock: Arc::default(),
+        };
+        (events, rx)
     }
 
     /// Events nobody reads.
     pub fn discard() -> Events {
-        Events(None)
+        Events {
+            tx: None,
+            clock: Arc::default(),
+        }
     }
 
     fn send(&self, event: Event) {
-        if let Some(tx) = &self.0 {
+        if let Some(tx) = &self.tx {
             let _ = tx.send(event);
         }
     }
 
+    fn clock(&self) -> std::sync::MutexGuard<'_, StepClock> {
+        self.clock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long each of `host`'s steps took, in order (the one running counts up to
+    /// now).
+    pub fn step_times(&self, host: &str) -> Vec<StepTime> {
+        let mut clock = self.clock();
+        let Some(steps) = clock.hosts.get_mut(host) else {
+            return Vec::new();
+        };
+        steps.close(Instant::now());
+        steps.done.clone()
+    }
+
     pub fn step(&self, host: &str, step: &str) {
+        {
+            let now = Instant::now();
+            let mut clock = self.clock();
+            let steps = clock.hosts.entry(host.to_string()).or_default();
+            steps.close(now);
+            if steps.done.len() < MAX_TIMED_STEPS {
+                steps.current = Some((step.to_string(), now));
+            }
+        }
         self.send(Event::Step {
             host: host.to_string(),
             step: step.to_string(),
@@ -57,13 +120,22 @@ impl Events {
     }
 
     pub fn done(&self, host: &str, message: &str) {
+        self.finish(host);
         self.send(Event::Done {
             host: host.to_string(),
             message: message.to_string(),
         });
     }
 
+    /// The host's running step ends now.
+    fn finish(&self, host: &str) {
+        if let Some(steps) = self.clock().hosts.get_mut(host) {
+            steps.close(Instant::now());
+        }
+    }
+
     pub fn failed(&self, host: &str, step: &str, error: &str) {
+        self.finish(host);
         self.send(Event::Failed {
             host: host.to_string(),
             step: step.to_string(),

@@ -86,6 +86,7 @@ impl Context {
             release,
             previous,
             duration_ms: started.elapsed().as_millis() as u64,
+            steps: Vec::new(),
         };
         let (mut live, failure) = match self.lock(&host, payload, reason).await {
             Ok(live) => (live, None),

@@ -293,13 +293,14 @@ impl Context {
         action: &str,
         release: Option<&str>,
         commit: Option<&str>,
-        hosts: Vec<HostSummary>,
+        mut hosts: Vec<HostSummary>,
         rolled_back: bool,
         started: Instant,
     ) -> Report {
-        let audit_result = Report::audit_result(&hosts, rolled_back);
-        let audit_error = self.audit(action, release, &audit_result).await.err();
-        Report {
+        for summary in &mut hosts {
+            summary.steps = self.events.step_times(&summary.host);
+        }
+        let mut report = Report {
             stage: self.stage.name.clone(),
             action: action.to_string(),
             release: release.map(str::to_string),
@@ -309,26 +310,35 @@ impl Context {
             rolled_back,
             duration_ms: started.elapsed().as_millis() as u64,
             hosts,
-            audit_error,
-        }
+            audit_error: None,
+        };
+        report.audit_error = self.audit(&report).await.err();
+        report
     }
 
-    /// With a controller: the deploy in its audit log.
-    async fn audit(&self, action: &str, release: Option<&str>, result: &str) -> Result<(), String> {
+    /// With a controller: the deploy in its audit log, with each host's outcome and
+    /// step timings (the dashboard's deploys page).
+    async fn audit(&self, report: &Report) -> Result<(), String> {
         let Some(controller) = &self.stage.controller else {
             return Ok(());
         };
         let mut client = crate::stage::connect_controller(controller)
             .await
             .map_err(|e| e.to_string())?;
+        let result = Report::audit_result(&report.hosts, report.rolled_back);
         client
             .record_deploy(fleet_proto::controller::v1::DeployRecord {
                 stage: self.stage.name.clone(),
-                action: action.to_string(),
-                release: release.unwrap_or("").to_string(),
+                action: report.action.clone(),
+                release: report.release.clone().unwrap_or_default(),
                 hosts: self.hosts.iter().map(|h| h.name().to_string()).collect(),
-                result: result.to_string(),
+                result,
                 who: self.who.clone(),
+                git_ref: report.git_ref.clone(),
+                commit: report.commit.clone().unwrap_or_default(),
+                rolled_back: report.rolled_back,
+                duration_ms: report.duration_ms,
+                outcomes_json: serde_json::to_string(&report.hosts).unwrap_or_default(),
             })
             .await
             .map_err(|s| s.message().to_string())?;

@@ -103,6 +103,7 @@ impl Context {
                 release: None,
                 previous: None,
                 duration_ms: elapsed.as_millis() as u64,
+                steps: Vec::new(),
             });
         }
         Ok(self

@@ -56,6 +56,16 @@ pub struct HostSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
     pub duration_ms: u64,
+    /// How long each step took, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepTime>,
+}
+
+/// One step of a host's deploy and how long it took.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct StepTime {
+    pub step: String,
+    pub ms: u64,
 }
 
 impl HostSummary {
@@ -69,6 +79,7 @@ impl HostSummary {
             release: None,
             previous: None,
             duration_ms: 0,
+            steps: Vec::new(),
         }
     }
 }

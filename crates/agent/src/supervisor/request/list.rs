@@ -111,6 +111,7 @@ impl Supervisor {
                     uptime_ms: uptime.as_millis() as u64,
                 }),
             script: p.spec.script.clone(),
+            max_memory_bytes: p.spec.max_memory_restart_bytes,
             config: details.then(|| redacted(&p.spec)),
             ready_timed_out: p.core.ready_timed_out,
             replace_error: p.replace_error.clone(),
