@@ -59,6 +59,11 @@ impl Controller {
     }
 
     pub fn start(bed: &TestBed) -> Controller {
+        Controller::start_with(bed, &[])
+    }
+
+    /// `start` with more flags (`--http 127.0.0.1:<port>`).
+    pub fn start_with(bed: &TestBed, flags: &[String]) -> Controller {
         let data = tempfile::Builder::new()
             .prefix("fleet-controller-")
             .tempdir()
@@ -83,7 +88,7 @@ impl Controller {
             listen,
             data,
             token,
-            flags: Vec::new(),
+            flags: flags.to_vec(),
         };
         controller.spawn();
         controller
@@ -129,6 +134,16 @@ impl Controller {
             ("FLEET_TOKEN", self.token.clone()),
             ("FLEET_CA", self.ca().display().to_string()),
         ]
+    }
+
+    /// A new API token with `role` for this controller, as `token create` prints it.
+    pub fn token(&self, name: &str, role: &str) -> String {
+        Self::offline(
+            self.data.path(),
+            &["token", "create", "--name", name, "--role", role],
+        )
+        .trim()
+        .to_string()
     }
 
     /// An offline command on this controller's data (`host remove`, ...).

@@ -24,13 +24,13 @@ const SETTLE: Duration = Duration::from_secs(40);
 
 /// A bed, and a work dir holding a git repository whose fleet.toml has the app and a
 /// stage `bed` naming every host.
-struct DeployBed {
-    bed: TestBed,
-    fleet: Fleet,
+pub(crate) struct DeployBed {
+    pub bed: TestBed,
+    pub fleet: Fleet,
 }
 
 impl DeployBed {
-    fn up(test: &str, hosts: usize, stage_extra: &str) -> Option<DeployBed> {
+    pub(crate) fn up(test: &str, hosts: usize, stage_extra: &str) -> Option<DeployBed> {
         if !TestBed::available_or_skip(test) {
             return None;
         }
@@ -86,7 +86,7 @@ lock_ttl = "8s"
     }
 
     /// Commits a new version of the app (its VERSION is what it answers with).
-    fn commit(&self, version: &str, stage_extra: &str) {
+    pub(crate) fn commit(&self, version: &str, stage_extra: &str) {
         self.write_config(version, stage_extra);
         self.git(&["add", "-A"]);
         self.git(&["commit", "-q", "-m", version]);
@@ -125,7 +125,7 @@ lock_ttl = "8s"
         child
     }
 
-    fn sh(&self, host: &str, command: &str) -> (bool, String) {
+    pub(crate) fn sh(&self, host: &str, command: &str) -> (bool, String) {
         let output = self.bed.exec(host, &["sh", "-c", command]);
         (
             output.status.success(),
@@ -151,7 +151,7 @@ lock_ttl = "8s"
         get(self.bed.address(host), APP_PORT, "/").unwrap_or_else(|e| format!("error: {e}"))
     }
 
-    fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.bed.hosts.iter().map(|h| h.name.clone()).collect()
     }
 
@@ -624,14 +624,14 @@ fn setup_joins_agents_to_the_controller_and_deploys_land_in_its_audit_log() {
 }
 
 /// `fleet` commands run with the controller's environment.
-struct ThroughController<'a> {
-    d: &'a DeployBed,
-    env: Vec<(&'static str, String)>,
+pub(crate) struct ThroughController<'a> {
+    pub d: &'a DeployBed,
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl ThroughController<'_> {
     /// Any `fleet` command through the controller: exit code, stdout as JSON, stderr.
-    fn run(&self, args: &[&str]) -> (Option<i32>, Value, String) {
+    pub(crate) fn run(&self, args: &[&str]) -> (Option<i32>, Value, String) {
         let mut command = self.d.fleet.command(args);
         for (key, value) in &self.env {
             command.env(key, value);
@@ -645,7 +645,7 @@ impl ThroughController<'_> {
         )
     }
 
-    fn deploy_ok(&self, args: &[&str]) -> Value {
+    pub(crate) fn deploy_ok(&self, args: &[&str]) -> Value {
         let mut all = vec!["deploy", "bed"];
         all.extend_from_slice(args);
         all.push("--json");
@@ -659,7 +659,12 @@ impl ThroughController<'_> {
     }
 }
 
-fn setup_joins_each_agent(d: &DeployBed, via: &ThroughController<'_>, url: &str, hosts: &[String]) {
+pub(crate) fn setup_joins_each_agent(
+    d: &DeployBed,
+    via: &ThroughController<'_>,
+    url: &str,
+    hosts: &[String],
+) {
     // setup installs each agent, joins it as the host is named in the stage (its
     // address) and starts it; the agents dial the controller on their own.
     via.deploy_ok(&["setup"]);
@@ -716,7 +721,7 @@ fn a_second_setup_joins_nothing_again(
 }
 
 /// A deploy through SSH, recorded by the controller; returns its release.
-fn a_deploy_shows_in_the_controllers_status(
+pub(crate) fn a_deploy_shows_in_the_controllers_status(
     d: &DeployBed,
     via: &ThroughController<'_>,
     hosts: &[String],

@@ -9,6 +9,7 @@ mod cluster;
 mod config;
 mod controller;
 mod corpus;
+mod dashboard;
 mod deploy;
 mod deploy_pm2;
 mod deploy_secrets;

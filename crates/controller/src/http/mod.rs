@@ -1,13 +1,15 @@
 //! The controller's HTTP face: `--http ADDR` serves HTTPS with the controller's own
 //! certificate (the CLI's `fleet controller trust` pins the same CA), `--http-plain
 //! ADDR` plain HTTP and only on a loopback address (behind a local proxy). It serves
-//! Prometheus' `/metrics` to a token of role `metrics` or above.
+//! Prometheus' `/metrics` to a token of role `metrics` or above, and the web dashboard
+//! (`dashboard`) to a signed-in browser.
 //!
 //! Every connection is counted with the gRPC ones (`limits::Connections`: per address,
 //! unauthenticated ones capped and closed after a grace time), requests have a header
 //! deadline and a bounded size, and a failed token counts against its address like a
 //! failed gRPC call.
 
+mod dashboard;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -55,7 +57,7 @@ impl HttpListener {
 
 /// The peer of the connection a request came on.
 #[derive(Clone, Copy)]
-struct Peer(SocketAddr);
+pub(crate) struct Peer(pub SocketAddr);
 
 type Shared = Arc<Controller>;
 
@@ -65,10 +67,15 @@ pub(crate) async fn serve(controller: Arc<Controller>, http: HttpListener) -> Re
         true => Some(tls_acceptor(&controller)?),
         false => None,
     };
+    let dashboard = Arc::new(dashboard::Dashboard::new(controller.clone(), http.tls));
     let router = Router::new()
         .route("/metrics", get(scrape))
+        .with_state(controller.clone())
+        .merge(dashboard::router(dashboard.clone()))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .with_state(controller.clone());
+        .layer(axum::middleware::from_fn(dashboard::security_headers));
+    let live = tokio::spawn(dashboard.live.clone().run(controller.clone()));
+    let _live = crate::server::AbortOnDrop(live);
     loop {
         let Ok((stream, address)) = http.listener.accept().await else {
             continue;
@@ -127,7 +134,7 @@ fn tls_acceptor(controller: &Controller) -> Result<tokio_rustls::TlsAcceptor, Er
 }
 
 /// A refusal as HTTP: 401 with a challenge, 403, 429 with when to retry, else 500.
-fn refused(status: tonic::Status) -> Response {
+pub(crate) fn refused(status: tonic::Status) -> Response {
     let (code, extra) = match status.code() {
         tonic::Code::Unauthenticated => (
             StatusCode::UNAUTHORIZED,

@@ -10,7 +10,7 @@ use crate::harness::{Controller, FakeAgent, authed, process, stage};
 
 /// Answers every command like an agent would: `ok` unless told to fail, with the
 /// process list. Reports each command it saw.
-fn answer_commands(
+pub(crate) fn answer_commands(
     mut agent: FakeAgent,
     fail: bool,
 ) -> mpsc::UnboundedReceiver<(Action, Vec<String>)> {

@@ -95,6 +95,11 @@ impl Controller {
     /// Runs the `fleet-controller` binary on `data` and a free loopback port; the child
     /// is killed when this is dropped.
     pub async fn spawn_binary(data: &Path) -> Controller {
+        Controller::spawn_binary_with(data, &[]).await
+    }
+
+    /// `spawn_binary` with more arguments (`--http 127.0.0.1:<port>`).
+    pub async fn spawn_binary_with(data: &Path, extra: &[String]) -> Controller {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -105,6 +110,7 @@ impl Controller {
             .arg(addr.to_string())
             .arg("--data")
             .arg(data)
+            .args(extra)
             .env("FLEET_LOG", "warn")
             .spawn()
             .unwrap();

@@ -3,6 +3,7 @@
 //! (a real certificate from `Join`, a hand-driven session). Compiled into one binary.
 
 mod harness;
+mod http;
 
 mod abuse;
 mod alerts;
@@ -10,6 +11,8 @@ mod audit;
 mod auth;
 mod certificates;
 mod command;
+mod dashboard;
+mod dashboard_bench;
 mod logs;
 mod metrics;
 mod restart;

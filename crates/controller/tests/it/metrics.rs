@@ -4,22 +4,13 @@
 //! carries the agents' hosts and instances.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use fleet_controller::tokens::Role;
 use fleet_proto::agent::v1::{DiskUsage, HostMetrics, ProcessStatus};
 use fleet_proto::controller::v1::{Snapshot, agent_message};
-use rustls::pki_types::pem::PemObject;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
-
-/// A whole HTTP/1.1 exchange: status code, head and body.
-struct Answer {
-    code: u16,
-    head: String,
-    body: String,
-}
+use crate::http::{Answer, exchange};
 
 /// `GET path` with `token`, over TLS trusting the controller's CA when `ca` is given.
 async fn get(address: SocketAddr, path: &str, token: Option<&str>, ca: Option<&str>) -> Answer {
@@ -38,64 +29,7 @@ async fn get_with(
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\n{authorization}{more}Connection: close\r\n\r\n"
     );
-    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let mut raw = Vec::new();
-    match ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
-                roots.add(certificate.unwrap()).unwrap();
-            }
-            let config = rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let mut tls = connector.connect(name, stream).await.unwrap();
-            tls.write_all(request.as_bytes()).await.unwrap();
-            let _ = tls.read_to_end(&mut raw).await;
-        }
-        None => {
-            let mut stream = stream;
-            stream.write_all(request.as_bytes()).await.unwrap();
-            stream.read_to_end(&mut raw).await.unwrap();
-        }
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Answer {
-        code,
-        head: head.to_owned(),
-        body: unchunk(head, body),
-    }
-}
-
-/// The body of a chunked response, joined.
-fn unchunk(head: &str, body: &str) -> String {
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return body.to_owned();
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
+    exchange(address, ca, request.as_bytes()).await
 }
 
 fn metrics_of(host: &str) -> HostMetrics {
@@ -260,7 +194,10 @@ async fn metrics_are_scraped_with_a_scrape_token_and_parse_as_prometheus_text() 
         401
     );
     // Unknown paths are not found; nothing else is served.
-    assert_eq!(get(http, "/", Some(&scrape), Some(&ca)).await.code, 404);
+    assert_eq!(
+        get(http, "/nowhere", Some(&scrape), Some(&ca)).await.code,
+        404
+    );
     controller.stop().await;
 }
 
