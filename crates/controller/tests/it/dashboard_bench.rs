@@ -179,18 +179,22 @@ async fn dashboard_of_a_thousand_hosts() {
 /// Agents report every second, as real ones do: a fifth with new CPU and memory
 /// figures, the rest a heartbeat; all at once with new pids when `restart` is set.
 async fn report(agents: Arc<Vec<FakeAgent>>, restart: Arc<std::sync::atomic::AtomicBool>) {
-    let mut seq = 2u64;
+    // Each agent's own delta sequence, after its snapshot (1).
+    let mut seqs = vec![1u64; agents.len()];
     let mut tick = 0u64;
     loop {
         let restarting = restart.swap(false, Ordering::Relaxed);
         for (index, agent) in agents.iter().enumerate() {
             let changes = restarting || (index as u64 + tick).is_multiple_of(5);
             if !changes {
+                let seq = seqs[index];
                 agent
                     .send(agent_message::Body::Heartbeat(Heartbeat { seq }))
                     .await;
                 continue;
             }
+            seqs[index] += 1;
+            let seq = seqs[index];
             let processes = (0..10)
                 .map(|id| {
                     let mut p = process(id, "app");
@@ -218,7 +222,6 @@ async fn report(agents: Arc<Vec<FakeAgent>>, restart: Arc<std::sync::atomic::Ato
                 )))
                 .await;
         }
-        seq += 1;
         tick += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

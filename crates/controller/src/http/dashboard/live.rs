@@ -145,6 +145,11 @@ impl Live {
     /// One recomputation: changed cards, gone hosts and (when `sample`) a sparkline
     /// point are broadcast as one delta.
     fn tick(&self, controller: &Controller, sample: bool) {
+        // Nobody watching: cards wait for the next tick after someone subscribes (the
+        // snapshot is then at most a tick old and the deltas bring it current).
+        if self.tx.receiver_count() == 0 && !sample {
+            return;
+        }
         let (stages, releases) = {
             let state = lock(&self.state);
             (state.stages.clone(), state.releases.clone())
