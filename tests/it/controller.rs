@@ -82,13 +82,22 @@ impl Controller {
         .trim()
         .to_string();
         assert!(token.starts_with("fct_"), "token create printed {token:?}");
+        // Deploys the controller runs reach the bed as the tests do: its client key,
+        // and the bed's host keys, added as an operator would (ssh-keyscan output).
+        let known = bed.known_hosts().display().to_string();
+        Self::offline(data.path(), &["known-hosts", "add", &known]);
+        let mut flags = flags.to_vec();
+        flags.extend([
+            "--deploy-key".to_owned(),
+            bed.client_key().display().to_string(),
+        ]);
         let mut controller = Controller {
             child: None,
             url: format!("https://{listen}"),
             listen,
             data,
             token,
-            flags: flags.to_vec(),
+            flags,
         };
         controller.spawn();
         controller

@@ -14,13 +14,13 @@ use crate::harness::*;
 use crate::http::{Load, get};
 use crate::testbed::{HOST_FLEET_HOME, TestBed};
 
-const APP_PORT: u16 = 8080;
+pub(crate) const APP_PORT: u16 = 8080;
 const APP_PATH: &str = "/srv/app";
 /// A hook that waits (at most 60 s) until the test creates /srv/go on the host.
 const WAIT_FOR_GO: &str =
     "i=0; while [ ! -e /srv/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done";
 /// Polls for what follows a deploy; covers the 8 s lock TTL after a partition.
-const SETTLE: Duration = Duration::from_secs(40);
+pub(crate) const SETTLE: Duration = Duration::from_secs(40);
 
 /// A bed, and a work dir holding a git repository whose fleet.toml has the app and a
 /// stage `bed` naming every host.

@@ -11,6 +11,7 @@ mod controller;
 mod corpus;
 mod dashboard;
 mod deploy;
+mod deploy_controller;
 mod deploy_pm2;
 mod deploy_secrets;
 mod fleet;

@@ -82,14 +82,22 @@ pub async fn run(args: DeployArgs, ssh: fleet_remote::ssh::SshChoices) -> Result
             "no stage {stage_name:?}: the config file has no [deploy.{stage_name}]\nhint: fleet deploy reads fleet.toml or ecosystem.config.js in the current directory, FLEET_CONFIG, or a config file given first"
         ))
     })?;
+    if let Some(word) = words.first().map(String::as_str)
+        && matches!(word, "attach" | "cancel" | "history")
+    {
+        return crate::deploy_controller::run_word(&stage, &words, args.json).await;
+    }
     let action = parse_action(&words)?;
     let options = deploy::Options {
         git_ref: args.git_ref,
         no_rollback: args.no_rollback,
         reason: args.reason,
         ssh,
-        who: None,
+        ..deploy::Options::default()
     };
+    if stage.controller.is_some() && matches!(action, Action::Update | Action::Revert(_)) {
+        return crate::deploy_controller::submit(stage, action, options, args.json).await;
+    }
     let hosts = stage.config.targets().into_iter().map(|t| t.host).collect();
     let progress = Progress::new(hosts);
     let (events, stream) = Events::channel();
@@ -181,7 +189,7 @@ fn print(outcome: Outcome, json: bool) -> Result<()> {
     }
 }
 
-fn print_report(report: &Report, json: bool) -> Result<()> {
+pub(crate) fn print_report(report: &Report, json: bool) -> Result<()> {
     if json {
         let value = serde_json::to_value(report).unwrap_or_default();
         println!("{value:#}");

@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod deploy;
+mod deploy_controller;
 mod fleet;
 mod init;
 mod monit;
@@ -193,7 +194,8 @@ pub struct DeployArgs {
     /// PM2's form with the config file first also works.
     pub stage: String,
     /// `setup`, `update` (the default), `revert [n]`, `list`, `curr`, `prev`,
-    /// `exec <cmd>` (quote the command, or put it after `--`), `unlock`.
+    /// `exec <cmd>` (quote the command, or put it after `--`), `unlock`; with a
+    /// controller, `attach [id]`, `cancel`, `history`.
     pub action: Vec<String>,
     /// Deploy this branch, tag or commit instead of the stage's `ref`.
     #[arg(long = "ref", value_name = "REF")]
@@ -476,6 +478,7 @@ fn main() -> ExitCode {
         accept_new_host_keys: cli.accept_new_host_keys,
         accept_changed_host_keys: cli.accept_changed_host_keys,
         print_warnings: true,
+        ..Default::default()
     };
     match runtime.block_on(commands::run(cli.command, choices)) {
         Ok(()) => ExitCode::SUCCESS,

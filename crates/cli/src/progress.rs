@@ -75,6 +75,8 @@ impl Progress {
                 text,
             } => self.line(&format!("{host} | {text}")),
             Event::Note { host: None, text } => self.line(&text),
+            // The note before it already names the release.
+            Event::Started { .. } => {}
         }
     }
 

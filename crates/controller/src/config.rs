@@ -66,6 +66,9 @@ pub struct ControllerConfig {
     pub agent_cert_renew_before: Duration,
     /// The config file's `[alerts]`, when given (`--config`).
     pub alerts: Option<crate::alerts::config::Alerts>,
+    /// The SSH key deploys run with (`--deploy-key`); else `deploy_key` in the data
+    /// directory, made on first start.
+    pub deploy_key: Option<PathBuf>,
 }
 
 impl ControllerConfig {
@@ -78,6 +81,7 @@ impl ControllerConfig {
             agent_cert_lifetime: DEFAULT_AGENT_CERT_LIFETIME,
             agent_cert_renew_before: DEFAULT_AGENT_CERT_RENEW_BEFORE,
             alerts: None,
+            deploy_key: None,
         }
     }
 }

@@ -11,10 +11,12 @@ use std::time::Duration;
 use fleet_proto::agent::v1::LogEntry;
 use fleet_proto::controller::v1::fleet_service_server::FleetService;
 use fleet_proto::controller::v1::{
-    Action, AgentCommand, CommandRequest, CommandResponse, CreateJoinTokenRequest,
-    CreateJoinTokenResponse, DeployRecord, DeployRecordReply, FleetHello, FleetHelloReply,
-    FleetLogsRequest, HostResult, HostStatus, LogSubscribe, LogUnsubscribe, PROTOCOL_MAJOR,
-    PROTOCOL_MINOR, Stage, StatusRequest, StatusResponse, controller_message,
+    Action, AgentCommand, AttachDeployRequest, CancelDeployReply, CancelDeployRequest,
+    CommandRequest, CommandResponse, CreateJoinTokenRequest, CreateJoinTokenResponse,
+    DeployHistoryReply, DeployHistoryRequest, DeployRecord, DeployRecordReply, DeployUpload,
+    FleetHello, FleetHelloReply, FleetLogsRequest, HostResult, HostStatus, LogSubscribe,
+    LogUnsubscribe, PROTOCOL_MAJOR, PROTOCOL_MINOR, Stage, StatusRequest, StatusResponse,
+    controller_message,
 };
 use fleet_proto::ops;
 use tokio::sync::mpsc;
@@ -97,6 +99,60 @@ impl FleetApi {
 #[tonic::async_trait]
 impl FleetService for FleetApi {
     type LogsStream = MergedLogs;
+    type SubmitDeployStream = crate::deployer::service::Progress;
+    type AttachDeployStream = crate::deployer::service::Progress;
+
+    async fn submit_deploy(
+        &self,
+        request: Request<tonic::Streaming<DeployUpload>>,
+    ) -> Result<Response<Self::SubmitDeployStream>, Status> {
+        let who = self.authorize(&request, Role::Deploy).await?;
+        let name = who.strip_prefix("token:").unwrap_or(&who).to_owned();
+        let stream =
+            crate::deployer::service::submit(&self.controller, &name, request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn attach_deploy(
+        &self,
+        request: Request<AttachDeployRequest>,
+    ) -> Result<Response<Self::AttachDeployStream>, Status> {
+        self.authorize(&request, Role::Deploy).await?;
+        let stream =
+            crate::deployer::service::attach(&self.controller, request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn cancel_deploy(
+        &self,
+        request: Request<CancelDeployRequest>,
+    ) -> Result<Response<CancelDeployReply>, Status> {
+        let who = self.authorize(&request, Role::Deploy).await?;
+        let stage = request.into_inner().stage;
+        let reply = crate::deployer::service::cancel(&self.controller, &stage)?;
+        self.audit(AuditEntry {
+            at_ms: now_unix_ms(),
+            who,
+            action: "deploy cancel".to_owned(),
+            stage,
+            targets: vec![format!("deploy={}", reply.deploy_id)],
+            result: "ok".to_owned(),
+        })
+        .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn deploy_history(
+        &self,
+        request: Request<DeployHistoryRequest>,
+    ) -> Result<Response<DeployHistoryReply>, Status> {
+        self.authorize(&request, Role::Read).await?;
+        let request = request.into_inner();
+        let reply =
+            crate::deployer::service::history(&self.controller, &request.stage, request.limit)
+                .await?;
+        Ok(Response::new(reply))
+    }
 
     async fn hello(
         &self,
@@ -236,57 +292,110 @@ impl FleetService for FleetApi {
                 "deploy record fields are too long",
             ));
         }
-        let outcomes = match record.outcomes_json.as_str() {
-            "" => serde_json::Value::Array(Vec::new()),
-            text => serde_json::from_str::<serde_json::Value>(text)
-                .ok()
-                .filter(serde_json::Value::is_array)
-                .ok_or_else(|| {
-                    Status::invalid_argument("deploy record outcomes are not a JSON list")
-                })?,
-        };
-        let detail = crate::deploys::Deploy {
-            id: 0,
+        let who = format!("{who} ({})", record.who);
+        self::record(&self.controller, who, record).await?;
+        Ok(Response::new(DeployRecordReply {}))
+    }
+}
+
+/// A finished deploy in the `deploys` table, the metrics, the alerts and the audit
+/// log: what the CLI reports with `RecordDeploy` and what the deployer records itself.
+pub(crate) async fn record(
+    controller: &Controller,
+    who: String,
+    record: DeployRecord,
+) -> Result<(), Status> {
+    let outcomes = match record.outcomes_json.as_str() {
+        "" => serde_json::Value::Array(Vec::new()),
+        text => serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .filter(serde_json::Value::is_array)
+            .ok_or_else(|| {
+                Status::invalid_argument("deploy record outcomes are not a JSON list")
+            })?,
+    };
+    let detail = crate::deploys::Deploy {
+        id: 0,
+        at_ms: now_unix_ms(),
+        who: who.clone(),
+        stage: record.stage.clone(),
+        action: record.action.clone(),
+        release: record.release.clone(),
+        git_ref: record.git_ref.clone(),
+        commit: record.commit.clone(),
+        result: record.result.clone(),
+        rolled_back: record.rolled_back,
+        duration_ms: record.duration_ms,
+        hosts: outcomes,
+    };
+    (controller.store)
+        .call(move |conn| crate::deploys::record(conn, &detail))
+        .await?;
+    let mut targets = record.hosts;
+    if !record.release.is_empty() {
+        targets.insert(0, format!("release={}", record.release));
+    }
+    (controller.deploys).count(&record.stage, &record.action, &record.result);
+    if let Some(alerts) = &controller.alerts {
+        alerts
+            .deploy(controller, &record.stage, &record.action, &record.result)
+            .await;
+    }
+    audit(
+        controller,
+        AuditEntry {
             at_ms: now_unix_ms(),
-            who: format!("{who} ({})", record.who),
-            stage: record.stage.clone(),
-            action: record.action.clone(),
-            release: record.release.clone(),
-            git_ref: record.git_ref.clone(),
-            commit: record.commit.clone(),
-            result: record.result.clone(),
-            rolled_back: record.rolled_back,
-            duration_ms: record.duration_ms,
-            hosts: outcomes,
-        };
-        (self.controller.store)
-            .call(move |conn| crate::deploys::record(conn, &detail))
-            .await?;
-        let mut targets = record.hosts;
-        if !record.release.is_empty() {
-            targets.insert(0, format!("release={}", record.release));
-        }
-        (self.controller.deploys).count(&record.stage, &record.action, &record.result);
-        if let Some(alerts) = &self.controller.alerts {
-            alerts
-                .deploy(
-                    &self.controller,
-                    &record.stage,
-                    &record.action,
-                    &record.result,
-                )
-                .await;
-        }
-        self.audit(AuditEntry {
-            at_ms: now_unix_ms(),
-            who: format!("{who} ({})", record.who),
+            who,
             action: format!("deploy {}", record.action),
             stage: record.stage,
             targets,
             result: record.result,
-        })
-        .await?;
-        Ok(Response::new(DeployRecordReply {}))
+        },
+    )
+    .await
+}
+
+/// A deploy the controller ran, recorded as `record` does for the CLI's.
+pub(crate) async fn record_run(
+    controller: &Controller,
+    request: &crate::deployer::Request,
+    result: &Result<fleet_remote::deploy::Report, String>,
+    cancelled: bool,
+) {
+    let hosts: Vec<String> = request.config.host.clone();
+    let deploy = match result {
+        Ok(report) => {
+            let mut result =
+                fleet_remote::deploy::Report::audit_result(&report.hosts, report.rolled_back);
+            if cancelled {
+                result = format!("cancelled; {result}");
+            }
+            DeployRecord {
+                stage: request.stage.clone(),
+                action: report.action.clone(),
+                release: report.release.clone().unwrap_or_default(),
+                hosts,
+                result,
+                who: String::new(),
+                git_ref: report.git_ref.clone(),
+                commit: report.commit.clone().unwrap_or_default(),
+                rolled_back: report.rolled_back,
+                duration_ms: report.duration_ms,
+                outcomes_json: serde_json::to_string(&report.hosts).unwrap_or_default(),
+            }
+        }
+        Err(why) => DeployRecord {
+            stage: request.stage.clone(),
+            action: request.action.clone(),
+            hosts,
+            result: format!("failed: {}", why.lines().next().unwrap_or("")),
+            git_ref: request.git_ref.clone().unwrap_or_default(),
+            commit: request.commit.clone(),
+            ..DeployRecord::default()
+        },
+    };
+    if let Err(error) = record(controller, request.who.clone(), deploy).await {
+        tracing::error!(stage = %request.stage, %error, "cannot record a deploy");
     }
 }
 

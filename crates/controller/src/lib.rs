@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod alloc;
 mod auth;
 pub mod config;
+pub mod deployer;
 pub mod deploys;
 mod error;
 mod fleet_service;

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::io::Read as _;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fleet_controller::ControllerConfig;
@@ -58,6 +60,10 @@ struct Args {
     /// this [default: 30d].
     #[arg(long, value_parser = parse_duration)]
     agent_cert_renew_before: Option<Duration>,
+    /// The SSH key the deploys this controller runs use (OpenSSH format, no
+    /// passphrase) [default: deploy_key in the data directory, made on first start].
+    #[arg(long, global = true, value_name = "FILE")]
+    deploy_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -86,6 +92,16 @@ enum Command {
         #[command(subcommand)]
         command: AlertsCommand,
     },
+    /// The SSH key of the deploys the controller runs.
+    SshKey {
+        #[command(subcommand)]
+        command: SshKeyCommand,
+    },
+    /// The host keys the controller trusts for its deploys.
+    KnownHosts {
+        #[command(subcommand)]
+        command: KnownHostsCommand,
+    },
     /// Print the audit log, newest last: commands, deploys, tokens. Safe while the
     /// controller runs (the database is opened read-only).
     Audit {
@@ -101,6 +117,22 @@ enum Command {
 /// `audit` prints this many entries unless told otherwise: a screenful or two, and the
 /// newest are what an operator looks for first.
 const DEFAULT_AUDIT_LIMIT: u32 = 100;
+
+#[derive(Subcommand)]
+enum SshKeyCommand {
+    /// Print the public key to authorize on the hosts (their `authorized_keys`).
+    Show,
+}
+
+#[derive(Subcommand)]
+enum KnownHostsCommand {
+    /// Trust the host keys in known_hosts lines from FILE or stdin (`ssh-keyscan HOST |
+    /// fleet-controller known-hosts add`), after checking every line; prints each
+    /// host's fingerprint to compare with the host's own.
+    Add { file: Option<PathBuf> },
+    /// Every trusted host key: hosts and fingerprint.
+    List,
+}
 
 #[derive(Subcommand)]
 enum AlertsCommand {
@@ -200,6 +232,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Some(Command::SshKey { command }) => {
+            ssh_key_command(&data, args.deploy_key.as_deref(), command)
+        }
+        Some(Command::KnownHosts { command }) => {
+            known_hosts_command(&data, args.deploy_key.as_deref(), command)
+        }
         Some(Command::Audit { json, limit }) => {
             let entries = fleet_controller::read_audit(&data, (limit > 0).then_some(limit))?;
             if json {
@@ -214,6 +252,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => {
             init_logging();
             let mut config = ControllerConfig::new(data);
+            config.deploy_key = args.deploy_key;
             if let Some(file) = &args.config {
                 config.alerts =
                     fleet_controller::alerts::config::load(file).map_err(anyhow::Error::msg)?;
@@ -264,6 +303,45 @@ fn run(args: Args) -> anyhow::Result<()> {
                 })
         }
     }
+}
+
+/// `ssh-key show`: the deploy key's public half (made now if it was never made).
+fn ssh_key_command(
+    data: &std::path::Path,
+    key: Option<&std::path::Path>,
+    command: SshKeyCommand,
+) -> anyhow::Result<()> {
+    let SshKeyCommand::Show = command;
+    fleet_controller::prepare_data_dir(data)?;
+    let files = fleet_controller::deployer::keys::Files::new(data, key);
+    files.prepare()?;
+    println!("{}", files.public_key()?.trim_end());
+    Ok(())
+}
+
+/// `known-hosts add [FILE]`, `known-hosts list`.
+fn known_hosts_command(
+    data: &std::path::Path,
+    key: Option<&std::path::Path>,
+    command: KnownHostsCommand,
+) -> anyhow::Result<()> {
+    fleet_controller::prepare_data_dir(data)?;
+    let files = fleet_controller::deployer::keys::Files::new(data, key);
+    let entries = match command {
+        KnownHostsCommand::Add { file } => {
+            let text = match &file {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => std::io::read_to_string(std::io::stdin().take(1 << 20))?,
+            };
+            files.add_known_hosts(&text)?
+        }
+        KnownHostsCommand::List => files.known_hosts()?,
+    };
+    for (hosts, fingerprint) in entries {
+        println!("{}  {fingerprint}", escape_controls(&hosts));
+    }
+    Ok(())
 }
 
 /// `audit --json`: one array, each entry's time both as RFC 3339 (UTC, to the second)

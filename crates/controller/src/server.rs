@@ -53,6 +53,8 @@ pub(crate) struct Controller {
     /// RPC and store latencies, and deploys by outcome, for `/metrics`.
     pub telemetry: crate::http::metrics::Telemetry,
     pub deploys: crate::http::metrics::DeployCounts,
+    /// Deploys this controller runs.
+    pub deployer: crate::deployer::Deployer,
 }
 
 /// Serves the controller on `listener` until `shutdown` resolves. The first start
@@ -89,6 +91,7 @@ pub async fn serve_with(
         .client_auth_optional(true)
         .timeout(TLS_HANDSHAKE_TIMEOUT);
     let _background = background(&controller, http);
+    crate::deployer::resume(&controller).await;
     let connections = controller.connections.clone();
     let incoming = TcpListenerStream::new(listener).filter_map(move |stream| match stream {
         Ok(stream) => {
@@ -185,6 +188,13 @@ async fn open(config: ControllerConfig, local: SocketAddr) -> Result<Arc<Control
     deploys.load(store.call(|conn| store::deploy_counts(conn)).await?);
     let known = store.call(|conn| store::known_hosts(conn)).await?;
     let registry = Registry::new(config.unreachable_after, known);
+    let files = crate::deployer::keys::Files::new(&config.data_dir, config.deploy_key.as_deref());
+    {
+        let files = files.clone();
+        tokio::task::spawn_blocking(move || files.prepare())
+            .await
+            .expect("preparing the deploy key does not panic")?;
+    }
 
     Ok(Arc::new(Controller {
         config,
@@ -198,6 +208,7 @@ async fn open(config: ControllerConfig, local: SocketAddr) -> Result<Arc<Control
         telemetry,
         deploys,
         alerts,
+        deployer: crate::deployer::Deployer::new(files),
     }))
 }
 

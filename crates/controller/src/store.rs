@@ -107,6 +107,51 @@ const MIGRATIONS: &[&str] = &[
         outcomes TEXT NOT NULL DEFAULT '[]'
     );
     ",
+    // 6: deploys the controller runs (`deployer`): each run with what it needs to
+    // resume, its events as they happen, the one lock per stage, and fencing numbers
+    // (never reused: AUTOINCREMENT).
+    "
+    CREATE TABLE deploy_runs (
+        id INTEGER PRIMARY KEY,
+        stage TEXT NOT NULL,
+        action TEXT NOT NULL,
+        state TEXT NOT NULL,
+        who TEXT NOT NULL,
+        token_name TEXT NOT NULL,
+        machine TEXT NOT NULL,
+        git_ref TEXT NOT NULL DEFAULT '',
+        git_commit TEXT NOT NULL DEFAULT '',
+        release TEXT NOT NULL DEFAULT '',
+        fence INTEGER NOT NULL DEFAULT 0,
+        request TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        report TEXT,
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX deploy_runs_by_stage ON deploy_runs (stage, id);
+    CREATE TABLE deploy_events (
+        run_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE TABLE stage_locks (
+        stage TEXT PRIMARY KEY,
+        run_id INTEGER NOT NULL,
+        fence INTEGER NOT NULL,
+        token_name TEXT NOT NULL,
+        machine TEXT NOT NULL,
+        git_ref TEXT NOT NULL,
+        taken_at INTEGER NOT NULL
+    );
+    CREATE TABLE fences (
+        fence INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// SQLite waits this long for a lock another process holds (`token create` while the

@@ -35,6 +35,8 @@ pub mod controller {
         /// (`Welcome.renew_certificate`, `renew`, `renewed`), `JoinRequest.rejoin`.
         /// 1.3: host metrics (`AgentMessage.host_metrics`, `HostStatus.metrics`).
         /// 1.4: `DeployRecord`'s ref, commit, rollback, duration and host outcomes.
-        pub const PROTOCOL_MINOR: u32 = 4;
+        /// 1.5: deploys run by the controller (`SubmitDeploy`, `AttachDeploy`,
+        /// `CancelDeploy`, `DeployHistory`).
+        pub const PROTOCOL_MINOR: u32 = 5;
     }
 }

@@ -11,8 +11,10 @@ use super::summary::StepTime;
 
 use tokio::sync::mpsc;
 
-/// One thing that happened during a deploy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One thing that happened during a deploy. As JSON (`kind` and the fields) it is
+/// what a controller running the deploy stores and streams to `fleet deploy`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     /// `host` started `step`.
     Step { host: String, step: String },
@@ -28,6 +30,9 @@ pub enum Event {
     Output { host: String, line: String },
     /// A note about the deploy, or about one host when `host` is set.
     Note { host: Option<String>, text: String },
+    /// An update knows its release and commit (a controller records them, so a resumed
+    /// run ships the same).
+    Started { release: String, commit: String },
 }
 
 /// Where a deploy sends its events. Sending never blocks; a watcher that went away
@@ -80,6 +85,11 @@ impl Events {
             tx: None,
             clock: Arc::default(),
         }
+    }
+
+    /// An event from elsewhere (a controller running the deploy), passed on as is.
+    pub fn emit(&self, event: Event) {
+        self.send(event);
     }
 
     fn send(&self, event: Event) {
@@ -147,6 +157,13 @@ impl Events {
         self.send(Event::Output {
             host: host.to_string(),
             line: line.to_string(),
+        });
+    }
+
+    pub fn started(&self, release: &str, commit: &str) {
+        self.send(Event::Started {
+            release: release.to_string(),
+            commit: commit.to_string(),
         });
     }
 

@@ -45,7 +45,10 @@ pub(super) struct Live {
     token: String,
     /// `path` resolved on the host (absolute).
     root: String,
-    /// The release `current` pointed at before.
+    /// The release `current` pointed at when the host was locked.
+    current: Option<String>,
+    /// The release to go back to: `current`, or the one before it when `current` is
+    /// already this deploy's.
     previous: Option<String>,
     /// Every release on the host when it was locked.
     releases: Vec<String>,
@@ -105,7 +108,9 @@ impl Context {
         };
         let failure = match failure {
             Some(f) => Some(f),
-            None if is_current(payload, &live) => {
+            // A run taken up again after its controller restarted goes on from the
+            // switch (reload, hooks, health): this deploy switched the host before.
+            None if is_current(payload, &live) && !self.options.resumed => {
                 self.events.done(host.name(), "already on this release");
                 let s = summary(
                     HostResult::Unchanged,
@@ -165,6 +170,7 @@ impl Context {
         let since = jiff::Timestamp::now().to_string();
         let info = LockInfo {
             token: &token,
+            fence: self.options.fence,
             owner: &self.who,
             pid: std::process::id(),
             since: &since,
@@ -246,7 +252,7 @@ impl Context {
         payload: &Payload<'_>,
         switches: bool,
     ) -> Live {
-        let previous = output
+        let current = output
             .fact("current")
             .and_then(|c| c.rsplit('/').next().map(str::to_string))
             .filter(|c| script::valid_release(c));
@@ -255,11 +261,23 @@ impl Context {
             .into_iter()
             .filter(|r| script::valid_release(r))
             .collect();
+        // On the new release already (a resumed run): what it goes back to is the
+        // newest release before it.
+        let previous = match current.as_deref() == Some(payload.release()) {
+            true => (releases.iter())
+                .filter(|r| r.as_str() < payload.release())
+                .max()
+                .cloned(),
+            false => current.clone(),
+        };
         let reached = output.all("step").last().cloned();
         let switched = output.fact("switched").is_some();
+        // On this deploy's release already (taken up again after a controller restart):
+        // transferred and switched, whatever the strategy.
+        let already = current.as_deref() == Some(payload.release());
         let lock = LockState {
-            transferred: matches!(reached.as_deref(), Some("transfer" | "switch")),
-            switch_done: switches && switched,
+            transferred: already || matches!(reached.as_deref(), Some("transfer" | "switch")),
+            switch_done: already || (switches && switched),
         };
         let config = &self.stage.config;
         let kind = match payload {
@@ -278,8 +296,9 @@ impl Context {
         };
         let mut walk = HostWalk::new(kind, hooks, lock);
         // Unsure (the connection ended mid-switch): as if switched, so undo switches back.
-        walk.switched =
-            switched || (output.raw.exit_status.is_none() && reached.as_deref() == Some("switch"));
+        walk.switched = already
+            || switched
+            || (output.raw.exit_status.is_none() && reached.as_deref() == Some("switch"));
         let lock_lost = Arc::new(AtomicBool::new(false));
         let renewer = tokio::spawn(renew_loop(
             Arc::clone(host),
@@ -291,6 +310,7 @@ impl Context {
             host: Arc::clone(host),
             token,
             root,
+            current,
             previous,
             releases,
             walk,
@@ -302,6 +322,12 @@ impl Context {
     }
 
     fn locked_error(&self, stdout: &str) -> StepError {
+        if let Some(seen) = stdout.lines().find_map(|l| l.strip_prefix("fleet:fenced=")) {
+            return StepError::Host(format!(
+                "a newer deploy of this stage took this host (fencing number {seen}, this deploy's {}): this deploy lost the stage's lock",
+                self.options.fence
+            ));
+        }
         let field = |key: &str| {
             stdout
                 .lines()
@@ -575,8 +601,10 @@ impl Context {
 }
 
 /// A revert to the release the host is already on.
+/// Whether the host is on the payload's release already: a revert's target, or (a run
+/// resumed after a controller restart) the release this deploy switched it to.
 fn is_current(payload: &Payload<'_>, live: &Live) -> bool {
-    matches!(payload, Payload::Existing { release } if live.previous.as_deref() == Some(*release))
+    live.current.as_deref() == Some(payload.release())
 }
 
 /// Renews the host's lock until aborted; a renewal that finds the lock gone or someone

@@ -25,6 +25,7 @@ mod pm2;
 mod rollout;
 mod script;
 mod setup;
+pub mod submit;
 pub mod summary;
 
 use std::collections::BTreeSet;
@@ -67,6 +68,46 @@ pub struct Options {
     pub ssh: crate::ssh::SshChoices,
     /// Who deploys, as `user@machine`; by default this process's user and hostname.
     pub who: Option<String>,
+    /// Set by a controller running the deploy: what the CLI prepared (`prepare`), the
+    /// release's name, the stage lock's fencing number (written into each host's lock)
+    /// and whether this run resumes one that a controller restart cut short.
+    pub prepared: Option<Prepared>,
+    pub release: Option<String>,
+    pub fence: u64,
+    pub resumed: bool,
+    /// Connect to every host first (the step `connect`) and refuse the deploy, before
+    /// any host changes, when a host's key is unknown, changed or revoked.
+    pub preflight: bool,
+}
+
+/// What `update` ships, resolved and packed where the deploy was asked for: the commit
+/// and, for the archive strategy, its packed tree. Empty for the clone strategy (the
+/// first host resolves the ref) unless a resumed run pins the commit it resolved.
+#[derive(Clone, Default)]
+pub struct Prepared {
+    pub commit: String,
+    pub summary: String,
+    pub archive: Option<Arc<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("commit", &self.commit)
+            .field("archive_bytes", &self.archive.as_ref().map(|a| a.len()))
+            .finish()
+    }
+}
+
+/// For a deploy a controller will run: `pre_deploy_local` here, then (archive strategy)
+/// the ref resolved and its tree packed here, as `update` would.
+pub async fn prepare(
+    stage: Stage,
+    options: Options,
+    events: Events,
+) -> Result<Prepared, DeployError> {
+    let context = Context::new(stage, options, events, Interrupt::new())?;
+    context.prepare().await
 }
 
 /// What a deploy came back with.

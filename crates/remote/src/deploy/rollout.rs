@@ -36,19 +36,34 @@ impl Context {
             .parent()
             .map(PathBuf::from)
             .unwrap_or_default();
-        self.pre_deploy_local(&base_dir).await?;
-        let shipment = match self.stage.config.strategy {
-            DeployStrategy::Archive => self.pack(&base_dir)?,
-            DeployStrategy::Clone | DeployStrategy::Checkout => {
-                self.resolve_on_first_host().await?
+        let shipment = match &self.options.prepared {
+            // Prepared where the deploy was asked for (a controller runs it).
+            Some(prepared) if !prepared.commit.is_empty() => Shipment {
+                commit: prepared.commit.clone(),
+                summary: prepared.summary.clone(),
+                archive: prepared.archive.as_ref().map(|a| a.to_vec()),
+            },
+            Some(_) => self.resolve_on_first_host().await?,
+            None => {
+                self.pre_deploy_local(&base_dir).await?;
+                match self.stage.config.strategy {
+                    DeployStrategy::Archive => self.pack(&base_dir)?,
+                    DeployStrategy::Clone | DeployStrategy::Checkout => {
+                        self.resolve_on_first_host().await?
+                    }
+                }
             }
         };
         let commit = &shipment.commit;
         let short = &commit[..7];
-        let release = format!(
-            "{}-{short}",
-            jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S%.3fZ"),
-        );
+        let release = (self.options.release.clone()).unwrap_or_else(|| {
+            format!(
+                "{}-{short}",
+                jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S%.3fZ"),
+            )
+        });
+        self.events.started(&release, commit);
+        self.connect_all().await?;
         let git_ref = self.git_ref_or_head();
         let summary = if shipment.summary.is_empty() {
             String::new()
@@ -130,6 +145,61 @@ impl Context {
         }
     }
 
+    /// With `preflight`: every host connected at once (step `connect`); a host whose key
+    /// is not known refuses the whole deploy before anything changes. A host that cannot
+    /// be reached is left to the rollout (it fails there, within `max_fail`).
+    async fn connect_all(&self) -> Result<(), DeployError> {
+        if !self.options.preflight {
+            return Ok(());
+        }
+        let connects = self.hosts.iter().map(|host| async move {
+            self.events.step(host.name(), "connect");
+            (host.name(), host.pool().connect(host.name()).await)
+        });
+        let refused: Vec<String> = futures::future::join_all(connects)
+            .await
+            .into_iter()
+            .filter_map(|(host, result)| match result {
+                Err(
+                    error @ (crate::ssh::SshError::UnknownHostKey { .. }
+                    | crate::ssh::SshError::ChangedHostKey { .. }
+                    | crate::ssh::SshError::RevokedHostKey { .. }),
+                ) => Some(format!("{host}: {error}")),
+                _ => None,
+            })
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        for line in &refused {
+            let host = line.split(':').next().unwrap_or("");
+            self.events.failed(host, "connect", line);
+        }
+        Err(DeployError::Refused(format!(
+            "refused before any host changed:\n{}",
+            refused.join("\n")
+        )))
+    }
+
+    /// `prepare`: `pre_deploy_local`, then the archive strategy's packing.
+    pub(super) async fn prepare(&self) -> Result<super::Prepared, DeployError> {
+        let base_dir = (self.stage.config_path.parent())
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        self.pre_deploy_local(&base_dir).await?;
+        match self.stage.config.strategy {
+            DeployStrategy::Archive => {
+                let shipment = self.pack(&base_dir)?;
+                Ok(super::Prepared {
+                    commit: shipment.commit,
+                    summary: shipment.summary,
+                    archive: shipment.archive.map(Arc::new),
+                })
+            }
+            DeployStrategy::Clone | DeployStrategy::Checkout => Ok(super::Prepared::default()),
+        }
+    }
+
     /// The archive strategy: the ref resolved and its tree packed here.
     fn pack(&self, base_dir: &std::path::Path) -> Result<Shipment, DeployError> {
         let (repo, commit) =
@@ -183,7 +253,14 @@ impl Context {
 
     pub(super) async fn revert(&self, n: usize) -> Result<Report, DeployError> {
         let started = Instant::now();
-        let target = self.revert_target(n).await?;
+        // A resumed revert goes to the release its first attempt chose (hosts it
+        // already reverted have another `current` now).
+        let target = match &self.options.release {
+            Some(release) => release.clone(),
+            None => self.revert_target(n).await?,
+        };
+        self.events.started(&target, "");
+        self.connect_all().await?;
         self.events.note(format!(
             "reverting {} host(s) of {} to release {target}",
             self.hosts.len(),

@@ -2,10 +2,10 @@
 //! which the CLI draws as a table or JSON and a controller stores. Also the audit
 //! record sent to the controller.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How one host's deploy ended.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum HostResult {
     /// On the new release.
@@ -42,7 +42,7 @@ impl HostResult {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostSummary {
     pub host: String,
     pub result: HostResult,
@@ -57,12 +57,12 @@ pub struct HostSummary {
     pub previous: Option<String>,
     pub duration_ms: u64,
     /// How long each step took, in order.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepTime>,
 }
 
 /// One step of a host's deploy and how long it took.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StepTime {
     pub step: String,
     pub ms: u64,
@@ -85,7 +85,7 @@ impl HostSummary {
 }
 
 /// The end of a `setup`, `update` or `revert`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub stage: String,
     pub action: String,

@@ -10,6 +10,7 @@
 
 mod auth;
 mod connect;
+pub mod keys;
 mod known_hosts;
 mod options;
 #[cfg(test)]
@@ -57,6 +58,10 @@ pub struct SshChoices {
     pub accept_new_host_keys: bool,
     pub accept_changed_host_keys: Vec<String>,
     pub print_warnings: bool,
+    /// A known_hosts file and an ssh_config file that replace the user's (a controller
+    /// running a deploy uses its own, never the account's `~/.ssh`).
+    pub known_hosts: Option<PathBuf>,
+    pub ssh_config: Option<PathBuf>,
 }
 
 /// A stage's SSH settings (`DeployStage`'s keys plus the CLI's flags).
@@ -501,6 +506,15 @@ impl Pool {
                 move || agent_channel(weak, host, socket, connection).boxed(),
             )
             .await
+    }
+
+    /// Connects to `host` (host key checked, authenticated) unless connected already;
+    /// later calls reuse the connection.
+    pub async fn connect(&self, host: &str) -> Result<(), SshError> {
+        self.inner
+            .connection(host, Role::Target, 0)
+            .await
+            .map(|_| ())
     }
 
     /// The host's `${FLEET_HOME:-$HOME/.fleet}`, asked once per connection.

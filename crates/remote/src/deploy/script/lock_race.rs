@@ -10,8 +10,13 @@ use super::{LOCKED_STATUS, LOST_STATUS, LockInfo, RemotePath, lock, still_locked
 const ROUNDS: usize = 50;
 
 fn script(path: &RemotePath, token: &str) -> String {
+    fenced(path, token, 0)
+}
+
+fn fenced(path: &RemotePath, token: &str, fence: u64) -> String {
     let info = LockInfo {
         token,
+        fence,
         owner: token,
         pid: 1,
         since: "2026-01-01T00:00:00Z",
@@ -90,4 +95,46 @@ fn a_step_changes_nothing_once_the_lock_is_someone_elses() {
     std::fs::write(root.join(".fleet/lock"), "token=mine\nowner=a\n").unwrap();
     let status = Command::new("sh").arg("-c").arg(&step).status().unwrap();
     assert!(status.success() && marker.exists());
+}
+
+/// A controller's deploy takes over a fresh lock held under a lower fencing number (its
+/// deployer lost the stage's lease), never a lock taken without one (a CLI's deploy over
+/// SSH), and a host that saw a higher number refuses a lower one.
+#[test]
+fn a_higher_fence_takes_over_a_lower_one_and_a_lower_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("app");
+    let path = RemotePath::new(root.to_str().unwrap()).unwrap();
+    let run = |script: String| {
+        let output = Command::new("sh").arg("-c").arg(script).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let holds = |token: &str| {
+        std::fs::read_to_string(root.join(".fleet/lock"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == format!("token={token}"))
+    };
+    assert_eq!(run(fenced(&path, "cli", 0)).0, Some(0));
+    let (code, _) = run(fenced(&path, "ctl3", 3));
+    assert_eq!(
+        code,
+        Some(LOCKED_STATUS as i32),
+        "a CLI's lock is never taken over"
+    );
+    assert!(holds("cli"));
+    std::fs::remove_file(root.join(".fleet/lock")).unwrap();
+    assert_eq!(run(fenced(&path, "ctl3", 3)).0, Some(0));
+    let (code, out) = run(fenced(&path, "ctl5", 5));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("fleet:stale_lock="), "{out}");
+    assert!(holds("ctl5"));
+    let (code, out) = run(fenced(&path, "ctl4", 4));
+    assert_eq!(code, Some(LOCKED_STATUS as i32));
+    assert!(out.contains("fleet:fenced=5"), "{out}");
+    assert!(holds("ctl5"));
+    assert_eq!(run(still_locked(&path, "ctl3")).0, Some(LOST_STATUS as i32));
 }

@@ -1,0 +1,372 @@
+//! The deployer's tables: runs (what each needs to resume: the request, the release
+//! and commit once known, the fencing number), their events in order, the one lock per
+//! stage and the fencing numbers. Plain functions on a connection, called through the
+//! store's thread.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+/// A run about to start: who asked for what.
+pub struct NewRun<'a> {
+    pub stage: &'a str,
+    pub action: &'a str,
+    pub who: &'a str,
+    pub token_name: &'a str,
+    pub machine: &'a str,
+    pub git_ref: &'a str,
+    pub commit: &'a str,
+    /// The submission as JSON (`Request`), what a resumed run starts again from.
+    pub request: &'a str,
+    pub now_ms: u64,
+}
+
+/// Who holds a stage's lock.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub run_id: u64,
+    pub token_name: String,
+    pub machine: String,
+    pub git_ref: String,
+}
+
+/// Takes `run.stage`'s lock and records the run, in one transaction: its id and
+/// fencing number, or who holds the lock.
+pub fn begin(
+    conn: &mut Connection,
+    run: &NewRun<'_>,
+) -> rusqlite::Result<Result<(u64, u64), Holder>> {
+    let tx = conn.transaction()?;
+    let holder = tx
+        .query_row(
+            "SELECT run_id, token_name, machine, git_ref FROM stage_locks WHERE stage = ?1",
+            params![run.stage],
+            |row| {
+                Ok(Holder {
+                    run_id: row.get::<_, i64>(0)? as u64,
+                    token_name: row.get(1)?,
+                    machine: row.get(2)?,
+                    git_ref: row.get(3)?,
+                })
+            },
+        )
+        .optional()?;
+    if let Some(holder) = holder {
+        return Ok(Err(holder));
+    }
+    tx.execute(
+        "INSERT INTO deploy_runs (stage, action, state, who, token_name, machine, git_ref,
+                                  git_commit, request, created_at)
+         VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            run.stage,
+            run.action,
+            run.who,
+            run.token_name,
+            run.machine,
+            run.git_ref,
+            run.commit,
+            run.request,
+            run.now_ms as i64
+        ],
+    )?;
+    let id = tx.last_insert_rowid() as u64;
+    let fence = new_fence(&tx, id)?;
+    tx.execute(
+        "INSERT INTO stage_locks (stage, run_id, fence, token_name, machine, git_ref, taken_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            run.stage,
+            id as i64,
+            fence as i64,
+            run.token_name,
+            run.machine,
+            run.git_ref,
+            run.now_ms as i64
+        ],
+    )?;
+    tx.commit()?;
+    Ok(Ok((id, fence)))
+}
+
+/// A new fencing number for run `id`, written on the run and its stage lock.
+fn new_fence(conn: &Connection, id: u64) -> rusqlite::Result<u64> {
+    conn.execute(
+        "INSERT INTO fences (run_id) VALUES (?1)",
+        params![id as i64],
+    )?;
+    let fence = conn.last_insert_rowid() as u64;
+    conn.execute(
+        "UPDATE deploy_runs SET fence = ?1 WHERE id = ?2",
+        params![fence as i64, id as i64],
+    )?;
+    conn.execute(
+        "UPDATE stage_locks SET fence = ?1 WHERE run_id = ?2",
+        params![fence as i64, id as i64],
+    )?;
+    Ok(fence)
+}
+
+/// A run cut short by a controller restart, as it is taken up again.
+pub struct Unfinished {
+    pub id: u64,
+    pub stage: String,
+    pub request: String,
+    pub release: String,
+    pub commit: String,
+    pub fence: u64,
+}
+
+/// Every run still `running` (the controller stopped during it), each given a new
+/// fencing number (any host lock of its earlier attempt is then taken over at once,
+/// and that attempt, were it somehow alive, can no longer change a host).
+pub fn resume_all(conn: &mut Connection) -> rusqlite::Result<Vec<Unfinished>> {
+    let tx = conn.transaction()?;
+    let mut runs: Vec<Unfinished> = {
+        let mut statement = tx.prepare(
+            "SELECT id, stage, request, release, git_commit FROM deploy_runs
+             WHERE state = 'running' ORDER BY id",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok(Unfinished {
+                id: row.get::<_, i64>(0)? as u64,
+                stage: row.get(1)?,
+                request: row.get(2)?,
+                release: row.get(3)?,
+                commit: row.get(4)?,
+                fence: 0,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for run in &mut runs {
+        run.fence = new_fence(&tx, run.id)?;
+        tx.execute(
+            "UPDATE deploy_runs SET attempts = attempts + 1 WHERE id = ?1",
+            params![run.id as i64],
+        )?;
+    }
+    tx.commit()?;
+    Ok(runs)
+}
+
+/// The release and commit an update settled on (a resumed run ships the same).
+pub fn set_release(
+    conn: &Connection,
+    id: u64,
+    release: &str,
+    commit: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE deploy_runs SET release = ?1, git_commit = ?2 WHERE id = ?3",
+        params![release, commit, id as i64],
+    )?;
+    Ok(())
+}
+
+pub fn append_event(
+    conn: &Connection,
+    id: u64,
+    seq: u64,
+    at_ms: u64,
+    event: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO deploy_events (run_id, seq, at, event) VALUES (?1, ?2, ?3, ?4)",
+        params![id as i64, seq as i64, at_ms as i64, event],
+    )?;
+    Ok(())
+}
+
+/// Ends run `id` as `state` and releases its stage lock.
+pub fn finish(
+    conn: &mut Connection,
+    id: u64,
+    state: &str,
+    report: Option<&str>,
+    error: Option<&str>,
+    now_ms: u64,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "UPDATE deploy_runs SET state = ?1, report = ?2, error = ?3, finished_at = ?4 WHERE id = ?5",
+        params![state, report, error, now_ms as i64, id as i64],
+    )?;
+    tx.execute(
+        "DELETE FROM stage_locks WHERE run_id = ?1",
+        params![id as i64],
+    )?;
+    tx.commit()
+}
+
+/// A run's events from `after` on, in order.
+pub fn events(conn: &Connection, id: u64, after: u64) -> rusqlite::Result<Vec<(u64, String)>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT seq, event FROM deploy_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
+    )?;
+    let rows = statement.query_map(params![id as i64, after as i64], |row| {
+        Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
+    })?;
+    rows.collect()
+}
+
+/// One run as history shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: u64,
+    pub stage: String,
+    pub action: String,
+    pub state: String,
+    pub who: String,
+    pub token_name: String,
+    pub machine: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub commit: String,
+    pub release: String,
+    pub created_unix_ms: u64,
+    pub finished_unix_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub attempts: u32,
+    pub error: Option<String>,
+    /// Each host's outcome, from the report.
+    pub hosts: serde_json::Value,
+}
+
+/// Runs newest first, of `stage` when given; `id` alone when given.
+pub fn history(
+    conn: &Connection,
+    stage: Option<&str>,
+    id: Option<u64>,
+    limit: u32,
+) -> rusqlite::Result<Vec<RunRecord>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, stage, action, state, who, token_name, machine, git_ref, git_commit, release,
+                created_at, finished_at, attempts, error, report
+         FROM deploy_runs WHERE (?1 IS NULL OR stage = ?1) AND (?2 IS NULL OR id = ?2)
+         ORDER BY id DESC LIMIT ?3",
+    )?;
+    let rows = statement.query_map(params![stage, id.map(|i| i as i64), limit], |row| {
+        let created = row.get::<_, i64>(10)? as u64;
+        let finished = row.get::<_, Option<i64>>(11)?.map(|f| f as u64);
+        let report: Option<String> = row.get(14)?;
+        let hosts = (report.as_deref())
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+            .map(|r| r["hosts"].clone())
+            .unwrap_or(serde_json::Value::Array(Vec::new()));
+        Ok(RunRecord {
+            id: row.get::<_, i64>(0)? as u64,
+            stage: row.get(1)?,
+            action: row.get(2)?,
+            state: row.get(3)?,
+            who: row.get(4)?,
+            token_name: row.get(5)?,
+            machine: row.get(6)?,
+            git_ref: row.get(7)?,
+            commit: row.get(8)?,
+            release: row.get(9)?,
+            created_unix_ms: created,
+            finished_unix_ms: finished,
+            duration_ms: finished.map(|f| f.saturating_sub(created)),
+            attempts: row.get(12)?,
+            error: row.get(13)?,
+            hosts,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The report of a finished run, or its error.
+pub fn outcome(
+    conn: &Connection,
+    id: u64,
+) -> rusqlite::Result<Option<(Option<String>, Option<String>)>> {
+    conn.query_row(
+        "SELECT report, error FROM deploy_runs WHERE id = ?1 AND state != 'running'",
+        params![id as i64],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+}
+
+/// The stage's running deploy, else its latest.
+pub fn latest(conn: &Connection, stage: &str) -> rusqlite::Result<Option<u64>> {
+    conn.query_row(
+        "SELECT id FROM deploy_runs WHERE stage = ?1 ORDER BY state = 'running' DESC, id DESC LIMIT 1",
+        params![stage],
+        |row| row.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|id| id.map(|id| id as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<'a>(stage: &'a str, token: &'a str) -> NewRun<'a> {
+        NewRun {
+            stage,
+            action: "update",
+            who: "token:ci (me@laptop)",
+            token_name: token,
+            machine: "laptop",
+            git_ref: "main",
+            commit: "abc",
+            request: "{}",
+            now_ms: 1,
+        }
+    }
+
+    #[test]
+    fn one_run_per_stage_holds_the_lock_with_a_growing_fence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open(&dir.path().join("controller.db")).unwrap();
+        let (first, fence) = begin(&mut conn, &run("prod", "ci")).unwrap().unwrap();
+        let refused = begin(&mut conn, &run("prod", "other"))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!((refused.run_id, refused.token_name.as_str()), (first, "ci"));
+        let (_, staging_fence) = begin(&mut conn, &run("staging", "ci")).unwrap().unwrap();
+        assert!(staging_fence > fence);
+        append_event(&conn, first, 1, 5, "{\"kind\":\"note\"}").unwrap();
+        append_event(&conn, first, 2, 6, "{\"kind\":\"done\"}").unwrap();
+        assert_eq!(
+            events(&conn, first, 1).unwrap(),
+            vec![(2, "{\"kind\":\"done\"}".to_owned())]
+        );
+        // A restart: both runs come back with new, higher fences.
+        let resumed = resume_all(&mut conn).unwrap();
+        assert_eq!(resumed.len(), 2);
+        assert!(resumed.iter().all(|r| r.fence > staging_fence));
+        finish(
+            &mut conn,
+            first,
+            "ok",
+            Some("{\"hosts\":[{\"host\":\"a\"}]}"),
+            None,
+            9,
+        )
+        .unwrap();
+        assert!(
+            begin(&mut conn, &run("prod", "other")).unwrap().is_ok(),
+            "the lock is free"
+        );
+        let history = history(&conn, Some("prod"), None, 10).unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(
+            (
+                history[1].state.as_str(),
+                history[1].duration_ms,
+                history[1].attempts
+            ),
+            ("ok", Some(8), 2)
+        );
+        assert_eq!(history[1].hosts[0]["host"], "a");
+        assert_eq!(latest(&conn, "prod").unwrap(), Some(history[0].id));
+        assert!(outcome(&conn, first).unwrap().is_some());
+        assert!(
+            outcome(&conn, history[0].id).unwrap().is_none(),
+            "still running"
+        );
+    }
+}
