@@ -8,6 +8,10 @@
 #     `ref = "main"` is packed here and streamed to every host, which needs no git), all
 #     hosts at once (`batch = "100%"`), then each host's agent reloads the app from the
 #     new release's fleet.toml, gated on readiness;
+#   - the same deploys run by a fleet-controller (`FLEET_CONTROLLER` set: the CLI packs
+#     and uploads once, the controller deploys over SSH with its own key), in the same run,
+#     and from the controller's store the time from the deploy's acceptance to its first
+#     host's first step;
 #   - `pm2 deploy ecosystem.config.js <stage>` (pm2@latest from npm) to 1 and 5 of the
 #     same hosts: host after host, each fetching the repository (a clone of this run's
 #     repository by its local path: the hosts share the machine's file system), resetting
@@ -115,6 +119,8 @@ PM2_DEPLOY_LOG="/tmp/pm2-deploy-$PM2_LOG_USER.log"
 
 FLEET="$ROOT/target/release/fleet"
 AGENT="$ROOT/target/release/fleet-agent"
+CONTROLLER="$ROOT/target/release/fleet-controller"
+CTL_PID=""
 PM2=""
 BED_UP=0
 
@@ -125,6 +131,7 @@ cleanup() {
   set +e
   trap - EXIT INT TERM
   cd /
+  [[ -n $CTL_PID ]] && kill "$CTL_PID" 2>/dev/null && wait "$CTL_PID" 2>/dev/null
   stop_daemons
   if ((BED_UP)) || [[ -f $BED/id ]]; then
     local id
@@ -229,9 +236,9 @@ new_commit() {
 
 # --- build -------------------------------------------------------------------
 if ((BUILD)); then
-  build_fleet fleet-cli fleet-agent
+  build_fleet fleet-cli fleet-agent fleet-controller
 fi
-for b in "$FLEET" "$AGENT"; do
+for b in "$FLEET" "$AGENT" "$CONTROLLER"; do
   [[ -x $b ]] || die "missing $b (run without --no-build)"
 done
 FLEET_VERSION=$("$FLEET" --version 2>/dev/null | head -1 || echo fleet)
@@ -252,6 +259,7 @@ BED_ID=$(<"$BED/id")
 R[bed_up_s]=$(awk -v us=$(($(now_us) - t0)) 'BEGIN { printf "%.1f", us / 1e6 }')
 mapfile -t ADDR < <(awk '{ print $2 }' "$BED/hosts")
 ((${#ADDR[@]} == HOSTS)) || die "the bed lists ${#ADDR[@]} hosts, not $HOSTS"
+BRIDGE="198.18.$BED_ID.254" # the root namespace's address on the bed (the controller's)
 log "bed $BED_ID is up in ${R[bed_up_s]} s"
 
 FIVE=$((HOSTS < 5 ? HOSTS : 5))
@@ -345,6 +353,7 @@ fleet_deploy() {
   new_commit "$stage-$label"
   b0=$(busy_jiffies)
   t0=$EPOCHREALTIME
+  LAST_T0=$t0
   "$FLEET" deploy --json "$stage" >"$out.json" 2>"$out.err" || rc=$?
   t1=$EPOCHREALTIME
   b1=$(busy_jiffies)
@@ -399,6 +408,62 @@ fleet_phase() {
     for ((r = 1; r <= RUNS; r++)); do echo "${R[fleet.$stage.run$r.cpu_ms]}" >>"$WORK/fleet-$stage.cpu"; done
     R[fleet.$stage.cpu_median]=$(pctl 50 "$WORK/fleet-$stage.cpu")
   done
+}
+
+# --- fleet through a controller ---------------------------------------------------------
+# The same deploys run by a fleet-controller in the root namespace (on the bed's bridge),
+# with the bed's client key as its deploy key and the bed's host keys added: the CLI
+# packs and uploads, the controller deploys over SSH. Also, from the controller's store:
+# when the deploy was accepted (archive received) and when its first host's first step
+# began.
+controller_phase() {
+  local n stage r port
+  CTL_DATA="$WORK/controller"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$CONTROLLER" known-hosts add "$BED/known_hosts" --data "$CTL_DATA" >/dev/null
+  CTL_TOKEN=$("$CONTROLLER" token create --name bench --role deploy --data "$CTL_DATA")
+  "$CONTROLLER" --listen "$BRIDGE:$port" --data "$CTL_DATA" --deploy-key "$BED/client_key" \
+    >"$WORK/controller.log" 2>&1 &
+  CTL_PID=$!
+  wait_for "the controller" 30 bash -c "test -s '$CTL_DATA/ca.pem' && exec 3<>/dev/tcp/$BRIDGE/$port" ||
+    { FAILED="the controller did not start: $(tail -n 5 "$WORK/controller.log")"; return 1; }
+  export FLEET_CONTROLLER="https://$BRIDGE:$port" FLEET_TOKEN="$CTL_TOKEN" FLEET_CA="$CTL_DATA/ca.pem"
+  for n in "${FLEET_SIZES[@]}"; do
+    stage=s$n
+    log "fleet via the controller: $stage ($n host(s)): warm-up, then $RUNS timed deploys"
+    fleet_deploy "$stage" ctl-warmup || { FAILED="controller deploy $stage (warm-up) failed"; break; }
+    : >"$WORK/ctl-$stage.ms"
+    : >"$WORK/ctl-$stage.first"
+    for ((r = 1; r <= RUNS; r++)); do
+      fleet_deploy "$stage" "ctl$r" || { FAILED="controller deploy $stage (run $r) failed"; break 2; }
+      echo "${R[fleet.$stage.ctl$r.ms]}" >>"$WORK/ctl-$stage.ms"
+      first_step >>"$WORK/ctl-$stage.first"
+    done
+    R[ctl.$stage.median]=$(pctl 50 "$WORK/ctl-$stage.ms")
+    R[ctl.$stage.first_median]=$(awk '{ print $1 }' "$WORK/ctl-$stage.first" | sort -n | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "-") }')
+    R[ctl.$stage.first_max]=$(awk '{ print $1 }' "$WORK/ctl-$stage.first" | sort -n | tail -1)
+    R[ctl.$stage.upload_median]=$(awk '{ print $2 }' "$WORK/ctl-$stage.first" | sort -n | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "-") }')
+  done
+  unset FLEET_CONTROLLER FLEET_TOKEN FLEET_CA
+  kill "$CTL_PID" 2>/dev/null
+  wait "$CTL_PID" 2>/dev/null
+  CTL_PID=""
+  [[ -z $FAILED ]]
+}
+
+# first_step: for the controller's newest run, ms from its acceptance to its first
+# step event, and from the CLI's start (LAST_T0) to its acceptance (pack + upload).
+first_step() {
+  python3 - "$CTL_DATA/controller.db" "$LAST_T0" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+run, created = db.execute("SELECT id, created_at FROM deploy_runs ORDER BY id DESC LIMIT 1").fetchone()
+first = db.execute("SELECT min(at) FROM deploy_events WHERE run_id = ? AND event LIKE '%\"kind\":\"step\"%'", (run,)).fetchone()[0]
+last = db.execute("SELECT max(at) FROM deploy_events WHERE run_id = ?", (run,)).fetchone()[0]
+finished = db.execute("SELECT finished_at FROM deploy_runs WHERE id = ?", (run,)).fetchone()[0]
+t0 = float(sys.argv[2]) * 1000
+print(f"{first - created} {created - t0:.0f} {last - created} {finished - created} {t0:.0f}")
+PY
 }
 
 # Stops fleet's agents and apps on the hosts, so PM2 has the machine to itself.
@@ -478,6 +543,11 @@ stop_pm2_on_hosts() {
 FLEET_OK=1 PM2_OK=1
 fleet_phase || { FLEET_OK=0; log "$FAILED; no more fleet deploys"; }
 FLEET_FAILED=$FAILED FAILED=""
+CTL_OK=1
+if ((FLEET_OK)); then
+  controller_phase || { CTL_OK=0; log "$FAILED; no more controller deploys"; }
+fi
+CTL_FAILED=$FAILED FAILED=""
 if ((WITH_PM2)); then
   log "stopping fleet on the hosts"
   stop_fleet_on_hosts
@@ -518,6 +588,14 @@ for n in "${FLEET_SIZES[@]}"; do
   else
     row "fleet deploy, $n host(s), median of $RUNS" "$(median_of fleet "s$n")" "-" "info"
   fi
+done
+for n in "${FLEET_SIZES[@]}"; do
+  c=$(get "ctl.s$n.median") l=$(get "fleet.s$n.median")
+  row "fleet deploy via the controller, $n host(s), median of $RUNS" \
+    "$c ms ($(ratio "$c" "$l")x the CLI's $l ms)" "<= 1.2x" "$(ok "$c <= 1.2 * $l")"
+  row "  accepted -> first host's first step, ms (median / max); pack + upload" \
+    "$(get "ctl.s$n.first_median") / $(get "ctl.s$n.first_max"); $(get "ctl.s$n.upload_median") ms" "< 50" \
+    "$(ok "$(get "ctl.s$n.first_max") < 50")"
 done
 # The bed's hosts share this machine's CPUs, so a deploy to many of them cannot end
 # before the machine has done every host's share: CPU used / CPUs is that floor.
@@ -563,7 +641,12 @@ for n in "${FLEET_SIZES[@]}"; do printf '  fleet s%-3s CPU ms per run:%s\n' "$n"
 if ((WITH_PM2)); then
   for n in "${PM2_SIZES[@]}"; do printf '  pm2   p%-3s %s\n' "$n" "$(runs_of pm2 "p$n")"; done
 fi
+for n in "${FLEET_SIZES[@]}"; do
+  [[ -s $WORK/ctl-s$n.first ]] || continue
+  printf '  ctl   s%-3s accepted->first step, pack+upload ms per run: %s\n' "$n" "$(tr '\n' ';' <"$WORK/ctl-s$n.first")"
+done
 ((FLEET_OK)) || echo "  fleet stopped: $FLEET_FAILED"
+((CTL_OK)) || echo "  controller deploys stopped: $CTL_FAILED"
 ((PM2_OK)) || echo "  pm2 stopped: $PM2_FAILED"
 echo "  total bench time: $((($(now_us) - T_START) / 1000000)) s"
-((FLEET_OK && PM2_OK)) || exit 1
+((FLEET_OK && CTL_OK && PM2_OK)) || exit 1

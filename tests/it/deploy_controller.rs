@@ -198,6 +198,17 @@ fn a_second_deploy_and_a_read_token_are_refused_and_cancel_goes_back(bed: &Bed<'
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_ne!(output.status.code(), Some(0));
     assert!(stderr.contains("read"), "a read token is refused: {stderr}");
+    let mut attach = bed.d.fleet.command(&["deploy", "bed", "attach"]);
+    attach
+        .envs(bed.controller.env())
+        .env("FLEET_TOKEN", &reader);
+    let output = bed.d.fleet.run_with(attach);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        stderr.contains("needs deploy"),
+        "attach needs a deploy token: {stderr}"
+    );
 
     let (code, _, stderr) = bed.via().run(&["deploy", "bed", "cancel"]);
     assert_eq!(code, Some(0), "cancel: {stderr}");

@@ -484,3 +484,58 @@ pub(crate) async fn follow(
 pub fn files_of(data_dir: &Path, deploy_key: Option<&Path>) -> keys::Files {
     keys::Files::new(data_dir, deploy_key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submitted_stage_runs_with_the_controllers_key_and_no_local_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = keys::Files::new(dir.path(), None);
+        let mut config: DeployStage = serde_json::from_value(serde_json::json!({
+            "user": "deploy", "host": ["h1", "h2"], "port": null, "key": "/home/me/.ssh/id",
+            "ssh_options": ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null",
+                            "ProxyCommand nc %h %p", "ConnectTimeout=5", "IdentityFile=/x"],
+            "repo": null, "ref": "main", "path": "/srv/app", "env": {}, "pre_setup": null,
+            "post_setup": null, "pre_deploy_local": "make assets", "pre_deploy": null,
+            "post_deploy": null, "fetch": null, "forward_agent": true, "needs_tty": false,
+            "keep_releases": 5, "shared_dirs": [], "shared_files": [], "proxy_jump": null,
+            "strategy": "archive", "batch": {"percent": 100}, "canary": false, "max_fail": 0,
+            "hosts": {"h2": {"user": null, "port": 2222, "key": "/home/me/.ssh/other", "path": null}}
+        }))
+        .unwrap();
+        config.env.insert("A".into(), "b".into());
+        let request = Request {
+            stage: "prod".into(),
+            config,
+            action: "update".into(),
+            revert_steps: 0,
+            git_ref: None,
+            no_rollback: false,
+            reason: None,
+            who: "token:ci (me@laptop)".into(),
+            accept_new_host_keys: false,
+            commit: String::new(),
+            summary: String::new(),
+            has_archive: true,
+        };
+        let stage = controller_stage(&files, &request);
+        assert_eq!(
+            stage.config.key.as_deref(),
+            Some(files.deploy_key.to_str().unwrap())
+        );
+        assert_eq!(
+            stage.config.ssh_options,
+            vec!["ConnectTimeout=5".to_owned()]
+        );
+        assert!(!stage.config.forward_agent);
+        assert_eq!(stage.config.pre_deploy_local, None);
+        assert_eq!(stage.config.hosts["h2"].key, None);
+        assert_eq!(stage.config.hosts["h2"].port, Some(2222));
+        assert!(
+            stage.controller.is_none(),
+            "the controller records the deploy itself"
+        );
+    }
+}

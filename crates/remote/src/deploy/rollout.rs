@@ -189,7 +189,12 @@ impl Context {
         self.pre_deploy_local(&base_dir).await?;
         match self.stage.config.strategy {
             DeployStrategy::Archive => {
-                let shipment = self.pack(&base_dir)?;
+                // Off the runtime's thread: the controller's TLS handshake goes on meanwhile.
+                let git_ref = self.git_ref.clone();
+                let shipment =
+                    tokio::task::spawn_blocking(move || pack_at(&base_dir, git_ref.as_deref()))
+                        .await
+                        .map_err(|e| DeployError::Local(format!("packing stopped: {e}")))??;
                 Ok(super::Prepared {
                     commit: shipment.commit,
                     summary: shipment.summary,
@@ -202,15 +207,7 @@ impl Context {
 
     /// The archive strategy: the ref resolved and its tree packed here.
     fn pack(&self, base_dir: &std::path::Path) -> Result<Shipment, DeployError> {
-        let (repo, commit) =
-            archive::resolve(base_dir, self.git_ref.as_deref()).map_err(DeployError::Config)?;
-        let bytes = archive::pack(&repo, &commit.sha)
-            .map_err(|e| DeployError::Local(format!("cannot pack commit {}: {e}", commit.sha)))?;
-        Ok(Shipment {
-            commit: commit.sha,
-            summary: commit.summary,
-            archive: Some(bytes),
-        })
+        pack_at(base_dir, self.git_ref.as_deref())
     }
 
     /// The clone strategy: the first host's mirror resolves the ref, so every host
@@ -421,4 +418,16 @@ impl Context {
             .map_err(|s| s.message().to_string())?;
         Ok(())
     }
+}
+
+/// `git_ref` resolved in the repository at `base_dir` and its tree packed.
+fn pack_at(base_dir: &std::path::Path, git_ref: Option<&str>) -> Result<Shipment, DeployError> {
+    let (repo, commit) = archive::resolve(base_dir, git_ref).map_err(DeployError::Config)?;
+    let bytes = archive::pack(&repo, &commit.sha)
+        .map_err(|e| DeployError::Local(format!("cannot pack commit {}: {e}", commit.sha)))?;
+    Ok(Shipment {
+        commit: commit.sha,
+        summary: commit.summary,
+        archive: Some(bytes),
+    })
 }

@@ -66,16 +66,19 @@ pub async fn submit(
             ));
         }
     };
-    let prepared = match action {
-        Action::Update => {
-            match super::prepare(stage.clone(), options.clone(), events.clone()).await {
-                Ok(prepared) => prepared,
-                Err(error) => return failed(error),
-            }
+    // Packing here and the controller's TLS handshake at once.
+    let prepare = async {
+        match action {
+            Action::Update => super::prepare(stage.clone(), options.clone(), events.clone()).await,
+            _ => Ok(super::Prepared::default()),
         }
-        _ => super::Prepared::default(),
     };
-    let mut client = match connect_controller(&settings).await {
+    let (prepared, client) = tokio::join!(prepare, connect_controller(&settings));
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => return failed(error),
+    };
+    let mut client = match client {
         Ok(client) => client,
         Err(error) => return failed(controller_error(error)),
     };
