@@ -134,9 +134,12 @@ impl Deployer {
         release: Option<String>,
         fence: u64,
         resumed: bool,
-        next_seq: u64,
+        start: Start,
     ) {
-        let run = Arc::new(Run::new(id, request.stage.clone(), next_seq));
+        let run = Arc::new(Run::new(id, request.stage.clone(), start.next_seq));
+        if start.cancelled {
+            run.interrupt.interrupt();
+        }
         lock(&controller.deployer.active).insert(id, run.clone());
         let controller = controller.clone();
         tokio::spawn(async move {
@@ -156,6 +159,12 @@ impl Deployer {
         run.interrupt.interrupt();
         Some(run.id)
     }
+}
+
+/// How a run starts: where its events resume, and whether it is cancelled already.
+pub(crate) struct Start {
+    pub next_seq: u64,
+    pub cancelled: bool,
 }
 
 /// How this attempt at a run differs from a first one.
@@ -195,7 +204,11 @@ pub(crate) async fn resume(controller: &Arc<Controller>) {
             request.commit = run.commit.clone();
         }
         let release = Some(run.release).filter(|r| !r.is_empty());
-        Deployer::start(controller, id, request, release, run.fence, true, next_seq);
+        let start = Start {
+            next_seq,
+            cancelled: run.cancelling,
+        };
+        Deployer::start(controller, id, request, release, run.fence, true, start);
     }
 }
 

@@ -114,17 +114,19 @@ pub struct Unfinished {
     pub release: String,
     pub commit: String,
     pub fence: u64,
+    /// Its cancel was asked for before the controller stopped.
+    pub cancelling: bool,
 }
 
-/// Every run still `running` (the controller stopped during it), each given a new
+/// Every run still `running` or `cancelling` (the controller stopped during it), each given a new
 /// fencing number (any host lock of its earlier attempt is then taken over at once,
 /// and that attempt, were it somehow alive, can no longer change a host).
 pub fn resume_all(conn: &mut Connection) -> rusqlite::Result<Vec<Unfinished>> {
     let tx = conn.transaction()?;
     let mut runs: Vec<Unfinished> = {
         let mut statement = tx.prepare(
-            "SELECT id, stage, request, release, git_commit FROM deploy_runs
-             WHERE state = 'running' ORDER BY id",
+            "SELECT id, stage, request, release, git_commit, state = 'cancelling' FROM deploy_runs
+             WHERE state IN ('running', 'cancelling') ORDER BY id",
         )?;
         let rows = statement.query_map([], |row| {
             Ok(Unfinished {
@@ -134,6 +136,7 @@ pub fn resume_all(conn: &mut Connection) -> rusqlite::Result<Vec<Unfinished>> {
                 release: row.get(3)?,
                 commit: row.get(4)?,
                 fence: 0,
+                cancelling: row.get(5)?,
             })
         })?;
         rows.collect::<rusqlite::Result<_>>()?
@@ -147,6 +150,16 @@ pub fn resume_all(conn: &mut Connection) -> rusqlite::Result<Vec<Unfinished>> {
     }
     tx.commit()?;
     Ok(runs)
+}
+
+/// A cancel asked for: kept so a controller that stops before the run ends cancels
+/// it again when it takes it up.
+pub fn mark_cancelling(conn: &Connection, id: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE deploy_runs SET state = 'cancelling' WHERE id = ?1 AND state = 'running'",
+        params![id as i64],
+    )?;
+    Ok(())
 }
 
 /// The release and commit an update settled on (a resumed run ships the same).
@@ -281,7 +294,8 @@ pub fn outcome(
     id: u64,
 ) -> rusqlite::Result<Option<(Option<String>, Option<String>)>> {
     conn.query_row(
-        "SELECT report, error FROM deploy_runs WHERE id = ?1 AND state != 'running'",
+        "SELECT report, error FROM deploy_runs
+         WHERE id = ?1 AND state NOT IN ('running', 'cancelling')",
         params![id as i64],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )
@@ -291,7 +305,8 @@ pub fn outcome(
 /// The stage's running deploy, else its latest.
 pub fn latest(conn: &Connection, stage: &str) -> rusqlite::Result<Option<u64>> {
     conn.query_row(
-        "SELECT id FROM deploy_runs WHERE stage = ?1 ORDER BY state = 'running' DESC, id DESC LIMIT 1",
+        "SELECT id FROM deploy_runs WHERE stage = ?1
+         ORDER BY state IN ('running', 'cancelling') DESC, id DESC LIMIT 1",
         params![stage],
         |row| row.get::<_, i64>(0),
     )
@@ -334,9 +349,14 @@ mod tests {
             events(&conn, first, 1).unwrap(),
             vec![(2, "{\"kind\":\"done\"}".to_owned())]
         );
-        // A restart: both runs come back with new, higher fences.
+        mark_cancelling(&conn, first).unwrap();
+        // A restart: both runs come back with new, higher fences; the cancel is kept.
         let resumed = resume_all(&mut conn).unwrap();
         assert_eq!(resumed.len(), 2);
+        assert_eq!(
+            resumed.iter().map(|r| r.cancelling).collect::<Vec<_>>(),
+            vec![true, false]
+        );
         assert!(resumed.iter().all(|r| r.fence > staging_fence));
         finish(
             &mut conn,

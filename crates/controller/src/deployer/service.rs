@@ -256,7 +256,11 @@ pub(crate) async fn submit(
             .map_err(|e| Status::internal(format!("cannot store the archive: {e}")))?;
     }
     tracing::info!(id, stage = %request.stage, who = %request.who, "deploy submitted");
-    Deployer::start(controller, id, request, None, fence, false, 1);
+    let start = super::Start {
+        next_seq: 1,
+        cancelled: false,
+    };
+    Deployer::start(controller, id, request, None, fence, false, start);
     Ok(ReceiverStream::new(follow(controller, id).await))
 }
 
@@ -288,6 +292,9 @@ pub(crate) fn cancel(controller: &Controller, stage: &str) -> Result<CancelDeplo
     check_stage_name(stage)?;
     let deploy_id = (controller.deployer.cancel(stage))
         .ok_or_else(|| Status::not_found(format!("no deploy of stage {stage} is running")))?;
+    controller.store.write("deploy cancel", move |conn| {
+        runs::mark_cancelling(conn, deploy_id)
+    });
     Ok(CancelDeployReply { deploy_id })
 }
 
