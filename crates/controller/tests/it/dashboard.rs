@@ -107,6 +107,20 @@ impl Bed {
         fleet_controller::read_audit(&self.controller.data, None).unwrap()
     }
 
+    /// Waits until `cookie`'s session is refused (`what` names why it should end).
+    async fn wait_signed_out(&self, cookie: &str, what: &str) {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        while self
+            .send("GET", "/api/session", &[("Cookie", cookie)], "")
+            .await
+            .code
+            != 401
+        {
+            assert!(tokio::time::Instant::now() < until, "{what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until `path` answers 200 for `cookie` (the dashboard reads stages every
     /// few seconds).
     async fn wait_ok(&self, cookie: &str, path: &str) -> Answer {
@@ -254,19 +268,8 @@ async fn sessions_end_with_a_tampered_cookie_or_a_revoked_or_expired_token() {
         .map(|t| t.name)
         .unwrap();
     fleet_controller::revoke_api_token(&bed.controller.data, &name).unwrap();
-    let until = tokio::time::Instant::now() + DEADLINE;
-    while bed
-        .send("GET", "/api/session", &[("Cookie", &cookie)], "")
-        .await
-        .code
-        != 401
-    {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "a revoked token's session ends"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    bed.wait_signed_out(&cookie, "a revoked token's session ends")
+        .await;
 
     let short = bed
         .controller
@@ -278,19 +281,8 @@ async fn sessions_end_with_a_tampered_cookie_or_a_revoked_or_expired_token() {
             .code,
         200
     );
-    let until = tokio::time::Instant::now() + DEADLINE;
-    while bed
-        .send("GET", "/api/session", &[("Cookie", &cookie)], "")
-        .await
-        .code
-        != 401
-    {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "an expired token's session ends"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    bed.wait_signed_out(&cookie, "an expired token's session ends")
+        .await;
 }
 
 #[tokio::test]

@@ -47,18 +47,7 @@ fn dashboard_stream(
     bytes: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let stream = tokio::net::TcpStream::connect(http).await.unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls::pki_types::pem::PemObject;
-        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
-            roots.add(certificate.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = connector.connect(name, stream).await.unwrap();
+        let mut tls = crate::http::connect(http, Some(&ca)).await;
         let request =
             format!("GET /api/events HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\n\r\n");
         tls.write_all(request.as_bytes()).await.unwrap();

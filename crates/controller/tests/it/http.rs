@@ -25,11 +25,11 @@ impl Answer {
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A connection to `address`: TLS for `localhost` trusting `ca` when given.
-async fn connect(address: SocketAddr, ca: Option<&str>) -> Box<dyn Io> {
+pub async fn connect(address: SocketAddr, ca: Option<&str>) -> Box<dyn Io> {
     let stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let Some(ca) = ca else {
         return Box::new(stream);

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleet_proto::agent::v1::{ProcessInfo, ProcessStatus};
+use fleet_proto::agent::v1::ProcessInfo;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -217,24 +217,14 @@ fn stages_json(stages: &[(String, Vec<String>)]) -> Value {
     )
 }
 
-/// A status as the dashboard names it (PM2's words).
-pub fn status_name(status: i32) -> &'static str {
-    match ProcessStatus::try_from(status).unwrap_or(ProcessStatus::Unspecified) {
-        ProcessStatus::Launching => "launching",
-        ProcessStatus::Online => "online",
-        ProcessStatus::Stopping => "stopping",
-        ProcessStatus::Stopped => "stopped",
-        ProcessStatus::Errored => "errored",
-        ProcessStatus::WaitingRestart => "waiting restart",
-        ProcessStatus::Unspecified => "unknown",
-    }
-}
+/// A status as the dashboard names it: PM2's words, as `/metrics` labels them.
+pub use fleet_proto::metrics::status_name;
 
 /// Which of two statuses an app's summary shows: the one that needs attention.
 fn severity(status: &str) -> u8 {
     match status {
         "errored" => 5,
-        "waiting restart" => 4,
+        "waiting-restart" => 4,
         "launching" | "stopping" => 3,
         "stopped" => 2,
         "unknown" => 1,
@@ -438,7 +428,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_proto::agent::v1::HostMetrics;
+    use fleet_proto::agent::v1::{HostMetrics, ProcessStatus};
 
     fn process(name: &str, status: ProcessStatus, memory: u64) -> ProcessInfo {
         ProcessInfo {

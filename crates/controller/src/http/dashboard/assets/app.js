@@ -537,7 +537,16 @@ function logsPage(params) {
     source.addEventListener("lines", (e) => receive(JSON.parse(e.data)));
     source.addEventListener("missed", (e) => append([el("div", { class: "ln note" }, el("span", { class: "src" }, "fleet"), `${e.data} lines not shown: this page fell behind`)]));
     source.addEventListener("end", (e) => { status.textContent = e.data; source.close(); });
-    source.onerror = () => { status.textContent = "reconnecting…"; };
+    // A reconnected stream starts again with each host's last lines: start the view
+    // again too, rather than show them twice.
+    let dropped = false;
+    source.onerror = () => { dropped = true; status.textContent = "reconnecting…"; };
+    source.onopen = () => {
+      if (!dropped) return;
+      dropped = false;
+      log.replaceChildren(el("div", { class: "ln note" }, el("span", { class: "src" }, "fleet"), "reconnected: the view starts again"));
+      status.textContent = "following";
+    };
   };
   pause.addEventListener("click", () => {
     paused = !paused;
