@@ -134,6 +134,8 @@ fn controller_run_deploys_survive_their_cli_and_their_controller() {
     the_cli_killed_and_attach_from_elsewhere(&bed);
     a_second_deploy_and_a_read_token_are_refused_and_cancel_goes_back(&bed);
     the_controller_killed_mid_rollout_finishes_on_restart(&mut bed);
+    a_revert_runs_in_the_controller(&bed);
+    the_clone_strategy_resolves_on_a_host(&bed);
     an_unknown_host_key_changes_nothing(&bed);
 }
 
@@ -265,6 +267,40 @@ fn the_controller_killed_mid_rollout_finishes_on_restart(bed: &mut Bed<'_>) {
             && e["targets"][0] == format!("release={release}").as_str()),
         "{audit:#?}"
     );
+}
+
+fn a_revert_runs_in_the_controller(bed: &Bed<'_>) {
+    let before = bed.current(&bed.hosts[0]);
+    let (code, report, stderr) = finish(bed.spawn_deploy(&["revert"]));
+    assert_eq!(code, Some(0), "revert: {report:#}\n{stderr}");
+    assert_eq!(report["action"], "revert", "{report:#}");
+    let target = report["release"].as_str().unwrap().to_owned();
+    assert_ne!(target, before);
+    assert_eq!(bed.currents(), vec![target.clone(); bed.hosts.len()]);
+    let run = &bed.history()[0];
+    assert_eq!(
+        (&run["action"], &run["state"]),
+        (&Value::from("revert"), &Value::from("ok"))
+    );
+    assert_eq!(run["release"], target.as_str());
+    assert!(bed.locks().is_empty());
+}
+
+/// The clone strategy through the controller: nothing is uploaded, the first host's
+/// mirror resolves the ref (the hosts share this machine's file system, so the work
+/// directory is a URL they can clone), and the history names the commit.
+fn the_clone_strategy_resolves_on_a_host(bed: &Bed<'_>) {
+    let extra = format!(
+        "strategy = \"clone\"\nrepo = \"{}\"",
+        bed.d.fleet.work.path().display()
+    );
+    bed.d.commit("c6", &extra);
+    let (code, report, stderr) = finish(bed.spawn_deploy(&[]));
+    assert_eq!(code, Some(0), "clone: {report:#}\n{stderr}");
+    wait_until("every host answers c6", SETTLE, || bed.answers("c6"));
+    let run = &bed.history()[0];
+    assert_eq!(run["commit"], report["commit"], "{run:#}");
+    assert_eq!(run["commit"].as_str().map(str::len), Some(40));
 }
 
 fn an_unknown_host_key_changes_nothing(bed: &Bed<'_>) {
