@@ -183,16 +183,23 @@ impl Host {
         let timeout = ops::RELOAD_TIMEOUT;
         let reloaded = tokio::time::timeout(timeout, async {
             let mut agent = self.agent().await?;
-            let response = agent
-                .reload(apb::ReloadRequest {
-                    config_path,
-                    config_cwd,
+            let response = loop {
+                let request = apb::ReloadRequest {
+                    config_path: config_path.clone(),
+                    config_cwd: config_cwd.clone(),
                     env_stage: stage.to_string(),
                     ..ops::reload_request(Vec::new())
-                })
-                .await
-                .map_err(|s| StepError::Agent(s.message().to_string()))?
-                .into_inner();
+                };
+                match agent.reload(request).await {
+                    Ok(response) => break response.into_inner(),
+                    // Another reload of these apps is under way (one a deploy started
+                    // before its controller restarted): wait for it, then reload.
+                    Err(status) if status.message().contains("is already being replaced") => {
+                        tokio::time::sleep(RELOAD_BUSY_RETRY).await;
+                    }
+                    Err(status) => return Err(StepError::Agent(status.message().to_string())),
+                }
+            };
             let mut names: Vec<String> =
                 response.processes.iter().map(|p| p.name.clone()).collect();
             names.dedup();
@@ -208,6 +215,10 @@ impl Host {
             .map_err(|e| ("health", e))
     }
 }
+
+/// How long a reload waits before asking again when the agent is replacing the apps
+/// already.
+const RELOAD_BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Polls the agent until every instance of `names` is online; fails at once when one
 /// is errored or stopped, else after `HEALTH_TIMEOUT`.
