@@ -30,35 +30,9 @@ fn get(port: u16, path: &str, accept: &str) -> (u16, String, String) {
 }
 
 fn promtool_check(text: &str) {
-    let spawned = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(_) if std::env::var_os("FLEET_REQUIRE_PROMTOOL").is_some() => {
-            panic!("promtool is not installed (Debian: apt-get install prometheus)")
-        }
-        Err(_) => return,
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && said.trim().is_empty(),
-        "promtool: {said}\n{text}"
-    );
+    if let Some((ok, said)) = fleet_tests::promtool::promtool(&["check", "metrics"], text, None) {
+        assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+    }
 }
 
 #[test]

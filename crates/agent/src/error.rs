@@ -16,6 +16,10 @@ pub enum AgentError {
     /// The operation cannot run in the current state (an empty save, a busy agent).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Another operation on the same instances is under way (a reload, a replacement):
+    /// the same call works once it ends. gRPC's `ABORTED`, so callers can wait and retry.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -28,6 +32,7 @@ impl From<AgentError> for tonic::Status {
             AgentError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
             AgentError::AlreadyExists(_) => tonic::Status::already_exists(message),
             AgentError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            AgentError::Busy(_) => tonic::Status::aborted(message),
             AgentError::Internal(_) => tonic::Status::internal(message),
         }
     }

@@ -62,22 +62,48 @@ impl Handle {
                 match result {
                     Ok(Ok(())) => {}
                     Ok(Err(failure)) => failures.push(failure),
-                    Err(panic) => failures.push(format!("internal error: {panic}")),
+                    Err(panic) => failures.push(Failure::other(format!("internal error: {panic}"))),
                 }
             }
             if !failures.is_empty() {
-                return Err(AgentError::FailedPrecondition(format!(
+                let busy = failures.iter().all(|f| f.busy);
+                let texts: Vec<String> = failures.into_iter().map(|f| f.text).collect();
+                let message = format!(
                     "reload stopped: {}\nthe instances not yet replaced keep serving",
-                    failures.join("; ")
-                )));
+                    texts.join("; ")
+                );
+                // Only replacements already under way stopped it: the caller may retry.
+                return Err(match busy {
+                    true => AgentError::Busy(message),
+                    false => AgentError::FailedPrecondition(message),
+                });
             }
         }
         Ok(self.settled(&ids, RELOAD_SETTLE).await)
     }
 }
 
+/// Why one instance's reload failed, and whether only because it was being replaced
+/// already.
+struct Failure {
+    busy: bool,
+    text: String,
+}
+
+impl Failure {
+    fn other(text: String) -> Failure {
+        Failure { busy: false, text }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(text: String) -> Failure {
+        Failure::other(text)
+    }
+}
+
 /// Reloads one instance: a replacement for a shared-port app, a restart otherwise.
-async fn reload_one(handle: Handle, view: ProcessView) -> Result<(), String> {
+async fn reload_one(handle: Handle, view: ProcessView) -> Result<(), Failure> {
     let label = format!("{}#{} (id {})", view.name, view.instance, view.id);
     if !view.shares_port || view.status != core::Status::Online {
         // PM2 restarts fork-mode apps on reload; a stopped instance just starts.
@@ -97,7 +123,10 @@ async fn reload_one(handle: Handle, view: ProcessView) -> Result<(), String> {
     handle
         .call(Request::BeginReplace { id: view.id })
         .await
-        .map_err(|e| format!("{label}: {e}"))?;
+        .map_err(|e| Failure {
+            busy: matches!(e, AgentError::Busy(_)),
+            text: format!("{label}: {e}"),
+        })?;
     let timeout = Duration::from_millis(view.listen_timeout_ms);
     let until = tokio::time::Instant::now() + timeout + REPLACE_SLACK;
     let (views, done) = handle
@@ -108,10 +137,12 @@ async fn reload_one(handle: Handle, view: ProcessView) -> Result<(), String> {
         })
         .await;
     let Some(now) = views.first() else {
-        return Err(format!("{label} was deleted during the reload"));
+        return Err(Failure::other(format!(
+            "{label} was deleted during the reload"
+        )));
     };
     if let Some(error) = &now.replace_error {
-        return Err(format!("{label} was not replaced: {error}"));
+        return Err(Failure::other(format!("{label} was not replaced: {error}")));
     }
     if !done || now.ready_timed_out {
         let reason = format!(
@@ -124,7 +155,7 @@ async fn reload_one(handle: Handle, view: ProcessView) -> Result<(), String> {
                 reason: reason.clone(),
             })
             .await;
-        return Err(format!("{label}: {reason}"));
+        return Err(Failure::other(format!("{label}: {reason}")));
     }
     handle
         .call(Request::CommitReplace { id: view.id })

@@ -461,7 +461,7 @@ impl Supervisor {
             .get_mut(&id)
             .ok_or_else(|| AgentError::NotFound(format!("instance {id} is gone")))?;
         if instance.standby.is_some() {
-            return Err(AgentError::FailedPrecondition(format!(
+            return Err(AgentError::Busy(format!(
                 "{} (id {id}) is already being replaced",
                 instance.spec.name
             )));

@@ -54,40 +54,7 @@ fn metrics_of(host: &str) -> HostMetrics {
     }
 }
 
-/// `promtool check metrics` on `text`, if promtool is installed (CI sets
-/// `FLEET_REQUIRE_PROMTOOL`: there it must be): its verdict.
-pub fn promtool(args: &[&str], text: &str) -> Option<(bool, String)> {
-    use std::io::Write;
-    let spawned = std::process::Command::new("promtool")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(_) if std::env::var_os("FLEET_REQUIRE_PROMTOOL").is_some() => {
-            panic!("promtool is not installed (Debian: apt-get install prometheus)")
-        }
-        Err(_) => {
-            eprintln!("promtool is not installed: the text is not checked by Prometheus");
-            return None;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some((output.status.success(), said))
-}
+use fleet_tests::promtool::promtool;
 
 #[tokio::test]
 async fn metrics_are_scraped_with_a_scrape_token_and_parse_as_prometheus_text() {
@@ -141,7 +108,7 @@ async fn metrics_are_scraped_with_a_scrape_token_and_parse_as_prometheus_text() 
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }
-    if let Some((ok, said)) = promtool(&["check", "metrics"], &text) {
+    if let Some((ok, said)) = promtool(&["check", "metrics"], &text, None) {
         assert!(
             ok && said.trim().is_empty(),
             "promtool check metrics: {said}\n{text}"
@@ -217,24 +184,15 @@ fn the_example_prometheus_config_and_alert_rules_check_out() {
     // The files the config names, as an operator would place them.
     std::fs::write(scratch.path().join("fleet-ca.pem"), "").unwrap();
     std::fs::write(scratch.path().join("fleet-scrape-token"), "fct_x").unwrap();
-    let run = |args: &[&str]| {
-        let mut command = std::process::Command::new("promtool");
-        command.args(args).current_dir(scratch.path());
-        match command.output() {
-            Ok(output) => Some(output),
-            Err(_) if std::env::var_os("FLEET_REQUIRE_PROMTOOL").is_some() => {
-                panic!("promtool is not installed (Debian: apt-get install prometheus)")
-            }
-            Err(_) => None,
-        }
-    };
     for args in [
         &["check", "config", "prometheus.yml"][..],
         &["check", "rules", "fleet-alerts.yml"],
         &["test", "rules", "fleet-alerts.test.yml"],
     ] {
-        let Some(output) = run(args) else { return };
-        assert!(output.status.success(), "promtool {args:?}: {output:?}");
+        let Some((ok, said)) = promtool(args, "", Some(scratch.path())) else {
+            return;
+        };
+        assert!(ok, "promtool {args:?}: {said}");
     }
 }
 

@@ -194,7 +194,7 @@ impl Host {
                     Ok(response) => break response.into_inner(),
                     // Another reload of these apps is under way (one a deploy started
                     // before its controller restarted): wait for it, then reload.
-                    Err(status) if status.message().contains("is already being replaced") => {
+                    Err(status) if status.code() == tonic::Code::Aborted => {
                         tokio::time::sleep(RELOAD_BUSY_RETRY).await;
                     }
                     Err(status) => return Err(StepError::Agent(status.message().to_string())),

@@ -35,6 +35,30 @@ fn controller_error(error: StageError) -> DeployError {
     DeployError::Stage(error)
 }
 
+impl Followed {
+    /// Ended before following anything.
+    fn failed(error: DeployError) -> Followed {
+        Followed {
+            deploy_id: None,
+            outcome: Some(Err(error)),
+        }
+    }
+}
+
+/// The stage's controller, or why `what` cannot run without one.
+fn settings(stage: &Stage, what: &str) -> Result<crate::stage::ControllerSettings, DeployError> {
+    (stage.controller.clone()).ok_or_else(|| {
+        DeployError::Config(format!("`{what}` needs a controller (FLEET_CONTROLLER)"))
+    })
+}
+
+/// A client of the stage's controller, for `what`.
+async fn client(stage: &Stage, what: &str) -> Result<crate::stage::ControllerClient, DeployError> {
+    connect_controller(&settings(stage, what)?)
+        .await
+        .map_err(controller_error)
+}
+
 fn refused(status: tonic::Status) -> DeployError {
     match status.code() {
         tonic::Code::InvalidArgument => DeployError::Config(status.message().to_owned()),
@@ -50,18 +74,15 @@ pub async fn submit(
     events: Events,
     control: mpsc::Receiver<Control>,
 ) -> Followed {
-    let failed = |error| Followed {
-        deploy_id: None,
-        outcome: Some(Err(error)),
-    };
-    let Some(settings) = stage.controller.clone() else {
-        return failed(DeployError::Config("no controller is configured".into()));
+    let settings = match settings(&stage, "deploy through the controller") {
+        Ok(settings) => settings,
+        Err(error) => return Followed::failed(error),
     };
     let (action_name, revert_steps) = match action {
         Action::Update => ("update", 0),
         Action::Revert(n) => ("revert", n as u32),
         _ => {
-            return failed(DeployError::Config(
+            return Followed::failed(DeployError::Config(
                 "a controller runs update and revert only".into(),
             ));
         }
@@ -76,11 +97,11 @@ pub async fn submit(
     let (prepared, client) = tokio::join!(prepare, connect_controller(&settings));
     let prepared = match prepared {
         Ok(prepared) => prepared,
-        Err(error) => return failed(error),
+        Err(error) => return Followed::failed(error),
     };
     let mut client = match client {
         Ok(client) => client,
-        Err(error) => return failed(controller_error(error)),
+        Err(error) => return Followed::failed(controller_error(error)),
     };
     let archive = prepared.archive.clone().unwrap_or_default();
     let header = cpb::DeploySubmit {
@@ -107,7 +128,7 @@ pub async fn submit(
     }));
     let progress = match client.submit_deploy(futures::stream::iter(messages)).await {
         Ok(progress) => progress.into_inner(),
-        Err(status) => return failed(refused(status)),
+        Err(status) => return Followed::failed(refused(status)),
     };
     follow(client, stage.name, progress, events, control).await
 }
@@ -119,18 +140,9 @@ pub async fn attach(
     events: Events,
     control: mpsc::Receiver<Control>,
 ) -> Followed {
-    let failed = |error| Followed {
-        deploy_id: None,
-        outcome: Some(Err(error)),
-    };
-    let Some(settings) = stage.controller.clone() else {
-        return failed(DeployError::Config(
-            "`attach` needs a controller (FLEET_CONTROLLER)".into(),
-        ));
-    };
-    let mut client = match connect_controller(&settings).await {
+    let mut client = match client(&stage, "attach").await {
         Ok(client) => client,
-        Err(error) => return failed(controller_error(error)),
+        Err(error) => return Followed::failed(error),
     };
     let request = cpb::AttachDeployRequest {
         stage: stage.name.clone(),
@@ -138,7 +150,7 @@ pub async fn attach(
     };
     match client.attach_deploy(request).await {
         Ok(progress) => follow(client, stage.name, progress.into_inner(), events, control).await,
-        Err(status) => failed(refused(status)),
+        Err(status) => Followed::failed(refused(status)),
     }
 }
 
@@ -210,12 +222,7 @@ async fn follow(
 
 /// Cancels the stage's running deploy; its id.
 pub async fn cancel(stage: &Stage) -> Result<u64, DeployError> {
-    let settings = (stage.controller.clone()).ok_or_else(|| {
-        DeployError::Config("`cancel` needs a controller (FLEET_CONTROLLER)".into())
-    })?;
-    let mut client = connect_controller(&settings)
-        .await
-        .map_err(controller_error)?;
+    let mut client = client(stage, "cancel").await?;
     let reply = client
         .cancel_deploy(cpb::CancelDeployRequest {
             stage: stage.name.clone(),
@@ -227,12 +234,7 @@ pub async fn cancel(stage: &Stage) -> Result<u64, DeployError> {
 
 /// The stage's past deploys run by the controller, newest first (JSON objects).
 pub async fn history(stage: &Stage, limit: u32) -> Result<Vec<serde_json::Value>, DeployError> {
-    let settings = (stage.controller.clone()).ok_or_else(|| {
-        DeployError::Config("`history` needs a controller (FLEET_CONTROLLER)".into())
-    })?;
-    let mut client = connect_controller(&settings)
-        .await
-        .map_err(controller_error)?;
+    let mut client = client(stage, "history").await?;
     let reply = client
         .deploy_history(cpb::DeployHistoryRequest {
             stage: stage.name.clone(),

@@ -12,7 +12,7 @@ impl Supervisor {
         names: Vec<String>,
     ) -> Result<Reply, AgentError> {
         if let Some(busy) = names.iter().find(|n| self.reloading.contains(*n)) {
-            return Err(AgentError::FailedPrecondition(format!(
+            return Err(AgentError::Busy(format!(
                 "a reload of {busy} is already running\nhint: wait for it to finish"
             )));
         }
