@@ -69,9 +69,33 @@ pub struct ControllerConfig {
     /// The SSH key deploys run with (`--deploy-key`); else `deploy_key` in the data
     /// directory, made on first start.
     pub deploy_key: Option<PathBuf>,
+    /// Where the state lives (`--store`): PostgreSQL shared by several controllers;
+    /// `None` is `controller.db` in the data directory.
+    pub store: Option<crate::store::PgLocation>,
+    /// The key the CA's key is sealed with in a shared store (`--seal-key`); else
+    /// `seal.key` in the data directory.
+    pub seal_key: Option<PathBuf>,
 }
 
+/// The seal key's file in the data directory, unless `--seal-key` names another.
+pub const SEAL_KEY_FILE: &str = "seal.key";
+
 impl ControllerConfig {
+    /// Where the state lives.
+    pub fn location(&self) -> crate::store::Location {
+        match &self.store {
+            Some(location) => crate::store::Location::Postgres(Box::new(location.clone())),
+            None => crate::store::Location::Sqlite(self.data_dir.join(crate::DATABASE_FILE)),
+        }
+    }
+
+    /// The seal key's path.
+    pub fn seal_key_path(&self) -> PathBuf {
+        self.seal_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(SEAL_KEY_FILE))
+    }
+
     pub fn new(data_dir: impl Into<PathBuf>) -> ControllerConfig {
         ControllerConfig {
             data_dir: data_dir.into(),
@@ -82,6 +106,8 @@ impl ControllerConfig {
             agent_cert_renew_before: DEFAULT_AGENT_CERT_RENEW_BEFORE,
             alerts: None,
             deploy_key: None,
+            store: None,
+            seal_key: None,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! step timings, as the CLI's deploy report sends them (`RecordDeploy`). The audit log
 //! keeps its own line for each; this is the detail the dashboard's deploys page shows.
 
-use rusqlite::{Connection, params};
+use crate::params;
+use crate::store::{Db, DbResult};
 use serde::Serialize;
 
 /// The most a deploy's host outcomes may hold, as JSON.
@@ -30,11 +31,11 @@ pub struct Deploy {
 }
 
 /// Appends `deploy` (its `id` is ignored) and returns its id.
-pub fn record(conn: &Connection, deploy: &Deploy) -> rusqlite::Result<i64> {
-    conn.execute(
+pub fn record(conn: &dyn Db, deploy: &Deploy) -> DbResult<i64> {
+    conn.query_row(
         "INSERT INTO deploys (at, who, stage, action, release, git_ref, git_commit, result,
                               rolled_back, duration_ms, outcomes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
         params![
             deploy.at_ms as i64,
             deploy.who,
@@ -48,40 +49,40 @@ pub fn record(conn: &Connection, deploy: &Deploy) -> rusqlite::Result<i64> {
             deploy.duration_ms as i64,
             deploy.hosts.to_string(),
         ],
-    )?;
-    Ok(conn.last_insert_rowid())
+        |row| row.get(0),
+    )
 }
 
 /// The newest `limit` deploys, newest first; of one stage when `stage` is given.
-pub fn recent(conn: &Connection, stage: Option<&str>, limit: u32) -> rusqlite::Result<Vec<Deploy>> {
-    let mut statement = conn.prepare_cached(
+pub fn recent(conn: &dyn Db, stage: Option<&str>, limit: u32) -> DbResult<Vec<Deploy>> {
+    conn.query_map(
         "SELECT id, at, who, stage, action, release, git_ref, git_commit, result,
                 rolled_back, duration_ms, outcomes
-         FROM deploys WHERE ?1 IS NULL OR stage = ?1 ORDER BY id DESC LIMIT ?2",
-    )?;
-    let rows = statement.query_map(params![stage, limit], |row| {
-        let outcomes: String = row.get(11)?;
-        Ok(Deploy {
-            id: row.get(0)?,
-            at_ms: row.get::<_, i64>(1)? as u64,
-            who: row.get(2)?,
-            stage: row.get(3)?,
-            action: row.get(4)?,
-            release: row.get(5)?,
-            git_ref: row.get(6)?,
-            commit: row.get(7)?,
-            result: row.get(8)?,
-            rolled_back: row.get(9)?,
-            duration_ms: row.get::<_, i64>(10)? as u64,
-            hosts: serde_json::from_str(&outcomes).unwrap_or(serde_json::Value::Null),
-        })
-    })?;
-    rows.collect()
+         FROM deploys WHERE CAST(?1 AS TEXT) IS NULL OR stage = ?1 ORDER BY id DESC LIMIT ?2",
+        params![stage, limit],
+        |row| {
+            let outcomes: String = row.get(11)?;
+            Ok(Deploy {
+                id: row.get(0)?,
+                at_ms: row.get::<_, i64>(1)? as u64,
+                who: row.get(2)?,
+                stage: row.get(3)?,
+                action: row.get(4)?,
+                release: row.get(5)?,
+                git_ref: row.get(6)?,
+                commit: row.get(7)?,
+                result: row.get(8)?,
+                rolled_back: row.get(9)?,
+                duration_ms: row.get::<_, i64>(10)? as u64,
+                hosts: serde_json::from_str(&outcomes).unwrap_or(serde_json::Value::Null),
+            })
+        },
+    )
 }
 
 /// The release each host is on as far as the recorded deploys tell (the newest deploy
 /// that names a release for it), from the last `limit` deploys.
-pub fn releases(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<(String, String)>> {
+pub fn releases(conn: &dyn Db, limit: u32) -> DbResult<Vec<(String, String)>> {
     let mut seen = std::collections::BTreeMap::new();
     for deploy in recent(conn, None, limit)? {
         let Some(hosts) = deploy.hosts.as_array() else {
@@ -102,27 +103,31 @@ pub fn releases(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<(String, 
 }
 
 /// The id of the newest deploy, 0 when none.
-pub fn last_id(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT coalesce(max(id), 0) FROM deploys", [], |row| {
-        row.get(0)
-    })
+pub fn last_id(conn: &dyn Db) -> DbResult<i64> {
+    conn.query_row(
+        "SELECT coalesce(max(id), 0) FROM deploys",
+        params![],
+        |row| row.get(0),
+    )
 }
 
 /// Every stage the CLI has named to this controller, with its hosts.
-pub fn stages(conn: &Connection) -> rusqlite::Result<Vec<(String, Vec<String>)>> {
-    let mut statement = conn.prepare_cached("SELECT name, hosts FROM stages ORDER BY name")?;
-    let rows = statement.query_map([], |row| {
-        let hosts: String = row.get(1)?;
-        Ok((
-            row.get(0)?,
-            serde_json::from_str(&hosts).unwrap_or_default(),
-        ))
-    })?;
-    rows.collect()
+pub fn stages(conn: &dyn Db) -> DbResult<Vec<(String, Vec<String>)>> {
+    conn.query_map(
+        "SELECT name, hosts FROM stages ORDER BY name",
+        params![],
+        |row| {
+            let hosts: String = row.get(1)?;
+            Ok((
+                row.get(0)?,
+                serde_json::from_str(&hosts).unwrap_or_default(),
+            ))
+        },
+    )
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn deploy(stage: &str, hosts: serde_json::Value) -> Deploy {
@@ -142,22 +147,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn deploys_come_back_newest_first_and_name_each_hosts_release() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open(&dir.path().join("controller.db")).unwrap();
+    /// A case of the store's shared suite (`store::suite`), run on both backends.
+    pub(crate) fn deploys_come_back_newest_first_and_name_each_hosts_release(conn: &dyn Db) {
         let first =
             serde_json::json!([{"host": "a", "release": "r1"}, {"host": "b", "release": "r1"}]);
         let second = serde_json::json!([{"host": "a", "release": "r2", "steps": [{"step": "upload", "ms": 12}]}]);
-        record(&conn, &deploy("prod", first)).unwrap();
-        let id = record(&conn, &deploy("prod", second.clone())).unwrap();
-        record(&conn, &deploy("staging", serde_json::json!([]))).unwrap();
-        let prod = recent(&conn, Some("prod"), 10).unwrap();
+        record(conn, &deploy("prod", first)).unwrap();
+        let id = record(conn, &deploy("prod", second.clone())).unwrap();
+        record(conn, &deploy("staging", serde_json::json!([]))).unwrap();
+        let prod = recent(conn, Some("prod"), 10).unwrap();
         assert_eq!(prod.len(), 2);
         assert_eq!((prod[0].id, &prod[0].hosts), (id, &second));
-        assert_eq!(recent(&conn, None, 1).unwrap()[0].stage, "staging");
+        assert_eq!(recent(conn, None, 1).unwrap()[0].stage, "staging");
         assert_eq!(
-            releases(&conn, 10).unwrap(),
+            releases(conn, 10).unwrap(),
             vec![("a".into(), "r2".into()), ("b".into(), "r1".into())]
         );
     }

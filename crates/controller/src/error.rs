@@ -13,17 +13,17 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("database {}: {source}", path.display())]
+    #[error("store {store}: {source}")]
     Database {
-        path: PathBuf,
-        source: rusqlite::Error,
+        /// Where the store is (a file, or a URL without its password).
+        store: String,
+        source: crate::store::DbError,
     },
     #[error(
-        "database {} has schema version {found}, this fleet-controller knows up to {known}\nhint: run the newer fleet-controller that wrote it",
-        path.display()
+        "store {store} has schema version {found}, this fleet-controller knows up to {known}\nhint: run the newer fleet-controller that wrote it"
     )]
     NewerSchema {
-        path: PathBuf,
+        store: String,
         found: i64,
         known: i64,
     },
@@ -50,6 +50,24 @@ impl Error {
             path: path.to_owned(),
             source,
         }
+    }
+
+    pub(crate) fn database(store: impl std::fmt::Display, source: crate::store::DbError) -> Error {
+        Error::Database {
+            store: store.to_string(),
+            source,
+        }
+    }
+
+    /// Whether this is the store being away (not a refusal or a bug).
+    pub fn is_store_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Database {
+                source: crate::store::DbError::Unavailable(_),
+                ..
+            }
+        )
     }
 
     pub(crate) fn certificate(path: &Path, source: rcgen::Error) -> Error {
@@ -135,6 +153,10 @@ pub enum Refusal {
     BadCsr(String),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error(
+        "the controller's store is unavailable, so nothing was changed: {0}\nhint: try again once the database is back; status still answers from memory"
+    )]
+    StoreUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -162,6 +184,7 @@ impl From<Refusal> for Status {
             | Refusal::HelloFirst => Status::failed_precondition(message),
             Refusal::HelloTimeout(_) => Status::deadline_exceeded(message),
             Refusal::BadCsr(_) | Refusal::InvalidArgument(_) => Status::invalid_argument(message),
+            Refusal::StoreUnavailable(_) => Status::unavailable(message),
             Refusal::Internal(_) => Status::internal(message),
         }
     }
@@ -169,6 +192,14 @@ impl From<Refusal> for Status {
 
 impl From<Error> for Refusal {
     fn from(error: Error) -> Refusal {
+        if let Error::Database {
+            source: crate::store::DbError::Unavailable(reason),
+            ..
+        } = &error
+        {
+            tracing::warn!(%error, "refused: the store is unavailable");
+            return Refusal::StoreUnavailable(reason.clone());
+        }
         tracing::error!(%error, "internal error");
         Refusal::Internal(error.to_string())
     }

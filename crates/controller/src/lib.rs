@@ -1,7 +1,7 @@
 //! fleet's controller: the central service agents dial into (one mTLS session each)
 //! and the CLI asks about a stage's hosts. It keeps hosts' live state in memory and
-//! hosts, stages, tokens and the audit log in SQLite; it never forks an app and never
-//! opens an SSH connection. `serve` takes its listener and a shutdown future so tests
+//! hosts, stages, tokens and the audit log in its store (SQLite, or PostgreSQL shared
+//! by several controllers); it never forks an app. `serve` takes its listener and a shutdown future so tests
 //! run a controller in-process.
 
 mod agent_link;
@@ -19,6 +19,7 @@ pub mod limits;
 mod logdrops;
 pub mod pki;
 pub mod registry;
+pub mod seal;
 mod server;
 pub mod store;
 pub mod tokens;
@@ -55,24 +56,33 @@ pub fn prepare_data_dir(path: &Path) -> Result<(), Error> {
         .map_err(|source| Error::io(path, source))
 }
 
+/// Opens the store for one of the offline commands (`token`, `host`, `join-token`),
+/// creating the data directory of a SQLite store first.
+fn open_store(location: &store::Location) -> Result<Box<dyn store::Db + Send>, Error> {
+    if let store::Location::Sqlite(path) = location
+        && let Some(dir) = path.parent()
+    {
+        prepare_data_dir(dir)?;
+    }
+    location.open()
+}
+
 /// `fleet-controller token create`: a new API token named `name` with `role`, valid
 /// for `ttl` when given; stored hashed. Returns the token, shown once, never stored.
 pub fn create_api_token(
-    data_dir: &Path,
+    location: &store::Location,
     name: &str,
     role: tokens::Role,
     ttl: Option<Duration>,
 ) -> Result<String, Error> {
     tokens::check_name(name).map_err(Error::Invalid)?;
-    prepare_data_dir(data_dir)?;
-    let path = data_dir.join(DATABASE_FILE);
-    let conn = store::open(&path)?;
+    let db = open_store(location)?;
     let now = now_unix_ms();
     let expires = ttl.map(|ttl| now.saturating_add(ttl.as_millis() as u64));
-    let token = tokens::create(&conn, name, role, expires, now).map_err(Error::Invalid)?;
+    let token = tokens::create(db.as_ref(), name, role, expires, now).map_err(Error::Invalid)?;
     audit_local(
-        &conn,
-        &path,
+        db.as_ref(),
+        location,
         "token create",
         vec![format!("token:{name} ({})", role.as_str())],
     )?;
@@ -80,88 +90,81 @@ pub fn create_api_token(
 }
 
 /// `fleet-controller token list`: every API token (never a secret).
-pub fn list_api_tokens(data_dir: &Path) -> Result<Vec<tokens::TokenInfo>, Error> {
-    let path = data_dir.join(DATABASE_FILE);
-    let conn = store::open(&path)?;
-    tokens::list(&conn).map_err(|source| Error::Database { path, source })
+pub fn list_api_tokens(location: &store::Location) -> Result<Vec<tokens::TokenInfo>, Error> {
+    let db = open_store(location)?;
+    tokens::list(db.as_ref()).map_err(|source| Error::database(location, source))
 }
 
 /// `fleet-controller token revoke NAME`: the token stops working at once, for a
 /// running controller too (every call looks it up).
-pub fn revoke_api_token(data_dir: &Path, name: &str) -> Result<(), Error> {
-    let path = data_dir.join(DATABASE_FILE);
-    let conn = store::open(&path)?;
-    let revoked = tokens::revoke(&conn, name, now_unix_ms()).map_err(|source| Error::Database {
-        path: path.clone(),
-        source,
-    })?;
+pub fn revoke_api_token(location: &store::Location, name: &str) -> Result<(), Error> {
+    let db = open_store(location)?;
+    let revoked = tokens::revoke(db.as_ref(), name, now_unix_ms())
+        .map_err(|source| Error::database(location, source))?;
     if !revoked {
         return Err(Error::Invalid(format!(
             "no token named {name} that is not revoked already\nhint: `fleet-controller token list`"
         )));
     }
-    audit_local(&conn, &path, "token revoke", vec![format!("token:{name}")])
+    audit_local(
+        db.as_ref(),
+        location,
+        "token revoke",
+        vec![format!("token:{name}")],
+    )
 }
 
 /// `fleet-controller host list`: every host with its certificate (serial, expiry).
-pub fn list_hosts(data_dir: &Path) -> Result<Vec<hosts::HostRecord>, Error> {
-    let path = data_dir.join(DATABASE_FILE);
-    let conn = store::open(&path)?;
-    hosts::list(&conn).map_err(|source| Error::Database { path, source })
+pub fn list_hosts(location: &store::Location) -> Result<Vec<hosts::HostRecord>, Error> {
+    let db = open_store(location)?;
+    hosts::list(db.as_ref()).map_err(|source| Error::database(location, source))
 }
 
 /// `fleet-controller host remove NAME`: the host's certificate stops working; a
 /// running controller closes its session within `server::SWEEP_INTERVAL`.
-pub fn remove_host(data_dir: &Path, name: &str) -> Result<(), Error> {
+pub fn remove_host(location: &store::Location, name: &str) -> Result<(), Error> {
     validate_host(name).map_err(Error::Invalid)?;
-    let path = data_dir.join(DATABASE_FILE);
-    let conn = store::open(&path)?;
-    let removed = hosts::remove(&conn, name, now_unix_ms()).map_err(|source| Error::Database {
-        path: path.clone(),
-        source,
-    })?;
+    let db = open_store(location)?;
+    let removed = hosts::remove(db.as_ref(), name, now_unix_ms())
+        .map_err(|source| Error::database(location, source))?;
     if !removed {
         return Err(Error::Invalid(format!(
             "no host named {name} that is not removed already\nhint: `fleet-controller host list`"
         )));
     }
-    audit_local(&conn, &path, "host remove", vec![name.to_owned()])
+    audit_local(db.as_ref(), location, "host remove", vec![name.to_owned()])
 }
 
 /// `fleet-controller join-token <host>`: a one-time token `host` trades for its
 /// certificate. Returns the token and when it expires (unix ms).
 pub fn create_join_token(
-    data_dir: &Path,
+    location: &store::Location,
     host: &str,
     ttl: Duration,
 ) -> Result<(String, u64), Error> {
     validate_host(host).map_err(Error::Invalid)?;
     config::check_join_ttl(ttl).map_err(Error::Invalid)?;
-    prepare_data_dir(data_dir)?;
-    let path = data_dir.join(DATABASE_FILE);
-    let conn = store::open(&path)?;
-    let created = store::create_join_token(&conn, host, ttl, now_unix_ms()).map_err(|source| {
-        Error::Database {
-            path: path.clone(),
-            source,
-        }
-    })?;
-    audit_local(&conn, &path, "join-token", vec![host.to_owned()])?;
+    let db = open_store(location)?;
+    let created = store::create_join_token(db.as_ref(), host, ttl, now_unix_ms())
+        .map_err(|source| Error::database(location, source))?;
+    audit_local(db.as_ref(), location, "join-token", vec![host.to_owned()])?;
     Ok(created)
 }
 
 /// `fleet-controller audit`: the last `limit` entries of the audit log (all for `None`),
-/// newest last. Reads the database read-only, so it works while the controller runs.
-pub fn read_audit(data_dir: &Path, limit: Option<u32>) -> Result<Vec<store::AuditEntry>, Error> {
-    let path = data_dir.join(DATABASE_FILE);
-    let conn = store::open_read_only(&path)?;
-    store::audit_entries(&conn, limit).map_err(|source| Error::Database { path, source })
+/// newest last. Reads a SQLite store read-only, so it works while the controller runs.
+pub fn read_audit(
+    location: &store::Location,
+    limit: Option<u32>,
+) -> Result<Vec<store::AuditEntry>, Error> {
+    let db = location.open_to_read()?;
+    store::audit_entries(db.as_ref(), limit).map_err(|source| Error::database(location, source))
 }
 
-/// Audits what was done on the controller's machine, with its database directly.
+/// Audits what was done on the controller's machine, with its store directly.
 fn audit_local(
-    conn: &rusqlite::Connection,
-    path: &Path,
+    db: &dyn store::Db,
+    location: &store::Location,
     action: &str,
     targets: Vec<String>,
 ) -> Result<(), Error> {
@@ -173,10 +176,7 @@ fn audit_local(
         targets,
         result: "ok".to_owned(),
     };
-    store::append_audit(conn, &entry).map_err(|source| Error::Database {
-        path: path.to_owned(),
-        source,
-    })
+    store::append_audit(db, &entry).map_err(|source| Error::database(location, source))
 }
 
 /// A host name as fleet accepts it: what a DNS name or an inventory alias uses.

@@ -64,6 +64,16 @@ struct Args {
     /// passphrase) [default: deploy_key in the data directory, made on first start].
     #[arg(long, global = true, value_name = "FILE")]
     deploy_key: Option<PathBuf>,
+    /// The store several controllers share, a PostgreSQL URL:
+    /// postgres://USER@HOST/DB[?sslmode=verify-full&sslrootcert=FILE]. Its password
+    /// comes from FLEET_STORE_PASSWORD (never the command line), or the whole URL from
+    /// FLEET_STORE [default: controller.db in the data directory, for one controller].
+    #[arg(long, global = true, value_name = "URL")]
+    store: Option<String>,
+    /// The key the shared store's CA key is sealed with; every controller of a store
+    /// needs the same one [default: seal.key in the data directory, made by the first].
+    #[arg(long, global = true, env = "FLEET_SEAL_KEY", value_name = "FILE")]
+    seal_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -101,6 +111,17 @@ enum Command {
     KnownHosts {
         #[command(subcommand)]
         command: KnownHostsCommand,
+    },
+    /// Move this data directory's SQLite state (CA, hosts, tokens, stages, deploys,
+    /// audit log) into an empty PostgreSQL store. Stop the controller first.
+    Migrate {
+        /// The data directory of the SQLite controller.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The PostgreSQL store (its password in FLEET_STORE_PASSWORD) [default: --store
+        /// or FLEET_STORE].
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
     },
     /// Print the audit log, newest last: commands, deploys, tokens. Safe while the
     /// controller runs (the database is opened read-only).
@@ -193,9 +214,27 @@ fn run(args: Args) -> anyhow::Result<()> {
             .context("cannot find the home directory; pass --data")?
             .join(".fleet-controller"),
     };
+    let store = store_location(args.store.as_deref(), &data)?;
     match args.command {
-        Some(Command::Token { command }) => token_command(&data, command),
-        Some(Command::Host { command }) => host_command(&data, command),
+        Some(Command::Token { command }) => token_command(&store, command),
+        Some(Command::Host { command }) => host_command(&store, command),
+        Some(Command::Migrate { from, to }) => {
+            let to = match to {
+                Some(url) => store_location(Some(&url), &data)?,
+                None => store,
+            };
+            let migrated =
+                fleet_controller::store::copy::migrate(&from, &to, args.seal_key.as_deref())?;
+            for (table, rows) in &migrated.tables {
+                println!("{table:<18} {rows:>8} rows");
+            }
+            eprintln!(
+                "moved {} into {to}; the CA's key is sealed with {}: give every controller of this store a copy (--seal-key)",
+                from.display(),
+                migrated.seal_key.display()
+            );
+            Ok(())
+        }
         Some(Command::Alerts {
             command: AlertsCommand::Test,
         }) => {
@@ -214,7 +253,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             let all = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(fleet_controller::alerts::send_test(&data, &alerts))?;
+                .block_on(fleet_controller::alerts::send_test(&store, &alerts))?;
             if !all {
                 std::process::exit(1);
             }
@@ -222,7 +261,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Some(Command::JoinToken { host, ttl }) => {
             let ttl = ttl.unwrap_or(DEFAULT_JOIN_TOKEN_TTL);
-            let (token, expires) = fleet_controller::create_join_token(&data, &host, ttl)?;
+            let (token, expires) = fleet_controller::create_join_token(&store, &host, ttl)?;
             let until = jiff::Timestamp::from_second((expires / 1000) as i64)
                 .map(|at| at.to_string())
                 .unwrap_or_default();
@@ -239,7 +278,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             known_hosts_command(&data, args.deploy_key.as_deref(), command)
         }
         Some(Command::Audit { json, limit }) => {
-            let entries = fleet_controller::read_audit(&data, (limit > 0).then_some(limit))?;
+            let entries = fleet_controller::read_audit(&store, (limit > 0).then_some(limit))?;
             if json {
                 println!("{}", audit_json(&entries));
             } else if entries.is_empty() {
@@ -253,6 +292,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             init_logging();
             let mut config = ControllerConfig::new(data);
             config.deploy_key = args.deploy_key;
+            config.seal_key = args.seal_key;
+            if let fleet_controller::store::Location::Postgres(location) = store {
+                config.store = Some(*location);
+            }
             if let Some(file) = &args.config {
                 config.alerts =
                     fleet_controller::alerts::config::load(file).map_err(anyhow::Error::msg)?;
@@ -438,6 +481,32 @@ fn init_logging() {
         .init();
 }
 
+/// Where the state lives: `--store`, else `FLEET_STORE`, else SQLite in the data
+/// directory. A password is refused on the command line (every local user can read
+/// it there): it comes from `FLEET_STORE_PASSWORD` or with `FLEET_STORE`.
+fn store_location(
+    flag: Option<&str>,
+    data: &std::path::Path,
+) -> anyhow::Result<fleet_controller::store::Location> {
+    use fleet_controller::store::Location;
+    let from_env = std::env::var("FLEET_STORE").ok().filter(|v| !v.is_empty());
+    let location = Location::new(flag.or(from_env.as_deref()), data)?;
+    let Location::Postgres(mut pg) = location else {
+        return Ok(location);
+    };
+    if flag.is_some() && pg.has_password() {
+        return Err(fleet_controller::Error::Invalid(
+            "a password in a URL on the command line is visible to every local user\nhint: put it in FLEET_STORE_PASSWORD, or the whole URL in FLEET_STORE"
+                .into(),
+        )
+        .into());
+    }
+    if let Ok(password) = std::env::var("FLEET_STORE_PASSWORD") {
+        pg = Box::new(pg.or_password(&password));
+    }
+    Ok(Location::Postgres(pg))
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
@@ -447,7 +516,10 @@ async fn shutdown_signal() {
     }
 }
 
-fn token_command(data: &std::path::Path, command: TokenCommand) -> anyhow::Result<()> {
+fn token_command(
+    data: &fleet_controller::store::Location,
+    command: TokenCommand,
+) -> anyhow::Result<()> {
     use fleet_controller::tokens::Role;
     match command {
         TokenCommand::Create {
@@ -498,7 +570,10 @@ fn token_command(data: &std::path::Path, command: TokenCommand) -> anyhow::Resul
     Ok(())
 }
 
-fn host_command(data: &std::path::Path, command: HostCommand) -> anyhow::Result<()> {
+fn host_command(
+    data: &fleet_controller::store::Location,
+    command: HostCommand,
+) -> anyhow::Result<()> {
     match command {
         HostCommand::List => {
             let hosts = fleet_controller::list_hosts(data)?;

@@ -79,8 +79,23 @@ impl Pki {
     /// Loads the CA from the data directory, creating it on first start, and makes sure
     /// the server certificate covers `sans` (reissuing it when it does not, or expires
     /// soon). The CA never changes once created: agents and CLIs trust it.
-    pub fn load_or_create(paths: &PkiPaths, sans: &BTreeSet<String>) -> Result<Pki, Error> {
-        let (ca_pem, ca_key) = load_or_create_ca(paths)?;
+    ///
+    /// `shared` is the CA a shared store holds (`store_ca`): then the data directory
+    /// gets only a copy of its certificate, for operators to hand to the CLI.
+    pub fn load_or_create(
+        paths: &PkiPaths,
+        sans: &BTreeSet<String>,
+        shared: Option<(String, KeyPair)>,
+    ) -> Result<Pki, Error> {
+        let (ca_pem, ca_key) = match shared {
+            Some((pem, key)) => {
+                if read_if_exists(&paths.ca_cert)?.as_deref() != Some(pem.as_str()) {
+                    write_file(&paths.ca_cert, &pem, PUBLIC_FILE_MODE)?;
+                }
+                (pem, key)
+            }
+            None => load_or_create_ca(paths)?,
+        };
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
             .map_err(|source| Error::certificate(&paths.ca_cert, source))?;
         let existing = read_if_exists(&paths.server_cert)?
@@ -213,25 +228,13 @@ fn load_or_create_ca(paths: &PkiPaths) -> Result<(String, KeyPair), Error> {
             Ok((cert, key))
         }
         (None, None) => {
-            let key =
-                KeyPair::generate().map_err(|source| Error::certificate(&paths.ca_key, source))?;
-            let mut params = CertificateParams::default();
-            params.distinguished_name = distinguished_name("fleet-controller CA");
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            set_validity(&mut params, CA_VALIDITY_DAYS);
-            let cert = params
-                .self_signed(&key)
-                .map_err(|source| Error::certificate(&paths.ca_cert, source))?;
+            let (cert, key) =
+                new_ca().map_err(|source| Error::certificate(&paths.ca_cert, source))?;
             // The key first: a CA certificate without its key is the worse half-state.
             write_file(&paths.ca_key, &key.serialize_pem(), PRIVATE_FILE_MODE)?;
-            write_file(&paths.ca_cert, &cert.pem(), PUBLIC_FILE_MODE)?;
+            write_file(&paths.ca_cert, &cert, PUBLIC_FILE_MODE)?;
             tracing::info!(ca = %paths.ca_cert.display(), "created the controller's CA");
-            Ok((cert.pem(), key))
+            Ok((cert, key))
         }
         (Some(_), None) => Err(Error::HalfCa {
             present: paths.ca_cert.clone(),
@@ -242,6 +245,73 @@ fn load_or_create_ca(paths: &PkiPaths) -> Result<(String, KeyPair), Error> {
             missing: paths.ca_cert.clone(),
         }),
     }
+}
+
+/// A new CA: its certificate (PEM) and key.
+pub fn new_ca() -> Result<(String, KeyPair), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name("fleet-controller CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params, CA_VALIDITY_DAYS);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key))
+}
+
+/// What the CA's key is sealed as (`seal`'s associated data).
+pub const SEALED_CA_KEY: &str = "fleet CA key";
+
+/// The CA from a shared store, made and stored by the first controller to ask (one
+/// insert wins when several start at once; the others read the winner's).
+pub async fn shared_ca(
+    store: &crate::store::Store,
+    seal: &crate::seal::SealKey,
+) -> Result<(String, KeyPair), Error> {
+    let stored = store.call(|db| crate::store::stored_ca(db)).await?;
+    let (pem, sealed) = match stored {
+        Some(found) => found,
+        None => {
+            let (pem, key) = new_ca().map_err(|source| Error::Certificate {
+                path: "the store's CA".into(),
+                source,
+            })?;
+            let sealed = seal.seal(SEALED_CA_KEY, key.serialize_pem().as_bytes());
+            let (p, s) = (pem.clone(), sealed.clone());
+            let now = crate::now_unix_ms();
+            let ours = store
+                .call(move |db| crate::store::store_ca(db, &p, &s, now))
+                .await?;
+            if ours {
+                tracing::info!("created the fleet's CA in the store");
+                return Ok((pem, key));
+            }
+            store
+                .call(|db| crate::store::stored_ca(db))
+                .await?
+                .ok_or_else(|| Error::Invalid("the store's CA vanished while read".into()))?
+        }
+    };
+    ca_from_sealed(&pem, &sealed, seal)
+}
+
+/// The CA from the store: its certificate, and its key opened with the seal key.
+pub fn ca_from_sealed(
+    pem: &str,
+    sealed: &[u8],
+    seal: &crate::seal::SealKey,
+) -> Result<(String, KeyPair), Error> {
+    let key_pem = String::from_utf8(seal.open(SEALED_CA_KEY, sealed)?)
+        .map_err(|_| Error::Invalid("the store's CA key is not PEM".into()))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|source| Error::Certificate {
+        path: "the store's CA key".into(),
+        source,
+    })?;
+    Ok((pem.to_owned(), key))
 }
 
 fn issue_server_cert(
@@ -380,13 +450,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = PkiPaths::new(dir.path());
         let sans: BTreeSet<String> = ["localhost".into(), "127.0.0.1".into()].into();
-        let first = Pki::load_or_create(&paths, &sans).unwrap();
-        let again = Pki::load_or_create(&paths, &sans).unwrap();
+        let first = Pki::load_or_create(&paths, &sans, None).unwrap();
+        let again = Pki::load_or_create(&paths, &sans, None).unwrap();
         assert_eq!(first.ca_pem, again.ca_pem);
         assert_eq!(first.server_cert_pem, again.server_cert_pem);
         let more: BTreeSet<String> =
             ["localhost".into(), "127.0.0.1".into(), "ctl.example".into()].into();
-        let reissued = Pki::load_or_create(&paths, &more).unwrap();
+        let reissued = Pki::load_or_create(&paths, &more, None).unwrap();
         assert_eq!(first.ca_pem, reissued.ca_pem);
         assert_ne!(first.server_cert_pem, reissued.server_cert_pem);
     }
@@ -396,10 +466,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = PkiPaths::new(dir.path());
         let sans: BTreeSet<String> = ["localhost".into()].into();
-        let first = Pki::load_or_create(&paths, &sans).unwrap();
+        let first = Pki::load_or_create(&paths, &sans, None).unwrap();
         std::fs::remove_file(&paths.ca_cert).unwrap();
         std::fs::remove_file(&paths.ca_key).unwrap();
-        let second = Pki::load_or_create(&paths, &sans).unwrap();
+        let second = Pki::load_or_create(&paths, &sans, None).unwrap();
         assert_ne!(first.ca_pem, second.ca_pem);
         assert_ne!(first.server_cert_pem, second.server_cert_pem);
     }
@@ -407,7 +477,7 @@ mod tests {
     #[test]
     fn an_agent_certificate_names_the_host_not_what_the_csr_asked_for() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::load_or_create(&PkiPaths::new(dir.path()), &BTreeSet::new()).unwrap();
+        let pki = Pki::load_or_create(&PkiPaths::new(dir.path()), &BTreeSet::new(), None).unwrap();
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name("someone-else");

@@ -160,17 +160,37 @@ async fn open(config: ControllerConfig, local: SocketAddr) -> Result<Arc<Control
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let data_dir = config.data_dir.clone();
     let sans = server_sans(&config, local);
+    {
+        let data_dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || crate::prepare_data_dir(&data_dir))
+            .await
+            .expect("preparing the data directory does not panic")?;
+    }
+    let telemetry = crate::http::metrics::Telemetry::default();
+    let location = config.location();
+    let store = Store::start(location.clone(), telemetry.store.clone()).await?;
+    // A shared store holds the fleet's one CA (its key sealed); a SQLite controller
+    // keeps its own in files.
+    let shared = if location.is_shared() {
+        let path = config.seal_key_path();
+        // Only the first controller of an empty store makes the key; the others must
+        // be given a copy.
+        let empty = store
+            .call(|db| crate::store::stored_ca(db))
+            .await?
+            .is_none();
+        let seal = tokio::task::spawn_blocking(move || crate::seal::SealKey::load(&path, empty))
+            .await
+            .expect("loading the seal key does not panic")?;
+        Some(crate::pki::shared_ca(&store, &seal).await?)
+    } else {
+        None
+    };
     let pki = tokio::task::spawn_blocking(move || {
-        crate::prepare_data_dir(&data_dir)?;
-        Pki::load_or_create(&PkiPaths::new(&data_dir), &sans)
+        Pki::load_or_create(&PkiPaths::new(&data_dir), &sans, shared)
     })
     .await
     .expect("loading the PKI does not panic")?;
-    let telemetry = crate::http::metrics::Telemetry::default();
-    let store = Store::start(
-        &config.data_dir.join(crate::DATABASE_FILE),
-        telemetry.store.clone(),
-    )?;
     let alerts = match config.alerts.clone() {
         Some(alerts) => {
             let open = store

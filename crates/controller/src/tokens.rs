@@ -9,7 +9,8 @@
 //! (also join tokens and hosts). Tokens made before roles existed are `admin`, as
 //! they could do everything.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::params;
+use crate::store::{Db, DbResult, OptionalExtension};
 
 use crate::pki;
 
@@ -101,7 +102,7 @@ pub struct TokenInfo {
 
 /// Creates a token; returns it (it is never stored). A name in use is refused.
 pub fn create(
-    conn: &Connection,
+    conn: &dyn Db,
     name: &str,
     role: Role,
     expires_ms: Option<u64>,
@@ -122,45 +123,42 @@ pub fn create(
     );
     match inserted {
         Ok(_) => Ok(token),
-        Err(rusqlite::Error::SqliteFailure(error, _))
-            if error.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            Err(format!(
-                "a token named {name} exists\nhint: `fleet-controller token revoke {name}` first, or pick another name"
-            ))
-        }
+        Err(crate::store::DbError::Constraint(_)) => Err(format!(
+            "a token named {name} exists\nhint: `fleet-controller token revoke {name}` first, or pick another name"
+        )),
         Err(error) => Err(error.to_string()),
     }
 }
 
 /// The hashes of every token that may be used now (for `limits::ValidTokens`).
-pub fn usable_hashes(conn: &Connection, now_ms: u64) -> rusqlite::Result<Vec<Vec<u8>>> {
-    let mut statement = conn.prepare_cached(
+pub fn usable_hashes(conn: &dyn Db, now_ms: u64) -> DbResult<Vec<Vec<u8>>> {
+    conn.query_map(
         "SELECT sha256 FROM api_tokens
          WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1)",
-    )?;
-    let rows = statement.query_map([now_ms as i64], |row| row.get::<_, Vec<u8>>(0))?;
-    rows.collect()
+        params![now_ms as i64],
+        |row| row.get::<_, Vec<u8>>(0),
+    )
 }
 
 /// Finds the token whose hash is `hash` and says whether it may be used now.
-pub fn verify(conn: &Connection, hash: &[u8], now_ms: u64) -> rusqlite::Result<Verdict> {
+pub fn verify(conn: &dyn Db, hash: &[u8], now_ms: u64) -> DbResult<Verdict> {
     let row = conn
-        .prepare_cached(
+        .query_row(
             "SELECT id, sha256, name, role, expires_at, revoked_at, last_used
              FROM api_tokens WHERE sha256 = ?1",
-        )?
-        .query_row([hash], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, Vec<u8>>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, Option<i64>>(4)?,
-                row.get::<_, Option<i64>>(5)?,
-                row.get::<_, Option<i64>>(6)?,
-            ))
-        })
+            params![hash],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, Option<i64>>(5)?,
+                    row.get::<_, Option<i64>>(6)?,
+                ))
+            },
+        )
         .optional()?;
     let Some((id, stored, name, role, expires, revoked, last_used)) = row else {
         return Ok(Verdict::Unknown);
@@ -193,27 +191,27 @@ pub fn verify(conn: &Connection, hash: &[u8], now_ms: u64) -> rusqlite::Result<V
 }
 
 /// Every token, oldest first.
-pub fn list(conn: &Connection) -> rusqlite::Result<Vec<TokenInfo>> {
-    let mut statement = conn.prepare(
+pub fn list(conn: &dyn Db) -> DbResult<Vec<TokenInfo>> {
+    conn.query_map(
         "SELECT name, role, created_at, last_used, expires_at, revoked_at
          FROM api_tokens ORDER BY id",
-    )?;
-    let rows = statement.query_map([], |row| {
-        let ms = |v: Option<i64>| v.map(|v| v as u64);
-        Ok(TokenInfo {
-            name: row.get(0)?,
-            role: Role::parse(&row.get::<_, String>(1)?).unwrap_or(Role::Read),
-            created_ms: row.get::<_, i64>(2)? as u64,
-            last_used_ms: ms(row.get(3)?),
-            expires_ms: ms(row.get(4)?),
-            revoked_ms: ms(row.get(5)?),
-        })
-    })?;
-    rows.collect()
+        params![],
+        |row| {
+            let ms = |v: Option<i64>| v.map(|v| v as u64);
+            Ok(TokenInfo {
+                name: row.get(0)?,
+                role: Role::parse(&row.get::<_, String>(1)?).unwrap_or(Role::Read),
+                created_ms: row.get::<_, i64>(2)? as u64,
+                last_used_ms: ms(row.get(3)?),
+                expires_ms: ms(row.get(4)?),
+                revoked_ms: ms(row.get(5)?),
+            })
+        },
+    )
 }
 
 /// Revokes the token `name`; false when there is none (or it was revoked already).
-pub fn revoke(conn: &Connection, name: &str, now_ms: u64) -> rusqlite::Result<bool> {
+pub fn revoke(conn: &dyn Db, name: &str, now_ms: u64) -> DbResult<bool> {
     let changed = conn.execute(
         "UPDATE api_tokens SET revoked_at = ?1 WHERE name = ?2 AND revoked_at IS NULL",
         params![now_ms as i64, name],
@@ -222,48 +220,41 @@ pub fn revoke(conn: &Connection, name: &str, now_ms: u64) -> rusqlite::Result<bo
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn db() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open(&dir.path().join("c.db")).unwrap();
-        (dir, conn)
-    }
-
-    #[test]
-    fn tokens_have_a_role_an_expiry_and_can_be_revoked() {
-        let (_dir, conn) = db();
-        let ci = create(&conn, "ci", Role::Deploy, Some(10_000), 1_000).unwrap();
+    /// A case of the store's shared suite (`store::suite`), run on both backends.
+    pub(crate) fn tokens_have_a_role_an_expiry_and_can_be_revoked(conn: &dyn Db) {
+        let ci = create(conn, "ci", Role::Deploy, Some(10_000), 1_000).unwrap();
         let hash = pki::token_hash(&ci);
         let caller = Caller {
             name: "ci".into(),
             role: Role::Deploy,
         };
-        assert_eq!(verify(&conn, &hash, 2_000).unwrap(), Verdict::Valid(caller));
+        assert_eq!(verify(conn, &hash, 2_000).unwrap(), Verdict::Valid(caller));
         assert_eq!(
-            verify(&conn, &hash, 10_000).unwrap(),
+            verify(conn, &hash, 10_000).unwrap(),
             Verdict::Expired {
                 name: "ci".into(),
                 at_ms: 10_000
             }
         );
         assert!(
-            create(&conn, "ci", Role::Read, None, 3_000)
+            create(conn, "ci", Role::Read, None, 3_000)
                 .unwrap_err()
                 .contains("exists")
         );
-        assert!(revoke(&conn, "ci", 4_000).unwrap());
-        assert!(!revoke(&conn, "ci", 4_000).unwrap());
+        assert!(revoke(conn, "ci", 4_000).unwrap());
+        assert!(!revoke(conn, "ci", 4_000).unwrap());
         assert_eq!(
-            verify(&conn, &hash, 5_000).unwrap(),
+            verify(conn, &hash, 5_000).unwrap(),
             Verdict::Revoked { name: "ci".into() }
         );
         assert_eq!(
-            verify(&conn, &pki::token_hash("fct_nope"), 5_000).unwrap(),
+            verify(conn, &pki::token_hash("fct_nope"), 5_000).unwrap(),
             Verdict::Unknown
         );
-        let listed = list(&conn).unwrap();
+        let listed = list(conn).unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(
             (listed[0].role, listed[0].revoked_ms, listed[0].last_used_ms),

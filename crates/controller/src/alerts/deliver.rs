@@ -8,10 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::params;
+use crate::store::{Db, DbResult, OptionalExtension};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
 use super::config::{Format, Target};
@@ -56,12 +57,7 @@ pub fn payload(alert: &Alert) -> Value {
 }
 
 /// Queues `alert` for every target (`alert_deliveries`), due now.
-pub fn enqueue(
-    conn: &Connection,
-    targets: &[String],
-    alert: &Value,
-    now_ms: u64,
-) -> rusqlite::Result<()> {
+pub fn enqueue(conn: &dyn Db, targets: &[String], alert: &Value, now_ms: u64) -> DbResult<()> {
     let payload = alert.to_string();
     for target in targets {
         conn.execute(
@@ -83,29 +79,29 @@ pub struct Due {
     pub attempts: u32,
 }
 
-pub fn due(conn: &Connection, now_ms: u64) -> rusqlite::Result<Vec<Due>> {
-    let mut statement = conn.prepare_cached(
+pub fn due(conn: &dyn Db, now_ms: u64) -> DbResult<Vec<Due>> {
+    conn.query_map(
         "SELECT id, created_at, target, payload, attempts FROM alert_deliveries
          WHERE done_at IS NULL AND next_at <= ?1 ORDER BY next_at, id LIMIT ?2",
-    )?;
-    let rows = statement.query_map(params![now_ms as i64, BATCH], |row| {
-        let payload: String = row.get(3)?;
-        Ok(Due {
-            id: row.get(0)?,
-            created_ms: row.get::<_, i64>(1)? as u64,
-            target: row.get(2)?,
-            payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
-            attempts: row.get(4)?,
-        })
-    })?;
-    rows.collect()
+        params![now_ms as i64, BATCH],
+        |row| {
+            let payload: String = row.get(3)?;
+            Ok(Due {
+                id: row.get(0)?,
+                created_ms: row.get::<_, i64>(1)? as u64,
+                target: row.get(2)?,
+                payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
+                attempts: row.get(4)?,
+            })
+        },
+    )
 }
 
 /// When the next delivery is due, if any is waiting.
-pub fn next_due(conn: &Connection) -> rusqlite::Result<Option<u64>> {
+pub fn next_due(conn: &dyn Db) -> DbResult<Option<u64>> {
     conn.query_row(
         "SELECT min(next_at) FROM alert_deliveries WHERE done_at IS NULL",
-        [],
+        params![],
         |row| row.get::<_, Option<i64>>(0),
     )
     .optional()
@@ -121,12 +117,7 @@ pub enum Outcome {
 }
 
 /// Records an attempt's outcome on its row.
-pub fn record(
-    conn: &Connection,
-    due: &Due,
-    outcome: &Outcome,
-    now_ms: u64,
-) -> rusqlite::Result<()> {
+pub fn record(conn: &dyn Db, due: &Due, outcome: &Outcome, now_ms: u64) -> DbResult<()> {
     let attempts = due.attempts + 1;
     match outcome {
         Outcome::Delivered => conn.execute(

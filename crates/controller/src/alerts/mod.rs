@@ -12,7 +12,8 @@ pub mod rules;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use crate::params;
+use crate::store::{Db, DbResult};
 use serde_json::Value;
 
 use crate::registry::lock;
@@ -34,14 +35,14 @@ pub struct AlertEngine {
 }
 
 /// The incidents open when the controller last stopped.
-pub fn open_incidents(conn: &Connection) -> rusqlite::Result<Vec<(Key, u64)>> {
-    let mut statement = conn.prepare("SELECT key, opened_at FROM alert_incidents")?;
-    let rows = statement.query_map([], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-    })?;
+pub fn open_incidents(conn: &dyn Db) -> DbResult<Vec<(Key, u64)>> {
+    let rows = conn.query_map(
+        "SELECT key, opened_at FROM alert_incidents",
+        params![],
+        |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+    )?;
     let mut open = Vec::new();
-    for row in rows {
-        let (key, at) = row?;
+    for (key, at) in rows {
         if let Some(key) = Key::decode(&key) {
             open.push((key, at as u64));
         }
@@ -81,11 +82,12 @@ impl AlertEngine {
         let written = controller
             .store
             .call(move |conn| {
-                let tx = conn.transaction()?;
-                for alert in &alerts {
-                    persist(&tx, alert, &targets)?;
-                }
-                tx.commit()
+                conn.transaction(|tx| {
+                    for alert in &alerts {
+                        persist(tx, alert, &targets)?;
+                    }
+                    Ok(())
+                })
             })
             .await;
         match written {
@@ -97,11 +99,12 @@ impl AlertEngine {
 
 /// One alert into the store: its incident opened or closed, a delivery per target,
 /// and an audit entry.
-fn persist(conn: &Connection, alert: &Alert, targets: &[String]) -> rusqlite::Result<()> {
+fn persist(conn: &dyn Db, alert: &Alert, targets: &[String]) -> DbResult<()> {
     let key = alert.key.encode();
     match alert.state {
         State::Firing => conn.execute(
-            "INSERT OR REPLACE INTO alert_incidents (key, opened_at) VALUES (?1, ?2)",
+            "INSERT INTO alert_incidents (key, opened_at) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET opened_at = excluded.opened_at",
             params![key, alert.at_ms as i64],
         )?,
         State::Resolved => {
@@ -272,7 +275,10 @@ fn delivery_audit(due: &deliver::Due, outcome: &deliver::Outcome, now_ms: u64) -
 
 /// `fleet-controller alerts test`: a test message to every target, now, each outcome
 /// printed and audited. Returns whether all were delivered.
-pub async fn send_test(data_dir: &std::path::Path, alerts: &Alerts) -> Result<bool, crate::Error> {
+pub async fn send_test(
+    location: &crate::store::Location,
+    alerts: &Alerts,
+) -> Result<bool, crate::Error> {
     let host = nix_hostname();
     let payload: Value = serde_json::json!({
         "source": "fleet",
@@ -301,13 +307,18 @@ pub async fn send_test(data_dir: &std::path::Path, alerts: &Alerts) -> Result<bo
             result: outcome.map_or_else(|e| format!("failed: {e}"), |()| "delivered".into()),
         });
     }
-    let conn = store::open(&data_dir.join(crate::DATABASE_FILE))?;
-    for entry in &entries {
-        store::append_audit(&conn, entry).map_err(|source| crate::Error::Database {
-            path: data_dir.join(crate::DATABASE_FILE),
-            source,
-        })?;
-    }
+    // The store's clients block (PostgreSQL's runs its own runtime): off this one.
+    let location = location.clone();
+    tokio::task::spawn_blocking(move || {
+        let db = location.open()?;
+        for entry in &entries {
+            store::append_audit(db.as_ref(), entry)
+                .map_err(|source| crate::Error::database(&location, source))?;
+        }
+        Ok::<_, crate::Error>(())
+    })
+    .await
+    .expect("auditing does not panic")?;
     Ok(all)
 }
 

@@ -3,7 +3,8 @@
 //! stage and the fencing numbers. Plain functions on a connection, called through the
 //! store's thread.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::params;
+use crate::store::{Db, DbError, DbResult, OptionalExtension};
 use serde::Serialize;
 
 /// A run about to start: who asked for what.
@@ -31,70 +32,84 @@ pub struct Holder {
 
 /// Takes `run.stage`'s lock and records the run, in one transaction: its id and
 /// fencing number, or who holds the lock.
-pub fn begin(
-    conn: &mut Connection,
-    run: &NewRun<'_>,
-) -> rusqlite::Result<Result<(u64, u64), Holder>> {
-    let tx = conn.transaction()?;
-    let holder = tx
-        .query_row(
-            "SELECT run_id, token_name, machine, git_ref FROM stage_locks WHERE stage = ?1",
-            params![run.stage],
-            |row| {
-                Ok(Holder {
-                    run_id: row.get::<_, i64>(0)? as u64,
-                    token_name: row.get(1)?,
-                    machine: row.get(2)?,
-                    git_ref: row.get(3)?,
-                })
-            },
-        )
-        .optional()?;
-    if let Some(holder) = holder {
-        return Ok(Err(holder));
+///
+/// Two controllers taking the same free stage at once (PostgreSQL reads committed
+/// rows, so both may find it free): the second insert breaks the stage's key, its
+/// transaction rolls back, and it is told who holds the lock.
+pub fn begin(conn: &dyn Db, run: &NewRun<'_>) -> DbResult<Result<(u64, u64), Holder>> {
+    match begin_once(conn, run) {
+        Err(DbError::Constraint(error)) => match holder(conn, run.stage)? {
+            Some(holder) => Ok(Err(holder)),
+            None => Err(DbError::Constraint(error)),
+        },
+        other => other,
     }
-    tx.execute(
-        "INSERT INTO deploy_runs (stage, action, state, who, token_name, machine, git_ref,
-                                  git_commit, request, created_at)
-         VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            run.stage,
-            run.action,
-            run.who,
-            run.token_name,
-            run.machine,
-            run.git_ref,
-            run.commit,
-            run.request,
-            run.now_ms as i64
-        ],
-    )?;
-    let id = tx.last_insert_rowid() as u64;
-    let fence = new_fence(&tx, id)?;
-    tx.execute(
-        "INSERT INTO stage_locks (stage, run_id, fence, token_name, machine, git_ref, taken_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            run.stage,
-            id as i64,
-            fence as i64,
-            run.token_name,
-            run.machine,
-            run.git_ref,
-            run.now_ms as i64
-        ],
-    )?;
-    tx.commit()?;
-    Ok(Ok((id, fence)))
+}
+
+/// Who holds `stage`'s lock, if anyone.
+pub fn holder(conn: &dyn Db, stage: &str) -> DbResult<Option<Holder>> {
+    conn.query_row(
+        "SELECT run_id, token_name, machine, git_ref FROM stage_locks WHERE stage = ?1",
+        params![stage],
+        |row| {
+            Ok(Holder {
+                run_id: row.get::<_, i64>(0)? as u64,
+                token_name: row.get(1)?,
+                machine: row.get(2)?,
+                git_ref: row.get(3)?,
+            })
+        },
+    )
+    .optional()
+}
+
+fn begin_once(conn: &dyn Db, run: &NewRun<'_>) -> DbResult<Result<(u64, u64), Holder>> {
+    conn.transaction(|tx| {
+        if let Some(holder) = holder(tx, run.stage)? {
+            return Ok(Err(holder));
+        }
+        let id = tx.query_row(
+            "INSERT INTO deploy_runs (stage, action, state, who, token_name, machine, git_ref,
+                                      git_commit, request, created_at)
+             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+            params![
+                run.stage,
+                run.action,
+                run.who,
+                run.token_name,
+                run.machine,
+                run.git_ref,
+                run.commit,
+                run.request,
+                run.now_ms as i64
+            ],
+            |row| row.get::<_, i64>(0),
+        )? as u64;
+        let fence = new_fence(tx, id)?;
+        tx.execute(
+            "INSERT INTO stage_locks (stage, run_id, fence, token_name, machine, git_ref, taken_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                run.stage,
+                id as i64,
+                fence as i64,
+                run.token_name,
+                run.machine,
+                run.git_ref,
+                run.now_ms as i64
+            ],
+        )?;
+        Ok(Ok((id, fence)))
+    })
 }
 
 /// A new fencing number for run `id`, written on the run and its stage lock.
-fn new_fence(conn: &Connection, id: u64) -> rusqlite::Result<u64> {
-    conn.execute(
-        "INSERT INTO fences (run_id) VALUES (?1)",
+fn new_fence(conn: &dyn Db, id: u64) -> DbResult<u64> {
+    let fence = conn.query_row(
+        "INSERT INTO fences (run_id) VALUES (?1) RETURNING fence",
         params![id as i64],
-    )?;
-    let fence = conn.last_insert_rowid() as u64;
+        |row| row.get::<_, i64>(0),
+    )? as u64;
     conn.execute(
         "UPDATE deploy_runs SET fence = ?1 WHERE id = ?2",
         params![fence as i64, id as i64],
@@ -121,40 +136,38 @@ pub struct Unfinished {
 /// Every run still `running` or `cancelling` (the controller stopped during it), each given a new
 /// fencing number (any host lock of its earlier attempt is then taken over at once,
 /// and that attempt, were it somehow alive, can no longer change a host).
-pub fn resume_all(conn: &mut Connection) -> rusqlite::Result<Vec<Unfinished>> {
-    let tx = conn.transaction()?;
-    let mut runs: Vec<Unfinished> = {
-        let mut statement = tx.prepare(
+pub fn resume_all(conn: &dyn Db) -> DbResult<Vec<Unfinished>> {
+    conn.transaction(|tx| {
+        let mut runs = tx.query_map(
             "SELECT id, stage, request, release, git_commit, state = 'cancelling' FROM deploy_runs
              WHERE state IN ('running', 'cancelling') ORDER BY id",
+            params![],
+            |row| {
+                Ok(Unfinished {
+                    id: row.get::<_, i64>(0)? as u64,
+                    stage: row.get(1)?,
+                    request: row.get(2)?,
+                    release: row.get(3)?,
+                    commit: row.get(4)?,
+                    fence: 0,
+                    cancelling: row.get(5)?,
+                })
+            },
         )?;
-        let rows = statement.query_map([], |row| {
-            Ok(Unfinished {
-                id: row.get::<_, i64>(0)? as u64,
-                stage: row.get(1)?,
-                request: row.get(2)?,
-                release: row.get(3)?,
-                commit: row.get(4)?,
-                fence: 0,
-                cancelling: row.get(5)?,
-            })
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    for run in &mut runs {
-        run.fence = new_fence(&tx, run.id)?;
-        tx.execute(
-            "UPDATE deploy_runs SET attempts = attempts + 1 WHERE id = ?1",
-            params![run.id as i64],
-        )?;
-    }
-    tx.commit()?;
-    Ok(runs)
+        for run in &mut runs {
+            run.fence = new_fence(tx, run.id)?;
+            tx.execute(
+                "UPDATE deploy_runs SET attempts = attempts + 1 WHERE id = ?1",
+                params![run.id as i64],
+            )?;
+        }
+        Ok(runs)
+    })
 }
 
 /// A cancel asked for: kept so a controller that stops before the run ends cancels
 /// it again when it takes it up.
-pub fn mark_cancelling(conn: &Connection, id: u64) -> rusqlite::Result<()> {
+pub fn mark_cancelling(conn: &dyn Db, id: u64) -> DbResult<()> {
     conn.execute(
         "UPDATE deploy_runs SET state = 'cancelling' WHERE id = ?1 AND state = 'running'",
         params![id as i64],
@@ -163,12 +176,7 @@ pub fn mark_cancelling(conn: &Connection, id: u64) -> rusqlite::Result<()> {
 }
 
 /// The release and commit an update settled on (a resumed run ships the same).
-pub fn set_release(
-    conn: &Connection,
-    id: u64,
-    release: &str,
-    commit: &str,
-) -> rusqlite::Result<()> {
+pub fn set_release(conn: &dyn Db, id: u64, release: &str, commit: &str) -> DbResult<()> {
     conn.execute(
         "UPDATE deploy_runs SET release = ?1, git_commit = ?2 WHERE id = ?3",
         params![release, commit, id as i64],
@@ -176,15 +184,10 @@ pub fn set_release(
     Ok(())
 }
 
-pub fn append_event(
-    conn: &Connection,
-    id: u64,
-    seq: u64,
-    at_ms: u64,
-    event: &str,
-) -> rusqlite::Result<()> {
+pub fn append_event(conn: &dyn Db, id: u64, seq: u64, at_ms: u64, event: &str) -> DbResult<()> {
     conn.execute(
-        "INSERT OR IGNORE INTO deploy_events (run_id, seq, at, event) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO deploy_events (run_id, seq, at, event) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT DO NOTHING",
         params![id as i64, seq as i64, at_ms as i64, event],
     )?;
     Ok(())
@@ -192,34 +195,33 @@ pub fn append_event(
 
 /// Ends run `id` as `state` and releases its stage lock.
 pub fn finish(
-    conn: &mut Connection,
+    conn: &dyn Db,
     id: u64,
     state: &str,
     report: Option<&str>,
     error: Option<&str>,
     now_ms: u64,
-) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    tx.execute(
-        "UPDATE deploy_runs SET state = ?1, report = ?2, error = ?3, finished_at = ?4 WHERE id = ?5",
-        params![state, report, error, now_ms as i64, id as i64],
-    )?;
-    tx.execute(
-        "DELETE FROM stage_locks WHERE run_id = ?1",
-        params![id as i64],
-    )?;
-    tx.commit()
+) -> DbResult<()> {
+    conn.transaction(|tx| {
+        tx.execute(
+            "UPDATE deploy_runs SET state = ?1, report = ?2, error = ?3, finished_at = ?4 WHERE id = ?5",
+            params![state, report, error, now_ms as i64, id as i64],
+        )?;
+        tx.execute(
+            "DELETE FROM stage_locks WHERE run_id = ?1",
+            params![id as i64],
+        )?;
+        Ok(())
+    })
 }
 
 /// A run's events from `after` on, in order.
-pub fn events(conn: &Connection, id: u64, after: u64) -> rusqlite::Result<Vec<(u64, String)>> {
-    let mut statement = conn.prepare_cached(
+pub fn events(conn: &dyn Db, id: u64, after: u64) -> DbResult<Vec<(u64, String)>> {
+    conn.query_map(
         "SELECT seq, event FROM deploy_events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
-    )?;
-    let rows = statement.query_map(params![id as i64, after as i64], |row| {
-        Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
-    })?;
-    rows.collect()
+        params![id as i64, after as i64],
+        |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)),
+    )
 }
 
 /// One run as history shows it.
@@ -247,18 +249,18 @@ pub struct RunRecord {
 
 /// Runs newest first, of `stage` when given; `id` alone when given.
 pub fn history(
-    conn: &Connection,
+    conn: &dyn Db,
     stage: Option<&str>,
     id: Option<u64>,
     limit: u32,
-) -> rusqlite::Result<Vec<RunRecord>> {
-    let mut statement = conn.prepare_cached(
+) -> DbResult<Vec<RunRecord>> {
+    conn.query_map(
         "SELECT id, stage, action, state, who, token_name, machine, git_ref, git_commit, release,
                 created_at, finished_at, attempts, error, report
-         FROM deploy_runs WHERE (?1 IS NULL OR stage = ?1) AND (?2 IS NULL OR id = ?2)
+         FROM deploy_runs WHERE (CAST(?1 AS TEXT) IS NULL OR stage = ?1) AND (CAST(?2 AS BIGINT) IS NULL OR id = ?2)
          ORDER BY id DESC LIMIT ?3",
-    )?;
-    let rows = statement.query_map(params![stage, id.map(|i| i as i64), limit], |row| {
+        params![stage, id.map(|i| i as i64), limit],
+        |row| {
         let created = row.get::<_, i64>(10)? as u64;
         let finished = row.get::<_, Option<i64>>(11)?.map(|f| f as u64);
         let report: Option<String> = row.get(14)?;
@@ -284,15 +286,11 @@ pub fn history(
             error: row.get(13)?,
             hosts,
         })
-    })?;
-    rows.collect()
+    })
 }
 
 /// The report of a finished run, or its error.
-pub fn outcome(
-    conn: &Connection,
-    id: u64,
-) -> rusqlite::Result<Option<(Option<String>, Option<String>)>> {
+pub fn outcome(conn: &dyn Db, id: u64) -> DbResult<Option<(Option<String>, Option<String>)>> {
     conn.query_row(
         "SELECT report, error FROM deploy_runs
          WHERE id = ?1 AND state NOT IN ('running', 'cancelling')",
@@ -303,7 +301,7 @@ pub fn outcome(
 }
 
 /// The stage's running deploy, else its latest.
-pub fn latest(conn: &Connection, stage: &str) -> rusqlite::Result<Option<u64>> {
+pub fn latest(conn: &dyn Db, stage: &str) -> DbResult<Option<u64>> {
     conn.query_row(
         "SELECT id FROM deploy_runs WHERE stage = ?1
          ORDER BY state IN ('running', 'cancelling') DESC, id DESC LIMIT 1",
@@ -315,7 +313,7 @@ pub fn latest(conn: &Connection, stage: &str) -> rusqlite::Result<Option<u64>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn run<'a>(stage: &'a str, token: &'a str) -> NewRun<'a> {
@@ -332,26 +330,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_run_per_stage_holds_the_lock_with_a_growing_fence() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = crate::store::open(&dir.path().join("controller.db")).unwrap();
-        let (first, fence) = begin(&mut conn, &run("prod", "ci")).unwrap().unwrap();
-        let refused = begin(&mut conn, &run("prod", "other"))
-            .unwrap()
-            .unwrap_err();
+    /// A case of the store's shared suite (`store::suite`), run on both backends.
+    pub(crate) fn one_run_per_stage_holds_the_lock_with_a_growing_fence(conn: &dyn Db) {
+        let (first, fence) = begin(conn, &run("prod", "ci")).unwrap().unwrap();
+        let refused = begin(conn, &run("prod", "other")).unwrap().unwrap_err();
         assert_eq!((refused.run_id, refused.token_name.as_str()), (first, "ci"));
-        let (_, staging_fence) = begin(&mut conn, &run("staging", "ci")).unwrap().unwrap();
+        let (_, staging_fence) = begin(conn, &run("staging", "ci")).unwrap().unwrap();
         assert!(staging_fence > fence);
-        append_event(&conn, first, 1, 5, "{\"kind\":\"note\"}").unwrap();
-        append_event(&conn, first, 2, 6, "{\"kind\":\"done\"}").unwrap();
+        append_event(conn, first, 1, 5, "{\"kind\":\"note\"}").unwrap();
+        append_event(conn, first, 2, 6, "{\"kind\":\"done\"}").unwrap();
         assert_eq!(
-            events(&conn, first, 1).unwrap(),
+            events(conn, first, 1).unwrap(),
             vec![(2, "{\"kind\":\"done\"}".to_owned())]
         );
-        mark_cancelling(&conn, first).unwrap();
+        mark_cancelling(conn, first).unwrap();
         // A restart: both runs come back with new, higher fences; the cancel is kept.
-        let resumed = resume_all(&mut conn).unwrap();
+        let resumed = resume_all(conn).unwrap();
         assert_eq!(resumed.len(), 2);
         assert_eq!(
             resumed.iter().map(|r| r.cancelling).collect::<Vec<_>>(),
@@ -359,7 +353,7 @@ mod tests {
         );
         assert!(resumed.iter().all(|r| r.fence > staging_fence));
         finish(
-            &mut conn,
+            conn,
             first,
             "ok",
             Some("{\"hosts\":[{\"host\":\"a\"}]}"),
@@ -368,10 +362,10 @@ mod tests {
         )
         .unwrap();
         assert!(
-            begin(&mut conn, &run("prod", "other")).unwrap().is_ok(),
+            begin(conn, &run("prod", "other")).unwrap().is_ok(),
             "the lock is free"
         );
-        let history = history(&conn, Some("prod"), None, 10).unwrap();
+        let history = history(conn, Some("prod"), None, 10).unwrap();
         assert_eq!(history.len(), 2);
         assert_eq!(
             (
@@ -382,10 +376,10 @@ mod tests {
             ("ok", Some(8), 2)
         );
         assert_eq!(history[1].hosts[0]["host"], "a");
-        assert_eq!(latest(&conn, "prod").unwrap(), Some(history[0].id));
-        assert!(outcome(&conn, first).unwrap().is_some());
+        assert_eq!(latest(conn, "prod").unwrap(), Some(history[0].id));
+        assert!(outcome(conn, first).unwrap().is_some());
         assert!(
-            outcome(&conn, history[0].id).unwrap().is_none(),
+            outcome(conn, history[0].id).unwrap().is_none(),
             "still running"
         );
     }

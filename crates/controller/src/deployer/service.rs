@@ -191,25 +191,7 @@ pub(crate) async fn submit(
     let stage = request.stage.clone();
     let holder = controller
         .store
-        .call(move |conn| {
-            conn.query_row(
-                "SELECT run_id, token_name, machine, git_ref FROM stage_locks WHERE stage = ?1",
-                [&stage],
-                |row| {
-                    Ok(runs::Holder {
-                        run_id: row.get::<_, i64>(0)? as u64,
-                        token_name: row.get(1)?,
-                        machine: row.get(2)?,
-                        git_ref: row.get(3)?,
-                    })
-                },
-            )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })
-        })
+        .call(move |conn| runs::holder(conn, &stage))
         .await?;
     if let Some(holder) = holder {
         return Err(busy(&request.stage, &holder));

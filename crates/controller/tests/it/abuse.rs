@@ -125,13 +125,13 @@ async fn abuse_while_a_thousand_hosts_are_watched() {
     let token = controller.api_token();
     let (agents, names) = connect_agents(&controller).await;
     let revoked = controller.token_with(fleet_controller::tokens::Role::Admin, None);
-    let revoked_name = fleet_controller::list_api_tokens(&controller.data)
+    let revoked_name = fleet_controller::list_api_tokens(&controller.store)
         .unwrap()
         .into_iter()
         .last()
         .unwrap()
         .name;
-    fleet_controller::revoke_api_token(&controller.data, &revoked_name).unwrap();
+    fleet_controller::revoke_api_token(&controller.store, &revoked_name).unwrap();
     // The dashboard or CLI watching the stage is connected before the abuse begins
     // (a connection authenticates with its first call).
     let hosts: Vec<&str> = names.iter().map(String::as_str).collect();

@@ -331,9 +331,12 @@ async fn alerts_test_reaches_every_target_and_says_which_failed() {
     let (smtp, mut mails) = smtp_receiver().await;
     let alerts = config(hook.port, Some(smtp));
     assert!(
-        fleet_controller::alerts::send_test(dir.path(), &alerts)
-            .await
-            .unwrap()
+        fleet_controller::alerts::send_test(
+            &fleet_controller::store::Location::in_data_dir(dir.path()),
+            &alerts
+        )
+        .await
+        .unwrap()
     );
     let body = hook.next(DEADLINE).await;
     assert_eq!(body["alert"], "test");
@@ -347,8 +350,11 @@ async fn alerts_test_reaches_every_target_and_says_which_failed() {
     );
     hook.down.store(true, Ordering::SeqCst);
     assert!(
-        !fleet_controller::alerts::send_test(dir.path(), &alerts)
-            .await
-            .unwrap()
+        !fleet_controller::alerts::send_test(
+            &fleet_controller::store::Location::in_data_dir(dir.path()),
+            &alerts
+        )
+        .await
+        .unwrap()
     );
 }

@@ -203,9 +203,16 @@ async fn roles_limit_calls_and_expired_or_revoked_tokens_get_nothing() {
     );
 
     // Revoked while the controller runs: refused at the next call.
-    let names = fleet_controller::list_api_tokens(dir.path()).unwrap();
+    let names = fleet_controller::list_api_tokens(&fleet_controller::store::Location::in_data_dir(
+        dir.path(),
+    ))
+    .unwrap();
     let operate_name = &names.iter().find(|t| t.role == Role::Operate).unwrap().name;
-    fleet_controller::revoke_api_token(dir.path(), operate_name).unwrap();
+    fleet_controller::revoke_api_token(
+        &fleet_controller::store::Location::in_data_dir(dir.path()),
+        operate_name,
+    )
+    .unwrap();
     let refused = fleet.status(authed(status(), &operate)).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
     assert!(
@@ -213,10 +220,20 @@ async fn roles_limit_calls_and_expired_or_revoked_tokens_get_nothing() {
         "{}",
         refused.message()
     );
-    assert!(fleet_controller::revoke_api_token(dir.path(), operate_name).is_err());
+    assert!(
+        fleet_controller::revoke_api_token(
+            &fleet_controller::store::Location::in_data_dir(dir.path()),
+            operate_name
+        )
+        .is_err()
+    );
 
     // The audit log names the token, never its id or secret.
-    let audit = fleet_controller::read_audit(dir.path(), None).unwrap();
+    let audit = fleet_controller::read_audit(
+        &fleet_controller::store::Location::in_data_dir(dir.path()),
+        None,
+    )
+    .unwrap();
     assert!(
         audit
             .iter()

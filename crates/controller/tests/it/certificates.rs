@@ -17,7 +17,7 @@ async fn join_again(
     rejoin: bool,
 ) -> Result<AgentIdentity, tonic::Status> {
     let (token, _) =
-        fleet_controller::create_join_token(&controller.data, host, Duration::from_secs(60))
+        fleet_controller::create_join_token(&controller.store, host, Duration::from_secs(60))
             .unwrap();
     let (key, csr_pem) = csr(host);
     let response = AgentLinkClient::new(controller.channel(None).await.unwrap())
@@ -88,7 +88,7 @@ async fn a_rejoin_supersedes_the_old_certificate_and_ends_its_session() {
     session(&controller, &new, "web-1")
         .await
         .expect("the new certificate opens a session");
-    let audit = fleet_controller::read_audit(&controller.data, None).unwrap();
+    let audit = fleet_controller::read_audit(&controller.store, None).unwrap();
     let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     assert!(actions.contains(&"rejoin"), "{actions:?}");
     controller.stop().await;
@@ -100,7 +100,7 @@ async fn a_removed_host_is_refused_until_it_joins_again() {
     let controller = Controller::start(dir.path()).await;
     let (mut agent, identity) = FakeAgent::joined(&controller, "web-1").await;
 
-    fleet_controller::remove_host(&controller.data, "web-1").unwrap();
+    fleet_controller::remove_host(&controller.store, "web-1").unwrap();
     // The running controller closes the open session (it checks every 2 s).
     ended(&mut agent).await;
     let refused = session(&controller, &identity, "web-1")
@@ -113,7 +113,7 @@ async fn a_removed_host_is_refused_until_it_joins_again() {
         "{}",
         refused.message()
     );
-    let twice = fleet_controller::remove_host(&controller.data, "web-1").unwrap_err();
+    let twice = fleet_controller::remove_host(&controller.store, "web-1").unwrap_err();
     assert!(twice.to_string().contains("no host named web-1"), "{twice}");
 
     // A new join token brings it back, no --rejoin needed.

@@ -104,7 +104,7 @@ impl Bed {
     }
 
     fn audit(&self) -> Vec<fleet_controller::store::AuditEntry> {
-        fleet_controller::read_audit(&self.controller.data, None).unwrap()
+        fleet_controller::read_audit(&self.controller.store, None).unwrap()
     }
 
     /// Waits until `cookie`'s session is refused (`what` names why it should end).
@@ -261,13 +261,13 @@ async fn sessions_end_with_a_tampered_cookie_or_a_revoked_or_expired_token() {
         401
     );
 
-    let name = fleet_controller::list_api_tokens(&bed.controller.data)
+    let name = fleet_controller::list_api_tokens(&bed.controller.store)
         .unwrap()
         .into_iter()
         .find(|t| t.role == Role::Read)
         .map(|t| t.name)
         .unwrap();
-    fleet_controller::revoke_api_token(&bed.controller.data, &name).unwrap();
+    fleet_controller::revoke_api_token(&bed.controller.store, &name).unwrap();
     bed.wait_signed_out(&cookie, "a revoked token's session ends")
         .await;
 

@@ -26,6 +26,8 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// A controller serving in this test's runtime, or the real binary in a child process.
 pub struct Controller {
     pub data: PathBuf,
+    /// Its store (the data directory's SQLite, or a PostgreSQL the test runs).
+    pub store: fleet_controller::store::Location,
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), fleet_controller::Error>>>,
@@ -61,6 +63,7 @@ impl Controller {
         ));
         let controller = Controller {
             data: data.to_owned(),
+            store: fleet_controller::store::Location::in_data_dir(data),
             addr,
             stop: Some(stop),
             task: Some(task),
@@ -75,6 +78,7 @@ impl Controller {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mut config = ControllerConfig::new(data);
         adjust(&mut config);
+        let store = config.location();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -83,6 +87,7 @@ impl Controller {
         }));
         let controller = Controller {
             data: data.to_owned(),
+            store,
             addr,
             stop: Some(stop),
             task: Some(task),
@@ -120,6 +125,7 @@ impl Controller {
             stop: None,
             task: None,
             process: Some(process),
+            store: fleet_controller::store::Location::in_data_dir(data),
         };
         controller.wait_until_up().await;
         controller
@@ -187,7 +193,7 @@ impl Controller {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("{}-{n}", role.as_str());
-        fleet_controller::create_api_token(&self.data, &name, role, ttl).unwrap()
+        fleet_controller::create_api_token(&self.store, &name, role, ttl).unwrap()
     }
 
     pub async fn fleet(&self) -> FleetServiceClient<Channel> {
@@ -197,7 +203,7 @@ impl Controller {
     /// Joins `host` with a fresh key, as `fleet-agent join` does.
     pub async fn join(&self, host: &str) -> AgentIdentity {
         let (token, _) =
-            fleet_controller::create_join_token(&self.data, host, Duration::from_secs(3600))
+            fleet_controller::create_join_token(&self.store, host, Duration::from_secs(3600))
                 .unwrap();
         let (key, csr_pem) = csr(host);
         let response = AgentLinkClient::new(self.channel(None).await.unwrap())

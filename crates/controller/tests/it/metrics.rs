@@ -150,12 +150,12 @@ async fn metrics_are_scraped_with_a_scrape_token_and_parse_as_prometheus_text() 
         get(http, "/metrics", Some(&doomed), Some(&ca)).await.code,
         200
     );
-    let name = (fleet_controller::list_api_tokens(&controller.data).unwrap())
+    let name = (fleet_controller::list_api_tokens(&controller.store).unwrap())
         .last()
         .unwrap()
         .name
         .clone();
-    fleet_controller::revoke_api_token(&controller.data, &name).unwrap();
+    fleet_controller::revoke_api_token(&controller.store, &name).unwrap();
     assert_eq!(
         get(http, "/metrics", Some(&doomed), Some(&ca)).await.code,
         401

@@ -185,7 +185,7 @@ async fn a_join_token_works_once_and_only_for_its_host() {
     let dir = tempfile::tempdir().unwrap();
     let controller = Controller::start(dir.path()).await;
     let (token, _) =
-        fleet_controller::create_join_token(&controller.data, "web-1", Duration::from_secs(60))
+        fleet_controller::create_join_token(&controller.store, "web-1", Duration::from_secs(60))
             .unwrap();
     let mut link = AgentLinkClient::new(controller.channel(None).await.unwrap());
     let join = |host: &str| JoinRequest {
