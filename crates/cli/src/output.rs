@@ -334,15 +334,24 @@ pub fn print_fleet_status(outcomes: &[fleet_remote::stage::HostOutcome], json: b
                     if let Some(metrics) = &metrics {
                         value["host_metrics"] = metrics.clone();
                     }
+                    if outcome.stale {
+                        value["stale"] = json!(true);
+                    }
                     array.push(value);
                 }
             }
-            Err(error) => array.push(json!({
-                "host": outcome.host,
-                "reachable": false,
-                "error": error,
-                "last_seen_ms": outcome.last_seen_unix_ms,
-            })),
+            Err(error) => {
+                let mut value = json!({
+                    "host": outcome.host,
+                    "reachable": false,
+                    "error": error,
+                    "last_seen_ms": outcome.last_seen_unix_ms,
+                });
+                if outcome.stale {
+                    value["stale"] = json!(true);
+                }
+                array.push(value);
+            }
         }
     }
     println!("{}", Value::Array(array));
@@ -353,6 +362,12 @@ pub fn print_fleet_status(outcomes: &[fleet_remote::stage::HostOutcome], json: b
 pub fn fleet_status_text(outcomes: &[fleet_remote::stage::HostOutcome], now_ms: u64) -> String {
     use std::fmt::Write as _;
     let mut text = String::new();
+    if outcomes.iter().any(|o| o.stale) {
+        let _ = writeln!(
+            text,
+            "stale: the controller's store is unavailable; this is its memory and may be out of date"
+        );
+    }
     let mut table = new_table();
     table.set_header(vec![
         "host", "id", "name", "instance", "status", "pid", "cpu", "mem", "uptime", "↺", "release",

@@ -235,10 +235,26 @@ impl AgentLinkService {
         let store = &self.controller.store;
         let standing = {
             let host = host.to_owned();
-            store.call(move |conn| hosts::standing(conn, &host)).await?
+            store.call(move |conn| hosts::standing(conn, &host)).await
+        };
+        let standing = match standing {
+            Ok(standing) => standing,
+            // The store is away: a certificate known current lately is taken, so agents
+            // reconnecting through a database restart are not left out.
+            Err(error) if error.is_store_unavailable() => {
+                if self.controller.known_serials.is_current(host, serial) {
+                    tracing::warn!(%host, "the store is unavailable: accepted the host's certificate as last known current");
+                    return Ok(());
+                }
+                return Err(error.into());
+            }
+            Err(error) => return Err(error.into()),
         };
         match standing {
-            Standing::Current { serial: current } if current == serial => Ok(()),
+            Standing::Current { serial: current } if current == serial => {
+                self.controller.known_serials.set(host, serial);
+                Ok(())
+            }
             Standing::Current { .. } => Err(Refusal::CertificateSuperseded(host.to_owned())),
             Standing::Removed { at_ms } => Err(Refusal::HostRemoved {
                 host: host.to_owned(),
@@ -427,5 +443,40 @@ impl Stream for Outbound {
             return Poll::Ready(None);
         }
         this.queue.poll_recv(cx).map(|message| message.map(Ok))
+    }
+}
+
+/// Each host's certificate serial as last read from the store (a session accepted, the
+/// sweep's reading every few seconds): what a session is checked against while the
+/// store is unavailable.
+#[derive(Default)]
+pub struct KnownSerials {
+    serials: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl KnownSerials {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        self.serials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, host: &str, serial: &str) {
+        self.lock().insert(host.to_owned(), serial.to_owned());
+    }
+
+    fn is_current(&self, host: &str, serial: &str) -> bool {
+        self.lock().get(host).is_some_and(|known| known == serial)
+    }
+
+    /// The store's current serials (`None`: removed), as the sweep read them.
+    pub fn refresh(&self, current: &std::collections::HashMap<String, Option<String>>) {
+        let mut serials = self.lock();
+        serials.clear();
+        serials.extend(
+            current
+                .iter()
+                .filter_map(|(host, serial)| Some((host.clone(), serial.clone()?))),
+        );
     }
 }

@@ -3,7 +3,10 @@
 //! and failures counted per peer address (`limits::Failures`), so a guesser is slowed
 //! the same way whichever door it knocks on.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tonic::Status;
 
@@ -39,10 +42,21 @@ impl Controller {
             let hash = hash.clone();
             self.store
                 .call(move |conn| tokens::verify(conn, &hash, now_unix_ms()))
-                .await?
+                .await
+        };
+        let verdict = match verdict {
+            Ok(verdict) => verdict,
+            // The store is away: a caller verified lately is taken as it was, so status
+            // and logs keep answering (every write is refused by the store anyway).
+            Err(error) if error.is_store_unavailable() => match self.verified.recall(&hash) {
+                Some(caller) => Verdict::Valid(caller),
+                None => return Err(Status::from(error)),
+            },
+            Err(error) => return Err(Status::from(error)),
         };
         let caller = match verdict {
             Verdict::Valid(caller) => {
+                self.verified.remember(&hash, &caller);
                 self.valid_tokens.remember(&hash);
                 self.connections.prove(address);
                 caller
@@ -65,5 +79,41 @@ impl Controller {
             .into());
         }
         Ok(caller)
+    }
+}
+
+/// How long after its last verification a caller is still taken while the store is
+/// unavailable: long enough for a database restart or failover, short enough that a
+/// token revoked just before the outage does not live on for long.
+const STALE_GRACE: Duration = Duration::from_secs(600);
+/// Callers remembered, the oldest forgotten first past this (as `limits::ValidTokens`).
+const MAX_VERIFIED: usize = 4096;
+
+/// Callers verified lately, by their token's hash.
+#[derive(Default)]
+pub struct Verified {
+    callers: Mutex<HashMap<Vec<u8>, (Caller, Instant)>>,
+}
+
+impl Verified {
+    fn remember(&self, hash: &[u8], caller: &Caller) {
+        let mut callers = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = callers.get_mut(hash) {
+            *entry = (caller.clone(), Instant::now());
+            return;
+        }
+        if callers.len() >= MAX_VERIFIED
+            && let Some(oldest) =
+                (callers.iter().min_by_key(|(_, (_, at))| *at)).map(|(k, _)| k.clone())
+        {
+            callers.remove(&oldest);
+        }
+        callers.insert(hash.to_vec(), (caller.clone(), Instant::now()));
+    }
+
+    fn recall(&self, hash: &[u8]) -> Option<Caller> {
+        let callers = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
+        let (caller, at) = callers.get(hash)?;
+        (at.elapsed() < STALE_GRACE).then(|| caller.clone())
     }
 }

@@ -13,11 +13,12 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("store {store}: {source}")]
+    #[error("store {store}: {error}")]
     Database {
         /// Where the store is (a file, or a URL without its password).
         store: String,
-        source: crate::store::DbError,
+        /// Not a `source`: the message says it already, and a chain would say it twice.
+        error: crate::store::DbError,
     },
     #[error(
         "store {store} has schema version {found}, this fleet-controller knows up to {known}\nhint: run the newer fleet-controller that wrote it"
@@ -55,7 +56,7 @@ impl Error {
     pub(crate) fn database(store: impl std::fmt::Display, source: crate::store::DbError) -> Error {
         Error::Database {
             store: store.to_string(),
-            source,
+            error: source,
         }
     }
 
@@ -64,7 +65,7 @@ impl Error {
         matches!(
             self,
             Error::Database {
-                source: crate::store::DbError::Unavailable(_),
+                error: crate::store::DbError::Unavailable(_),
                 ..
             }
         )
@@ -193,7 +194,7 @@ impl From<Refusal> for Status {
 impl From<Error> for Refusal {
     fn from(error: Error) -> Refusal {
         if let Error::Database {
-            source: crate::store::DbError::Unavailable(reason),
+            error: crate::store::DbError::Unavailable(reason),
             ..
         } = &error
         {

@@ -203,7 +203,10 @@ impl FleetService for FleetApi {
                 }
             })
             .collect();
-        Ok(Response::new(StatusResponse { hosts }))
+        Ok(Response::new(StatusResponse {
+            hosts,
+            stale: !self.controller.store.is_available(),
+        }))
     }
 
     async fn logs(

@@ -44,6 +44,10 @@ pub(crate) struct Controller {
     pub failures: Arc<crate::limits::Failures>,
     /// API tokens that verified lately (`limits::Guard`).
     pub valid_tokens: Arc<crate::limits::ValidTokens>,
+    /// Callers verified lately, taken as they were while the store is away (`auth`).
+    pub verified: crate::auth::Verified,
+    /// Hosts' current certificate serials, checked while the store is away.
+    pub known_serials: crate::agent_link::KnownSerials,
     /// Joins being signed at once.
     pub joins: tokio::sync::Semaphore,
     /// Open connections, and which have authenticated (`limits`).
@@ -223,6 +227,8 @@ async fn open(config: ControllerConfig, local: SocketAddr) -> Result<Arc<Control
         pki,
         failures: Arc::default(),
         valid_tokens: Arc::default(),
+        verified: crate::auth::Verified::default(),
+        known_serials: crate::agent_link::KnownSerials::default(),
         joins: tokio::sync::Semaphore::new(crate::limits::MAX_CONCURRENT_JOINS),
         connections: crate::limits::Connections::default(),
         telemetry,
@@ -284,6 +290,7 @@ async fn sweep_sessions(controller: Arc<Controller>) {
             .await;
         match current {
             Ok(current) => {
+                controller.known_serials.refresh(&current);
                 for host in controller.registry.sweep(&current) {
                     tracing::warn!(%host, "closed the session of a removed host or superseded certificate");
                 }

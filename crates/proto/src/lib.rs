@@ -36,7 +36,8 @@ pub mod controller {
         /// 1.3: host metrics (`AgentMessage.host_metrics`, `HostStatus.metrics`).
         /// 1.4: `DeployRecord`'s ref, commit, rollback, duration and host outcomes.
         /// 1.5: deploys run by the controller (`SubmitDeploy`, `AttachDeploy`,
-        /// `CancelDeploy`, `DeployHistory`).
-        pub const PROTOCOL_MINOR: u32 = 5;
+        /// `CancelDeploy`, `DeployHistory`). 1.6: `StatusResponse.stale` (controllers
+        /// on a shared store that is unavailable).
+        pub const PROTOCOL_MINOR: u32 = 6;
     }
 }

@@ -96,18 +96,21 @@ fn status_of_a_stage_with_a_host_out_of_reach() {
     };
     let outcomes = vec![
         HostOutcome {
+            stale: false,
             host: "web1".into(),
             result: Ok(with_host("web1")),
             last_seen_unix_ms: None,
             metrics: None,
         },
         HostOutcome {
+            stale: false,
             host: "web2".into(),
             result: Ok(Vec::new()),
             last_seen_unix_ms: None,
             metrics: Some(host_metrics()),
         },
         HostOutcome {
+            stale: false,
             host: "web3".into(),
             result: Err("no session".into()),
             last_seen_unix_ms: Some(NOW_MS - 95_000),
@@ -115,6 +118,23 @@ fn status_of_a_stage_with_a_host_out_of_reach() {
         },
     ];
     insta::assert_snapshot!(fleet_status_text(&outcomes, NOW_MS));
+}
+
+#[test]
+fn status_from_a_controller_whose_store_is_away_says_it_is_stale() {
+    let outcome = |stale| HostOutcome {
+        stale,
+        host: "web1".into(),
+        result: Err("no session".into()),
+        last_seen_unix_ms: Some(NOW_MS - 5_000),
+        metrics: None,
+    };
+    let text = fleet_status_text(&[outcome(true)], NOW_MS);
+    assert!(
+        text.starts_with("stale: the controller's store is unavailable"),
+        "{text}"
+    );
+    assert!(!fleet_status_text(&[outcome(false)], NOW_MS).contains("stale"));
 }
 
 fn summary(host: &str, result: HostResult, step: &str, error: Option<&str>) -> HostSummary {

@@ -231,6 +231,7 @@ pub fn migrate(from_dir: &Path, to: &Location, seal_key: Option<&Path>) -> Resul
             return Ok(Err(held));
         }
         let tables = copy_tables(source, tx)?;
+        verify(source, tx)?;
         records::store_ca(tx, &ca_pem, &sealed, now)?;
         records::append_audit(
             tx,
@@ -253,6 +254,5 @@ pub fn migrate(from_dir: &Path, to: &Location, seal_key: Option<&Path>) -> Resul
             )));
         }
     };
-    verify(source, target).map_err(|e| Error::database(to, e))?;
     Ok(Migrated { tables, seal_key })
 }

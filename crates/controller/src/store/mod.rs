@@ -141,6 +141,8 @@ pub struct Store {
     jobs: std::sync::mpsc::Sender<Job>,
     shown: Arc<str>,
     backend: Backend,
+    /// Whether the last call reached the store (`is_available`).
+    available: Arc<std::sync::atomic::AtomicBool>,
     /// How long each call waited for the store's thread and ran (`/metrics`).
     latency: prometheus_client::metrics::histogram::Histogram,
 }
@@ -157,6 +159,8 @@ impl Store {
         let (opened, ready) = tokio::sync::oneshot::channel();
         let shown: Arc<str> = location.to_string().into();
         let thread_shown = shown.clone();
+        let available = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let thread_available = available.clone();
         let backend = match location {
             Location::Sqlite(_) => Backend::Sqlite,
             Location::Postgres(_) => Backend::Postgres,
@@ -183,6 +187,10 @@ impl Store {
                             Ok(job) => Ok(job),
                             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                                 pending.flush(db.as_ref(), &thread_shown);
+                                thread_available.store(
+                                    pending.writes.is_empty(),
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
                                 continue;
                             }
                             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(()),
@@ -203,12 +211,24 @@ impl Store {
             jobs,
             shown,
             backend,
+            available,
             latency,
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether the store answered the last call (status says `stale` when not).
+    pub fn is_available(&self) -> bool {
+        self.available.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note(&self, result: &DbResult<impl Sized>) {
+        let reached = !matches!(result, Err(DbError::Unavailable(_)));
+        self.available
+            .store(reached, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs `job` on the store's thread and waits for its answer.
@@ -224,10 +244,9 @@ impl Store {
                 latency.observe(queued.elapsed().as_secs_f64());
             }))
             .map_err(|_| Error::StoreStopped)?;
-        answer
-            .await
-            .map_err(|_| Error::StoreStopped)?
-            .map_err(|source| Error::database(&self.shown, source))
+        let result = answer.await.map_err(|_| Error::StoreStopped)?;
+        self.note(&result);
+        result.map_err(|source| Error::database(&self.shown, source))
     }
 
     /// Queues a write nobody waits for (host seen, stage recorded). While the store is
@@ -239,13 +258,17 @@ impl Store {
         job: impl Fn(&dyn Db) -> DbResult<()> + Send + 'static,
     ) {
         let shown = self.shown.clone();
+        let available = self.available.clone();
         let (latency, queued) = (self.latency.clone(), std::time::Instant::now());
         let _ = self.jobs.send(Box::new(move |db, pending| {
             if !pending.writes.is_empty() {
                 pending.keep(what, Box::new(job));
                 return;
             }
-            match job(db) {
+            let result = job(db);
+            let reached = !matches!(result, Err(DbError::Unavailable(_)));
+            available.store(reached, std::sync::atomic::Ordering::Relaxed);
+            match result {
                 Ok(()) => {}
                 Err(DbError::Unavailable(reason)) => {
                     tracing::warn!(%reason, what, "the store is unavailable: the write is kept");

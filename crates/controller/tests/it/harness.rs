@@ -193,7 +193,8 @@ impl Controller {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("{}-{n}", role.as_str());
-        fleet_controller::create_api_token(&self.store, &name, role, ttl).unwrap()
+        let store = self.store.clone();
+        off_runtime(move || fleet_controller::create_api_token(&store, &name, role, ttl)).unwrap()
     }
 
     pub async fn fleet(&self) -> FleetServiceClient<Channel> {
@@ -202,9 +203,7 @@ impl Controller {
 
     /// Joins `host` with a fresh key, as `fleet-agent join` does.
     pub async fn join(&self, host: &str) -> AgentIdentity {
-        let (token, _) =
-            fleet_controller::create_join_token(&self.store, host, Duration::from_secs(3600))
-                .unwrap();
+        let (token, _) = self.join_token(host);
         let (key, csr_pem) = csr(host);
         let response = AgentLinkClient::new(self.channel(None).await.unwrap())
             .join(JoinRequest {
@@ -222,6 +221,15 @@ impl Controller {
             cert_pem: response.certificate_pem,
             key_pem: key.serialize_pem(),
         }
+    }
+
+    /// A one-time join token for `host`, as `fleet-controller join-token` makes it.
+    pub fn join_token(&self, host: &str) -> (String, u64) {
+        let (store, host) = (self.store.clone(), host.to_owned());
+        off_runtime(move || {
+            fleet_controller::create_join_token(&store, &host, Duration::from_secs(3600))
+        })
+        .unwrap()
     }
 
     /// `Status` for a stage of `hosts`.
@@ -250,6 +258,14 @@ impl Drop for Controller {
             let _ = process.wait();
         }
     }
+}
+
+/// Runs `work` on a thread of its own: the store's offline calls block (PostgreSQL's
+/// client runs a runtime of its own, which must not be inside the test's).
+pub fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(work)
+        .join()
+        .expect("the store call does not panic")
 }
 
 /// A key and the certificate the controller issued for it.

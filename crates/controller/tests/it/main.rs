@@ -15,6 +15,7 @@ mod dashboard;
 mod dashboard_bench;
 mod logs;
 mod metrics;
+mod postgres;
 mod restart;
 mod scale;
 mod session;

@@ -94,10 +94,12 @@ impl StageApi for ControllerStage {
                 .await
                 .map_err(controller_error)?
                 .into_inner();
+            let stale = response.stale;
             Ok(response
                 .hosts
                 .into_iter()
                 .map(|h| HostOutcome {
+                    stale,
                     result: if h.reachable {
                         Ok(h.processes)
                     } else {
@@ -138,6 +140,7 @@ impl StageApi for ControllerStage {
                     host: h.host,
                     last_seen_unix_ms: None,
                     metrics: None,
+                    stale: false,
                 })
                 .collect())
         }

@@ -134,6 +134,9 @@ pub struct HostOutcome {
     /// The host's CPU, load, memory and disks (`status`, agents from protocol 1.6 over
     /// SSH, controllers from 1.3).
     pub metrics: Option<apb::HostMetrics>,
+    /// The controller answered from memory while its store was unavailable (controller
+    /// protocol 1.6): the figures may be out of date.
+    pub stale: bool,
 }
 
 /// What `logs` asks of every host.

@@ -79,6 +79,7 @@ async fn run_on_host(host: SshHost, action: cpb::Action, call: AgentCall) -> Hos
     .await
     .unwrap_or_else(|_| Err(format!("no answer within {}s", timeout.as_secs())));
     HostOutcome {
+        stale: false,
         host: host.name,
         result,
         last_seen_unix_ms: None,
@@ -117,6 +118,7 @@ impl StageApi for SshStage {
                             Err(error) => (Err(error), None),
                         };
                         HostOutcome {
+                            stale: false,
                             host: host.name,
                             result,
                             last_seen_unix_ms: None,
@@ -153,6 +155,7 @@ impl StageApi for SshStage {
                 move |host| run_on_host(host, action, call.clone()),
                 |outcome| outcome.result.is_err(),
                 |host| HostOutcome {
+                    stale: false,
                     host: host.name,
                     result: Err(ops::NOT_REACHED.to_string()),
                     last_seen_unix_ms: None,

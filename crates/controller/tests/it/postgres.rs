@@ -1,0 +1,262 @@
+//! Controllers on one PostgreSQL (a server of the test's own, `fleet_tests::postgres`):
+//! they share tokens, the CA and single-use join tokens; with the database stopped a
+//! controller still answers status and refuses writes, and nothing is lost once it is
+//! back; `fleet-controller migrate` moves a SQLite controller's state so a controller
+//! on PostgreSQL serves the same hosts with the same tokens.
+
+use std::path::Path;
+use std::time::Duration;
+
+use fleet_controller::store::{Location, PgLocation};
+use fleet_proto::controller::v1::agent_link_client::AgentLinkClient;
+use fleet_proto::controller::v1::{AgentHello, JoinRequest};
+use fleet_tests::postgres::Postgres;
+use tonic::Code;
+
+use crate::harness::{
+    AgentIdentity, Controller, DEADLINE, FakeAgent, csr, hello, off_runtime, wait_for_status,
+};
+
+fn location(server: &Postgres, db: &str) -> PgLocation {
+    PgLocation::parse(&server.url(db)).unwrap()
+}
+
+/// A controller on `db`, with the seal key at `seal` (made there by the first).
+async fn on_postgres(data: &Path, server: &Postgres, db: &str, seal: &Path) -> Controller {
+    let (store, seal) = (location(server, db), seal.to_owned());
+    Controller::start_with(data, move |config| {
+        config.store = Some(store);
+        config.seal_key = Some(seal);
+    })
+    .await
+}
+
+async fn join_with(
+    controller: &Controller,
+    host: &str,
+    token: &str,
+) -> Result<AgentIdentity, tonic::Status> {
+    let (key, csr_pem) = csr(host);
+    let response = AgentLinkClient::new(controller.channel(None).await.unwrap())
+        .join(JoinRequest {
+            token: token.to_owned(),
+            host: host.to_owned(),
+            csr_pem,
+            protocol_major: 1,
+            rejoin: false,
+        })
+        .await?
+        .into_inner();
+    Ok(AgentIdentity {
+        cert_pem: response.certificate_pem,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn audit_actions(store: &Location) -> Vec<String> {
+    let store = store.clone();
+    off_runtime(move || fleet_controller::read_audit(&store, None))
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.action)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_share_tokens_the_ca_and_single_use_join_tokens() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    server.create_database("shared");
+    let dir = tempfile::tempdir().unwrap();
+    let seal = dir.path().join("a/seal.key");
+    let a = on_postgres(&dir.path().join("a"), &server, "shared", &seal).await;
+    assert!(
+        seal.is_file(),
+        "the first controller of an empty store makes the seal key"
+    );
+    let b = on_postgres(&dir.path().join("b"), &server, "shared", &seal).await;
+    assert_eq!(a.ca_pem(), b.ca_pem(), "one CA for the store's controllers");
+
+    // A token made through A's store works against B, a revoked one on neither.
+    let token = a.api_token();
+    b.status(&token, &["web-1"]).await;
+
+    // A join token is usable once, even when both controllers are asked at once.
+    let (join, _) = a.join_token("web-1");
+    let (first, second) =
+        tokio::join!(join_with(&a, "web-1", &join), join_with(&b, "web-1", &join));
+    let (identity, refused) = match (first, second) {
+        (Ok(identity), Err(refused)) | (Err(refused), Ok(identity)) => (identity, refused),
+        other => panic!("exactly one join must succeed: {other:?}"),
+    };
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("used"), "{}", refused.message());
+
+    // The certificate either issued works with the other: its serial is the store's.
+    let channel = b.channel(Some(&identity)).await.unwrap();
+    let _agent = FakeAgent::connect(channel, hello("web-1")).await.unwrap();
+    wait_for_status(&b, &token, &["web-1"], DEADLINE, |s| {
+        s.hosts.iter().any(|h| h.host == "web-1" && h.reachable)
+    })
+    .await;
+    let actions = audit_actions(&a.store);
+    assert!(actions.iter().any(|a| a == "join-token"), "{actions:?}");
+    assert!(actions.iter().any(|a| a == "join"), "{actions:?}");
+
+    // A third controller without the seal key refuses to start, saying why.
+    let mut config = fleet_controller::ControllerConfig::new(dir.path().join("c"));
+    config.store = Some(location(&server, "shared"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = fleet_controller::serve(config, listener, async {})
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("seal key"), "{error}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_away_status_answers_writes_are_refused_and_nothing_is_lost() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    server.create_database("away");
+    let dir = tempfile::tempdir().unwrap();
+    let seal = dir.path().join("seal.key");
+    let controller = on_postgres(&dir.path().join("c"), &server, "away", &seal).await;
+    let token = controller.api_token();
+    let identity = controller.join("web-1").await;
+    let (join, _) = controller.join_token("web-2");
+    let channel = controller.channel(Some(&identity)).await.unwrap();
+    let agent = FakeAgent::connect(channel, hello("web-1")).await.unwrap();
+    wait_for_status(&controller, &token, &["web-1"], DEADLINE, |s| {
+        s.hosts.iter().any(|h| h.reachable)
+    })
+    .await;
+
+    server.stop();
+    // Status answers from memory (the token was verified before; the controller keeps
+    // the valid ones it knows).
+    let status = wait_for_status(&controller, &token, &["web-1"], DEADLINE, |s| s.stale).await;
+    assert!(status.hosts[0].reachable, "{status:#?}");
+    // A join is refused, saying the store is away and nothing changed.
+    let refused = join_with(&controller, "web-2", &join).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("store is unavailable"),
+        "{}",
+        refused.message()
+    );
+    // The host reconnects meanwhile: that write is kept until the store is back.
+    drop(agent);
+    let channel = controller.channel(Some(&identity)).await.unwrap();
+    let upgraded = AgentHello {
+        agent_version: "0.2.0-during-the-outage".into(),
+        ..hello("web-1")
+    };
+    let _agent = FakeAgent::connect(channel, upgraded).await.unwrap();
+
+    server.start_again();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let joined = loop {
+        match join_with(&controller, "web-2", &join).await {
+            Ok(identity) => break identity,
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(tokio::time::Instant::now() < until, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("the join after the database came back: {status:?}"),
+        }
+    };
+    assert!(!joined.cert_pem.is_empty());
+    let status = wait_for_status(&controller, &token, &["web-1"], DEADLINE, |s| !s.stale).await;
+    assert!(status.hosts[0].reachable, "{status:#?}");
+    let actions = audit_actions(&controller.store);
+    for action in ["token create", "join-token", "join"] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+    // The kept write (web-1's new session) reached the store.
+    let store = controller.store.clone();
+    let hosts = off_runtime(move || fleet_controller::list_hosts(&store)).unwrap();
+    let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["web-1", "web-2"]);
+    assert_eq!(hosts[0].agent_version, "0.2.0-during-the-outage");
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_a_sqlite_controller_so_the_same_hosts_and_tokens_work() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    server.create_database("moved");
+    let dir = tempfile::tempdir().unwrap();
+    let old_data = dir.path().join("old");
+    let old = Controller::start(&old_data).await;
+    let token = old.api_token();
+    let identity = old.join("web-1").await;
+    {
+        let channel = old.channel(Some(&identity)).await.unwrap();
+        let _agent = FakeAgent::connect(channel, hello("web-1")).await.unwrap();
+        wait_for_status(&old, &token, &["web-1"], DEADLINE, |s| {
+            s.hosts.iter().any(|h| h.reachable)
+        })
+        .await;
+    }
+    let before = audit_actions(&old.store);
+    old.stop().await;
+
+    let binary = env!("CARGO_BIN_EXE_fleet-controller");
+    let migrate = |url: &str, password: Option<&str>| {
+        let mut command = std::process::Command::new(binary);
+        command
+            .args(["migrate", "--from"])
+            .arg(&old_data)
+            .args(["--to", url])
+            .env_remove("FLEET_STORE")
+            .env_remove("FLEET_STORE_PASSWORD");
+        if let Some(password) = password {
+            command.env("FLEET_STORE_PASSWORD", password);
+        }
+        command.output().unwrap()
+    };
+    // A password on the command line is refused before anything is read.
+    let refused = migrate(&server.url("moved"), None);
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("FLEET_STORE_PASSWORD"), "{said}");
+    assert!(!said.contains(fleet_tests::postgres::PASSWORD), "{said}");
+    let bare = format!(
+        "postgres://{}@127.0.0.1:{}/moved",
+        fleet_tests::postgres::USER,
+        server.port()
+    );
+    let moved = migrate(&bare, Some(fleet_tests::postgres::PASSWORD));
+    let said = String::from_utf8_lossy(&moved.stderr);
+    assert!(moved.status.success(), "{said}");
+    let table = String::from_utf8_lossy(&moved.stdout);
+    assert!(table.contains("audit_log"), "{table}");
+    // Never over a store that holds a fleet.
+    let again = migrate(&bare, Some(fleet_tests::postgres::PASSWORD));
+    assert!(!again.status.success());
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("holds a fleet already"), "{said}");
+
+    let seal = old_data.join("seal.key");
+    let new = on_postgres(&dir.path().join("new"), &server, "moved", &seal).await;
+    assert_eq!(
+        new.ca_pem(),
+        std::fs::read_to_string(old_data.join("ca.pem")).unwrap()
+    );
+    let channel = new.channel(Some(&identity)).await.unwrap();
+    let _agent = FakeAgent::connect(channel, hello("web-1")).await.unwrap();
+    wait_for_status(&new, &token, &["web-1"], DEADLINE, |s| {
+        s.hosts.iter().any(|h| h.reachable)
+    })
+    .await;
+    let after = audit_actions(&new.store);
+    assert!(after.starts_with(&before), "{before:?} then {after:?}");
+    assert!(after.iter().any(|a| a == "store migrate"), "{after:?}");
+    new.stop().await;
+}
