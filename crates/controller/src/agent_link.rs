@@ -89,6 +89,9 @@ impl AgentLink for AgentLinkService {
             }
             .into());
         }
+        if certified.starts_with(crate::peers::PEER_NAME_PREFIX) {
+            return Err(Refusal::NamelessCertificate.into());
+        }
         if hello.host != certified {
             return Err(Refusal::HostMismatch {
                 certificate: certified,
@@ -107,6 +110,7 @@ impl AgentLink for AgentLinkService {
                     < now_unix_ms().saturating_add(
                         self.controller.config.agent_cert_renew_before.as_millis() as u64,
                     ),
+                controllers: self.controller.peers.urls(),
             })),
         };
         outbound
@@ -118,8 +122,11 @@ impl AgentLink for AgentLinkService {
             hello.agent_version.clone(),
             hello.boot_id.clone(),
         );
+        let me = self.controller.peers.me.id.clone();
         self.controller.store.write("host connected", move |conn| {
-            store::host_connected(conn, &host, &version, &boot, now_unix_ms())
+            let now = now_unix_ms();
+            store::host_connected(conn, &host, &version, &boot, now)?;
+            store::hold_host(conn, &host, &me, now).map(|_| ())
         });
         tracing::info!(host = %hello.host, agent_version = %hello.agent_version, "agent connected");
         let ended = Box::pin(handle.link.ended());
@@ -415,8 +422,10 @@ async fn read_session(
     };
     if let Some(last_seen) = handle.disconnect(&reason) {
         let host = link.host.clone();
+        let me = controller.peers.me.id.clone();
         controller.store.write("host disconnected", move |conn| {
-            store::host_disconnected(conn, &host, last_seen)
+            store::host_disconnected(conn, &host, last_seen)?;
+            store::release_host(conn, &host, &me)
         });
         tracing::info!(host = %link.host, %reason, "agent disconnected");
     }

@@ -75,6 +75,10 @@ pub struct ControllerConfig {
     /// The key the CA's key is sealed with in a shared store (`--seal-key`); else
     /// `seal.key` in the data directory.
     pub seal_key: Option<PathBuf>,
+    /// The URL agents and peer controllers reach this one at (`--advertise`); else
+    /// `https://` and the listening address (the machine's name when listening on every
+    /// address).
+    pub advertise: Option<String>,
 }
 
 /// The seal key's file in the data directory, unless `--seal-key` names another.
@@ -108,6 +112,7 @@ impl ControllerConfig {
             deploy_key: None,
             store: None,
             seal_key: None,
+            advertise: None,
         }
     }
 }

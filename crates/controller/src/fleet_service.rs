@@ -44,6 +44,19 @@ pub(crate) struct FleetApi {
     recorded_stages: Mutex<HashMap<String, Vec<String>>>,
 }
 
+/// A host as `Status` shows it, from the registry's view.
+pub(crate) fn host_status(host: String, view: crate::registry::HostView) -> HostStatus {
+    HostStatus {
+        host,
+        reachable: view.reachable,
+        error: view.error,
+        last_seen_unix_ms: view.last_seen_unix_ms,
+        processes: view.processes,
+        agent_version: view.agent_version,
+        metrics: view.metrics,
+    }
+}
+
 impl FleetApi {
     pub(crate) fn new(controller: Arc<Controller>) -> FleetApi {
         FleetApi {
@@ -187,22 +200,25 @@ impl FleetService for FleetApi {
         self.authorize(&request, Role::Read).await?;
         let stage = self.stage(request.into_inner().stage)?;
         let registry = &self.controller.registry;
-        let hosts = stage
+        let mut hosts: Vec<HostStatus> = stage
             .hosts
             .into_iter()
             .map(|host| {
                 let view = registry.view(&host);
-                HostStatus {
-                    host,
-                    reachable: view.reachable,
-                    error: view.error,
-                    last_seen_unix_ms: view.last_seen_unix_ms,
-                    processes: view.processes,
-                    agent_version: view.agent_version,
-                    metrics: view.metrics,
-                }
+                host_status(host, view)
             })
             .collect();
+        // The hosts not held here may be held by a peer sharing the store.
+        let elsewhere: Vec<String> = (hosts.iter())
+            .filter(|h| !h.reachable)
+            .map(|h| h.host.clone())
+            .collect();
+        let mut found = crate::peers::status_elsewhere(&self.controller, elsewhere).await;
+        for host in &mut hosts {
+            if let Some(status) = found.remove(&host.host) {
+                *host = status;
+            }
+        }
         Ok(Response::new(StatusResponse {
             hosts,
             stale: !self.controller.store.is_available(),

@@ -17,6 +17,7 @@ pub mod hosts;
 pub mod http;
 pub mod limits;
 mod logdrops;
+mod peers;
 pub mod pki;
 pub mod registry;
 pub mod seal;

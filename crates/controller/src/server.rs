@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use fleet_proto::controller::v1::agent_link_server::AgentLinkServer;
 use fleet_proto::controller::v1::fleet_service_server::FleetServiceServer;
+use fleet_proto::controller::v1::peer_service_server::PeerServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -48,6 +49,8 @@ pub(crate) struct Controller {
     pub verified: crate::auth::Verified,
     /// Hosts' current certificate serials, checked while the store is away.
     pub known_serials: crate::agent_link::KnownSerials,
+    /// The controllers sharing the store, this one among them.
+    pub peers: crate::peers::Peers,
     /// Joins being signed at once.
     pub joins: tokio::sync::Semaphore,
     /// Open connections, and which have authenticated (`limits`).
@@ -114,6 +117,7 @@ pub async fn serve_with(
             // Sessions and log streams never end on their own: close them so the
             // graceful shutdown has nothing to wait for.
             controller.registry.close_all();
+            crate::peers::leave(&controller).await;
             let _ = stopping.send(());
         }
     };
@@ -141,6 +145,9 @@ pub async fn serve_with(
                 .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
         )
         .add_service(FleetServiceServer::new(FleetApi::new(controller.clone())))
+        .add_service(PeerServiceServer::new(crate::peers::PeerApi::new(
+            controller.clone(),
+        )))
         .serve_with_incoming_shutdown(incoming, signal);
     let grace = async move {
         match stopped.await {
@@ -212,6 +219,8 @@ async fn open(config: ControllerConfig, local: SocketAddr) -> Result<Arc<Control
     deploys.load(store.call(|conn| store::deploy_counts(conn)).await?);
     let known = store.call(|conn| store::known_hosts(conn)).await?;
     let registry = Registry::new(config.unreachable_after, known);
+    let advertise = (config.advertise.clone()).unwrap_or_else(|| default_url(local));
+    let peers = crate::peers::Peers::new(advertise, &pki)?;
     let files = crate::deployer::keys::Files::new(&config.data_dir, config.deploy_key.as_deref());
     {
         let files = files.clone();
@@ -229,6 +238,7 @@ async fn open(config: ControllerConfig, local: SocketAddr) -> Result<Arc<Control
         valid_tokens: Arc::default(),
         verified: crate::auth::Verified::default(),
         known_serials: crate::agent_link::KnownSerials::default(),
+        peers,
         joins: tokio::sync::Semaphore::new(crate::limits::MAX_CONCURRENT_JOINS),
         connections: crate::limits::Connections::default(),
         telemetry,
@@ -244,9 +254,10 @@ fn background(
     controller: &Arc<Controller>,
     http: Option<crate::http::HttpListener>,
 ) -> Vec<AbortOnDrop> {
-    let mut background = vec![AbortOnDrop(tokio::spawn(sweep_sessions(
-        controller.clone(),
-    )))];
+    let mut background = vec![
+        AbortOnDrop(tokio::spawn(sweep_sessions(controller.clone()))),
+        AbortOnDrop(tokio::spawn(crate::peers::keep_lease(controller.clone()))),
+    ];
     if let Some(engine) = &controller.alerts {
         let (c, e) = (controller.clone(), engine.clone());
         background.push(AbortOnDrop(tokio::spawn(crate::alerts::evaluate(c, e))));
@@ -308,6 +319,20 @@ async fn sweep_sessions(controller: Arc<Controller>) {
     }
 }
 
+/// The URL agents and peers reach a controller listening on `local` at, unless
+/// `--advertise` says: the address itself, or the machine's name when listening on
+/// every address.
+fn default_url(local: SocketAddr) -> String {
+    if local.ip().is_unspecified() {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let name = name.trim();
+        if !name.is_empty() {
+            return format!("https://{name}:{}", local.port());
+        }
+    }
+    format!("https://{local}")
+}
+
 /// The names the server certificate must carry: the listener's address, the local
 /// names, the machine's host name when listening on every address, and `--san`s.
 fn server_sans(config: &ControllerConfig, local: SocketAddr) -> BTreeSet<String> {
@@ -326,5 +351,15 @@ fn server_sans(config: &ControllerConfig, local: SocketAddr) -> BTreeSet<String>
         sans.insert(local.ip().to_string());
     }
     sans.extend(config.sans.iter().cloned());
+    // Agents and peers check the advertised name.
+    if let Some(host) = (config.advertise.as_deref())
+        .and_then(|url| url.parse::<http::Uri>().ok())
+        .and_then(|uri| {
+            uri.host()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        })
+    {
+        sans.insert(host);
+    }
     sans
 }

@@ -36,8 +36,9 @@ pub mod controller {
         /// 1.3: host metrics (`AgentMessage.host_metrics`, `HostStatus.metrics`).
         /// 1.4: `DeployRecord`'s ref, commit, rollback, duration and host outcomes.
         /// 1.5: deploys run by the controller (`SubmitDeploy`, `AttachDeploy`,
-        /// `CancelDeploy`, `DeployHistory`). 1.6: `StatusResponse.stale` (controllers
-        /// on a shared store that is unavailable).
+        /// `CancelDeploy`, `DeployHistory`). 1.6: controllers sharing a store:
+        /// `StatusResponse.stale` (the store is unavailable), `Welcome.controllers`,
+        /// `PeerService`.
         pub const PROTOCOL_MINOR: u32 = 6;
     }
 }

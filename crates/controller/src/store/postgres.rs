@@ -22,7 +22,8 @@ use crate::error::Error;
 /// (`fleet_schema`). The same tables as `sqlite::MIGRATIONS` end with, in PostgreSQL's
 /// words: identity columns (BY DEFAULT, so `migrate` can copy ids), BIGINT times and
 /// BYTEA hashes. Never edit a released entry: add one.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE hosts (
         name TEXT PRIMARY KEY,
         first_seen BIGINT NOT NULL,
@@ -147,7 +148,22 @@ const MIGRATIONS: &[&str] = &["
         sealed_key BYTEA NOT NULL,
         created_at BIGINT NOT NULL
     );
-"];
+",
+    "
+    CREATE TABLE controllers (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        lease_until BIGINT NOT NULL
+    );
+    CREATE TABLE host_sessions (
+        host TEXT PRIMARY KEY,
+        controller TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        since BIGINT NOT NULL
+    );
+",
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -229,3 +229,85 @@ pub fn store_ca(conn: &dyn Db, cert_pem: &str, sealed_key: &[u8], now_ms: u64) -
     )?;
     Ok(inserted == 1)
 }
+
+/// A controller of the store, alive while its lease runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    pub url: String,
+    pub started_at_ms: u64,
+}
+
+/// Rows of controllers whose lease ended this long ago are removed (a controller that
+/// died keeps its row a while, for whoever reads the table).
+const DEAD_MEMBER_KEPT_MS: u64 = 3_600_000;
+
+/// Renews controller `id`'s lease until `until_ms` (joining the store the first time)
+/// and returns the live members, oldest first.
+pub fn renew_lease(
+    conn: &dyn Db,
+    me: &Member,
+    now_ms: u64,
+    until_ms: u64,
+) -> DbResult<Vec<Member>> {
+    conn.execute(
+        "INSERT INTO controllers (id, url, started_at, lease_until) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET url = excluded.url, lease_until = excluded.lease_until",
+        params![me.id, me.url, me.started_at_ms as i64, until_ms as i64],
+    )?;
+    conn.execute(
+        "DELETE FROM controllers WHERE lease_until < ?1",
+        params![now_ms.saturating_sub(DEAD_MEMBER_KEPT_MS) as i64],
+    )?;
+    conn.query_map(
+        "SELECT id, url, started_at FROM controllers WHERE lease_until > ?1
+         ORDER BY started_at, id",
+        params![now_ms as i64],
+        |row| {
+            Ok(Member {
+                id: row.get(0)?,
+                url: row.get(1)?,
+                started_at_ms: row.get::<_, i64>(2)? as u64,
+            })
+        },
+    )
+}
+
+/// A controller stopping leaves at once (its lease would end by itself).
+pub fn leave(conn: &dyn Db, id: &str) -> DbResult<()> {
+    conn.execute("DELETE FROM controllers WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Controller `controller` now holds `host`'s session: the row moves to it with the
+/// next epoch, returned.
+pub fn hold_host(conn: &dyn Db, host: &str, controller: &str, now_ms: u64) -> DbResult<u64> {
+    conn.query_row(
+        "INSERT INTO host_sessions (host, controller, epoch, since) VALUES (?1, ?2, 1, ?3)
+         ON CONFLICT (host) DO UPDATE SET controller = excluded.controller,
+             epoch = host_sessions.epoch + 1, since = excluded.since
+         RETURNING epoch",
+        params![host, controller, now_ms as i64],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|epoch| epoch as u64)
+}
+
+/// `host`'s session ended here: the row goes, unless the host moved to another
+/// controller since (a late disconnect never takes the new holder's row).
+pub fn release_host(conn: &dyn Db, host: &str, controller: &str) -> DbResult<()> {
+    conn.execute(
+        "DELETE FROM host_sessions WHERE host = ?1 AND controller = ?2",
+        params![host, controller],
+    )?;
+    Ok(())
+}
+
+/// Which controller holds each host's session, by the store.
+pub fn holders(conn: &dyn Db) -> DbResult<Vec<(String, String, u64)>> {
+    conn.query_map(
+        "SELECT host, controller, epoch FROM host_sessions ORDER BY host",
+        params![],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64)),
+    )
+}

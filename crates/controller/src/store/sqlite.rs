@@ -162,6 +162,22 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     ",
+    // 8: controllers sharing a store (each with a lease it renews) and which one holds
+    // each host's session (the epoch grows at every move).
+    "
+    CREATE TABLE controllers (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        lease_until INTEGER NOT NULL
+    );
+    CREATE TABLE host_sessions (
+        host TEXT PRIMARY KEY,
+        controller TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        since INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

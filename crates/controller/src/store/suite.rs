@@ -26,6 +26,10 @@ const CASES: &[Case] = &[
     ("a failed transaction", a_failed_transaction_leaves_nothing),
     ("copy", every_table_is_copied_with_its_ids),
     (
+        "leases and holders",
+        leases_end_and_a_host_moves_with_its_epoch,
+    ),
+    (
         "tokens",
         crate::tokens::tests::tokens_have_a_role_an_expiry_and_can_be_revoked,
     ),
@@ -296,4 +300,39 @@ fn every_table_is_copied_with_its_ids(conn: &dyn Db) {
     );
     let caller = crate::tokens::list(conn).unwrap();
     assert_eq!(caller[0].name, "ci");
+}
+
+fn leases_end_and_a_host_moves_with_its_epoch(conn: &dyn Db) {
+    let member = |id: &str, at| Member {
+        id: id.into(),
+        url: format!("https://{id}:7443"),
+        started_at_ms: at,
+    };
+    let (a, b) = (member("a", 1), member("b", 2));
+    assert_eq!(
+        renew_lease(conn, &a, 100, 10_100).unwrap(),
+        std::slice::from_ref(&a)
+    );
+    assert_eq!(
+        renew_lease(conn, &b, 200, 10_200).unwrap(),
+        [a.clone(), b.clone()]
+    );
+    // a stops renewing: past its lease only b is alive.
+    assert_eq!(
+        renew_lease(conn, &b, 10_150, 20_150).unwrap(),
+        std::slice::from_ref(&b)
+    );
+    leave(conn, "b").unwrap();
+    assert_eq!(
+        renew_lease(conn, &a, 10_160, 20_160).unwrap(),
+        std::slice::from_ref(&a)
+    );
+
+    assert_eq!(hold_host(conn, "web-1", "a", 1).unwrap(), 1);
+    assert_eq!(hold_host(conn, "web-1", "b", 2).unwrap(), 2, "moved to b");
+    // a's session ending late does not take b's row away.
+    release_host(conn, "web-1", "a").unwrap();
+    assert_eq!(holders(conn).unwrap(), [("web-1".into(), "b".into(), 2)]);
+    release_host(conn, "web-1", "b").unwrap();
+    assert!(holders(conn).unwrap().is_empty());
 }

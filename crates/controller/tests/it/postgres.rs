@@ -260,3 +260,69 @@ async fn migrate_moves_a_sqlite_controller_so_the_same_hosts_and_tokens_work() {
     assert!(after.iter().any(|a| a == "store migrate"), "{after:?}");
     new.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_controller_answers_for_hosts_its_peers_hold_and_agents_learn_every_controller() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    server.create_database("peers");
+    let dir = tempfile::tempdir().unwrap();
+    let seal = dir.path().join("a/seal.key");
+    let a = on_postgres(&dir.path().join("a"), &server, "peers", &seal).await;
+    let b = on_postgres(&dir.path().join("b"), &server, "peers", &seal).await;
+    let token = a.api_token();
+    let (one, two) = (a.join("web-1").await, b.join("web-2").await);
+    let on_a = FakeAgent::connect(a.channel(Some(&one)).await.unwrap(), hello("web-1"))
+        .await
+        .unwrap();
+    let _on_b = FakeAgent::connect(b.channel(Some(&two)).await.unwrap(), hello("web-2"))
+        .await
+        .unwrap();
+    // B joined after A: its welcome names both, itself first.
+    let b_url = format!("https://{}", b.addr);
+    let a_url = format!("https://{}", a.addr);
+    assert_eq!(_on_b.welcome.controllers, [b_url.clone(), a_url.clone()]);
+    assert_eq!(on_a.welcome.controllers[0], a_url);
+
+    // Through either, the whole stage: its own host from memory, the other's from it.
+    for controller in [&a, &b] {
+        wait_for_status(controller, &token, &["web-1", "web-2"], DEADLINE, |s| {
+            s.hosts.iter().all(|h| h.reachable)
+        })
+        .await;
+    }
+    // The store says who holds which.
+    let store = a.store.clone();
+    let holders = off_runtime(move || {
+        let db = store.open().unwrap();
+        fleet_controller::store::holders(db.as_ref()).unwrap()
+    });
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    assert_ne!(holders[0].1, holders[1].1, "{holders:?}");
+
+    // A controller's peer certificate is no agent's: PeerService refuses an agent.
+    let agent_channel = a.channel(Some(&one)).await.unwrap();
+    let refused =
+        fleet_proto::controller::v1::peer_service_client::PeerServiceClient::new(agent_channel)
+            .peer_status(fleet_proto::controller::v1::PeerStatusRequest {
+                hosts: vec!["web-1".into()],
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // B goes; web-2 turns to A, which then answers for it itself.
+    b.stop().await;
+    drop(_on_b);
+    let _moved = FakeAgent::connect(a.channel(Some(&two)).await.unwrap(), hello("web-2"))
+        .await
+        .unwrap();
+    let status = wait_for_status(&a, &token, &["web-1", "web-2"], DEADLINE, |s| {
+        s.hosts.iter().all(|h| h.reachable)
+    })
+    .await;
+    assert!(!status.stale);
+    drop(on_a);
+    a.stop().await;
+}
