@@ -6,7 +6,7 @@
 //! supervising: apps keep running while the controller is away.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -17,14 +17,31 @@ use fleet_proto::ops;
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+mod config;
+
+pub use config::LinkConfig;
+
 use crate::error::AgentError;
 use crate::operations::Operations;
-use crate::store::{Home, write_atomic};
+use crate::store::Home;
 use crate::supervisor::{Handle, Reply, Request};
 
-/// First reconnect delay; doubled per failure up to `RECONNECT_MAX`, with jitter so a
-/// restarted controller is not hit by every agent at once.
+/// First reconnect delay; doubled per round of failures (every controller known tried
+/// once) up to `RECONNECT_MAX`, with jitter so a restarted controller is not hit by
+/// every agent at once.
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
+/// Between two controllers of one round, jittered down to a tenth: short, so an agent
+/// whose controller died is back through another well within the 10 s the issue
+/// allows, and spread, so its thousands of agents do not arrive in one instant.
+const NEXT_CONTROLLER: Duration = Duration::from_secs(1);
+/// HTTP/2 pings on the session, and how long one may go unanswered: a controller whose
+/// machine or link died (no RST comes) is left within about 5 s.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connecting to one controller.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most controllers remembered (a store's controllers are a handful).
+const MAX_CONTROLLERS: usize = 32;
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
@@ -36,56 +53,6 @@ const HOST_METRICS_INTERVAL: Duration = Duration::from_secs(10);
 /// first line.
 const LOG_BATCH_LINES: usize = 256;
 const LOG_BATCH_WAIT: Duration = Duration::from_millis(20);
-
-/// Where a joined agent keeps its controller settings: `FLEET_HOME/controller/`.
-#[derive(Clone, Debug)]
-pub struct LinkConfig {
-    pub url: String,
-    pub host: String,
-    pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-fn dir(home: &Home) -> PathBuf {
-    home.root.join("controller")
-}
-
-impl LinkConfig {
-    /// The saved settings, if this agent has joined a controller.
-    pub fn load(home: &Home) -> anyhow::Result<Option<LinkConfig>> {
-        let dir = dir(home);
-        if !dir.join("url").exists() {
-            return Ok(None);
-        }
-        let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .with_context(|| format!("cannot read {}", dir.join(name).display()))
-        };
-        Ok(Some(LinkConfig {
-            url: read("url")?.trim().to_string(),
-            host: read("host")?.trim().to_string(),
-            ca_pem: read("ca.pem")?,
-            cert_pem: read("agent.pem")?,
-            key_pem: read("agent.key")?,
-        }))
-    }
-
-    fn save(&self, home: &Home) -> anyhow::Result<()> {
-        let dir = dir(home);
-        std::fs::create_dir_all(&dir)?;
-        for (name, content) in [
-            ("url", &self.url),
-            ("host", &self.host),
-            ("ca.pem", &self.ca_pem),
-            ("agent.pem", &self.cert_pem),
-            ("agent.key", &self.key_pem),
-        ] {
-            write_atomic(&dir.join(name), content.as_bytes())?;
-        }
-        Ok(())
-    }
-}
 
 fn tls(url: &str, ca_pem: &str) -> anyhow::Result<ClientTlsConfig> {
     // The one crypto backend, installed only by agents that talk to a controller: an
@@ -197,6 +164,8 @@ pub async fn join(
         ca_pem: response.ca_pem,
         cert_pem: response.certificate_pem,
         key_pem: key.serialize_pem(),
+        // Learned from the first welcome.
+        controllers: Vec::new(),
     }
     .save(home)?;
     Ok(())
@@ -218,32 +187,46 @@ fn key_and_csr(host: &str) -> anyhow::Result<(rcgen::KeyPair, String)> {
 pub async fn run(home: Home, config: LinkConfig, operations: Operations, handle: Handle) {
     let mut attempt: u32 = 0;
     let mut config = config;
+    // The next controller to try among the candidates.
+    let mut next = 0usize;
     loop {
         let started = tokio::time::Instant::now();
         if let Ok(Some(saved)) = LinkConfig::load(&home) {
             config = saved;
         }
-        match session(&home, &config, &operations, &handle).await {
-            Ok(()) => tracing::info!("controller closed the session"),
+        let candidates = config.candidates();
+        let url = candidates[next % candidates.len()].clone();
+        match session(&home, &mut config, &url, &operations, &handle).await {
+            Ok(()) => tracing::info!(%url, "controller closed the session"),
             Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "controller session failed")
+                tracing::warn!(%url, error = %format!("{error:#}"), "controller session failed")
             }
         }
         if started.elapsed() >= STABLE_SESSION {
             attempt = 0;
         }
+        // Another controller next (after a session that lasted, or within a round);
+        // the backoff only once a whole round failed.
+        next = (next + 1) % candidates.len();
+        if started.elapsed() >= STABLE_SESSION || next != 0 {
+            tokio::time::sleep(jittered(NEXT_CONTROLLER, 0.1)).await;
+            continue;
+        }
         let exp = RECONNECT_MIN
             .saturating_mul(1 << attempt.min(10))
             .min(RECONNECT_MAX);
         attempt = attempt.saturating_add(1);
-        // Jitter in [50%, 100%] of the delay, from the clock's nanoseconds: enough to
-        // spread a thousand agents reconnecting to a restarted controller.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let jitter = 0.5 + f64::from(nanos % 1000) / 2000.0;
-        tokio::time::sleep(exp.mul_f64(jitter)).await;
+        tokio::time::sleep(jittered(exp, 0.5)).await;
     }
+}
+
+/// `delay` times a factor in [`low`, 1], from the clock's nanoseconds: enough to spread
+/// thousands of agents turning to the same controllers at once.
+fn jittered(delay: Duration, low: f64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    delay.mul_f64(low + (1.0 - low) * f64::from(nanos % 1000) / 1000.0)
 }
 
 /// The process list as the controller sees it: the enrolled host name, not the
@@ -277,19 +260,21 @@ fn same_state(a: &apb::ProcessInfo, b: &apb::ProcessInfo) -> bool {
 
 async fn session(
     home: &Home,
-    config: &LinkConfig,
+    config: &mut LinkConfig,
+    url: &str,
     operations: &Operations,
     handle: &Handle,
 ) -> anyhow::Result<()> {
     let identity = Identity::from_pem(&config.cert_pem, &config.key_pem);
-    let channel = Endpoint::from_shared(config.url.clone())?
-        .tls_config(tls(&config.url, &config.ca_pem)?.identity(identity))?
-        .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(20))
+    let channel = Endpoint::from_shared(url.to_owned())?
+        .tls_config(tls(url, &config.ca_pem)?.identity(identity))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .connect()
         .await
-        .with_context(|| format!("cannot reach {}", config.url))?;
+        .with_context(|| format!("cannot reach {url}"))?;
     let (tx, rx) = mpsc::channel::<cpb::AgentMessage>(256);
     let send = |body| cpb::AgentMessage { body: Some(body) };
     tx.send(send(cpb::agent_message::Body::Hello(cpb::AgentHello {
@@ -320,6 +305,7 @@ async fn session(
         body: Some(cpb::controller_message::Body::Welcome(welcome)),
     }) = inbound.message().await?
     {
+        config.save_controllers(home, &welcome.controllers);
         if welcome.heartbeat_interval_ms > 0 {
             heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms);
         }
@@ -336,7 +322,7 @@ async fn session(
     } else {
         bail!("the controller did not welcome this agent");
     }
-    tracing::info!(url = %config.url, host = %config.host, "connected to the controller");
+    tracing::info!(%url, host = %config.host, "connected to the controller");
 
     let mut changes = handle.changes();
     let mut tick = tokio::time::interval(heartbeat);

@@ -52,7 +52,8 @@ pub struct ConfigFile {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerSection {
-    /// `https://host:port`.
+    /// `https://host:port`, or several controllers sharing a store, comma-separated and
+    /// tried in order.
     pub url: String,
 }
 
@@ -430,7 +431,10 @@ fn read_controller(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<ControllerSec
     let mut r = MapReader::new(&field.path, entries);
     let url = match r.take(ctx, &["url"]) {
         Some(f) => reader::as_string(ctx, &f).filter(|url| {
-            let ok = url.starts_with("https://") && url.len() > "https://".len();
+            // Several controllers sharing a store: comma-separated, each https.
+            let ok = url.split(',').map(str::trim).all(|url| {
+                url.starts_with("https://") && url.len() > "https://".len()
+            });
             if !ok {
                 ctx.error_hint(
                     f.line,

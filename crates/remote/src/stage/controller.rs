@@ -13,8 +13,34 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use super::{HostOutcome, LOG_QUEUE, LogItem, LogsQuery, StageApi, StageError};
 use crate::stage::ControllerSettings;
 
-/// TCP connect and TLS handshake with the controller.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP connect and TLS handshake with one controller: short, since the next URL of a
+/// list (controllers sharing a store) is tried when one does not answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most URLs one setting may list.
+const MAX_CONTROLLER_URLS: usize = 16;
+
+/// The URLs of a controller setting: one, or several sharing a store, comma-separated
+/// (`FLEET_CONTROLLER=https://a:7443,https://b:7443`), each checked.
+pub fn controller_urls(setting: &str) -> Result<Vec<String>, StageError> {
+    let urls: Vec<String> = setting
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        return Err(StageError::Config("the controller URL is empty".into()));
+    }
+    if urls.len() > MAX_CONTROLLER_URLS {
+        return Err(StageError::Config(format!(
+            "more than {MAX_CONTROLLER_URLS} controller URLs"
+        )));
+    }
+    for url in &urls {
+        fleet_proto::ops::check_controller_url(url).map_err(StageError::Config)?;
+    }
+    Ok(urls)
+}
 
 /// A client of the controller's fleet API, carrying the bearer token.
 pub type ControllerClient =
@@ -37,26 +63,47 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 /// Connects to the controller and says hello (the controller refuses another major
-/// version).
+/// version). With several URLs, each in order until one answers; the error names
+/// every one that did not.
 pub async fn connect_controller(
     settings: &ControllerSettings,
 ) -> Result<ControllerClient, StageError> {
-    fleet_proto::ops::check_controller_url(&settings.url).map_err(StageError::Config)?;
-    let tls = match super::trust::resolve(&settings.url, settings.ca.as_deref())? {
+    let urls = controller_urls(&settings.url)?;
+    let mut failures = Vec::new();
+    for url in &urls {
+        match connect_one(settings, url).await {
+            Ok(client) => return Ok(client),
+            Err(StageError::ControllerUnreachable { url, reason }) if urls.len() > 1 => {
+                failures.push(format!("{url}: {reason}"));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(StageError::ControllerUnreachable {
+        url: settings.url.clone(),
+        reason: failures.join("; "),
+    })
+}
+
+async fn connect_one(
+    settings: &ControllerSettings,
+    url: &str,
+) -> Result<ControllerClient, StageError> {
+    let tls = match super::trust::resolve(url, settings.ca.as_deref())? {
         super::trust::Trust::Pem(pem) => {
             ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
         }
         super::trust::Trust::System => ClientTlsConfig::new().with_enabled_roots(),
     };
-    let channel = Endpoint::from_shared(settings.url.clone())
-        .map_err(|e| StageError::Config(format!("bad controller url {}: {e}", settings.url)))?
+    let channel = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| StageError::Config(format!("bad controller url {url}: {e}")))?
         .tls_config(tls)
         .map_err(|e| StageError::Config(format!("bad TLS settings: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await
         .map_err(|e| StageError::ControllerUnreachable {
-            url: settings.url.clone(),
+            url: url.to_owned(),
             reason: e.to_string(),
         })?;
     let value = format!("Bearer {}", settings.token).parse().map_err(|_| {
@@ -180,5 +227,26 @@ impl StageApi for ControllerStage {
             Ok(rx)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_controller_setting_lists_one_or_several_https_urls() {
+        assert_eq!(
+            controller_urls("https://a:7443").unwrap(),
+            ["https://a:7443"]
+        );
+        assert_eq!(
+            controller_urls(" https://a:7443 , https://b:7443,").unwrap(),
+            ["https://a:7443", "https://b:7443"]
+        );
+        assert!(controller_urls("https://a:7443,http://b:7443").is_err());
+        assert!(controller_urls(" , ").is_err());
+        let many = vec!["https://a:7443"; 17].join(",");
+        assert!(controller_urls(&many).is_err());
     }
 }

@@ -102,7 +102,7 @@ pub fn find_in(path: &Path, name: &str) -> Result<Option<Stage>, StageError> {
     let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
     let url = env("FLEET_CONTROLLER").or_else(|| file.controller.as_ref().map(|c| c.url.clone()));
     if let Some(url) = &url {
-        fleet_proto::ops::check_controller_url(url).map_err(StageError::Config)?;
+        controller::controller_urls(url)?;
     }
     let controller = match url {
         None => None,
