@@ -32,6 +32,20 @@ pub struct Controller {
     pub token: String,
     /// More flags for the next `spawn`.
     pub flags: Vec<String>,
+    /// The environment naming a shared store (`FLEET_STORE`, its password), for the
+    /// controller and its offline commands.
+    store_env: Vec<(&'static str, String)>,
+}
+
+/// A PostgreSQL store several test controllers share.
+#[derive(Clone)]
+pub struct SharedStore {
+    /// The URL without its password, and the password (`FLEET_STORE_PASSWORD`).
+    pub url: String,
+    pub password: String,
+    /// The first controller's seal key, given to the others; and its admin token.
+    pub seal_key: Option<PathBuf>,
+    pub token: Option<String>,
 }
 
 impl Controller {
@@ -40,12 +54,13 @@ impl Controller {
     }
 
     /// Runs an offline command (`token create`, `join-token`, `audit`) on `data`.
-    fn offline(data: &Path, args: &[&str]) -> String {
+    fn offline(data: &Path, store_env: &[(&'static str, String)], args: &[&str]) -> String {
         let mut command = Command::new(Self::bin());
         command
             .args(args)
             .arg("--data")
             .arg(data)
+            .envs(store_env.iter().map(|(k, v)| (*k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -64,6 +79,16 @@ impl Controller {
 
     /// `start` with more flags (`--http 127.0.0.1:<port>`).
     pub fn start_with(bed: &TestBed, flags: &[String]) -> Controller {
+        Controller::start_on(bed, flags, None)
+    }
+
+    /// A controller on a shared store: the first makes the token and the seal key, the
+    /// others are given them (`store.token`, `store.seal_key`).
+    pub fn start_shared(bed: &TestBed, store: &SharedStore) -> Controller {
+        Controller::start_on(bed, &[], Some(store))
+    }
+
+    fn start_on(bed: &TestBed, flags: &[String], store: Option<&SharedStore>) -> Controller {
         let data = tempfile::Builder::new()
             .prefix("fleet-controller-")
             .tempdir()
@@ -75,18 +100,30 @@ impl Controller {
             .unwrap()
             .port();
         let listen = format!("{bridge}:{port}");
-        let token = Self::offline(
-            data.path(),
-            &["token", "create", "--name", "e2e", "--role", "admin"],
-        )
-        .trim()
-        .to_string();
+        let mut store_env = Vec::new();
+        let mut flags = flags.to_vec();
+        if let Some(store) = store {
+            store_env.push(("FLEET_STORE", store.url.clone()));
+            store_env.push(("FLEET_STORE_PASSWORD", store.password.clone()));
+            if let Some(seal) = &store.seal_key {
+                flags.extend(["--seal-key".to_owned(), seal.display().to_string()]);
+            }
+        }
+        let token = match store.and_then(|s| s.token.clone()) {
+            Some(token) => token,
+            None => Self::offline(
+                data.path(),
+                &store_env,
+                &["token", "create", "--name", "e2e", "--role", "admin"],
+            )
+            .trim()
+            .to_string(),
+        };
         assert!(token.starts_with("fct_"), "token create printed {token:?}");
         // Deploys the controller runs reach the bed as the tests do: its client key,
         // and the bed's host keys, added as an operator would (ssh-keyscan output).
         let known = bed.known_hosts().display().to_string();
-        Self::offline(data.path(), &["known-hosts", "add", &known]);
-        let mut flags = flags.to_vec();
+        Self::offline(data.path(), &store_env, &["known-hosts", "add", &known]);
         flags.extend([
             "--deploy-key".to_owned(),
             bed.client_key().display().to_string(),
@@ -98,6 +135,7 @@ impl Controller {
             data,
             token,
             flags,
+            store_env,
         };
         controller.spawn();
         controller
@@ -114,6 +152,7 @@ impl Controller {
                 UNREACHABLE_AFTER,
             ])
             .args(&self.flags)
+            .envs(self.store_env.iter().map(|(k, v)| (*k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -123,6 +162,16 @@ impl Controller {
         wait_until("the controller to listen", LISTEN_TIMEOUT, || {
             TcpStream::connect(&address).is_ok()
         });
+    }
+
+    /// SIGKILL: the controller gets no chance to leave the store or close sessions.
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    /// The seal key the first controller of a store made.
+    pub fn seal_key(&self) -> PathBuf {
+        self.data.path().join("seal.key")
     }
 
     pub fn stop(&mut self) {
@@ -149,6 +198,7 @@ impl Controller {
     pub fn token(&self, name: &str, role: &str) -> String {
         Self::offline(
             self.data.path(),
+            &self.store_env,
             &["token", "create", "--name", name, "--role", role],
         )
         .trim()
@@ -157,12 +207,12 @@ impl Controller {
 
     /// An offline command on this controller's data (`host remove`, ...).
     pub fn run(&self, args: &[&str]) -> String {
-        Self::offline(self.data.path(), args)
+        Self::offline(self.data.path(), &self.store_env, args)
     }
 
     /// A one-time join token for `host`, as `fleet-controller join-token` prints it.
     pub fn join_token(&self, host: &str) -> String {
-        let token = Self::offline(self.data.path(), &["join-token", host])
+        let token = Self::offline(self.data.path(), &self.store_env, &["join-token", host])
             .trim()
             .to_string();
         assert!(!token.is_empty(), "join-token printed nothing");
@@ -171,7 +221,11 @@ impl Controller {
 
     /// `fleet-controller audit --json --limit 0`: the whole audit log, oldest first.
     pub fn audit(&self) -> Vec<Value> {
-        let stdout = Self::offline(self.data.path(), &["audit", "--json", "--limit", "0"]);
+        let stdout = Self::offline(
+            self.data.path(),
+            &self.store_env,
+            &["audit", "--json", "--limit", "0"],
+        );
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("audit --json: {e}: {stdout}"))
     }
 }

@@ -8,6 +8,7 @@ mod agent_metrics;
 mod cluster;
 mod config;
 mod controller;
+mod controllers;
 mod corpus;
 mod dashboard;
 mod deploy;

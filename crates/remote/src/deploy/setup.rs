@@ -23,7 +23,10 @@ const JOIN_TOKEN_TTL_SECS: u64 = 600;
 /// The controller the hosts join: its client (one at a time), URL and CA.
 struct Joiner {
     client: tokio::sync::Mutex<ControllerClient>,
+    /// The controller that answered, which agents join.
     url: String,
+    /// Every controller of the setting: an agent joined to any of them is left alone.
+    urls: Vec<String>,
     ca: String,
 }
 
@@ -65,10 +68,13 @@ impl Context {
                 let ca = std::fs::read_to_string(path).map_err(|e| {
                     DeployError::Config(format!("cannot read FLEET_CA {}: {e}", path.display()))
                 })?;
-                let client = crate::stage::connect_controller(controller).await?;
+                // Agents join the controller that answered; they learn the others
+                // sharing its store from it.
+                let (client, url) = crate::stage::connect_controller_at(controller).await?;
                 Some(Arc::new(Joiner {
                     client: tokio::sync::Mutex::new(client),
-                    url: controller.url.clone(),
+                    url,
+                    urls: crate::stage::controller_urls(&controller.url)?,
                     ca,
                 }))
             }
@@ -249,7 +255,8 @@ impl Context {
         let joined = host
             .exec(&Step::quick(script::agent_controller_url(home)))
             .await?;
-        if String::from_utf8_lossy(&joined.raw.stdout).trim() == join.url {
+        let joined = String::from_utf8_lossy(&joined.raw.stdout);
+        if join.urls.iter().any(|url| url == joined.trim()) {
             return Ok(());
         }
         let token = {

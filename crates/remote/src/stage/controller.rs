@@ -68,11 +68,20 @@ impl tonic::service::Interceptor for Bearer {
 pub async fn connect_controller(
     settings: &ControllerSettings,
 ) -> Result<ControllerClient, StageError> {
+    connect_controller_at(settings)
+        .await
+        .map(|(client, _)| client)
+}
+
+/// `connect_controller`, also saying which URL answered.
+pub async fn connect_controller_at(
+    settings: &ControllerSettings,
+) -> Result<(ControllerClient, String), StageError> {
     let urls = controller_urls(&settings.url)?;
     let mut failures = Vec::new();
     for url in &urls {
         match connect_one(settings, url).await {
-            Ok(client) => return Ok(client),
+            Ok(client) => return Ok((client, url.clone())),
             Err(StageError::ControllerUnreachable { url, reason }) if urls.len() > 1 => {
                 failures.push(format!("{url}: {reason}"));
             }

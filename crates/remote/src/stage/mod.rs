@@ -19,7 +19,9 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::ssh::{HandshakeLimit, Pool, SshChoices, SshSettings};
-pub use controller::{ControllerClient, connect_controller};
+pub use controller::{
+    ControllerClient, connect_controller, connect_controller_at, controller_urls,
+};
 pub use ssh::{SshHost, agent_client};
 
 /// Concurrent SSH handshakes for a whole stage (the contract's default cap), shared
