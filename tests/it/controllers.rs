@@ -133,6 +133,13 @@ fn three_controllers_on_one_postgresql_lose_one_and_every_host_stays_reachable()
             survivor.url
         );
     }
+    // A restart of the stage through B reaches every host, those C holds through C.
+    let through_b = ThroughController {
+        d: &d,
+        env: env(&b.url, &b.token),
+    };
+    let (code, _, stderr) = through_b.run(&["restart", "bed", "web"]);
+    assert_eq!(code, Some(0), "{stderr}");
     // The audit log, read through B, has every entry from before.
     let after = b.audit();
     assert!(

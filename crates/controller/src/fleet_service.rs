@@ -232,13 +232,16 @@ impl FleetService for FleetApi {
         self.authorize(&request, Role::Read).await?;
         let request = request.into_inner();
         let stage = self.stage(request.stage)?;
-        Ok(Response::new(subscribe_logs(
-            &self.controller,
-            stage.hosts,
-            request.targets,
-            request.lines,
-            request.follow,
-        )))
+        Ok(Response::new(
+            subscribe_logs(
+                &self.controller,
+                stage.hosts,
+                request.targets,
+                request.lines,
+                request.follow,
+            )
+            .await,
+        ))
     }
 
     async fn command(
@@ -421,12 +424,60 @@ pub(crate) async fn record_run(
 /// Log lines of `hosts` (the apps in `targets`, all when empty) merged into one
 /// stream: the last `lines` of each, then new ones while `follow`. A host that cannot
 /// be reached is a notice line. The CLI's `Logs` and the dashboard's live logs.
-pub(crate) fn subscribe_logs(
+pub(crate) async fn subscribe_logs(
     controller: &Controller,
     hosts: Vec<String>,
     targets: Vec<String>,
     lines: u32,
     follow: bool,
+) -> MergedLogs {
+    // Hosts a peer sharing the store holds: their lines come through it.
+    let not_here: Vec<String> = (hosts.iter())
+        .filter(|host| controller.registry.reach(host).is_err())
+        .cloned()
+        .collect();
+    let held = crate::peers::holders(controller, not_here).await;
+    let mut merged = subscribe_held_logs(
+        controller,
+        hosts
+            .into_iter()
+            .filter(|h| !held.contains_key(h))
+            .collect(),
+        targets.clone(),
+        lines,
+        follow,
+        true,
+    );
+    let mut by_peer: HashMap<String, Vec<String>> = HashMap::new();
+    for (host, url) in held {
+        by_peer.entry(url).or_default().push(host);
+    }
+    for (url, hosts) in by_peer {
+        let query = crate::peers::LogQuery {
+            hosts,
+            targets: targets.clone(),
+            lines,
+            follow,
+        };
+        merged.forwards.push(crate::peers::forward_logs(
+            controller,
+            url,
+            query,
+            merged.sender.clone(),
+        ));
+    }
+    merged
+}
+
+/// The log lines of the `hosts` this controller holds a session with; with `notices`,
+/// a line saying so for each it cannot reach (a peer asking leaves those out).
+pub(crate) fn subscribe_held_logs(
+    controller: &Controller,
+    hosts: Vec<String>,
+    targets: Vec<String>,
+    lines: u32,
+    follow: bool,
+    notices_for_unreachable: bool,
 ) -> MergedLogs {
     let registry = &controller.registry;
     let (tx, rx) = mpsc::channel(LOG_QUEUE_BATCHES);
@@ -450,20 +501,23 @@ pub(crate) fn subscribe_logs(
                 }));
                 subscriptions.push((link, subscription_id));
             }
-            Err(why) => notices.push(LogEntry {
+            Err(why) if notices_for_unreachable => notices.push(LogEntry {
                 ts_unix_ms: now_unix_ms(),
                 host,
                 notice: format!("unreachable: {why}"),
                 ..LogEntry::default()
             }),
+            Err(_) => {}
         }
     }
     MergedLogs {
         queue: rx,
+        sender: tx,
         ready: notices.into_iter(),
         subscriptions,
         dropped,
         deadline: (!follow).then(|| Box::pin(tokio::time::sleep(LOG_HISTORY_DEADLINE))),
+        forwards: Vec::new(),
     }
 }
 
@@ -485,12 +539,23 @@ pub(crate) async fn run_command(
 ) -> Result<Vec<HostResult>, Status> {
     let (action, targets) = (command.action, command.targets.clone());
     let shared = controller.clone();
+    // Hosts a peer sharing the store holds get the command through it.
+    let not_here: Vec<String> = (stage.hosts.iter())
+        .filter(|host| controller.registry.reach(host).is_err())
+        .cloned()
+        .collect();
+    let held = Arc::new(crate::peers::holders(controller, not_here).await);
     let hosts = ops::fan_out(
         action,
         stage.hosts.clone(),
         move |host| {
-            let (controller, command) = (shared.clone(), command.clone());
-            async move { run_on_host(&controller, &host, &command).await }
+            let (controller, command, held) = (shared.clone(), command.clone(), held.clone());
+            async move {
+                match held.get(&host) {
+                    Some(url) => crate::peers::command_at(&controller, url, &host, &command).await,
+                    None => run_on_host(&controller, &host, &command).await,
+                }
+            }
         },
         |result| !result.ok,
         |host| HostResult {
@@ -533,7 +598,11 @@ async fn audit(controller: &Controller, entry: AuditEntry) -> Result<(), Status>
     Ok(())
 }
 
-async fn run_on_host(controller: &Controller, host: &str, command: &HostCommand) -> HostResult {
+pub(crate) async fn run_on_host(
+    controller: &Controller,
+    host: &str,
+    command: &HostCommand,
+) -> HostResult {
     let failed = |error: String| HostResult {
         host: host.to_owned(),
         ok: false,
@@ -573,8 +642,12 @@ async fn run_on_host(controller: &Controller, host: &str, command: &HostCommand)
 
 /// The log lines of a stage's hosts, merged as they arrive. Dropping it (the CLI went
 /// away) unsubscribes every host, so lines flow only while someone watches.
-pub(crate) struct MergedLogs {
+pub struct MergedLogs {
     queue: mpsc::Receiver<Vec<LogEntry>>,
+    /// Where peers' lines are put (`peers::forward_logs`).
+    sender: mpsc::Sender<Vec<LogEntry>>,
+    /// The tasks bringing peers' lines, stopped with this.
+    forwards: Vec<crate::server::AbortOnDrop>,
     ready: std::vec::IntoIter<LogEntry>,
     subscriptions: Vec<(Arc<SessionLink>, u64)>,
     /// Some host's sink dropped lines: once the queue is empty, tell them.

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use fleet_proto::agent::v1::LogEntry;
 use fleet_proto::controller::v1 as cpb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status};
@@ -98,7 +99,8 @@ impl Peers {
             .collect()
     }
 
-    async fn channel(&self, url: &str) -> Result<Channel, String> {
+    /// A channel to the peer at `url`, connected at its first call and kept.
+    fn channel(&self, url: &str) -> Result<Channel, String> {
         if let Some(channel) = lock(&self.channels).get(url) {
             return Ok(channel.clone());
         }
@@ -109,7 +111,6 @@ impl Peers {
             .and_then(|e| e.tls_config(tls))
             .map_err(|e| format!("{url}: {e}"))?
             .connect_timeout(PEER_CONNECT)
-            .timeout(PEER_DEADLINE)
             .connect_lazy();
         lock(&self.channels).insert(url.to_owned(), channel.clone());
         Ok(channel)
@@ -166,6 +167,29 @@ pub(crate) async fn status_elsewhere(
     controller: &Controller,
     hosts: Vec<String>,
 ) -> HashMap<String, cpb::HostStatus> {
+    held_elsewhere(controller, hosts)
+        .await
+        .into_iter()
+        .map(|(host, (_, status))| (host, status))
+        .collect()
+}
+
+/// Which peer holds each of `hosts` (those no peer holds are left out).
+pub(crate) async fn holders(
+    controller: &Controller,
+    hosts: Vec<String>,
+) -> HashMap<String, String> {
+    held_elsewhere(controller, hosts)
+        .await
+        .into_iter()
+        .map(|(host, (url, _))| (host, url))
+        .collect()
+}
+
+async fn held_elsewhere(
+    controller: &Controller,
+    hosts: Vec<String>,
+) -> HashMap<String, (String, cpb::HostStatus)> {
     let peers = controller.peers.others();
     if hosts.is_empty() || peers.is_empty() {
         return HashMap::new();
@@ -173,26 +197,133 @@ pub(crate) async fn status_elsewhere(
     let asks = peers.into_iter().map(|peer| {
         let hosts = hosts.clone();
         async move {
-            let channel = controller.peers.channel(&peer.url).await?;
+            let channel = controller.peers.channel(&peer.url)?;
+            let mut request = Request::new(cpb::PeerStatusRequest { hosts });
+            request.set_timeout(PEER_DEADLINE);
             let reply = cpb::peer_service_client::PeerServiceClient::new(channel)
-                .peer_status(cpb::PeerStatusRequest { hosts })
+                .peer_status(request)
                 .await
                 .map_err(|status| format!("{}: {}", peer.url, status.message()))?;
-            Ok::<_, String>(reply.into_inner().hosts)
+            Ok::<_, String>((peer.url, reply.into_inner().hosts))
         }
     });
     let mut found = HashMap::new();
     for answer in futures::future::join_all(asks).await {
         match answer {
-            Ok(statuses) => {
+            Ok((url, statuses)) => {
                 for status in statuses.into_iter().filter(|s| s.reachable) {
-                    found.entry(status.host.clone()).or_insert(status);
+                    found
+                        .entry(status.host.clone())
+                        .or_insert_with(|| (url.clone(), status));
                 }
             }
             Err(error) => tracing::debug!(%error, "a peer did not answer for its hosts"),
         }
     }
     found
+}
+
+/// A command for `host`, through the peer at `url` that holds it.
+pub(crate) async fn command_at(
+    controller: &Controller,
+    url: &str,
+    host: &str,
+    command: &crate::fleet_service::HostCommand,
+) -> cpb::HostResult {
+    let failed = |error: String| cpb::HostResult {
+        host: host.to_owned(),
+        ok: false,
+        error: format!("unreachable: the controller holding it ({url}): {error}"),
+        processes: Vec::new(),
+    };
+    let channel = match controller.peers.channel(url) {
+        Ok(channel) => channel,
+        Err(error) => return failed(error),
+    };
+    let mut request = Request::new(cpb::PeerCommandRequest {
+        host: host.to_owned(),
+        action: command.action.into(),
+        targets: command.targets.clone(),
+        count: command.count.clone(),
+    });
+    // The agent's own deadline for the action, and a margin for the hop.
+    request.set_timeout(fleet_proto::ops::timeout(command.action) + PEER_DEADLINE);
+    match cpb::peer_service_client::PeerServiceClient::new(channel)
+        .peer_command(request)
+        .await
+    {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => failed(status.message().to_owned()),
+    }
+}
+
+/// What a peer is asked for lines of.
+pub(crate) struct LogQuery {
+    pub hosts: Vec<String>,
+    pub targets: Vec<String>,
+    pub lines: u32,
+    pub follow: bool,
+}
+
+/// Brings the lines of `query.hosts` from the peer at `url` into `sink` until either
+/// ends; a peer that cannot be reached or fails is said in a notice line per host.
+pub(crate) fn forward_logs(
+    controller: &Controller,
+    url: String,
+    query: LogQuery,
+    sink: tokio::sync::mpsc::Sender<Vec<LogEntry>>,
+) -> crate::server::AbortOnDrop {
+    let channel = controller.peers.channel(&url);
+    crate::server::AbortOnDrop(tokio::spawn(async move {
+        let hosts = query.hosts.clone();
+        let notice = |why: &str| -> Vec<LogEntry> {
+            (hosts.iter())
+                .map(|host| LogEntry {
+                    ts_unix_ms: crate::now_unix_ms(),
+                    host: host.clone(),
+                    notice: format!("unreachable: the controller holding it ({url}): {why}"),
+                    ..LogEntry::default()
+                })
+                .collect()
+        };
+        let channel = match channel {
+            Ok(channel) => channel,
+            Err(error) => {
+                let _ = sink.send(notice(&error)).await;
+                return;
+            }
+        };
+        let request = cpb::PeerLogsRequest {
+            hosts: query.hosts,
+            targets: query.targets,
+            lines: query.lines,
+            follow: query.follow,
+        };
+        let mut stream = match cpb::peer_service_client::PeerServiceClient::new(channel)
+            .peer_logs(request)
+            .await
+        {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                let _ = sink.send(notice(status.message())).await;
+                return;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(entry)) => {
+                    if sink.send(vec![entry]).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = sink.send(notice(status.message())).await;
+                    return;
+                }
+            }
+        }
+    }))
 }
 
 /// `PeerService`: a peer asks about the hosts this controller holds.
@@ -212,15 +343,7 @@ impl cpb::peer_service_server::PeerService for PeerApi {
         &self,
         request: Request<cpb::PeerStatusRequest>,
     ) -> Result<Response<cpb::PeerStatusReply>, Status> {
-        let peer = request
-            .peer_certs()
-            .and_then(|certs| certs.first().cloned())
-            .and_then(|leaf| crate::pki::certificate_identity(leaf.as_ref()))
-            .map(|(name, _, _)| name)
-            .filter(|name| name.starts_with(PEER_NAME_PREFIX))
-            .ok_or_else(|| {
-                Status::permission_denied("PeerService is for the store's controllers")
-            })?;
+        let peer = peer_of(&request)?;
         let hosts = request.into_inner().hosts;
         if hosts.len() > MAX_PEER_HOSTS {
             return Err(Status::invalid_argument(format!(
@@ -238,4 +361,59 @@ impl cpb::peer_service_server::PeerService for PeerApi {
             .collect();
         Ok(Response::new(cpb::PeerStatusReply { hosts }))
     }
+
+    async fn peer_command(
+        &self,
+        request: Request<cpb::PeerCommandRequest>,
+    ) -> Result<Response<cpb::HostResult>, Status> {
+        peer_of(&request)?;
+        let request = request.into_inner();
+        let action = cpb::Action::try_from(request.action).unwrap_or(cpb::Action::Unspecified);
+        fleet_proto::ops::agent_call(action, request.targets.clone(), &request.count)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        crate::validate_host(&request.host).map_err(Status::invalid_argument)?;
+        let command = crate::fleet_service::HostCommand {
+            action,
+            targets: request.targets,
+            count: request.count,
+        };
+        Ok(Response::new(
+            crate::fleet_service::run_on_host(&self.controller, &request.host, &command).await,
+        ))
+    }
+
+    type PeerLogsStream = crate::fleet_service::MergedLogs;
+
+    async fn peer_logs(
+        &self,
+        request: Request<cpb::PeerLogsRequest>,
+    ) -> Result<Response<Self::PeerLogsStream>, Status> {
+        peer_of(&request)?;
+        let request = request.into_inner();
+        if request.hosts.len() > MAX_PEER_HOSTS {
+            return Err(Status::invalid_argument(format!(
+                "more than {MAX_PEER_HOSTS} hosts"
+            )));
+        }
+        Ok(Response::new(crate::fleet_service::subscribe_held_logs(
+            &self.controller,
+            request.hosts,
+            request.targets,
+            request.lines,
+            request.follow,
+            false,
+        )))
+    }
+}
+
+/// The calling controller's name (`controller:<id>`), from its client certificate; any
+/// other caller (an agent, nobody) is refused.
+fn peer_of<T>(request: &Request<T>) -> Result<String, Status> {
+    request
+        .peer_certs()
+        .and_then(|certs| certs.first().cloned())
+        .and_then(|leaf| crate::pki::certificate_identity(leaf.as_ref()))
+        .map(|(name, _, _)| name)
+        .filter(|name| name.starts_with(PEER_NAME_PREFIX))
+        .ok_or_else(|| Status::permission_denied("PeerService is for the store's controllers"))
 }

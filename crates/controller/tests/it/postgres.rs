@@ -326,3 +326,106 @@ async fn any_controller_answers_for_hosts_its_peers_hold_and_agents_learn_every_
     drop(on_a);
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_followed_logs_reach_the_hosts_a_peer_holds() {
+    use fleet_proto::controller::v1::{
+        Action, CommandRequest, FleetLogsRequest, LogBatch, agent_message, controller_message,
+    };
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    server.create_database("forward");
+    let dir = tempfile::tempdir().unwrap();
+    let seal = dir.path().join("a/seal.key");
+    let a = on_postgres(&dir.path().join("a"), &server, "forward", &seal).await;
+    let b = on_postgres(&dir.path().join("b"), &server, "forward", &seal).await;
+    let token = a.api_token();
+    let identity = b.join("web-2").await;
+    let mut agent = FakeAgent::connect(b.channel(Some(&identity)).await.unwrap(), hello("web-2"))
+        .await
+        .unwrap();
+    wait_for_status(&a, &token, &["web-2"], DEADLINE, |s| s.hosts[0].reachable).await;
+
+    // Followed logs through A: B subscribes its agent, the lines come back through A.
+    let mut lines = a
+        .fleet()
+        .await
+        .logs(crate::harness::authed(
+            FleetLogsRequest {
+                stage: Some(crate::harness::stage(&["web-2", "ghost"])),
+                targets: vec!["api".into()],
+                lines: 5,
+                follow: true,
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(controller_message::Body::Subscribe(subscribe)) = agent.next().await else {
+        panic!("web-2 was not asked for logs through its controller");
+    };
+    assert_eq!((subscribe.lines, subscribe.follow), (5, true));
+    let ghost = tokio::time::timeout(DEADLINE, lines.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ghost.notice, "unreachable: never connected");
+    agent
+        .send(agent_message::Body::Logs(LogBatch {
+            subscription_id: subscribe.subscription_id,
+            entries: vec![fleet_proto::agent::v1::LogEntry {
+                app: "api".into(),
+                line: "through the peer".into(),
+                host: "web-2".into(),
+                ..Default::default()
+            }],
+        }))
+        .await;
+    let entry = tokio::time::timeout(DEADLINE, lines.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (entry.host.as_str(), entry.line.as_str()),
+        ("web-2", "through the peer")
+    );
+    drop(lines);
+    let Some(controller_message::Body::Unsubscribe(_)) = agent.next().await else {
+        panic!("web-2 was not told to stop once the follower went");
+    };
+
+    // A restart through A reaches web-2 through B, and is audited once.
+    let mut seen = crate::command::answer_commands(agent, false);
+    let reply = a
+        .fleet()
+        .await
+        .command(crate::harness::authed(
+            CommandRequest {
+                stage: Some(crate::harness::stage(&["web-2"])),
+                action: Action::Restart.into(),
+                targets: vec!["api".into()],
+                count: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.hosts[0].ok, "{reply:?}");
+    assert_eq!(reply.hosts[0].processes[0].host, "web-2");
+    assert_eq!(
+        seen.recv().await.unwrap(),
+        (Action::Restart, vec!["api".to_owned()])
+    );
+    let restarts = audit_actions(&a.store)
+        .into_iter()
+        .filter(|action| action == "restart")
+        .count();
+    assert_eq!(restarts, 1);
+    a.stop().await;
+    b.stop().await;
+}

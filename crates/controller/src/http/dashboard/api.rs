@@ -352,7 +352,8 @@ async fn logs(
         targets,
         LOG_HISTORY_LINES,
         true,
-    );
+    )
+    .await;
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     tokio::spawn(async move {
         let mut batch: Vec<Value> = Vec::new();
