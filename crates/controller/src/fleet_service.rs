@@ -437,7 +437,7 @@ pub(crate) async fn subscribe_logs(
         .cloned()
         .collect();
     let held = crate::peers::holders(controller, not_here).await;
-    let mut merged = subscribe_held_logs(
+    let (mut merged, sender) = subscribe_held_logs(
         controller,
         hosts
             .into_iter()
@@ -463,14 +463,18 @@ pub(crate) async fn subscribe_logs(
             controller,
             url,
             query,
-            merged.sender.clone(),
+            sender.clone(),
         ));
     }
+    // The queue ends once every host's and peer's sender is gone: not this one.
+    drop(sender);
     merged
 }
 
 /// The log lines of the `hosts` this controller holds a session with; with `notices`,
-/// a line saying so for each it cannot reach (a peer asking leaves those out).
+/// a line saying so for each it cannot reach (a peer asking leaves those out). Also a
+/// sender into the same queue, for lines brought from peers; the stream ends once it
+/// and every host's are dropped.
 pub(crate) fn subscribe_held_logs(
     controller: &Controller,
     hosts: Vec<String>,
@@ -478,7 +482,7 @@ pub(crate) fn subscribe_held_logs(
     lines: u32,
     follow: bool,
     notices_for_unreachable: bool,
-) -> MergedLogs {
+) -> (MergedLogs, mpsc::Sender<Vec<LogEntry>>) {
     let registry = &controller.registry;
     let (tx, rx) = mpsc::channel(LOG_QUEUE_BATCHES);
     let mut subscriptions = Vec::new();
@@ -510,15 +514,15 @@ pub(crate) fn subscribe_held_logs(
             Err(_) => {}
         }
     }
-    MergedLogs {
+    let merged = MergedLogs {
         queue: rx,
-        sender: tx,
         ready: notices.into_iter(),
         subscriptions,
         dropped,
         deadline: (!follow).then(|| Box::pin(tokio::time::sleep(LOG_HISTORY_DEADLINE))),
         forwards: Vec::new(),
-    }
+    };
+    (merged, tx)
 }
 
 /// What to do on each host of a command.
@@ -644,8 +648,6 @@ pub(crate) async fn run_on_host(
 /// away) unsubscribes every host, so lines flow only while someone watches.
 pub struct MergedLogs {
     queue: mpsc::Receiver<Vec<LogEntry>>,
-    /// Where peers' lines are put (`peers::forward_logs`).
-    sender: mpsc::Sender<Vec<LogEntry>>,
     /// The tasks bringing peers' lines, stopped with this.
     forwards: Vec<crate::server::AbortOnDrop>,
     ready: std::vec::IntoIter<LogEntry>,

@@ -395,14 +395,15 @@ impl cpb::peer_service_server::PeerService for PeerApi {
                 "more than {MAX_PEER_HOSTS} hosts"
             )));
         }
-        Ok(Response::new(crate::fleet_service::subscribe_held_logs(
+        let (merged, _) = crate::fleet_service::subscribe_held_logs(
             &self.controller,
             request.hosts,
             request.targets,
             request.lines,
             request.follow,
             false,
-        )))
+        );
+        Ok(Response::new(merged))
     }
 }
 
