@@ -2,8 +2,9 @@
 //! hosts joined by `fleet deploy <stage> setup`, the CLI given all three URLs: the
 //! agents learn every controller; a token made through one works through another; the
 //! controller holding every session is SIGKILLed and, through the others, every host
-//! is reachable again within 10 s, with the audit log whole; a restart of the stage
-//! through a controller reaches the hosts its peers hold.
+//! is reachable again within 10 s, with the audit log whole; the deploy it was running
+//! is taken over and finished by another; a restart of the stage through a controller
+//! reaches the hosts its peers hold.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ use crate::testbed::HOST_FLEET_HOME;
 
 /// The failover bound: every agent of a SIGKILLed controller back within it.
 const FAILOVER: Duration = Duration::from_secs(10);
+/// A controller-run deploy of the bed, taken over included.
+const DEPLOY: Duration = Duration::from_secs(120);
 
 fn reachable_hosts(status: &Value) -> Option<usize> {
     let entries = status.as_array()?;
@@ -99,12 +102,30 @@ fn three_controllers_on_one_postgresql_lose_one_and_every_host_stays_reachable()
     let (code, status, stderr) = through_c.run(&["status", "bed", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(reachable_hosts(&status), Some(5), "{status:#}");
+    // A deploy through A, slow after each host's switch; A dies once the canary switched.
+    let current = |host: &str| {
+        let (_, target) = d.sh(host, "readlink /srv/app/current || true");
+        target.trim_start_matches("releases/").to_string()
+    };
+    let first_release = current(&hosts[0]);
+    d.commit("c2", "canary = true\npost_deploy = \"sleep 4\"");
+    let mut deploy = d.fleet.command(&["deploy", "bed", "--json"]);
+    deploy.envs(env(&a.url, &a.token));
+    deploy
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut deploy = deploy.spawn().unwrap();
+    wait_until("the canary switched", DEPLOY, || {
+        let now = current(&hosts[0]);
+        !now.is_empty() && now != first_release
+    });
     let before: Vec<Value> = a.audit();
     assert!(!before.is_empty());
 
     // A holds every session: SIGKILL it. Through the others (the CLI skips the dead
     // first URL), every host is reachable again within the bound.
     a.kill();
+    let _ = deploy.wait();
     let killed = Instant::now();
     let back = loop {
         let (code, status, _) = via.run(&["status", "bed", "--json"]);
@@ -131,6 +152,32 @@ fn three_controllers_on_one_postgresql_lose_one_and_every_host_stays_reachable()
             Some(5),
             "{}: {status:#}",
             survivor.url
+        );
+    }
+    // A's deploy is taken over once A's lease ends, and finished: one release on every
+    // host, every lock released, the run's second attempt by another controller.
+    let mut run = Value::Null;
+    wait_until("the deploy finished by another controller", DEPLOY, || {
+        let (_, history, _) = via.run(&["deploy", "bed", "history", "--json"]);
+        run = history
+            .as_array()
+            .and_then(|h| h.first().cloned())
+            .unwrap_or(Value::Null);
+        run["state"] != "running" && !run.is_null()
+    });
+    assert_eq!(run["state"], "ok", "{run:#}");
+    assert_eq!(run["attempts"], 2, "{run:#}");
+    let release = run["release"].as_str().unwrap().to_owned();
+    let currents: Vec<String> = hosts.iter().map(|h| current(h)).collect();
+    assert_eq!(
+        currents,
+        vec![release; hosts.len()],
+        "one release everywhere"
+    );
+    for host in &hosts {
+        assert!(
+            !d.sh(host, "test -e /srv/app/.fleet/lock").0,
+            "{host} still locked"
         );
     }
     // A restart of the stage through B reaches every host, those C holds through C.

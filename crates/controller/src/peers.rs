@@ -138,13 +138,19 @@ pub(crate) async fn keep_lease(controller: Arc<Controller>) {
             .await
         {
             Ok(live) => {
-                let mut known = lock(&controller.peers.live);
-                if *known != live {
-                    tracing::info!(
-                        controllers = live.len(),
-                        "the store's live controllers changed"
-                    );
-                    *known = live;
+                {
+                    let mut known = lock(&controller.peers.live);
+                    if *known != live {
+                        tracing::info!(
+                            controllers = live.len(),
+                            "the store's live controllers changed"
+                        );
+                        *known = live.clone();
+                    }
+                }
+                // Deploys of controllers whose lease ended are this one's to finish.
+                if controller.config.store.is_some() {
+                    crate::deployer::take_over(&controller, &live).await;
                 }
             }
             Err(crate::Error::StoreStopped) => return,

@@ -11,6 +11,9 @@
 //! rolls them back.
 
 pub mod keys;
+mod takeover;
+
+pub(crate) use takeover::take_over;
 pub mod runs;
 pub(crate) mod service;
 
@@ -174,8 +177,13 @@ struct Attempt {
     resumed: bool,
 }
 
-/// Takes up every run a stopped controller left unfinished.
+/// Takes up every run a stopped controller left unfinished. On a shared store each
+/// run is its controller's: those of one that died (a previous start of this one
+/// included) are taken over once its lease ends (`takeover`).
 pub(crate) async fn resume(controller: &Arc<Controller>) {
+    if controller.config.store.is_some() {
+        return;
+    }
     let unfinished = controller.store.call(runs::resume_all).await;
     let unfinished = match unfinished {
         Ok(unfinished) => unfinished,
@@ -185,11 +193,18 @@ pub(crate) async fn resume(controller: &Arc<Controller>) {
         }
     };
     for run in unfinished {
+        start_unfinished(controller, run).await;
+    }
+}
+
+/// Starts again a run found unfinished (this controller's restart, or a dead peer's).
+pub(crate) async fn start_unfinished(controller: &Arc<Controller>, run: runs::Unfinished) {
+    {
         let request = match serde_json::from_str::<Request>(&run.request) {
             Ok(request) => request,
             Err(error) => {
                 tracing::error!(id = run.id, %error, "an unfinished deploy's request is unreadable");
-                continue;
+                return;
             }
         };
         let id = run.id;
@@ -392,6 +407,14 @@ async fn end(
         tracing::error!(id, %error, "cannot record the end of a deploy");
     }
     let _ = std::fs::remove_file(archive_path(&controller.deployer.files, run.id));
+    if controller.config.store.is_some() {
+        let id = run.id;
+        controller
+            .store
+            .write("deploy archive dropped", move |conn| {
+                runs::drop_archive(conn, id)
+            });
+    }
     let done = Arc::new((report_json, error));
     let mut log = lock(&run.log);
     log.done = Some(done.clone());

@@ -19,6 +19,8 @@ pub struct NewRun<'a> {
     /// The submission as JSON (`Request`), what a resumed run starts again from.
     pub request: &'a str,
     pub now_ms: u64,
+    /// The controller running it (`peers`' id).
+    pub controller: &'a str,
 }
 
 /// Who holds a stage's lock.
@@ -70,8 +72,8 @@ fn begin_once(conn: &dyn Db, run: &NewRun<'_>) -> DbResult<Result<(u64, u64), Ho
         }
         let id = tx.query_row(
             "INSERT INTO deploy_runs (stage, action, state, who, token_name, machine, git_ref,
-                                      git_commit, request, created_at)
-             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+                                      git_commit, request, created_at, controller)
+             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
             params![
                 run.stage,
                 run.action,
@@ -81,7 +83,8 @@ fn begin_once(conn: &dyn Db, run: &NewRun<'_>) -> DbResult<Result<(u64, u64), Ho
                 run.git_ref,
                 run.commit,
                 run.request,
-                run.now_ms as i64
+                run.now_ms as i64,
+                run.controller
             ],
             |row| row.get::<_, i64>(0),
         )? as u64;
@@ -137,23 +140,45 @@ pub struct Unfinished {
 /// fencing number (any host lock of its earlier attempt is then taken over at once,
 /// and that attempt, were it somehow alive, can no longer change a host).
 pub fn resume_all(conn: &dyn Db) -> DbResult<Vec<Unfinished>> {
+    resume_where(conn, "", None)
+}
+
+/// Run `id`, still unfinished and now run by `controller`, taken up again as
+/// `resume_all` takes each (another controller's, whose lease ended).
+pub fn resume_one(conn: &dyn Db, id: u64, controller: &str) -> DbResult<Option<Unfinished>> {
+    Ok(resume_where(conn, " AND id = ?1", Some((id, controller)))?.pop())
+}
+
+fn resume_where(
+    conn: &dyn Db,
+    filter: &str,
+    one: Option<(u64, &str)>,
+) -> DbResult<Vec<Unfinished>> {
+    let sql = format!(
+        "SELECT id, stage, request, release, git_commit, state = 'cancelling' FROM deploy_runs
+         WHERE state IN ('running', 'cancelling'){filter} ORDER BY id"
+    );
+    let selected: Vec<crate::store::Value> = one
+        .map(|(id, _)| vec![crate::store::Value::Int(id as i64)])
+        .unwrap_or_default();
     conn.transaction(|tx| {
-        let mut runs = tx.query_map(
-            "SELECT id, stage, request, release, git_commit, state = 'cancelling' FROM deploy_runs
-             WHERE state IN ('running', 'cancelling') ORDER BY id",
-            params![],
-            |row| {
-                Ok(Unfinished {
-                    id: row.get::<_, i64>(0)? as u64,
-                    stage: row.get(1)?,
-                    request: row.get(2)?,
-                    release: row.get(3)?,
-                    commit: row.get(4)?,
-                    fence: 0,
-                    cancelling: row.get(5)?,
-                })
-            },
-        )?;
+        if let Some((id, controller)) = one {
+            tx.execute(
+                "UPDATE deploy_runs SET controller = ?1 WHERE id = ?2",
+                params![controller, id as i64],
+            )?;
+        }
+        let mut runs = tx.query_map(&sql, &selected, |row| {
+            Ok(Unfinished {
+                id: row.get::<_, i64>(0)? as u64,
+                stage: row.get(1)?,
+                request: row.get(2)?,
+                release: row.get(3)?,
+                commit: row.get(4)?,
+                fence: 0,
+                cancelling: row.get(5)?,
+            })
+        })?;
         for run in &mut runs {
             run.fence = new_fence(tx, run.id)?;
             tx.execute(
@@ -163,6 +188,56 @@ pub fn resume_all(conn: &dyn Db) -> DbResult<Vec<Unfinished>> {
         }
         Ok(runs)
     })
+}
+
+/// Unfinished runs with the controller running each.
+pub fn unfinished(conn: &dyn Db) -> DbResult<Vec<(u64, String)>> {
+    conn.query_map(
+        "SELECT id, controller FROM deploy_runs WHERE state IN ('running', 'cancelling')
+         ORDER BY id",
+        params![],
+        |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)),
+    )
+}
+
+/// Makes `to` the controller of run `id` if `from` still is: true for the one
+/// controller whose claim won.
+pub fn claim(conn: &dyn Db, id: u64, from: &str, to: &str) -> DbResult<bool> {
+    let changed = conn.execute(
+        "UPDATE deploy_runs SET controller = ?1
+         WHERE id = ?2 AND controller = ?3 AND state IN ('running', 'cancelling')",
+        params![to, id as i64, from],
+    )?;
+    Ok(changed == 1)
+}
+
+/// One chunk of run `id`'s archive, kept in a shared store for whoever takes it over.
+pub fn put_archive_chunk(conn: &dyn Db, id: u64, seq: u64, chunk: &[u8]) -> DbResult<()> {
+    conn.execute(
+        "INSERT INTO deploy_archives (run_id, seq, chunk) VALUES (?1, ?2, ?3)
+         ON CONFLICT (run_id, seq) DO UPDATE SET chunk = excluded.chunk",
+        params![id as i64, seq as i64, chunk],
+    )?;
+    Ok(())
+}
+
+/// Chunk `seq` of run `id`'s archive, if kept.
+pub fn archive_chunk(conn: &dyn Db, id: u64, seq: u64) -> DbResult<Option<Vec<u8>>> {
+    conn.query_row(
+        "SELECT chunk FROM deploy_archives WHERE run_id = ?1 AND seq = ?2",
+        params![id as i64, seq as i64],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+/// Run `id` ended: its kept archive goes.
+pub fn drop_archive(conn: &dyn Db, id: u64) -> DbResult<()> {
+    conn.execute(
+        "DELETE FROM deploy_archives WHERE run_id = ?1",
+        params![id as i64],
+    )?;
+    Ok(())
 }
 
 /// A cancel asked for: kept so a controller that stops before the run ends cancels
@@ -327,6 +402,7 @@ pub(crate) mod tests {
             commit: "abc",
             request: "{}",
             now_ms: 1,
+            controller: "c1",
         }
     }
 

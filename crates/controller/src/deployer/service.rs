@@ -211,6 +211,7 @@ pub(crate) async fn submit(
         submit.git_ref.clone(),
         submit.commit.clone(),
     );
+    let me = controller.peers.me.id.clone();
     let begun = controller
         .store
         .call(move |conn| {
@@ -226,6 +227,7 @@ pub(crate) async fn submit(
                     commit: &commit,
                     request: &json,
                     now_ms: now_unix_ms(),
+                    controller: &me,
                 },
             )
         })
@@ -236,6 +238,14 @@ pub(crate) async fn submit(
         archive
             .persist(&path)
             .map_err(|e| Status::internal(format!("cannot store the archive: {e}")))?;
+        // Another controller of a shared store takes the run over from the store's copy.
+        if controller.config.store.is_some() {
+            super::takeover::keep_archive(controller, id, &path)
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!("cannot keep the archive in the store: {e}"))
+                })?;
+        }
     }
     tracing::info!(id, stage = %request.stage, who = %request.who, "deploy submitted");
     let start = super::Start {

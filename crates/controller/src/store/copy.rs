@@ -95,6 +95,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "report",
             "error",
             "attempts",
+            "controller",
         ],
     ),
     ("deploy_events", &["run_id", "seq", "at", "event"]),

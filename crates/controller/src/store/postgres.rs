@@ -163,6 +163,15 @@ const MIGRATIONS: &[&str] = &[
         since BIGINT NOT NULL
     );
 ",
+    "
+    ALTER TABLE deploy_runs ADD COLUMN controller TEXT NOT NULL DEFAULT '';
+    CREATE TABLE deploy_archives (
+        run_id BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        chunk BYTEA NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+",
 ];
 
 /// The schema version this build writes.

@@ -178,6 +178,17 @@ const MIGRATIONS: &[&str] = &[
         since INTEGER NOT NULL
     );
     ",
+    // 9: which controller runs each deploy (another takes it over when that one's lease
+    // ends), and the archives of running deploys, for that one to ship.
+    "
+    ALTER TABLE deploy_runs ADD COLUMN controller TEXT NOT NULL DEFAULT '';
+    CREATE TABLE deploy_archives (
+        run_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        chunk BLOB NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -270,6 +270,7 @@ fn every_table_is_copied_with_its_ids(conn: &dyn Db) {
         commit: "abc",
         request: "{}",
         now_ms: 6,
+        controller: "c1",
     };
     let (id, _) = crate::deployer::runs::begin(source, &run).unwrap().unwrap();
     crate::deployer::runs::append_event(source, id, 1, 7, "{}").unwrap();
