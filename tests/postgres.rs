@@ -169,6 +169,14 @@ impl Postgres {
         }
     }
 
+    /// The server's main process (`postmaster.pid`'s first line).
+    pub fn postmaster_pid(&self) -> u32 {
+        std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// What the server logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()

@@ -194,6 +194,8 @@ pub struct PgLocation {
     tls: Tls,
     /// The connection string with its password hidden, for messages.
     shown: String,
+    /// As given (a password set later with `or_password` is not in it).
+    url: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -292,7 +294,14 @@ impl PgLocation {
             config,
             tls,
             shown: redact(url),
+            url: url.to_owned(),
         })
+    }
+
+    /// The URL as given, password included: for handing to a child process's
+    /// environment (`FLEET_STORE`), never for showing.
+    pub fn url_with_password(&self) -> String {
+        self.url.clone()
     }
 
     /// Whether the URL carries a password (refused on a command line).

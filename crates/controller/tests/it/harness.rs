@@ -105,6 +105,23 @@ impl Controller {
 
     /// `spawn_binary` with more arguments (`--http 127.0.0.1:<port>`).
     pub async fn spawn_binary_with(data: &Path, extra: &[String]) -> Controller {
+        Controller::spawn_binary_on(data, extra, None).await
+    }
+
+    /// `spawn_binary_with` on a shared store (`FLEET_STORE`; its password in the URL,
+    /// through the environment).
+    pub async fn spawn_binary_on(
+        data: &Path,
+        extra: &[String],
+        store: Option<&fleet_controller::store::PgLocation>,
+    ) -> Controller {
+        let (url, location) = match store {
+            Some(location) => (
+                Some(location.url_with_password()),
+                fleet_controller::store::Location::Postgres(Box::new(location.clone())),
+            ),
+            None => (None, fleet_controller::store::Location::in_data_dir(data)),
+        };
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -117,6 +134,7 @@ impl Controller {
             .arg(data)
             .args(extra)
             .env("FLEET_LOG", "warn")
+            .envs(url.map(|url| ("FLEET_STORE", url)))
             .spawn()
             .unwrap();
         let controller = Controller {
@@ -125,7 +143,7 @@ impl Controller {
             stop: None,
             task: None,
             process: Some(process),
-            store: fleet_controller::store::Location::in_data_dir(data),
+            store: location,
         };
         controller.wait_until_up().await;
         controller

@@ -13,6 +13,7 @@ mod certificates;
 mod command;
 mod dashboard;
 mod dashboard_bench;
+mod ha_bench;
 mod logs;
 mod metrics;
 mod postgres;
