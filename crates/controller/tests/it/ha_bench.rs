@@ -121,16 +121,22 @@ impl Drop for Simulation {
     }
 }
 
+/// A session's channel from agent `index`'s own loopback address (127.1.x.y): agents
+/// come from as many addresses as there are hosts, as the controller's per-address
+/// limits expect.
 async fn channel_to(
     url: &str,
     ca: &str,
     identity: &AgentIdentity,
+    index: usize,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+    let source = std::net::Ipv4Addr::new(127, 1, (index / 250) as u8, 1 + (index % 250) as u8);
     Endpoint::from_shared(url.to_owned())?
         .tls_config(tls)?
+        .local_address(Some(source.into()))
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await
@@ -170,7 +176,7 @@ async fn simulate(
             let mut at = index % urls.len();
             loop {
                 let session = async {
-                    let channel = channel_to(&urls[at], &ca, &identity).await.ok()?;
+                    let channel = channel_to(&urls[at], &ca, &identity, index).await.ok()?;
                     FakeAgent::connect(channel, hello(&host)).await.ok()
                 };
                 let Some(mut agent) = session.await else {
