@@ -35,10 +35,20 @@ pub const PEER_NAME_PREFIX: &str = "controller:";
 /// The most hosts one `PeerStatus` may ask about (a stage's worth).
 const MAX_PEER_HOSTS: usize = 100_000;
 
+/// Which hosts this controller's alerts watch, on a shared store: not those a live peer
+/// holds (that peer watches them), and, for the oldest live controller only, those
+/// whose holder died (nobody else would).
+#[derive(Default, Debug)]
+pub struct Watch {
+    pub elsewhere: std::collections::HashSet<String>,
+    pub orphans: Vec<String>,
+}
+
 /// This controller's place among its peers.
 pub struct Peers {
     pub me: Member,
     live: Mutex<Vec<Member>>,
+    watch: Mutex<Watch>,
     /// The client identity peers see (`controller:<id>`), and the CA to check them by.
     identity: Identity,
     ca_pem: String,
@@ -72,6 +82,7 @@ impl Peers {
         };
         Ok(Peers {
             live: Mutex::new(vec![me.clone()]),
+            watch: Mutex::default(),
             me,
             identity: Identity::from_pem(csr.pem, key.serialize_pem()),
             ca_pem: pki.ca_pem.clone(),
@@ -89,6 +100,32 @@ impl Peers {
                     .map(|m| m.url.clone()),
             )
             .collect()
+    }
+
+    /// What the alerts watch (`Watch`).
+    pub fn watch(&self) -> std::sync::MutexGuard<'_, Watch> {
+        lock(&self.watch)
+    }
+
+    /// Sorts the store's `holders` into `Watch` against the live members.
+    fn refresh_watch(&self, holders: &[(String, String, u64)], live: &[Member]) {
+        let live_ids: std::collections::HashSet<&str> =
+            live.iter().map(|m| m.id.as_str()).collect();
+        let oldest = live.first().is_some_and(|m| m.id == self.me.id);
+        let mut watch = Watch::default();
+        for (host, holder, _) in holders {
+            if *holder == self.me.id {
+                continue;
+            }
+            if live_ids.contains(holder.as_str()) {
+                watch.elsewhere.insert(host.clone());
+            } else if oldest {
+                watch.orphans.push(host.clone());
+            } else {
+                watch.elsewhere.insert(host.clone());
+            }
+        }
+        *lock(&self.watch) = watch;
     }
 
     fn others(&self) -> Vec<Member> {
@@ -148,9 +185,12 @@ pub(crate) async fn keep_lease(controller: Arc<Controller>) {
                         *known = live.clone();
                     }
                 }
-                // Deploys of controllers whose lease ended are this one's to finish.
                 if controller.config.store.is_some() {
+                    // Deploys of controllers whose lease ended are this one's to finish.
                     crate::deployer::take_over(&controller, &live).await;
+                    if let Ok(holders) = controller.store.call(store::holders).await {
+                        controller.peers.refresh_watch(&holders, &live);
+                    }
                 }
             }
             Err(crate::Error::StoreStopped) => return,

@@ -142,7 +142,11 @@ fn subject(key: &Key) -> Vec<String> {
 /// What the rules see of the registry now.
 fn observe(controller: &Controller) -> Vec<Observation> {
     let registry = &controller.registry;
-    (registry.hosts().into_iter())
+    // On a shared store: a host a live peer holds is that peer's to watch; one whose
+    // holder died, the oldest live controller's (`peers::Watch`).
+    let watch = controller.peers.watch();
+    let mut seen: Vec<Observation> = (registry.hosts().into_iter())
+        .filter(|host| !watch.elsewhere.contains(host) || registry.view(host).reachable)
         .map(|host| {
             let view = registry.view(&host);
             let instances = (view.processes.iter())
@@ -160,7 +164,17 @@ fn observe(controller: &Controller) -> Vec<Observation> {
                 instances,
             }
         })
-        .collect()
+        .collect();
+    for host in &watch.orphans {
+        if !seen.iter().any(|o| o.host == *host) {
+            seen.push(Observation {
+                host: host.clone(),
+                reachable: false,
+                instances: Vec::new(),
+            });
+        }
+    }
+    seen
 }
 
 /// Evaluates the rules every second, for as long as the controller runs.
