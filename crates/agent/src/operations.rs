@@ -292,8 +292,8 @@ impl Operations {
         let (tx, rx) = tokio::sync::mpsc::channel(LOG_STREAM_BUFFER);
         let host = self.host.clone();
         tokio::spawn(async move {
-            for (chunk, line) in history {
-                if tx.send(entry(&chunk, line, &host)).await.is_err() {
+            for (chunk, index, line) in history {
+                if tx.send(entry(&chunk, index, line, &host)).await.is_err() {
                     return;
                 }
             }
@@ -318,9 +318,9 @@ impl Operations {
                 if missed > 0 && tx.send(missed_notice(&chunk, missed, &host)).await.is_err() {
                     return;
                 }
-                for line in chunk.lines() {
+                for (index, line) in chunk.lines().enumerate() {
                     let line = String::from_utf8_lossy(line).into_owned();
-                    if tx.send(entry(&chunk, line, &host)).await.is_err() {
+                    if tx.send(entry(&chunk, index, line, &host)).await.is_err() {
                         return;
                     }
                 }
@@ -351,11 +351,14 @@ fn missed_notice(chunk: &Chunk, missed: u64, host: &str) -> pb::LogEntry {
             chunk.stream.as_str()
         ),
         line: String::new(),
-        ..entry(chunk, String::new(), host)
+        seq: 0,
+        ..entry(chunk, 0, String::new(), host)
     }
 }
 
-fn entry(chunk: &Chunk, line: String, host: &str) -> pb::LogEntry {
+/// Line `index` of `chunk`: its number in the instance's stream is the lines before
+/// the chunk and its place in it.
+fn entry(chunk: &Chunk, index: usize, line: String, host: &str) -> pb::LogEntry {
     pb::LogEntry {
         ts_unix_ms: chunk.ts_ms,
         app: chunk.app.to_string(),
@@ -369,6 +372,7 @@ fn entry(chunk: &Chunk, line: String, host: &str) -> pb::LogEntry {
         host: host.to_string(),
         notice: String::new(),
         missed: 0,
+        seq: chunk.first_line + index as u64 + 1,
     }
 }
 

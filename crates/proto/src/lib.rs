@@ -19,8 +19,8 @@ pub mod agent {
         /// 1.3: `ReloadRequest.config_cwd`. 1.4: `ProcessInfo.restart_cause`.
         /// 1.5: `Update` (agent handoff), `Hello`'s handoff fields, `ExitInfo.unknown`.
         /// 1.6: `ListResponse.host` (the host's metrics), `LogEntry.missed`.
-        /// 1.7: `ProcessInfo.max_memory_bytes`.
-        pub const PROTOCOL_MINOR: u32 = 7;
+        /// 1.7: `ProcessInfo.max_memory_bytes`. 1.8: `LogEntry.seq`.
+        pub const PROTOCOL_MINOR: u32 = 8;
     }
 }
 

@@ -86,8 +86,8 @@ impl Chunk {
     }
 }
 
-/// Lines from the rings, each with its chunk, in capture order.
-pub type History = Vec<(Arc<Chunk>, String)>;
+/// Lines from the rings, each with its chunk and its index in it, in capture order.
+pub type History = Vec<(Arc<Chunk>, usize, String)>;
 
 /// One log file, shared by every instance that writes to it (merged logs).
 pub type SharedFile = Arc<Mutex<LogFile>>;
@@ -379,7 +379,7 @@ impl LogHub {
         }
         picked.sort_by_key(|(seq, n, _, _)| (*seq, *n));
         (
-            picked.into_iter().map(|(_, _, c, l)| (c, l)).collect(),
+            picked.into_iter().map(|(_, n, c, l)| (c, n, l)).collect(),
             last_seq,
         )
     }

@@ -95,8 +95,13 @@ async fn pumps_write_files_keep_history_and_feed_followers() {
     assert_eq!(all.lines().count(), 4);
 
     let (history, _) = hub.history(&|_| true, 2, Some(Stream::Out), None);
-    let lines: Vec<_> = history.iter().map(|(_, l)| l.as_str()).collect();
+    let lines: Vec<_> = history.iter().map(|(_, _, l)| l.as_str()).collect();
     assert_eq!(lines, ["world", "last without newline"]);
+    // Each line's number in its instance's stream: the chunk's start and its place.
+    let numbers: Vec<u64> = (history.iter())
+        .map(|(chunk, index, _)| chunk.first_line + *index as u64 + 1)
+        .collect();
+    assert_eq!(numbers, [2, 3]);
     let (history, _) = hub.history(&|c| c.id == 8, 10, None, None);
     assert!(history.is_empty());
 }

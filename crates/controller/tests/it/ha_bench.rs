@@ -185,7 +185,11 @@ async fn simulate(
                     continue;
                 };
                 let mut sent = generation.load(Ordering::Relaxed);
-                agent.send(snapshot(sent)).await;
+                if !agent.try_send(snapshot(sent)).await {
+                    at = (at + 1) % urls.len();
+                    tokio::time::sleep(jitter(index)).await;
+                    continue;
+                }
                 online.fetch_add(1, Ordering::Relaxed);
                 let mut tick = tokio::time::interval_at(
                     tokio::time::Instant::now() + jitter(index) * 5,
@@ -199,14 +203,14 @@ async fn simulate(
                         },
                         _ = tick.tick() => {
                             let now = generation.load(Ordering::Relaxed);
-                            if now != sent {
+                            let body = if now != sent {
                                 sent = now;
-                                agent.send(snapshot(now)).await;
+                                snapshot(now)
                             } else {
-                                agent.send(agent_message::Body::Heartbeat(Heartbeat {
-                                    seq: 1 + now as u64,
-                                }))
-                                .await;
+                                agent_message::Body::Heartbeat(Heartbeat { seq: 1 + now as u64 })
+                            };
+                            if !agent.try_send(body).await {
+                                break;
                             }
                         }
                     }
@@ -373,6 +377,7 @@ async fn three_controllers_on_postgresql_beside_one_on_sqlite() {
         small99,
         mb(sqlite_rss)
     );
+    eprintln!("{sqlite_row}");
     drop(simulation);
     sqlite.stop().await;
 
@@ -421,6 +426,11 @@ async fn three_controllers_on_postgresql_beside_one_on_sqlite() {
         .map(|c| rss_bytes(c.process.as_ref().unwrap().id()))
         .collect();
     let database = database_pss(&server);
+    eprintln!(
+        "  status {p50:.1?} / {p99:.1?} ({reachable} reachable), 1,000: {small50:.1?} / {small99:.1?}; writes/s steady {steady:.1}, restart {restart:.1}; RSS {:?} MB; database {} MB",
+        rss.iter().map(|r| mb(*r)).collect::<Vec<_>>(),
+        mb(database)
+    );
 
     // SIGKILL the third controller: its agents turn to the others.
     let mut killed = controllers.pop().unwrap();

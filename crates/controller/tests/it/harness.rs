@@ -389,6 +389,14 @@ impl FakeAgent {
         (agent, identity)
     }
 
+    /// Sends `body`; false once the session is gone (a simulated agent then reconnects).
+    pub async fn try_send(&self, body: agent_message::Body) -> bool {
+        self.outbound
+            .send(AgentMessage { body: Some(body) })
+            .await
+            .is_ok()
+    }
+
     pub async fn send(&self, body: agent_message::Body) {
         self.outbound
             .send(AgentMessage { body: Some(body) })

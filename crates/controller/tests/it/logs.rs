@@ -38,6 +38,7 @@ fn line(text: &str) -> LogEntry {
         host: "web-1".into(),
         notice: String::new(),
         missed: 0,
+        seq: 0,
     }
 }
 

@@ -429,3 +429,129 @@ async fn commands_and_followed_logs_reach_the_hosts_a_peer_holds() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_controller_dies_follows_through_another_printing_each_line_once() {
+    use fleet_proto::agent::v1::LogEntry;
+    use fleet_proto::controller::v1::{LogBatch, agent_message};
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    server.create_database("follow");
+    let dir = tempfile::tempdir().unwrap();
+    let location = location(&server, "follow");
+    // A is a real process, to be SIGKILLed; B runs here.
+    let mut a = Controller::spawn_binary_on(&dir.path().join("a"), &[], Some(&location)).await;
+    let seal = dir.path().join("a/seal.key");
+    let b = on_postgres(&dir.path().join("b"), &server, "follow", &seal).await;
+    let token = b.api_token();
+    let identity = b.join("web-2").await;
+    let mut agent = FakeAgent::connect(b.channel(Some(&identity)).await.unwrap(), hello("web-2"))
+        .await
+        .unwrap();
+    wait_for_status(&a, &token, &["web-2"], DEADLINE, |s| s.hosts[0].reachable).await;
+
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        "[deploy.bed]\nhost = [\"web-2\"]\nrepo = \"https://example.invalid/app.git\"\npath = \"/srv/app\"\n",
+    )
+    .unwrap();
+    let mut stage = fleet_remote::stage::find_in(&config, "bed")
+        .unwrap()
+        .unwrap();
+    stage.controller = Some(fleet_remote::stage::ControllerSettings {
+        url: format!(
+            "https://127.0.0.1:{},https://127.0.0.1:{}",
+            a.addr.port(),
+            b.addr.port()
+        ),
+        token: token.clone(),
+        ca: Some(dir.path().join("b/ca.pem")),
+    });
+    let mut api = stage
+        .connect(&fleet_remote::ssh::SshChoices::default())
+        .await
+        .unwrap();
+    let mut lines = api
+        .logs(fleet_remote::stage::LogsQuery {
+            targets: Vec::new(),
+            lines: 0,
+            follow: true,
+        })
+        .await
+        .unwrap();
+    let line = |seq: u64, at: u64| LogEntry {
+        ts_unix_ms: at,
+        app: "api".into(),
+        host: "web-2".into(),
+        line: format!("line {seq}"),
+        seq,
+        ..LogEntry::default()
+    };
+    // Through A, which asks B, which asks the agent.
+    let first = next_subscribe(&mut agent).await;
+    agent
+        .send(agent_message::Body::Logs(LogBatch {
+            subscription_id: first.subscription_id,
+            entries: (1..=3).map(|seq| line(seq, 100 + seq)).collect(),
+        }))
+        .await;
+    let mut printed = Vec::new();
+    while printed.len() < 3 {
+        let entry = tokio::time::timeout(DEADLINE, lines.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        printed.push(entry.line);
+    }
+    // A dies; the follower follows through B, which asks the agent for history again.
+    if let Some(mut process) = a.process.take() {
+        process.kill().unwrap();
+        process.wait().unwrap();
+    }
+    let again = next_subscribe(&mut agent).await;
+    assert!(again.lines >= 1000, "{again:?}");
+    agent
+        .send(agent_message::Body::Logs(LogBatch {
+            subscription_id: again.subscription_id,
+            entries: (1..=6).map(|seq| line(seq, 100 + seq)).collect(),
+        }))
+        .await;
+    let mut notices = Vec::new();
+    while printed.len() < 6 {
+        let entry = tokio::time::timeout(DEADLINE, lines.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if entry.notice.is_empty() {
+            printed.push(entry.line);
+        } else {
+            notices.push(entry.notice);
+        }
+    }
+    let expected: Vec<String> = (1..=6).map(|seq| format!("line {seq}")).collect();
+    assert_eq!(printed, expected, "each line once, in order");
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("following through another")),
+        "{notices:?}"
+    );
+    drop(lines);
+    b.stop().await;
+}
+
+/// The next log subscription the agent is asked for (other messages skipped).
+async fn next_subscribe(agent: &mut FakeAgent) -> fleet_proto::controller::v1::LogSubscribe {
+    use fleet_proto::controller::v1::controller_message;
+    loop {
+        match agent.next().await {
+            Some(controller_message::Body::Subscribe(subscribe)) => return subscribe,
+            Some(_) => continue,
+            None => panic!("the agent's session ended"),
+        }
+    }
+}

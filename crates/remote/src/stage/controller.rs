@@ -137,6 +137,127 @@ fn controller_error(status: tonic::Status) -> StageError {
 pub(super) struct ControllerStage {
     pub(super) client: ControllerClient,
     pub(super) stage: cpb::Stage,
+    /// Every controller URL: a follower whose controller dies follows through another.
+    pub(super) settings: ControllerSettings,
+}
+
+/// How long a follower tries the controllers again after its own went away.
+const REFOLLOW_FOR: Duration = Duration::from_secs(60);
+/// The history asked for again after a reconnect, per instance: what the follower
+/// missed meanwhile, as far as the agents' rings hold it (the rest is a notice).
+const REFOLLOW_LINES: u32 = 1000;
+
+async fn open_logs(
+    client: &mut ControllerClient,
+    stage: &cpb::Stage,
+    query: &LogsQuery,
+    lines: u32,
+) -> Result<tonic::Streaming<fleet_proto::agent::v1::LogEntry>, tonic::Status> {
+    Ok(client
+        .logs(cpb::FleetLogsRequest {
+            stage: Some(stage.clone()),
+            targets: query.targets.clone(),
+            lines,
+            follow: query.follow,
+        })
+        .await?
+        .into_inner())
+}
+
+fn notice(text: String) -> fleet_proto::agent::v1::LogEntry {
+    fleet_proto::agent::v1::LogEntry {
+        ts_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        notice: text,
+        ..Default::default()
+    }
+}
+
+/// Whether a stream's end is the controller going away (follow through another), not a
+/// refusal that another controller would repeat.
+fn went_away(status: &tonic::Status) -> bool {
+    !matches!(
+        status.code(),
+        tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+            | tonic::Code::InvalidArgument
+            | tonic::Code::NotFound
+            | tonic::Code::FailedPrecondition
+    )
+}
+
+/// Passes `stream`'s lines on; when following and the controller goes away, follows
+/// again through the first controller of `settings` that answers, asking for history
+/// and printing only what was not printed (`resume::Printed`).
+async fn follow_logs(
+    mut stream: tonic::Streaming<fleet_proto::agent::v1::LogEntry>,
+    settings: ControllerSettings,
+    stage: cpb::Stage,
+    query: LogsQuery,
+    tx: mpsc::Sender<LogItem>,
+) {
+    let mut printed = super::resume::Printed::default();
+    loop {
+        let status = match stream.message().await {
+            Ok(Some(entry)) => {
+                let gap = match printed.admit(&entry) {
+                    super::resume::Decision::Skip => continue,
+                    super::resume::Decision::Print => None,
+                    super::resume::Decision::Gap(missed) => Some(notice(format!(
+                        "{missed} lines of {}#{} on {} were not shown while following through another controller (they are in the log files)",
+                        entry.app, entry.instance, entry.host
+                    ))),
+                };
+                if let Some(gap) = gap
+                    && tx.send(Ok(gap)).await.is_err()
+                {
+                    return;
+                }
+                if tx.send(Ok(entry)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => return,
+            Err(status) => status,
+        };
+        if !query.follow || !went_away(&status) {
+            let _ = tx
+                .send(Err(format!("controller: {}", status.message())))
+                .await;
+            return;
+        }
+        let said = format!(
+            "the controller went away ({}); following through another",
+            status.message()
+        );
+        if tx.send(Ok(notice(said))).await.is_err() {
+            return;
+        }
+        let until = tokio::time::Instant::now() + REFOLLOW_FOR;
+        stream = loop {
+            let again = async {
+                let mut client = connect_controller(&settings)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                open_logs(&mut client, &stage, &query, REFOLLOW_LINES.max(query.lines))
+                    .await
+                    .map_err(|s| s.message().to_owned())
+            };
+            match again.await {
+                Ok(stream) => break stream,
+                Err(error) if tokio::time::Instant::now() >= until => {
+                    let _ = tx
+                        .send(Err(format!("no controller to follow through: {error}")))
+                        .await;
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+        printed.reconnected();
+    }
 }
 
 impl StageApi for ControllerStage {
@@ -208,31 +329,12 @@ impl StageApi for ControllerStage {
         query: LogsQuery,
     ) -> BoxFuture<'_, Result<mpsc::Receiver<LogItem>, StageError>> {
         async move {
-            let mut stream = self
-                .client
-                .logs(cpb::FleetLogsRequest {
-                    stage: Some(self.stage.clone()),
-                    targets: query.targets,
-                    lines: query.lines,
-                    follow: query.follow,
-                })
+            let stream = open_logs(&mut self.client, &self.stage, &query, query.lines)
                 .await
-                .map_err(controller_error)?
-                .into_inner();
+                .map_err(controller_error)?;
             let (tx, rx) = mpsc::channel(LOG_QUEUE);
-            tokio::spawn(async move {
-                loop {
-                    let item = match stream.message().await {
-                        Ok(Some(entry)) => Ok(entry),
-                        Ok(None) => return,
-                        Err(status) => Err(format!("controller: {}", status.message())),
-                    };
-                    let last = item.is_err();
-                    if tx.send(item).await.is_err() || last {
-                        return;
-                    }
-                }
-            });
+            let (settings, stage) = (self.settings.clone(), self.stage.clone());
+            tokio::spawn(follow_logs(stream, settings, stage, query, tx));
             Ok(rx)
         }
         .boxed()

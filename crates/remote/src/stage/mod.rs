@@ -4,6 +4,7 @@
 //! `StageApi` (status, command, logs), so callers never match on the route.
 
 mod controller;
+mod resume;
 mod ssh;
 pub mod trust;
 
@@ -201,6 +202,7 @@ impl Stage {
             return Ok(Box::new(controller::ControllerStage {
                 client,
                 stage: self.proto(),
+                settings: settings.clone(),
             }));
         }
         let hosts = self
