@@ -42,22 +42,7 @@ fn three_controllers_on_one_postgresql_lose_one_and_every_host_stays_reachable()
     let Some(pg) = fleet_tests::postgres::Postgres::start() else {
         return;
     };
-    pg.create_database("fleet");
-    let mut store = SharedStore {
-        url: format!(
-            "postgres://{}@127.0.0.1:{}/fleet",
-            fleet_tests::postgres::USER,
-            pg.port()
-        ),
-        password: fleet_tests::postgres::PASSWORD.to_owned(),
-        seal_key: None,
-        token: None,
-    };
-    let mut a = Controller::start_shared(&d.bed, &store);
-    store.seal_key = Some(a.seal_key());
-    store.token = Some(a.token.clone());
-    let b = Controller::start_shared(&d.bed, &store);
-    let c = Controller::start_shared(&d.bed, &store);
+    let [mut a, b, c] = three_controllers(&d, &pg);
     let all = [&a, &b, &c].map(|c| c.url.clone()).join(",");
     // One CA for the store: A's copy of it serves for all three.
     let ca = a.ca().display().to_string();
@@ -77,20 +62,7 @@ fn three_controllers_on_one_postgresql_lose_one_and_every_host_stays_reachable()
 
     // setup joins every agent to the first controller that answers; each learns all
     // three from its welcome.
-    via.deploy_ok(&["setup"]);
-    for host in &hosts {
-        let (_, joined) = d.sh(host, &format!("cat {HOST_FLEET_HOME}/controller/url"));
-        assert_eq!(joined, a.url, "{host}");
-    }
-    wait_until("every agent knows the three controllers", SETTLE, || {
-        hosts.iter().all(|host| {
-            let (_, known) = d.sh(
-                host,
-                &format!("cat {HOST_FLEET_HOME}/controller/controllers 2>/dev/null || true"),
-            );
-            known.lines().count() == 3
-        })
-    });
+    setup_teaches_every_controller(&d, &via, &hosts, &a.url);
     a_deploy_shows_in_the_controllers_status(&d, &via, &hosts, &addresses);
 
     // A token made through B's store works through C.
@@ -103,10 +75,7 @@ fn three_controllers_on_one_postgresql_lose_one_and_every_host_stays_reachable()
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(reachable_hosts(&status), Some(5), "{status:#}");
     // A deploy through A, slow after each host's switch; A dies once the canary switched.
-    let current = |host: &str| {
-        let (_, target) = d.sh(host, "readlink /srv/app/current || true");
-        target.trim_start_matches("releases/").to_string()
-    };
+    let current = |host: &str| current(&d, host);
     let first_release = current(&hosts[0]);
     d.commit("c2", "canary = true\npost_deploy = \"sleep 4\"");
     let mut deploy = d.fleet.command(&["deploy", "bed", "--json"]);
@@ -156,30 +125,7 @@ fn three_controllers_on_one_postgresql_lose_one_and_every_host_stays_reachable()
     }
     // A's deploy is taken over once A's lease ends, and finished: one release on every
     // host, every lock released, the run's second attempt by another controller.
-    let mut run = Value::Null;
-    wait_until("the deploy finished by another controller", DEPLOY, || {
-        let (_, history, _) = via.run(&["deploy", "bed", "history", "--json"]);
-        run = history
-            .as_array()
-            .and_then(|h| h.first().cloned())
-            .unwrap_or(Value::Null);
-        run["state"] != "running" && !run.is_null()
-    });
-    assert_eq!(run["state"], "ok", "{run:#}");
-    assert_eq!(run["attempts"], 2, "{run:#}");
-    let release = run["release"].as_str().unwrap().to_owned();
-    let currents: Vec<String> = hosts.iter().map(|h| current(h)).collect();
-    assert_eq!(
-        currents,
-        vec![release; hosts.len()],
-        "one release everywhere"
-    );
-    for host in &hosts {
-        assert!(
-            !d.sh(host, "test -e /srv/app/.fleet/lock").0,
-            "{host} still locked"
-        );
-    }
+    the_deploy_is_finished_by_another(&d, &via, &hosts);
     // A restart of the stage through B reaches every host, those C holds through C.
     let through_b = ThroughController {
         d: &d,
@@ -193,4 +139,85 @@ fn three_controllers_on_one_postgresql_lose_one_and_every_host_stays_reachable()
         after.len() >= before.len() && after[..before.len()] == before[..],
         "before: {before:#?}\nafter: {after:#?}"
     );
+}
+
+/// Three controllers on a new database of `pg`: the first makes the token and the seal
+/// key the others are given.
+fn three_controllers(d: &DeployBed, pg: &fleet_tests::postgres::Postgres) -> [Controller; 3] {
+    pg.create_database("fleet");
+    let mut store = SharedStore {
+        url: format!(
+            "postgres://{}@127.0.0.1:{}/fleet",
+            fleet_tests::postgres::USER,
+            pg.port()
+        ),
+        password: fleet_tests::postgres::PASSWORD.to_owned(),
+        seal_key: None,
+        token: None,
+    };
+    let a = Controller::start_shared(&d.bed, &store);
+    store.seal_key = Some(a.seal_key());
+    store.token = Some(a.token.clone());
+    let b = Controller::start_shared(&d.bed, &store);
+    let c = Controller::start_shared(&d.bed, &store);
+    [a, b, c]
+}
+
+/// The release `host` is on.
+fn current(d: &DeployBed, host: &str) -> String {
+    let (_, target) = d.sh(host, "readlink /srv/app/current || true");
+    target.trim_start_matches("releases/").to_string()
+}
+
+/// `setup` joins every agent to the first controller that answers (`first`); each
+/// learns all three from its welcome.
+fn setup_teaches_every_controller(
+    d: &DeployBed,
+    via: &ThroughController<'_>,
+    hosts: &[String],
+    first: &str,
+) {
+    via.deploy_ok(&["setup"]);
+    for host in hosts {
+        let (_, joined) = d.sh(host, &format!("cat {HOST_FLEET_HOME}/controller/url"));
+        assert_eq!(joined, first, "{host}");
+    }
+    wait_until("every agent knows the three controllers", SETTLE, || {
+        hosts.iter().all(|host| {
+            let (_, known) = d.sh(
+                host,
+                &format!("cat {HOST_FLEET_HOME}/controller/controllers 2>/dev/null || true"),
+            );
+            known.lines().count() == 3
+        })
+    });
+}
+
+/// The deploy of the SIGKILLed controller is taken over once its lease ends, and
+/// finished: one release on every host, every lock released, a second attempt.
+fn the_deploy_is_finished_by_another(d: &DeployBed, via: &ThroughController<'_>, hosts: &[String]) {
+    let mut run = Value::Null;
+    wait_until("the deploy finished by another controller", DEPLOY, || {
+        let (_, history, _) = via.run(&["deploy", "bed", "history", "--json"]);
+        run = history
+            .as_array()
+            .and_then(|h| h.first().cloned())
+            .unwrap_or(Value::Null);
+        run["state"] != "running" && !run.is_null()
+    });
+    assert_eq!(run["state"], "ok", "{run:#}");
+    assert_eq!(run["attempts"], 2, "{run:#}");
+    let release = run["release"].as_str().unwrap().to_owned();
+    let currents: Vec<String> = hosts.iter().map(|h| current(d, h)).collect();
+    assert_eq!(
+        currents,
+        vec![release; hosts.len()],
+        "one release everywhere"
+    );
+    for host in hosts {
+        assert!(
+            !d.sh(host, "test -e /srv/app/.fleet/lock").0,
+            "{host} still locked"
+        );
+    }
 }

@@ -297,30 +297,18 @@ async fn session(
         })?
         .into_inner();
     let mut heartbeat = DEFAULT_HEARTBEAT;
-    // The key of a renewal asked for, until its certificate comes.
-    let mut renewing: Option<rcgen::KeyPair> = None;
-    // Host metrics go only to a controller that reads them (1.3 and later).
-    let host_metrics: bool;
-    if let Some(cpb::ControllerMessage {
+    let Some(cpb::ControllerMessage {
         body: Some(cpb::controller_message::Body::Welcome(welcome)),
     }) = inbound.message().await?
-    {
-        config.save_controllers(home, &welcome.controllers);
-        if welcome.heartbeat_interval_ms > 0 {
-            heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms);
-        }
-        host_metrics = welcome.protocol_major == cpb::PROTOCOL_MAJOR && welcome.protocol_minor >= 3;
-        if welcome.renew_certificate {
-            let (key, csr_pem) = key_and_csr(&config.host)?;
-            tx.send(send(cpb::agent_message::Body::Renew(cpb::RenewRequest {
-                csr_pem,
-            })))
-            .await?;
-            renewing = Some(key);
-            tracing::info!("the certificate expires soon; asked the controller for a new one");
-        }
-    } else {
+    else {
         bail!("the controller did not welcome this agent");
+    };
+    let Welcomed {
+        host_metrics,
+        mut renewing,
+    } = welcomed(home, config, &welcome, &tx).await?;
+    if welcome.heartbeat_interval_ms > 0 {
+        heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms);
     }
     tracing::info!(%url, host = %config.host, "connected to the controller");
 
@@ -379,6 +367,42 @@ async fn session(
     };
     subscriptions.abort_all();
     result
+}
+
+/// What a welcome settled for the session.
+struct Welcomed {
+    /// Host metrics go only to a controller that reads them (1.3 and later).
+    host_metrics: bool,
+    /// The key of a renewal asked for, until its certificate comes.
+    renewing: Option<rcgen::KeyPair>,
+}
+
+/// Takes in the controller's welcome: the controllers to turn to, and a renewal of the
+/// certificate asked for when it says so.
+async fn welcomed(
+    home: &Home,
+    config: &mut LinkConfig,
+    welcome: &cpb::Welcome,
+    tx: &mpsc::Sender<cpb::AgentMessage>,
+) -> anyhow::Result<Welcomed> {
+    config.save_controllers(home, &welcome.controllers);
+    let host_metrics = welcome.protocol_major == cpb::PROTOCOL_MAJOR && welcome.protocol_minor >= 3;
+    let mut renewing = None;
+    if welcome.renew_certificate {
+        let (key, csr_pem) = key_and_csr(&config.host)?;
+        tx.send(cpb::AgentMessage {
+            body: Some(cpb::agent_message::Body::Renew(cpb::RenewRequest {
+                csr_pem,
+            })),
+        })
+        .await?;
+        renewing = Some(key);
+        tracing::info!("the certificate expires soon; asked the controller for a new one");
+    }
+    Ok(Welcomed {
+        host_metrics,
+        renewing,
+    })
 }
 
 /// Keeps a renewed certificate and its key: the next session uses them (this one

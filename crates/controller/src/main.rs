@@ -70,6 +70,10 @@ struct Args {
     /// FLEET_STORE [default: controller.db in the data directory, for one controller].
     #[arg(long, global = true, value_name = "URL")]
     store: Option<String>,
+    /// The URL agents and the other controllers of the store reach this one at
+    /// (https://name:port) [default: https:// and the --listen address].
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
     /// The key the shared store's CA key is sealed with; every controller of a store
     /// needs the same one [default: seal.key in the data directory, made by the first].
     #[arg(long, global = true, env = "FLEET_SEAL_KEY", value_name = "FILE")]
@@ -207,15 +211,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    let data = match args.data {
+fn run(mut args: Args) -> anyhow::Result<()> {
+    let data = match args.data.take() {
         Some(data) => data,
         None => std::env::home_dir()
             .context("cannot find the home directory; pass --data")?
             .join(".fleet-controller"),
     };
     let store = store_location(args.store.as_deref(), &data)?;
-    match args.command {
+    match args.command.take() {
         Some(Command::Token { command }) => token_command(&store, command),
         Some(Command::Host { command }) => host_command(&store, command),
         Some(Command::Migrate { from, to }) => {
@@ -223,17 +227,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 Some(url) => store_location(Some(&url), &data)?,
                 None => store,
             };
-            let migrated =
-                fleet_controller::store::copy::migrate(&from, &to, args.seal_key.as_deref())?;
-            for (table, rows) in &migrated.tables {
-                println!("{table:<18} {rows:>8} rows");
-            }
-            eprintln!(
-                "moved {} into {to}; the CA's key is sealed with {}: give every controller of this store a copy (--seal-key)",
-                from.display(),
-                migrated.seal_key.display()
-            );
-            Ok(())
+            migrate_command(&from, &to, args.seal_key.as_deref())
         }
         Some(Command::Alerts {
             command: AlertsCommand::Test,
@@ -277,74 +271,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::KnownHosts { command }) => {
             known_hosts_command(&data, args.deploy_key.as_deref(), command)
         }
-        Some(Command::Audit { json, limit }) => {
-            let entries = fleet_controller::read_audit(&store, (limit > 0).then_some(limit))?;
-            if json {
-                println!("{}", audit_json(&entries));
-            } else if entries.is_empty() {
-                eprintln!("the audit log is empty");
-            } else {
-                print!("{}", audit_table(&entries));
-            }
-            Ok(())
-        }
-        None => {
-            init_logging();
-            let mut config = ControllerConfig::new(data);
-            config.deploy_key = args.deploy_key;
-            config.seal_key = args.seal_key;
-            if let fleet_controller::store::Location::Postgres(location) = store {
-                config.store = Some(*location);
-            }
-            if let Some(file) = &args.config {
-                config.alerts =
-                    fleet_controller::alerts::config::load(file).map_err(anyhow::Error::msg)?;
-            }
-            config.sans = args.sans;
-            config.heartbeat_interval = args.heartbeat.unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
-            config.unreachable_after = args.unreachable_after.unwrap_or(DEFAULT_UNREACHABLE_AFTER);
-            if let Some(lifetime) = args.agent_cert_lifetime {
-                fleet_controller::config::check_agent_cert_lifetime(lifetime)
-                    .map_err(fleet_controller::Error::Invalid)?;
-                config.agent_cert_lifetime = lifetime;
-            }
-            if let Some(before) = args.agent_cert_renew_before {
-                config.agent_cert_renew_before = before;
-            }
-            // A listen address given by name belongs in the certificate too.
-            if let Some((host, _port)) = args.listen.rsplit_once(':') {
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                if host.parse::<std::net::IpAddr>().is_err() && !host.is_empty() {
-                    config.sans.push(host.to_owned());
-                }
-            }
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(async move {
-                    let listener = tokio::net::TcpListener::bind(&args.listen)
-                        .await
-                        .with_context(|| format!("cannot listen on {}", args.listen))?;
-                    let http = match (args.http, args.http_plain) {
-                        (Some(address), _) => Some((address, true)),
-                        (None, Some(address)) => Some((address, false)),
-                        (None, None) => None,
-                    };
-                    let http = match http {
-                        Some((address, tls)) => {
-                            let listener = tokio::net::TcpListener::bind(&address)
-                                .await
-                                .with_context(|| format!("cannot listen on {address}"))?;
-                            let http = fleet_controller::http::HttpListener::new(listener, tls)
-                                .map_err(anyhow::Error::msg)?;
-                            Some(http)
-                        }
-                        None => None,
-                    };
-                    fleet_controller::serve_with(config, listener, http, shutdown_signal()).await?;
-                    Ok(())
-                })
-        }
+        Some(Command::Audit { json, limit }) => audit_command(&store, json, limit),
+        None => serve(args, data, store),
     }
 }
 
@@ -479,6 +407,108 @@ fn init_logging() {
                 && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         )
         .init();
+}
+
+/// The controller itself: the config from the flags, then `serve` until SIGTERM.
+fn serve(
+    args: Args,
+    data: PathBuf,
+    store: fleet_controller::store::Location,
+) -> anyhow::Result<()> {
+    init_logging();
+    let mut config = ControllerConfig::new(data);
+    config.deploy_key = args.deploy_key;
+    config.seal_key = args.seal_key;
+    if let Some(url) = &args.advertise {
+        fleet_proto::ops::check_controller_url(url)
+            .map_err(|e| fleet_controller::Error::Invalid(format!("--advertise: {e}")))?;
+    }
+    config.advertise = args.advertise;
+    if let fleet_controller::store::Location::Postgres(location) = store {
+        config.store = Some(*location);
+    }
+    if let Some(file) = &args.config {
+        config.alerts = fleet_controller::alerts::config::load(file).map_err(anyhow::Error::msg)?;
+    }
+    config.sans = args.sans;
+    config.heartbeat_interval = args.heartbeat.unwrap_or(DEFAULT_HEARTBEAT_INTERVAL);
+    config.unreachable_after = args.unreachable_after.unwrap_or(DEFAULT_UNREACHABLE_AFTER);
+    if let Some(lifetime) = args.agent_cert_lifetime {
+        fleet_controller::config::check_agent_cert_lifetime(lifetime)
+            .map_err(fleet_controller::Error::Invalid)?;
+        config.agent_cert_lifetime = lifetime;
+    }
+    if let Some(before) = args.agent_cert_renew_before {
+        config.agent_cert_renew_before = before;
+    }
+    // A listen address given by name belongs in the certificate too.
+    if let Some((host, _port)) = args.listen.rsplit_once(':') {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<std::net::IpAddr>().is_err() && !host.is_empty() {
+            config.sans.push(host.to_owned());
+        }
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let listener = tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let http = match (args.http, args.http_plain) {
+                (Some(address), _) => Some((address, true)),
+                (None, Some(address)) => Some((address, false)),
+                (None, None) => None,
+            };
+            let http = match http {
+                Some((address, tls)) => {
+                    let listener = tokio::net::TcpListener::bind(&address)
+                        .await
+                        .with_context(|| format!("cannot listen on {address}"))?;
+                    let http = fleet_controller::http::HttpListener::new(listener, tls)
+                        .map_err(anyhow::Error::msg)?;
+                    Some(http)
+                }
+                None => None,
+            };
+            fleet_controller::serve_with(config, listener, http, shutdown_signal()).await?;
+            Ok(())
+        })
+}
+
+/// `fleet-controller audit`: the newest `limit` entries (0: all), as a table or JSON.
+fn audit_command(
+    store: &fleet_controller::store::Location,
+    json: bool,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let entries = fleet_controller::read_audit(store, (limit > 0).then_some(limit))?;
+    if json {
+        println!("{}", audit_json(&entries));
+    } else if entries.is_empty() {
+        eprintln!("the audit log is empty");
+    } else {
+        print!("{}", audit_table(&entries));
+    }
+    Ok(())
+}
+
+/// `fleet-controller migrate`: the SQLite state of `from` into the store `to`.
+fn migrate_command(
+    from: &std::path::Path,
+    to: &fleet_controller::store::Location,
+    seal_key: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let migrated = fleet_controller::store::copy::migrate(from, to, seal_key)?;
+    for (table, rows) in &migrated.tables {
+        println!("{table:<18} {rows:>8} rows");
+    }
+    eprintln!(
+        "moved {} into {to}; the CA's key is sealed with {}: give every controller of this store a copy (--seal-key)",
+        from.display(),
+        migrated.seal_key.display()
+    );
+    Ok(())
 }
 
 /// Where the state lives: `--store`, else `FLEET_STORE`, else SQLite in the data

@@ -242,6 +242,26 @@ async fn simulate(
 
 /// `Status` of `hosts` through `controller`, `STATUS_CALLS` times: p50, p99, and how
 /// many hosts the last one showed reachable.
+/// One `Status` of the stage of `names`.
+async fn status_of(
+    fleet: &mut fleet_proto::controller::v1::fleet_service_client::FleetServiceClient<
+        tonic::transport::Channel,
+    >,
+    names: &[&str],
+    token: &str,
+) -> fleet_proto::controller::v1::StatusResponse {
+    fleet
+        .status(authed(
+            StatusRequest {
+                stage: Some(stage(names)),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn status_figures(
     controller: &Controller,
     token: &str,
@@ -253,16 +273,7 @@ async fn status_figures(
     let mut reachable = 0;
     for _ in 0..STATUS_CALLS {
         let begun = Instant::now();
-        let status = fleet
-            .status(authed(
-                StatusRequest {
-                    stage: Some(stage(&names)),
-                },
-                token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let status = status_of(&mut fleet, &names, token).await;
         latencies.push(begun.elapsed());
         reachable = status.hosts.iter().filter(|h| h.reachable).count();
     }
@@ -284,16 +295,7 @@ async fn wait_all_reachable(
     let mut fleet = controller.fleet().await;
     let started = Instant::now();
     loop {
-        let status = fleet
-            .status(authed(
-                StatusRequest {
-                    stage: Some(stage(&names)),
-                },
-                token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let status = status_of(&mut fleet, &names, token).await;
         if status.hosts.iter().all(|h| h.reachable) {
             return started.elapsed();
         }
@@ -351,16 +353,10 @@ fn mb(bytes: u64) -> u64 {
     bytes >> 20
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "10,000 TLS sessions twice and a PostgreSQL; run by hand with --release (bench/fleet/run.sh)"]
-async fn three_controllers_on_postgresql_beside_one_on_sqlite() {
-    let count = hosts_wanted();
-    let thousand = count.min(1000);
-    let dir = tempfile::tempdir().unwrap();
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-
+/// The run on one controller on SQLite: its table row, and the hosts' names.
+async fn on_sqlite(dir: &std::path::Path, count: usize, thousand: usize) -> (String, Vec<String>) {
     eprintln!("one controller on SQLite, {count} agents:");
-    let sqlite = Controller::spawn_binary(&dir.path().join("sqlite")).await;
+    let sqlite = Controller::spawn_binary(&dir.join("sqlite")).await;
     let token = sqlite.api_token();
     let agents = enroll(&sqlite, &token, count).await;
     let hosts: Vec<String> = agents.iter().map(|(h, _)| h.clone()).collect();
@@ -380,6 +376,18 @@ async fn three_controllers_on_postgresql_beside_one_on_sqlite() {
     eprintln!("{sqlite_row}");
     drop(simulation);
     sqlite.stop().await;
+    (sqlite_row, hosts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "10,000 TLS sessions twice and a PostgreSQL; run by hand with --release (bench/fleet/run.sh)"]
+async fn three_controllers_on_postgresql_beside_one_on_sqlite() {
+    let count = hosts_wanted();
+    let thousand = count.min(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let (sqlite_row, hosts) = on_sqlite(dir.path(), count, thousand).await;
 
     eprintln!("three controllers on PostgreSQL, {count} agents:");
     let Some(server) = Postgres::start() else {
