@@ -125,7 +125,21 @@ fn three_controllers_on_one_postgresql_lose_one_and_every_host_stays_reachable()
     }
     // A's deploy is taken over once A's lease ends, and finished: one release on every
     // host, every lock released, the run's second attempt by another controller.
+    // Following it through C, which does not run it: from the store, to its end.
+    let mut attach = d.fleet.command(&["deploy", "bed", "attach", "--json"]);
+    attach.envs(env(&c.url, &c.token));
+    attach
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let attach = attach.spawn().unwrap();
     the_deploy_is_finished_by_another(&d, &via, &hosts);
+    let attached = wait_output(attach, DEPLOY);
+    assert_eq!(
+        attached.status.code(),
+        Some(0),
+        "attach through C: {}",
+        String::from_utf8_lossy(&attached.stderr)
+    );
     // A restart of the stage through B reaches every host, those C holds through C.
     let through_b = ThroughController {
         d: &d,

@@ -142,7 +142,7 @@ impl FleetService for FleetApi {
     ) -> Result<Response<CancelDeployReply>, Status> {
         let who = self.authorize(&request, Role::Deploy).await?;
         let stage = request.into_inner().stage;
-        let reply = crate::deployer::service::cancel(&self.controller, &stage)?;
+        let reply = crate::deployer::service::cancel(&self.controller, &stage).await?;
         self.audit(AuditEntry {
             at_ms: now_unix_ms(),
             who,

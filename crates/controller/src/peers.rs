@@ -188,6 +188,7 @@ pub(crate) async fn keep_lease(controller: Arc<Controller>) {
                 if controller.config.store.is_some() {
                     // Deploys of controllers whose lease ended are this one's to finish.
                     crate::deployer::take_over(&controller, &live).await;
+                    crate::deployer::notice_cancels(&controller).await;
                     if let Ok(holders) = controller.store.call(store::holders).await {
                         controller.peers.refresh_watch(&holders, &live);
                     }

@@ -13,7 +13,7 @@
 pub mod keys;
 mod takeover;
 
-pub(crate) use takeover::take_over;
+pub(crate) use takeover::{notice_cancels, take_over};
 pub mod runs;
 pub(crate) mod service;
 
@@ -439,6 +439,9 @@ fn progress(id: u64, item: &Item) -> DeployProgress {
     }
 }
 
+/// How often a follower of a run another controller runs reads its new events.
+const STORE_FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Run `id`'s progress: every event so far, then the live ones, then its end.
 pub(crate) async fn follow(
     controller: &Arc<Controller>,
@@ -453,25 +456,43 @@ pub(crate) async fn follow(
             async move { tx.send(Ok(progress(id, &item))).await.is_ok() }
         };
         let Some(run) = active else {
-            // Finished (or from before a restart): all of it from the store.
-            let read = controller
-                .store
-                .call(move |conn| Ok((runs::events(conn, id, 0)?, runs::outcome(conn, id)?)))
-                .await;
-            let Ok((events, outcome)) = read else { return };
-            for (seq, json) in events {
-                if !send(Item::Event(seq, json.into())).await {
+            // Finished, or run by another controller of the store: from the store, as its
+            // events are written, until it ends.
+            let mut last = 0;
+            loop {
+                let read = controller
+                    .store
+                    .call(move |conn| Ok((runs::events(conn, id, last)?, runs::outcome(conn, id)?)))
+                    .await;
+                let Ok((events, outcome)) = read else { return };
+                for (seq, json) in events {
+                    last = seq;
+                    if !send(Item::Event(seq, json.into())).await {
+                        return;
+                    }
+                }
+                if let Some((report, error)) = outcome {
+                    send(Item::Done(Arc::new((
+                        report.unwrap_or_default(),
+                        error.unwrap_or_default(),
+                    ))))
+                    .await;
                     return;
                 }
+                if controller.config.store.is_none() {
+                    // One controller: a run it does not hold is over (a restart cut it).
+                    send(Item::Done(Arc::new((
+                        String::new(),
+                        "the deploy has not ended".into(),
+                    ))))
+                    .await;
+                    return;
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(STORE_FOLLOW_EVERY).await;
             }
-            let (report, error) =
-                outcome.unwrap_or((None, Some("the deploy has not ended".into())));
-            send(Item::Done(Arc::new((
-                report.unwrap_or_default(),
-                error.unwrap_or_default(),
-            ))))
-            .await;
-            return;
         };
         let (replay, done, mut live) = {
             let log = lock(&run.log);

@@ -190,6 +190,27 @@ fn resume_where(
     })
 }
 
+/// The stage's unfinished run, if any.
+pub fn running(conn: &dyn Db, stage: &str) -> DbResult<Option<u64>> {
+    conn.query_row(
+        "SELECT id FROM deploy_runs WHERE stage = ?1 AND state IN ('running', 'cancelling')
+         ORDER BY id DESC LIMIT 1",
+        params![stage],
+        |row| row.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|id| id.map(|id| id as u64))
+}
+
+/// Runs `controller` runs whose cancel was asked for (through another controller).
+pub fn cancelling(conn: &dyn Db, controller: &str) -> DbResult<Vec<u64>> {
+    conn.query_map(
+        "SELECT id FROM deploy_runs WHERE state = 'cancelling' AND controller = ?1",
+        params![controller],
+        |row| Ok(row.get::<_, i64>(0)? as u64),
+    )
+}
+
 /// Unfinished runs with the controller running each.
 pub fn unfinished(conn: &dyn Db) -> DbResult<Vec<(u64, String)>> {
     conn.query_map(
@@ -419,7 +440,14 @@ pub(crate) mod tests {
             events(conn, first, 1).unwrap(),
             vec![(2, "{\"kind\":\"done\"}".to_owned())]
         );
+        assert_eq!(running(conn, "prod").unwrap(), Some(first));
+        assert!(cancelling(conn, "c1").unwrap().is_empty());
         mark_cancelling(conn, first).unwrap();
+        // The controller running it finds the cancel asked through another.
+        assert_eq!(cancelling(conn, "c1").unwrap(), [first]);
+        assert!(cancelling(conn, "c2").unwrap().is_empty());
+        // Another controller claims it only while its runner is still the one named.
+        assert!(!claim(conn, first, "c2", "c3").unwrap());
         // A restart: both runs come back with new, higher fences; the cancel is kept.
         let resumed = resume_all(conn).unwrap();
         assert_eq!(resumed.len(), 2);

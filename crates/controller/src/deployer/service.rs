@@ -280,10 +280,26 @@ pub(crate) async fn attach(
     Ok(ReceiverStream::new(follow(controller, id).await))
 }
 
-pub(crate) fn cancel(controller: &Controller, stage: &str) -> Result<CancelDeployReply, Status> {
+pub(crate) async fn cancel(
+    controller: &Controller,
+    stage: &str,
+) -> Result<CancelDeployReply, Status> {
     check_stage_name(stage)?;
-    let deploy_id = (controller.deployer.cancel(stage))
-        .ok_or_else(|| Status::not_found(format!("no deploy of stage {stage} is running")))?;
+    let not_running = || Status::not_found(format!("no deploy of stage {stage} is running"));
+    let deploy_id = match controller.deployer.cancel(stage) {
+        Some(id) => id,
+        // Another controller of the store runs it: the cancel is stored, and that one
+        // takes it up at its next lease renewal (`takeover::notice_cancels`).
+        None if controller.config.store.is_some() => {
+            let stage = stage.to_owned();
+            controller
+                .store
+                .call(move |conn| runs::running(conn, &stage))
+                .await?
+                .ok_or_else(not_running)?
+        }
+        None => return Err(not_running()),
+    };
     controller.store.write("deploy cancel", move |conn| {
         runs::mark_cancelling(conn, deploy_id)
     });

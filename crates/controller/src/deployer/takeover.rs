@@ -128,3 +128,23 @@ pub(crate) async fn take_over(controller: &Arc<Controller>, live: &[Member]) {
         }
     }
 }
+
+/// Cancels asked for through another controller of the store, of runs this one runs.
+pub(crate) async fn notice_cancels(controller: &Arc<Controller>) {
+    let me = controller.peers.me.id.clone();
+    let Ok(ids) = controller
+        .store
+        .call(move |db| runs::cancelling(db, &me))
+        .await
+    else {
+        return;
+    };
+    for id in ids {
+        if let Some(run) = lock(&controller.deployer.active).get(&id)
+            && !run.interrupt.is_set()
+        {
+            tracing::info!(id, "a cancel asked for through another controller");
+            run.interrupt.interrupt();
+        }
+    }
+}
