@@ -116,6 +116,18 @@ fn parse_controllers(text: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any `controllers` file: at most `MAX_CONTROLLERS` https URLs, never a panic.
+        #[test]
+        fn any_controllers_file_gives_at_most_the_bound_of_https_urls(text in "\\PC{0,2000}") {
+            let urls = parse_controllers(&text);
+            proptest::prop_assert!(urls.len() <= MAX_CONTROLLERS);
+            proptest::prop_assert!(urls.iter().all(|u| u.starts_with("https://")));
+        }
+    }
+
     #[test]
     fn controllers_are_https_urls_tried_after_the_ones_a_welcome_named() {
         let text = "https://b:7443\nhttp://plain:7443\n\n https://a:7443 \nhttps://b:7443\n-x\n";

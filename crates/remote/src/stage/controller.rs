@@ -345,6 +345,19 @@ impl StageApi for ControllerStage {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any setting: an error or at most the bound of https URLs, never a panic.
+        #[test]
+        fn any_controller_setting_is_read_without_panic(text in "\\PC{0,500}") {
+            if let Ok(urls) = controller_urls(&text) {
+                proptest::prop_assert!(!urls.is_empty() && urls.len() <= MAX_CONTROLLER_URLS);
+                proptest::prop_assert!(urls.iter().all(|u| u.starts_with("https://")));
+            }
+        }
+    }
+
     #[test]
     fn a_controller_setting_lists_one_or_several_https_urls() {
         assert_eq!(
