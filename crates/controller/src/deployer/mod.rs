@@ -184,7 +184,7 @@ pub(crate) async fn resume(controller: &Arc<Controller>) {
     if controller.config.store.is_some() {
         return;
     }
-    let unfinished = controller.store.call(runs::resume_all).await;
+    let unfinished = until_stored(|| controller.store.call(runs::resume_all)).await;
     let unfinished = match unfinished {
         Ok(unfinished) => unfinished,
         Err(error) => {
@@ -390,9 +390,9 @@ async fn end(
     };
     crate::fleet_service::record_run(controller, request, &result, cancelled).await;
     let (id, report, why) = (run.id, report_json.clone(), error.clone());
-    let finished = controller
-        .store
-        .call(move |conn| {
+    let finished = until_stored(|| {
+        let (report, why) = (report.clone(), why.clone());
+        controller.store.call(move |conn| {
             runs::finish(
                 conn,
                 id,
@@ -402,7 +402,8 @@ async fn end(
                 now_unix_ms(),
             )
         })
-        .await;
+    })
+    .await;
     if let Err(error) = finished {
         tracing::error!(id, %error, "cannot record the end of a deploy");
     }
@@ -436,6 +437,27 @@ fn progress(id: u64, item: &Item) -> DeployProgress {
             error: done.1.clone(),
             ..DeployProgress::default()
         },
+    }
+}
+
+/// How long a run's start or end waits for a store that is unavailable (SQLite busy
+/// with another process's write, PostgreSQL restarting) before giving up: a lost end
+/// would leave the stage locked.
+const STORE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `call` again every second while the store is unavailable, for `STORE_PATIENCE`.
+async fn until_stored<T, F: std::future::Future<Output = Result<T, crate::Error>>>(
+    mut call: impl FnMut() -> F,
+) -> Result<T, crate::Error> {
+    let until = tokio::time::Instant::now() + STORE_PATIENCE;
+    loop {
+        match call().await {
+            Err(error) if error.is_store_unavailable() && tokio::time::Instant::now() < until => {
+                tracing::warn!(%error, "the store is unavailable; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
     }
 }
 
