@@ -432,11 +432,7 @@ pub(crate) async fn subscribe_logs(
     follow: bool,
 ) -> MergedLogs {
     // Hosts a peer sharing the store holds: their lines come through it.
-    let not_here: Vec<String> = (hosts.iter())
-        .filter(|host| controller.registry.reach(host).is_err())
-        .cloned()
-        .collect();
-    let held = crate::peers::holders(controller, not_here).await;
+    let held = crate::peers::holders(controller, &hosts).await;
     let (mut merged, sender) = subscribe_held_logs(
         controller,
         hosts
@@ -544,11 +540,7 @@ pub(crate) async fn run_command(
     let (action, targets) = (command.action, command.targets.clone());
     let shared = controller.clone();
     // Hosts a peer sharing the store holds get the command through it.
-    let not_here: Vec<String> = (stage.hosts.iter())
-        .filter(|host| controller.registry.reach(host).is_err())
-        .cloned()
-        .collect();
-    let held = Arc::new(crate::peers::holders(controller, not_here).await);
+    let held = Arc::new(crate::peers::holders(controller, &stage.hosts).await);
     let hosts = ops::fan_out(
         action,
         stage.hosts.clone(),

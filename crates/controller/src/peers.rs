@@ -221,12 +221,14 @@ pub(crate) async fn status_elsewhere(
         .collect()
 }
 
-/// Which peer holds each of `hosts` (those no peer holds are left out).
-pub(crate) async fn holders(
-    controller: &Controller,
-    hosts: Vec<String>,
-) -> HashMap<String, String> {
-    held_elsewhere(controller, hosts)
+/// Which peer holds each of `hosts` this controller holds no session for (those no
+/// peer holds are left out).
+pub(crate) async fn holders(controller: &Controller, hosts: &[String]) -> HashMap<String, String> {
+    let not_here: Vec<String> = (hosts.iter())
+        .filter(|host| controller.registry.reach(host).is_err())
+        .cloned()
+        .collect();
+    held_elsewhere(controller, not_here)
         .await
         .into_iter()
         .map(|(host, (url, _))| (host, url))

@@ -46,20 +46,8 @@ async fn restart_returns_each_hosts_result_and_an_unconnected_host_fails() {
     let mut seen = answer_commands(agent, false);
 
     let response = controller
-        .fleet()
-        .await
-        .command(authed(
-            CommandRequest {
-                stage: Some(stage(&["web-1", "ghost"])),
-                action: Action::Restart.into(),
-                targets: vec!["api".into()],
-                count: String::new(),
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        .command(&token, &["web-1", "ghost"], Action::Restart, &["api"])
+        .await;
     let (web, ghost) = (&response.hosts[0], &response.hosts[1]);
     assert_eq!(web.host, "web-1");
     assert!(web.ok, "{web:?}");
@@ -117,20 +105,13 @@ async fn reload_rolls_host_by_host_and_stops_at_the_first_failure() {
     let mut seen3 = answer_commands(web3, false);
 
     let response = controller
-        .fleet()
-        .await
-        .command(authed(
-            CommandRequest {
-                stage: Some(stage(&["web-1", "web-2", "web-3"])),
-                action: Action::Reload.into(),
-                targets: vec!["all".into()],
-                count: String::new(),
-            },
+        .command(
             &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+            &["web-1", "web-2", "web-3"],
+            Action::Reload,
+            &["all"],
+        )
+        .await;
     let summary: Vec<_> = response
         .hosts
         .iter()

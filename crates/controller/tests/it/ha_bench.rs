@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use fleet_proto::controller::v1::agent_link_client::AgentLinkClient;
 use fleet_proto::controller::v1::{
-    CreateJoinTokenRequest, Heartbeat, JoinRequest, Snapshot, StatusRequest, agent_message,
+    CreateJoinTokenRequest, Heartbeat, JoinRequest, Snapshot, agent_message,
 };
 use fleet_tests::postgres::Postgres;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::harness::{AgentIdentity, Controller, FakeAgent, authed, csr, hello, process, stage};
+use crate::harness::{AgentIdentity, Controller, FakeAgent, authed, csr, hello, process};
 use crate::scale::rss_bytes;
 
 const PROCESSES_PER_HOST: u32 = 10;
@@ -242,26 +242,6 @@ async fn simulate(
 
 /// `Status` of `hosts` through `controller`, `STATUS_CALLS` times: p50, p99, and how
 /// many hosts the last one showed reachable.
-/// One `Status` of the stage of `names`.
-async fn status_of(
-    fleet: &mut fleet_proto::controller::v1::fleet_service_client::FleetServiceClient<
-        tonic::transport::Channel,
-    >,
-    names: &[&str],
-    token: &str,
-) -> fleet_proto::controller::v1::StatusResponse {
-    fleet
-        .status(authed(
-            StatusRequest {
-                stage: Some(stage(names)),
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn status_figures(
     controller: &Controller,
     token: &str,
@@ -273,7 +253,7 @@ async fn status_figures(
     let mut reachable = 0;
     for _ in 0..STATUS_CALLS {
         let begun = Instant::now();
-        let status = status_of(&mut fleet, &names, token).await;
+        let status = crate::harness::status_on(&mut fleet, token, &names).await;
         latencies.push(begun.elapsed());
         reachable = status.hosts.iter().filter(|h| h.reachable).count();
     }
@@ -295,7 +275,7 @@ async fn wait_all_reachable(
     let mut fleet = controller.fleet().await;
     let started = Instant::now();
     loop {
-        let status = status_of(&mut fleet, &names, token).await;
+        let status = crate::harness::status_on(&mut fleet, token, &names).await;
         if status.hosts.iter().all(|h| h.reachable) {
             return started.elapsed();
         }

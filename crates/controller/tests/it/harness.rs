@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet_controller::ControllerConfig;
-use fleet_proto::agent::v1::ProcessInfo;
+use fleet_proto::agent::v1::{LogEntry, ProcessInfo};
 use fleet_proto::controller::v1::agent_link_client::AgentLinkClient;
 use fleet_proto::controller::v1::fleet_service_client::FleetServiceClient;
 use fleet_proto::controller::v1::{
-    AgentHello, AgentMessage, ControllerMessage, JoinRequest, Stage, StatusRequest, StatusResponse,
-    Welcome, agent_message, controller_message,
+    Action, AgentHello, AgentMessage, CommandRequest, CommandResponse, ControllerMessage,
+    FleetLogsRequest, JoinRequest, Stage, StatusRequest, StatusResponse, Welcome, agent_message,
+    controller_message,
 };
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use tokio::sync::{mpsc, oneshot};
@@ -252,18 +253,70 @@ impl Controller {
 
     /// `Status` for a stage of `hosts`.
     pub async fn status(&self, token: &str, hosts: &[&str]) -> StatusResponse {
-        self.fleet()
-            .await
-            .status(authed(
-                StatusRequest {
-                    stage: Some(stage(hosts)),
-                },
-                token,
-            ))
+        status_on(&mut self.fleet().await, token, hosts).await
+    }
+
+    /// `Logs` of a stage of `hosts` for `targets`: `lines` of history, then (with
+    /// `follow`) live.
+    pub async fn logs(
+        &self,
+        token: &str,
+        hosts: &[&str],
+        targets: &[&str],
+        lines: u32,
+        follow: bool,
+    ) -> Streaming<LogEntry> {
+        let request = FleetLogsRequest {
+            stage: Some(stage(hosts)),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            lines,
+            follow,
+        };
+        (self.fleet().await)
+            .logs(authed(request, token))
             .await
             .unwrap()
             .into_inner()
     }
+
+    /// `Command` `action` of `targets` on a stage of `hosts`.
+    pub async fn command(
+        &self,
+        token: &str,
+        hosts: &[&str],
+        action: Action,
+        targets: &[&str],
+    ) -> CommandResponse {
+        let request = CommandRequest {
+            stage: Some(stage(hosts)),
+            action: action.into(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            count: String::new(),
+        };
+        (self.fleet().await)
+            .command(authed(request, token))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+/// `Status` for a stage of `hosts` over an open client (the benchmarks call it in a loop).
+pub async fn status_on(
+    fleet: &mut FleetServiceClient<Channel>,
+    token: &str,
+    hosts: &[&str],
+) -> StatusResponse {
+    fleet
+        .status(authed(
+            StatusRequest {
+                stage: Some(stage(hosts)),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 impl Drop for Controller {

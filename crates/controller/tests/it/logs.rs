@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use fleet_proto::agent::v1::{LogEntry, LogStream};
-use fleet_proto::controller::v1::{FleetLogsRequest, LogBatch, agent_message, controller_message};
+use fleet_proto::controller::v1::{LogBatch, agent_message, controller_message};
 
-use crate::harness::{Controller, DEADLINE, FakeAgent, authed, stage};
+use crate::harness::{Controller, DEADLINE, FakeAgent};
 
 /// `logs` of web-1 with every target: `lines` of history, then (with `follow`) live.
 async fn watch(
@@ -14,17 +14,7 @@ async fn watch(
     lines: u32,
     follow: bool,
 ) -> tonic::Streaming<LogEntry> {
-    let request = FleetLogsRequest {
-        stage: Some(stage(&["web-1"])),
-        targets: Vec::new(),
-        lines,
-        follow,
-    };
-    (controller.fleet().await)
-        .logs(authed(request, token))
-        .await
-        .unwrap()
-        .into_inner()
+    controller.logs(token, &["web-1"], &[], lines, follow).await
 }
 
 fn line(text: &str) -> LogEntry {
@@ -50,20 +40,8 @@ async fn followed_lines_reach_the_cli_and_stop_when_it_goes_away() {
     let (mut agent, _) = FakeAgent::joined(&controller, "web-1").await;
 
     let mut lines = controller
-        .fleet()
-        .await
-        .logs(authed(
-            FleetLogsRequest {
-                stage: Some(stage(&["web-1", "ghost"])),
-                targets: vec!["api".into()],
-                lines: 5,
-                follow: true,
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        .logs(&token, &["web-1", "ghost"], &["api"], 5, true)
+        .await;
     let Some(controller_message::Body::Subscribe(subscribe)) = agent.next().await else {
         panic!("the agent was not asked for logs");
     };

@@ -329,9 +329,7 @@ async fn any_controller_answers_for_hosts_its_peers_hold_and_agents_learn_every_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_and_followed_logs_reach_the_hosts_a_peer_holds() {
-    use fleet_proto::controller::v1::{
-        Action, CommandRequest, FleetLogsRequest, LogBatch, agent_message, controller_message,
-    };
+    use fleet_proto::controller::v1::{Action, LogBatch, agent_message, controller_message};
     let Some(server) = Postgres::start() else {
         return;
     };
@@ -348,21 +346,7 @@ async fn commands_and_followed_logs_reach_the_hosts_a_peer_holds() {
     wait_for_status(&a, &token, &["web-2"], DEADLINE, |s| s.hosts[0].reachable).await;
 
     // Followed logs through A: B subscribes its agent, the lines come back through A.
-    let mut lines = a
-        .fleet()
-        .await
-        .logs(crate::harness::authed(
-            FleetLogsRequest {
-                stage: Some(crate::harness::stage(&["web-2", "ghost"])),
-                targets: vec!["api".into()],
-                lines: 5,
-                follow: true,
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut lines = a.logs(&token, &["web-2", "ghost"], &["api"], 5, true).await;
     let Some(controller_message::Body::Subscribe(subscribe)) = agent.next().await else {
         panic!("web-2 was not asked for logs through its controller");
     };
@@ -401,20 +385,8 @@ async fn commands_and_followed_logs_reach_the_hosts_a_peer_holds() {
     // A restart through A reaches web-2 through B, and is audited once.
     let mut seen = crate::command::answer_commands(agent, false);
     let reply = a
-        .fleet()
-        .await
-        .command(crate::harness::authed(
-            CommandRequest {
-                stage: Some(crate::harness::stage(&["web-2"])),
-                action: Action::Restart.into(),
-                targets: vec!["api".into()],
-                count: String::new(),
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        .command(&token, &["web-2"], Action::Restart, &["api"])
+        .await;
     assert!(reply.hosts[0].ok, "{reply:?}");
     assert_eq!(reply.hosts[0].processes[0].host, "web-2");
     assert_eq!(
