@@ -154,7 +154,7 @@ impl Controller {
             .args(&self.flags)
             .envs(self.store_env.iter().map(|(k, v)| (*k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_file())
             .spawn()
             .unwrap();
         self.child = Some(child);
@@ -162,6 +162,22 @@ impl Controller {
         wait_until("the controller to listen", LISTEN_TIMEOUT, || {
             TcpStream::connect(&address).is_ok()
         });
+    }
+
+    /// Where every start of this controller logs, kept for a failing test to show.
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.path().join("controller.log"))
+            .expect("open the controller's log")
+    }
+
+    /// The end of what this controller logged, over all its starts.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.data.path().join("controller.log"))
+            .unwrap_or_default();
+        format!("controller.log (end):\n{}", crate::harness::tail(&log, 60))
     }
 
     /// SIGKILL: the controller gets no chance to leave the store or close sessions.

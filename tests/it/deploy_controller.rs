@@ -241,15 +241,23 @@ fn the_controller_killed_mid_rollout_finishes_on_restart(bed: &mut Bed<'_>) {
     let (code, _, stderr) = finish(cli);
     assert_ne!(code, Some(0), "the CLI lost its controller: {stderr}");
     bed.controller.spawn();
-    let mut run = Value::Null;
-    wait_until("the deploy to end after the restart", DEPLOY, || {
-        run = bed
-            .history()
-            .into_iter()
-            .find(|r| r["id"].as_u64() == Some(id))
-            .unwrap_or(Value::Null);
-        run["state"] != "running"
-    });
+    let found = std::cell::RefCell::new(Value::Null);
+    wait_until_or(
+        "the deploy to end after the restart",
+        DEPLOY,
+        || {
+            let now = bed
+                .history()
+                .into_iter()
+                .find(|r| r["id"].as_u64() == Some(id))
+                .unwrap_or(Value::Null);
+            let ended = now["state"] != "running";
+            *found.borrow_mut() = now;
+            ended
+        },
+        || format!("run: {:#}\n{}", found.borrow(), bed.controller.log_tail()),
+    );
+    let run = found.into_inner();
     assert_eq!(run["state"], "ok", "{run:#}");
     assert_eq!(run["attempts"], 2, "{run:#}");
     let release = run["release"].as_str().unwrap().to_owned();

@@ -83,10 +83,11 @@ impl Fleet {
         let output = self.run(args);
         assert!(
             output.status.success(),
-            "fleet {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            "fleet {args:?} failed ({:?}):\nstdout: {}\nstderr: {}\nagent.log (end):\n{}",
             output.status.code(),
             String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+            String::from_utf8_lossy(&output.stderr),
+            tail(&self.agent_log(), 40)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
@@ -195,9 +196,12 @@ impl Drop for Fleet {
             .stderr(Stdio::null())
             .spawn()
             .map(|child| wait_output(child, Duration::from_secs(20)));
+        // Pids are reused (pid_max is 32,768 on many machines, and the suite starts
+        // tens of thousands of processes): a recorded pid is signalled only while it
+        // still names the process recorded, or another test's process would die.
         if let Some(pid) = self.agent_pid()
-            && alive(pid)
-            && !is_zombie(pid)
+            && !dead(pid)
+            && agent_of(pid, self.home.path())
         {
             kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
@@ -205,7 +209,10 @@ impl Drop for Fleet {
             && let Ok(value) = serde_json::from_str::<Value>(&state)
         {
             for process in value["processes"].as_array().into_iter().flatten() {
-                if let Some(pid) = process["pid"].as_i64() {
+                if let Some(pid) = process["pid"].as_i64()
+                    && process["start_ticks"].as_u64().is_some()
+                    && start_ticks(pid as i32) == process["start_ticks"].as_u64()
+                {
                     let _ = nix::sys::signal::killpg(
                         nix::unistd::Pid::from_raw(pid as i32),
                         nix::sys::signal::Signal::SIGKILL,
@@ -214,6 +221,29 @@ impl Drop for Fleet {
             }
         }
     }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether `pid` is the agent of `home` (started with `--home HOME`), not a process
+/// that was given its pid after it ended.
+fn agent_of(pid: i32, home: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let home = home.as_os_str().as_encoded_bytes();
+    cmdline.split(|&b| b == 0).any(|arg| arg == home)
+}
+
+/// The start time of `pid` in clock ticks after boot (`/proc/PID/stat`'s 22nd field),
+/// what the agent records beside each pid.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
@@ -260,13 +290,24 @@ pub fn dead(pid: i32) -> bool {
 }
 
 /// Polls `cond` until it holds, failing after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    wait_until_or(what, timeout, cond, String::new)
+}
+
+/// `wait_until`, with what `context` says then in the failure (a log, a state).
+pub fn wait_until_or(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+    context: impl FnOnce() -> String,
+) {
     let until = Instant::now() + timeout;
+    let mut context = Some(context);
     while !cond() {
-        assert!(
-            Instant::now() < until,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= until {
+            let context = context.take().map(|c| c()).unwrap_or_default();
+            panic!("timed out after {timeout:?} waiting for {what}\n{context}");
+        }
         std::thread::sleep(POLL_INTERVAL);
     }
 }
