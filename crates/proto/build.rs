@@ -13,6 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Written by hand (`status.rs`): a controller sends hosts it encoded once.
+        .extern_path(
+            ".fleet.controller.v1.StatusResponse",
+            "crate::status::StatusResponse",
+        )
+        // A peer's hosts pass through as the bytes it sent (`bytes::Bytes`, no copy).
+        .bytes(".fleet.controller.v1.PeerStatusReply.hosts")
         .compile_fds(fds)?;
     // compile_fds does not know the source files; tell cargo when to rerun.
     println!("cargo:rerun-if-changed={}", root.display());

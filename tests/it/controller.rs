@@ -175,8 +175,8 @@ impl Controller {
 
     /// The end of what this controller logged, over all its starts.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.data.path().join("controller.log"))
-            .unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.data.path().join("controller.log")).unwrap_or_default();
         format!("controller.log (end):\n{}", crate::harness::tail(&log, 60))
     }
 

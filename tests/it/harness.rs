@@ -243,7 +243,12 @@ fn agent_of(pid: i32, home: &Path) -> bool {
 /// what the agent records beside each pid.
 pub fn start_ticks(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 pub fn wait_output(mut child: Child, timeout: Duration) -> Output {

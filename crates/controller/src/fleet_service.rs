@@ -14,9 +14,8 @@ use fleet_proto::controller::v1::{
     Action, AgentCommand, AttachDeployRequest, CancelDeployReply, CancelDeployRequest,
     CommandRequest, CommandResponse, CreateJoinTokenRequest, CreateJoinTokenResponse,
     DeployHistoryReply, DeployHistoryRequest, DeployRecord, DeployRecordReply, DeployUpload,
-    FleetHello, FleetHelloReply, FleetLogsRequest, HostResult, HostStatus, LogSubscribe,
-    LogUnsubscribe, PROTOCOL_MAJOR, PROTOCOL_MINOR, Stage, StatusRequest, StatusResponse,
-    controller_message,
+    FleetHello, FleetHelloReply, FleetLogsRequest, HostResult, LogSubscribe, LogUnsubscribe,
+    PROTOCOL_MAJOR, PROTOCOL_MINOR, Stage, StatusRequest, StatusResponse, controller_message,
 };
 use fleet_proto::ops;
 use tokio::sync::mpsc;
@@ -42,19 +41,6 @@ pub(crate) struct FleetApi {
     controller: Arc<Controller>,
     /// The stages as last written to the database, so Status writes only changes.
     recorded_stages: Mutex<HashMap<String, Vec<String>>>,
-}
-
-/// A host as `Status` shows it, from the registry's view.
-pub(crate) fn host_status(host: String, view: crate::registry::HostView) -> HostStatus {
-    HostStatus {
-        host,
-        reachable: view.reachable,
-        error: view.error,
-        last_seen_unix_ms: view.last_seen_unix_ms,
-        processes: view.processes,
-        agent_version: view.agent_version,
-        metrics: view.metrics,
-    }
 }
 
 impl FleetApi {
@@ -200,28 +186,26 @@ impl FleetService for FleetApi {
         self.authorize(&request, Role::Read).await?;
         let stage = self.stage(request.into_inner().stage)?;
         let registry = &self.controller.registry;
-        let mut hosts: Vec<HostStatus> = stage
-            .hosts
-            .into_iter()
-            .map(|host| {
-                let view = registry.view(&host);
-                host_status(host, view)
-            })
+        // Each host as it was encoded when it last changed (`registry::encoded`).
+        let here: Vec<Option<bytes::Bytes>> = (stage.hosts.iter())
+            .map(|host| registry.encoded_if_reachable(host))
             .collect();
         // The hosts not held here may be held by a peer sharing the store.
-        let elsewhere: Vec<String> = (hosts.iter())
-            .filter(|h| !h.reachable)
-            .map(|h| h.host.clone())
+        let elsewhere: Vec<String> = (stage.hosts.iter().zip(&here))
+            .filter(|(_, encoded)| encoded.is_none())
+            .map(|(host, _)| host.clone())
             .collect();
         let mut found = crate::peers::status_elsewhere(&self.controller, elsewhere).await;
-        for host in &mut hosts {
-            if let Some(status) = found.remove(&host.host) {
-                *host = status;
-            }
-        }
+        let encoded = (stage.hosts.iter().zip(here))
+            .map(|(host, encoded)| {
+                (encoded.or_else(|| found.remove(host)))
+                    .unwrap_or_else(|| registry.encoded_status(host).bytes)
+            })
+            .collect();
         Ok(Response::new(StatusResponse {
-            hosts,
+            encoded,
             stale: !self.controller.store.is_available(),
+            hosts: Vec::new(),
         }))
     }
 

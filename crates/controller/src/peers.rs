@@ -11,8 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use fleet_proto::agent::v1::LogEntry;
 use fleet_proto::controller::v1 as cpb;
+use fleet_proto::status::HostStatusHead;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status};
 
@@ -213,7 +215,7 @@ pub(crate) async fn leave(controller: &Controller) {
 pub(crate) async fn status_elsewhere(
     controller: &Controller,
     hosts: Vec<String>,
-) -> HashMap<String, cpb::HostStatus> {
+) -> HashMap<String, Bytes> {
     held_elsewhere(controller, hosts)
         .await
         .into_iter()
@@ -235,10 +237,11 @@ pub(crate) async fn holders(controller: &Controller, hosts: &[String]) -> HashMa
         .collect()
 }
 
+/// Each host a live peer holds, with the peer's URL and the host's encoded status.
 async fn held_elsewhere(
     controller: &Controller,
     hosts: Vec<String>,
-) -> HashMap<String, (String, cpb::HostStatus)> {
+) -> HashMap<String, (String, Bytes)> {
     let peers = controller.peers.others();
     if hosts.is_empty() || peers.is_empty() {
         return HashMap::new();
@@ -260,10 +263,18 @@ async fn held_elsewhere(
     for answer in futures::future::join_all(asks).await {
         match answer {
             Ok((url, statuses)) => {
-                for status in statuses.into_iter().filter(|s| s.reachable) {
-                    found
-                        .entry(status.host.clone())
-                        .or_insert_with(|| (url.clone(), status));
+                for status in statuses {
+                    match HostStatusHead::of(&status) {
+                        Ok(head) if head.reachable => {
+                            found
+                                .entry(head.host)
+                                .or_insert_with(|| (url.clone(), status));
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::debug!(%url, %error, "a peer sent an undecodable host");
+                        }
+                    }
                 }
             }
             Err(error) => tracing::debug!(%error, "a peer did not answer for its hosts"),
@@ -400,13 +411,8 @@ impl cpb::peer_service_server::PeerService for PeerApi {
             )));
         }
         let registry = &self.controller.registry;
-        let hosts = hosts
-            .into_iter()
-            .filter_map(|host| {
-                let view = registry.view(&host);
-                view.reachable
-                    .then(|| crate::fleet_service::host_status(host, view))
-            })
+        let hosts = (hosts.iter())
+            .filter_map(|host| registry.encoded_if_reachable(host))
             .collect();
         Ok(Response::new(cpb::PeerStatusReply { hosts }))
     }

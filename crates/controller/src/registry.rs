@@ -19,6 +19,9 @@ use tokio::time::Instant;
 
 use crate::store::KnownHost;
 
+mod encoded;
+pub use encoded::EncodedStatus;
+
 /// The most processes one host may report (an agent's own cap on instances is far
 /// below it): a certificate cannot grow the controller's memory without bound.
 pub const MAX_PROCESSES_PER_HOST: usize = 10_000;
@@ -66,6 +69,9 @@ pub struct HostState {
     disconnected: Option<String>,
     /// When the open session began (wall clock).
     connected_unix_ms: u64,
+    /// The processes, version and metrics as `HostStatus` fields, encoded at the first
+    /// `Status` after they changed (`encoded`); every change clears it.
+    encoded: Option<bytes::Bytes>,
 }
 
 /// A host as `Status` shows it.
@@ -160,6 +166,7 @@ impl Registry {
             state.last_seen_unix_ms = crate::now_unix_ms();
             state.connected_unix_ms = state.last_seen_unix_ms;
             state.agent_version = hello.agent_version.clone();
+            state.encoded = None;
             state.boot_id = hello.boot_id.clone();
             state.disconnected = None;
             state.link.replace(link.clone())
@@ -236,21 +243,28 @@ impl Registry {
         }
     }
 
+    /// Whether the host has a session heard from lately (`unreachable_because` is None).
+    fn is_reachable(&self, state: &HostState) -> bool {
+        matches!((&state.link, state.last_heard),
+            (Some(_), Some(heard)) if heard.elapsed() <= self.unreachable_after)
+    }
+
     fn unreachable_because(&self, state: &HostState) -> Option<String> {
-        let last_seen = crate::format_unix_ms(state.last_seen_unix_ms);
+        let last_seen = || crate::format_unix_ms(state.last_seen_unix_ms);
         match (&state.link, state.last_heard) {
             (Some(_), Some(heard)) => {
                 let silent = heard.elapsed();
                 (silent > self.unreachable_after).then(|| {
                     format!(
-                        "no heartbeat for {}s (last seen {last_seen})",
-                        silent.as_secs()
+                        "no heartbeat for {}s (last seen {})",
+                        silent.as_secs(),
+                        last_seen()
                     )
                 })
             }
             _ => Some(match &state.disconnected {
                 Some(reason) if state.last_seen_unix_ms > 0 => {
-                    format!("disconnected: {reason} (last seen {last_seen})")
+                    format!("disconnected: {reason} (last seen {})", last_seen())
                 }
                 Some(reason) => format!("disconnected: {reason}"),
                 None => "never connected".to_owned(),
@@ -340,6 +354,7 @@ impl HostHandle {
             .map(|process| compact(process, &self.link.host))
             .map(|process| (process.id, process))
             .collect();
+        state.encoded = None;
         state.seq = snapshot.seq;
         state.awaiting_snapshot = false;
         state.resync_asked = false;
@@ -361,6 +376,7 @@ impl HostHandle {
             state.awaiting_snapshot = true;
             return ask_resync(&mut state);
         }
+        state.encoded = None;
         for id in delta.removed {
             state.processes.remove(&id);
         }
@@ -409,6 +425,7 @@ impl HostHandle {
             return After::Replaced;
         };
         state.metrics = Some(metrics);
+        state.encoded = None;
         After::Continue
     }
 
@@ -653,148 +670,4 @@ impl SessionLink {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hello(host: &str, boot: &str) -> AgentHello {
-        AgentHello {
-            protocol_major: 1,
-            host: host.into(),
-            boot_id: boot.into(),
-            agent_version: "0.1.0".into(),
-            ..AgentHello::default()
-        }
-    }
-
-    fn process(id: u32, name: &str) -> ProcessInfo {
-        ProcessInfo {
-            id,
-            name: name.into(),
-            config_json: "{\"big\": true}".into(),
-            ..ProcessInfo::default()
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_host_becomes_unreachable_after_the_limit() {
-        let registry = Registry::new(Duration::from_secs(15), Vec::new());
-        let (tx, _rx) = mpsc::channel(8);
-        let handle = registry.connect(&hello("web-1", "b1"), "s1", tx);
-        assert!(registry.view("web-1").reachable);
-        tokio::time::advance(Duration::from_secs(17)).await;
-        let view = registry.view("web-1");
-        assert!(!view.reachable);
-        assert!(
-            view.error.starts_with("no heartbeat for 17s (last seen "),
-            "{}",
-            view.error
-        );
-        handle.heard();
-        assert!(registry.view("web-1").reachable);
-        assert_eq!(registry.view("ghost").error, "never connected");
-    }
-
-    #[tokio::test]
-    async fn deltas_apply_in_sequence_and_a_gap_asks_for_one_resync() {
-        let registry = Registry::new(Duration::from_secs(15), Vec::new());
-        let (tx, _rx) = mpsc::channel(8);
-        let handle = registry.connect(&hello("web-1", "b1"), "s1", tx);
-        let early = Delta {
-            seq: 1,
-            ..Delta::default()
-        };
-        assert_eq!(
-            handle.delta(early.clone()),
-            After::Resync,
-            "no snapshot after hello"
-        );
-        assert_eq!(handle.delta(early), After::Continue);
-        let snapshot = Snapshot {
-            processes: vec![process(0, "api"), process(1, "worker")],
-            seq: 7,
-        };
-        assert_eq!(handle.snapshot(snapshot), After::Continue);
-        let view = registry.view("web-1");
-        assert_eq!(view.processes.len(), 2);
-        assert!(view.processes[0].config_json.is_empty());
-        assert_eq!(view.processes[0].host, "web-1");
-        let delta = Delta {
-            changed: vec![process(2, "cron")],
-            removed: vec![1],
-            seq: 8,
-        };
-        assert_eq!(handle.delta(delta), After::Continue);
-        let names: Vec<_> = registry
-            .view("web-1")
-            .processes
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
-        assert_eq!(names, ["api", "cron"]);
-        let gap = Delta {
-            seq: 10,
-            ..Delta::default()
-        };
-        assert_eq!(handle.delta(gap.clone()), After::Resync);
-        assert_eq!(
-            handle.delta(gap),
-            After::Continue,
-            "only one resync until the snapshot"
-        );
-        assert_eq!(handle.heartbeat(12), After::Continue);
-        handle.snapshot(Snapshot {
-            processes: vec![],
-            seq: 12,
-        });
-        assert_eq!(handle.heartbeat(13), After::Resync);
-    }
-
-    #[tokio::test]
-    async fn a_new_session_replaces_the_old_one() {
-        let registry = Registry::new(Duration::from_secs(15), Vec::new());
-        let (tx, _rx) = mpsc::channel(8);
-        let old = registry.connect(&hello("web-1", "b1"), "s1", tx.clone());
-        let new = registry.connect(&hello("web-1", "b2"), "s1", tx);
-        assert!(old.link.is_ended());
-        assert_eq!(old.heard(), After::Replaced);
-        assert_eq!(old.disconnect("gone"), None);
-        assert_eq!(new.heard(), After::Continue);
-        assert!(registry.view("web-1").reachable);
-        new.disconnect("the agent closed the session");
-        let view = registry.view("web-1");
-        assert!(!view.reachable);
-        assert!(
-            view.error
-                .starts_with("disconnected: the agent closed the session (last seen ")
-        );
-    }
-
-    #[tokio::test]
-    async fn an_agent_cannot_speak_for_another_host() {
-        let registry = Registry::new(Duration::from_secs(15), Vec::new());
-        let (tx, _rx) = mpsc::channel(8);
-        let handle = registry.connect(&hello("web-1", "b1"), "s1", tx);
-        let mut forged = process(0, "api");
-        forged.host = "db-1".into();
-        handle.snapshot(Snapshot {
-            processes: vec![forged],
-            seq: 1,
-        });
-        assert_eq!(registry.view("web-1").processes[0].host, "web-1");
-        let (logs_tx, mut logs_rx) = mpsc::channel(4);
-        handle
-            .link
-            .add_log_subscription(9, logs_tx, true, Arc::default());
-        let entry = LogEntry {
-            host: "db-1".into(),
-            line: "forged".into(),
-            ..LogEntry::default()
-        };
-        handle.link.deliver_logs(LogBatch {
-            subscription_id: 9,
-            entries: vec![entry],
-        });
-        let delivered = logs_rx.recv().await.unwrap();
-        assert_eq!(delivered[0].host, "web-1");
-    }
-}
+mod tests;

@@ -6,6 +6,7 @@
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod ops;
+pub mod status;
 
 /// The host agent's local API (`fleet.agent.v1`), served on `FLEET_HOME/agent.sock`.
 pub mod agent {
@@ -29,6 +30,7 @@ pub mod agent {
 pub mod controller {
     pub mod v1 {
         tonic::include_proto!("fleet.controller.v1");
+        pub use crate::status::StatusResponse;
 
         pub const PROTOCOL_MAJOR: u32 = 1;
         /// 1.1: `RecordDeploy`. 1.2: certificate renewal over the session
@@ -38,7 +40,8 @@ pub mod controller {
         /// 1.5: deploys run by the controller (`SubmitDeploy`, `AttachDeploy`,
         /// `CancelDeploy`, `DeployHistory`). 1.6: controllers sharing a store:
         /// `StatusResponse.stale` (the store is unavailable), `Welcome.controllers`,
-        /// `PeerService`.
-        pub const PROTOCOL_MINOR: u32 = 6;
+        /// `PeerService`. 1.7: `PeerStatusReply.hosts` as encoded `HostStatus` bytes
+        /// (the same wire format).
+        pub const PROTOCOL_MINOR: u32 = 7;
     }
 }
