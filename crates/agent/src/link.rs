@@ -158,16 +158,17 @@ pub async fn join(
         .await
         .map_err(|status| anyhow::anyhow!("the controller refused to join: {}", status.message()))?
         .into_inner();
-    LinkConfig {
+    let mut config = LinkConfig {
         url: url.to_string(),
         host: host.to_string(),
         ca_pem: response.ca_pem,
         cert_pem: response.certificate_pem,
         key_pem: key.serialize_pem(),
-        // Learned from the first welcome.
         controllers: Vec::new(),
-    }
-    .save(home)?;
+    };
+    config.save(home)?;
+    // The controllers sharing the store (1.7; an older controller's welcome says).
+    config.save_controllers(home, &response.controllers);
     Ok(())
 }
 
@@ -326,12 +327,19 @@ async fn session(
                     Ok(None) => break Ok(()),
                     Err(status) => break Err(anyhow::anyhow!("{}", status.message())),
                 };
-                if let Some(cpb::controller_message::Body::Renewed(renewed)) = &message.body {
-                    match renewing.take() {
-                        Some(key) => save_renewed(home, config, renewed, &key),
-                        None => tracing::warn!("a certificate nobody asked for; ignored"),
+                match &message.body {
+                    Some(cpb::controller_message::Body::Renewed(renewed)) => {
+                        match renewing.take() {
+                            Some(key) => save_renewed(home, config, renewed, &key),
+                            None => tracing::warn!("a certificate nobody asked for; ignored"),
+                        }
+                        continue;
                     }
-                    continue;
+                    Some(cpb::controller_message::Body::Controllers(set)) => {
+                        config.save_controllers(home, &set.urls);
+                        continue;
+                    }
+                    _ => {}
                 }
                 let resync = subscriptions.dispatch(message, operations, &tx, &config.host);
                 if !resync {
@@ -536,7 +544,8 @@ impl Subscriptions {
             Some(cpb::controller_message::Body::Resync(_)) => return true,
             Some(
                 cpb::controller_message::Body::Welcome(_)
-                | cpb::controller_message::Body::Renewed(_),
+                | cpb::controller_message::Body::Renewed(_)
+                | cpb::controller_message::Body::Controllers(_),
             )
             | None => {}
         }

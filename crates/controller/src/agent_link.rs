@@ -228,6 +228,7 @@ impl AgentLinkService {
         Ok(JoinResponse {
             certificate_pem: certificate.pem,
             ca_pem: self.controller.pki.ca_pem.clone(),
+            controllers: self.controller.peers.urls(),
         })
     }
 

@@ -177,15 +177,25 @@ pub(crate) async fn keep_lease(controller: Arc<Controller>) {
             .await
         {
             Ok(live) => {
-                {
+                let changed = {
                     let mut known = lock(&controller.peers.live);
-                    if *known != live {
+                    let changed = *known != live;
+                    if changed {
                         tracing::info!(
                             controllers = live.len(),
                             "the store's live controllers changed"
                         );
                         *known = live.clone();
                     }
+                    changed
+                };
+                if changed {
+                    // Agents hear of a new or departed controller now, not at their
+                    // next session.
+                    let urls = controller.peers.urls();
+                    (controller.registry).send_all(&cpb::controller_message::Body::Controllers(
+                        cpb::ControllerSet { urls },
+                    ));
                 }
                 if controller.config.store.is_some() {
                     // Deploys of controllers whose lease ended are this one's to finish.

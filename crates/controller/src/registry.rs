@@ -297,6 +297,21 @@ impl Registry {
         closed
     }
 
+    /// Sends `body` on every open session.
+    pub fn send_all(&self, body: &controller_message::Body) {
+        let slots: Vec<_> = (self.hosts.read())
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            let link = lock(&slot).link.clone();
+            if let Some(link) = link {
+                link.send_soon(body.clone());
+            }
+        }
+    }
+
     /// Closes every session (the controller is stopping).
     pub fn close_all(&self) {
         let slots: Vec<_> = self

@@ -41,7 +41,8 @@ pub mod controller {
         /// `CancelDeploy`, `DeployHistory`). 1.6: controllers sharing a store:
         /// `StatusResponse.stale` (the store is unavailable), `Welcome.controllers`,
         /// `PeerService`. 1.7: `PeerStatusReply.hosts` as encoded `HostStatus` bytes
-        /// (the same wire format).
+        /// (the same wire format); `ControllerMessage.controllers` (the controller set
+        /// changed), `JoinResponse.controllers`.
         pub const PROTOCOL_MINOR: u32 = 7;
     }
 }

@@ -33,6 +33,7 @@ async fn join_again(
     Ok(AgentIdentity {
         cert_pem: response.certificate_pem,
         key_pem: key.serialize_pem(),
+        controllers: Vec::new(),
     })
 }
 
@@ -149,6 +150,7 @@ async fn an_agent_renews_its_certificate_over_its_session() {
     let new = AgentIdentity {
         cert_pem: renewed.certificate_pem,
         key_pem: key.serialize_pem(),
+        controllers: Vec::new(),
     };
     // The renewing session carries on: the sweep (every 2 s) does not take it for a
     // superseded one. Nothing arrives, and the session does not end, over one sweep.

@@ -89,6 +89,7 @@ async fn enroll(
                     AgentIdentity {
                         cert_pem: response.certificate_pem,
                         key_pem: key.serialize_pem(),
+                        controllers: Vec::new(),
                     },
                 ));
             }

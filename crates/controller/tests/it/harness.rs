@@ -236,9 +236,15 @@ impl Controller {
             .unwrap()
             .into_inner();
         assert_eq!(response.ca_pem, self.ca_pem());
+        assert_eq!(
+            response.controllers.first(),
+            Some(&format!("https://{}", self.addr)),
+            "a join names the controllers, this one first"
+        );
         AgentIdentity {
             cert_pem: response.certificate_pem,
             key_pem: key.serialize_pem(),
+            controllers: response.controllers,
         }
     }
 
@@ -344,6 +350,8 @@ pub fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static)
 pub struct AgentIdentity {
     pub cert_pem: String,
     pub key_pem: String,
+    /// The controllers the join named (`JoinResponse.controllers`).
+    pub controllers: Vec<String>,
 }
 
 /// A new key and a PEM CSR for it, with `host` as the requested common name.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fleet_controller::store::{Location, PgLocation};
 use fleet_proto::controller::v1::agent_link_client::AgentLinkClient;
-use fleet_proto::controller::v1::{AgentHello, JoinRequest};
+use fleet_proto::controller::v1::{AgentHello, JoinRequest, controller_message};
 use fleet_tests::postgres::Postgres;
 use tonic::Code;
 
@@ -50,6 +50,7 @@ async fn join_with(
     Ok(AgentIdentity {
         cert_pem: response.certificate_pem,
         key_pem: key.serialize_pem(),
+        controllers: Vec::new(),
     })
 }
 
@@ -270,20 +271,31 @@ async fn any_controller_answers_for_hosts_its_peers_hold_and_agents_learn_every_
     let dir = tempfile::tempdir().unwrap();
     let seal = dir.path().join("a/seal.key");
     let a = on_postgres(&dir.path().join("a"), &server, "peers", &seal).await;
-    let b = on_postgres(&dir.path().join("b"), &server, "peers", &seal).await;
     let token = a.api_token();
-    let (one, two) = (a.join("web-1").await, b.join("web-2").await);
-    let on_a = FakeAgent::connect(a.channel(Some(&one)).await.unwrap(), hello("web-1"))
+    let one = a.join("web-1").await;
+    let mut on_a = FakeAgent::connect(a.channel(Some(&one)).await.unwrap(), hello("web-1"))
         .await
         .unwrap();
+    let a_url = format!("https://{}", a.addr);
+    assert_eq!(
+        on_a.welcome.controllers,
+        std::slice::from_ref(&a_url),
+        "A alone"
+    );
+    let b = on_postgres(&dir.path().join("b"), &server, "peers", &seal).await;
+    let two = b.join("web-2").await;
     let _on_b = FakeAgent::connect(b.channel(Some(&two)).await.unwrap(), hello("web-2"))
         .await
         .unwrap();
-    // B joined after A: its welcome names both, itself first.
+    // B started after A: its join and its welcome name both, itself first.
     let b_url = format!("https://{}", b.addr);
-    let a_url = format!("https://{}", a.addr);
+    assert_eq!(two.controllers, [b_url.clone(), a_url.clone()]);
     assert_eq!(_on_b.welcome.controllers, [b_url.clone(), a_url.clone()]);
-    assert_eq!(on_a.welcome.controllers[0], a_url);
+    // The agent A welcomed alone hears of B on its open session (A's next lease renewal).
+    assert_eq!(
+        controllers_pushed(&mut on_a).await,
+        [a_url.clone(), b_url.clone()]
+    );
 
     // Through either, the whole stage: its own host from memory, the other's from it.
     for controller in [&a, &b] {
@@ -312,9 +324,14 @@ async fn any_controller_answers_for_hosts_its_peers_hold_and_agents_learn_every_
             .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 
-    // B goes; web-2 turns to A, which then answers for it itself.
+    // B goes (a clean stop leaves the store at once): A's agents hear so, and web-2
+    // turns to A, which then answers for it itself.
     b.stop().await;
     drop(_on_b);
+    assert_eq!(
+        controllers_pushed(&mut on_a).await,
+        std::slice::from_ref(&a_url)
+    );
     let _moved = FakeAgent::connect(a.channel(Some(&two)).await.unwrap(), hello("web-2"))
         .await
         .unwrap();
@@ -517,6 +534,17 @@ async fn a_follower_whose_controller_dies_follows_through_another_printing_each_
 }
 
 /// The next log subscription the agent is asked for (other messages skipped).
+/// The next controller set the agent's controller pushes on its session.
+async fn controllers_pushed(agent: &mut FakeAgent) -> Vec<String> {
+    loop {
+        match agent.next().await {
+            Some(controller_message::Body::Controllers(set)) => return set.urls,
+            Some(_) => continue,
+            None => panic!("the session ended before a controller set came"),
+        }
+    }
+}
+
 async fn next_subscribe(agent: &mut FakeAgent) -> fleet_proto::controller::v1::LogSubscribe {
     use fleet_proto::controller::v1::controller_message;
     loop {

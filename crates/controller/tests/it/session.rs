@@ -155,6 +155,7 @@ async fn a_certificate_from_another_ca_is_refused() {
     let forged = AgentIdentity {
         cert_pem: params.signed_by(&key, &issuer).unwrap().pem(),
         key_pem: key.serialize_pem(),
+        controllers: Vec::new(),
     };
 
     // TLS 1.3 finishes the client's side of the handshake before the server checks the
