@@ -3,10 +3,8 @@
 //! and failures counted per peer address (`limits::Failures`), so a guesser is slowed
 //! the same way whichever door it knocks on.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tonic::Status;
 
@@ -86,34 +84,17 @@ impl Controller {
 /// unavailable: long enough for a database restart or failover, short enough that a
 /// token revoked just before the outage does not live on for long.
 const STALE_GRACE: Duration = Duration::from_secs(600);
-/// Callers remembered, the oldest forgotten first past this (as `limits::ValidTokens`).
-const MAX_VERIFIED: usize = 4096;
 
 /// Callers verified lately, by their token's hash.
 #[derive(Default)]
-pub struct Verified {
-    callers: Mutex<HashMap<Vec<u8>, (Caller, Instant)>>,
-}
+pub struct Verified(crate::limits::Recent<Caller>);
 
 impl Verified {
     fn remember(&self, hash: &[u8], caller: &Caller) {
-        let mut callers = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = callers.get_mut(hash) {
-            *entry = (caller.clone(), Instant::now());
-            return;
-        }
-        if callers.len() >= MAX_VERIFIED
-            && let Some(oldest) =
-                (callers.iter().min_by_key(|(_, (_, at))| *at)).map(|(k, _)| k.clone())
-        {
-            callers.remove(&oldest);
-        }
-        callers.insert(hash.to_vec(), (caller.clone(), Instant::now()));
+        self.0.remember(hash, caller.clone());
     }
 
     fn recall(&self, hash: &[u8]) -> Option<Caller> {
-        let callers = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
-        let (caller, at) = callers.get(hash)?;
-        (at.elapsed() < STALE_GRACE).then(|| caller.clone())
+        self.0.recall(hash, STALE_GRACE)
     }
 }

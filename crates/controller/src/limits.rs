@@ -121,47 +121,79 @@ pub fn peer<T>(request: &tonic::Request<T>) -> Option<IpAddr> {
     request.remote_addr().map(|address| address.ip())
 }
 
+/// Token hashes and what was last learned of each, bounded: once full, the entry
+/// touched longest ago is forgotten first. Both token caches are one of these.
+pub struct Recent<V> {
+    entries: Mutex<HashMap<Vec<u8>, (V, Instant)>>,
+}
+
+/// Entries a `Recent` keeps.
+const MAX_RECENT: usize = 4096;
+
+impl<V> Default for Recent<V> {
+    fn default() -> Self {
+        Recent {
+            entries: Mutex::default(),
+        }
+    }
+}
+
+impl<V: Clone> Recent<V> {
+    /// Remembers `value` for `hash`, as of now.
+    pub fn remember(&self, hash: &[u8], value: V) {
+        let mut entries = lock(&self.entries);
+        // Every authorized call comes here: a known token is only touched.
+        if let Some(entry) = entries.get_mut(hash) {
+            *entry = (value, Instant::now());
+            return;
+        }
+        if entries.len() >= MAX_RECENT
+            && let Some(oldest) =
+                (entries.iter().min_by_key(|(_, (_, at))| *at)).map(|(k, _)| k.clone())
+        {
+            entries.remove(&oldest);
+        }
+        entries.insert(hash.to_vec(), (value, Instant::now()));
+    }
+
+    /// What was remembered for `hash`, if it was within `within`.
+    pub fn recall(&self, hash: &[u8], within: Duration) -> Option<V> {
+        let entries = lock(&self.entries);
+        let (value, at) = entries.get(hash)?;
+        (at.elapsed() < within).then(|| value.clone())
+    }
+
+    /// Replaces every entry with `fresh` (at most the bound), as of now.
+    pub fn replace(&self, fresh: impl IntoIterator<Item = (Vec<u8>, V)>) {
+        let now = Instant::now();
+        let mut entries = lock(&self.entries);
+        entries.clear();
+        for (hash, value) in fresh.into_iter().take(MAX_RECENT) {
+            entries.insert(hash, (value, now));
+        }
+    }
+}
+
 /// Token hashes known valid (the database's, every `SWEEP_INTERVAL`, and each one
 /// that verified since): a peer over its failure budget still
 /// gets through with one of these (checked again at the call, so a revocation still
 /// applies at once), and with anything else is refused before its request is read.
 #[derive(Default)]
-pub struct ValidTokens {
-    seen: Mutex<HashMap<Vec<u8>, Instant>>,
-}
-
-/// Valid token hashes remembered, the oldest forgotten first past this.
-const MAX_VALID_TOKENS: usize = 4096;
+pub struct ValidTokens(Recent<()>);
 
 impl ValidTokens {
     pub fn remember(&self, hash: &[u8]) {
-        let mut seen = lock(&self.seen);
-        // Every authorized call comes here: a known token is only touched.
-        if let Some(at) = seen.get_mut(hash) {
-            *at = Instant::now();
-            return;
-        }
-        if seen.len() >= MAX_VALID_TOKENS
-            && let Some(oldest) = (seen.iter().min_by_key(|(_, at)| **at)).map(|(k, _)| k.clone())
-        {
-            seen.remove(&oldest);
-        }
-        seen.insert(hash.to_vec(), Instant::now());
+        self.0.remember(hash, ());
     }
 
     fn contains(&self, hash: &[u8]) -> bool {
-        lock(&self.seen).contains_key(hash)
+        self.0.recall(hash, Duration::MAX).is_some()
     }
 
     /// Replaces the set with the database's usable tokens (every few seconds), so a
     /// token created meanwhile is known and a revoked one forgotten.
     pub fn refresh(&self, usable: Vec<Vec<u8>>) {
-        let now = Instant::now();
-        let mut seen = lock(&self.seen);
-        seen.clear();
-        for hash in usable.into_iter().take(MAX_VALID_TOKENS) {
-            seen.insert(hash, now);
-        }
+        self.0.replace(usable.into_iter().map(|hash| (hash, ())));
     }
 }
 
@@ -475,6 +507,28 @@ impl AsyncWrite for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_forgets_the_entry_touched_longest_ago_and_honours_its_window() {
+        let recent = Recent::default();
+        for i in 0..MAX_RECENT as u32 {
+            recent.remember(&i.to_be_bytes(), i);
+        }
+        // Touching the first keeps it; the second is now the oldest and goes.
+        recent.remember(&0u32.to_be_bytes(), 0);
+        recent.remember(b"new", 7);
+        assert_eq!(recent.recall(&0u32.to_be_bytes(), Duration::MAX), Some(0));
+        assert_eq!(recent.recall(&1u32.to_be_bytes(), Duration::MAX), None);
+        assert_eq!(recent.recall(b"new", Duration::MAX), Some(7));
+        assert_eq!(
+            recent.recall(b"new", Duration::ZERO),
+            None,
+            "outside the window"
+        );
+        recent.replace([(b"only".to_vec(), 1)]);
+        assert_eq!(recent.recall(b"new", Duration::MAX), None);
+        assert_eq!(recent.recall(b"only", Duration::MAX), Some(1));
+    }
 
     #[test]
     fn a_peer_is_refused_after_a_burst_of_failures_and_others_are_not() {

@@ -91,8 +91,19 @@ async fn two_controllers_share_tokens_the_ca_and_single_use_join_tokens() {
         (Ok(identity), Err(refused)) | (Err(refused), Ok(identity)) => (identity, refused),
         other => panic!("exactly one join must succeed: {other:?}"),
     };
-    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
-    assert!(refused.message().contains("used"), "{}", refused.message());
+    // Refused as a used token, or (when the other join ended between this one's token
+    // check and its host check) as a host that has joined: never a second certificate.
+    match refused.code() {
+        Code::Unauthenticated => {
+            assert!(refused.message().contains("used"), "{}", refused.message())
+        }
+        Code::AlreadyExists => assert!(
+            refused.message().contains("already joined"),
+            "{}",
+            refused.message()
+        ),
+        _ => panic!("{refused:?}"),
+    }
 
     // The certificate either issued works with the other: its serial is the store's.
     let channel = b.channel(Some(&identity)).await.unwrap();
