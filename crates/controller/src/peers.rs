@@ -212,6 +212,27 @@ pub(crate) async fn keep_lease(controller: Arc<Controller>) {
     }
 }
 
+/// The hosts this controller reports on by itself (alerts, `/metrics`), with what it
+/// knows of each: on a shared store, not a host a live peer holds (that peer reports
+/// it; two controllers saying "up" and "down" of one host would be one too many), and,
+/// for the oldest live controller, the hosts whose holder died.
+pub(crate) fn own_views(controller: &Controller) -> Vec<(String, crate::registry::HostView)> {
+    let registry = &controller.registry;
+    let watch = controller.peers.watch();
+    let mut views: Vec<(String, crate::registry::HostView)> = (registry.hosts().into_iter())
+        .filter_map(|host| {
+            let view = registry.view(&host);
+            (view.reachable || !watch.elsewhere.contains(&host)).then_some((host, view))
+        })
+        .collect();
+    let known: std::collections::HashSet<String> =
+        views.iter().map(|(host, _)| host.clone()).collect();
+    for host in watch.orphans.iter().filter(|h| !known.contains(*h)) {
+        views.push((host.clone(), registry.view(host)));
+    }
+    views
+}
+
 /// A clean stop: the store forgets this controller at once.
 pub(crate) async fn leave(controller: &Controller) {
     let id = controller.peers.me.id.clone();
@@ -231,6 +252,52 @@ pub(crate) async fn status_elsewhere(
         .into_iter()
         .map(|(host, (_, status))| (host, status))
         .collect()
+}
+
+/// Every host this controller knows of: its registry's, and on a shared store those
+/// its live peers hold or held (`Watch`, refreshed at each lease renewal), sorted.
+pub(crate) fn known_hosts(controller: &Controller) -> Vec<String> {
+    let mut hosts = controller.registry.hosts();
+    {
+        let watch = controller.peers.watch();
+        hosts.extend(watch.elsewhere.iter().cloned());
+        hosts.extend(watch.orphans.iter().cloned());
+    }
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts
+}
+
+/// `hosts` as this controller can see them: from its registry, and each host not
+/// reachable here that a live peer holds, as that peer sees it (`PeerStatus`).
+pub(crate) async fn views(
+    controller: &Controller,
+    hosts: Vec<String>,
+) -> Vec<(String, crate::registry::HostView)> {
+    let registry = &controller.registry;
+    let mut views: Vec<(String, crate::registry::HostView)> = (hosts.into_iter())
+        .map(|host| {
+            let view = registry.view(&host);
+            (host, view)
+        })
+        .collect();
+    let elsewhere: Vec<String> = (views.iter())
+        .filter(|(_, view)| !view.reachable)
+        .map(|(host, _)| host.clone())
+        .collect();
+    let mut found = status_elsewhere(controller, elsewhere).await;
+    if found.is_empty() {
+        return views;
+    }
+    for (host, view) in &mut views {
+        let decoded = found
+            .remove(host.as_str())
+            .and_then(|bytes| fleet_proto::status::decode_host(bytes).ok());
+        if let Some(status) = decoded {
+            *view = status.into();
+        }
+    }
+    views
 }
 
 /// Which peer holds each of `hosts` this controller holds no session for (those no

@@ -42,7 +42,7 @@ pub mod controller {
         /// `StatusResponse.stale` (the store is unavailable), `Welcome.controllers`,
         /// `PeerService`. 1.7: `PeerStatusReply.hosts` as encoded `HostStatus` bytes
         /// (the same wire format); `ControllerMessage.controllers` (the controller set
-        /// changed), `JoinResponse.controllers`.
+        /// changed), `JoinResponse.controllers`, `HostStatus.since_unix_ms`.
         pub const PROTOCOL_MINOR: u32 = 7;
     }
 }

@@ -96,16 +96,25 @@ pub fn encode_reported<'a>(
     buf.into()
 }
 
-/// A whole encoded `HostStatus`: these fields, then `reported` (`encode_reported`'s
-/// bytes, or what an unreachable host shows of itself). The same bytes as encoding a
-/// `HostStatus` with these fields.
-pub fn encode_host(
-    host: &str,
-    reachable: bool,
-    error: &str,
-    last_seen_unix_ms: u64,
-    reported: &[u8],
-) -> Bytes {
+/// What changes of a host with time, not with what its agent reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Moment<'a> {
+    pub reachable: bool,
+    pub error: &'a str,
+    pub last_seen_unix_ms: u64,
+    pub since_unix_ms: u64,
+}
+
+/// A whole encoded `HostStatus`: `host` and `now`'s fields around `reported`
+/// (`encode_reported`'s bytes, or what an unreachable host shows of itself). The same
+/// bytes as encoding a `HostStatus` with these fields (they go in field order).
+pub fn encode_host(host: &str, now: Moment<'_>, reported: &[u8]) -> Bytes {
+    let Moment {
+        reachable,
+        error,
+        last_seen_unix_ms,
+        since_unix_ms,
+    } = now;
     let mut buf = Vec::with_capacity(host.len() + error.len() + 24 + reported.len());
     if !host.is_empty() {
         encoding::encode_key(1, WireType::LengthDelimited, &mut buf);
@@ -124,6 +133,9 @@ pub fn encode_host(
         encoding::uint64::encode(4, &last_seen_unix_ms, &mut buf);
     }
     buf.put_slice(reported);
+    if since_unix_ms != 0 {
+        encoding::uint64::encode(8, &since_unix_ms, &mut buf);
+    }
     buf.into()
 }
 
@@ -135,6 +147,11 @@ pub struct HostStatusHead {
     pub host: String,
     #[prost(bool, tag = "2")]
     pub reachable: bool,
+}
+
+/// An encoded `HostStatus`, decoded whole.
+pub fn decode_host(encoded: Bytes) -> Result<HostStatus, prost::DecodeError> {
+    <HostStatus as prost::Message>::decode(encoded)
 }
 
 impl HostStatusHead {
@@ -168,6 +185,7 @@ mod tests {
                 cpu_percent: 12.5,
                 ..HostMetrics::default()
             }),
+            since_unix_ms: if processes > 1 { 1_600_000_000_000 } else { 0 },
         }
     }
 
@@ -201,13 +219,13 @@ mod tests {
                 &status.agent_version,
                 status.metrics.as_ref(),
             );
-            let parts = encode_host(
-                &status.host,
-                status.reachable,
-                &status.error,
-                status.last_seen_unix_ms,
-                &reported,
-            );
+            let now = Moment {
+                reachable: status.reachable,
+                error: &status.error,
+                last_seen_unix_ms: status.last_seen_unix_ms,
+                since_unix_ms: status.since_unix_ms,
+            };
+            let parts = encode_host(&status.host, now, &reported);
             assert_eq!(parts.as_ref(), status.encode_to_vec().as_slice());
         }
     }

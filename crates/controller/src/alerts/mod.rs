@@ -139,16 +139,11 @@ fn subject(key: &Key) -> Vec<String> {
     }
 }
 
-/// What the rules see of the registry now.
+/// What the rules see of the registry now: the hosts this controller watches
+/// (`peers::own_views`).
 fn observe(controller: &Controller) -> Vec<Observation> {
-    let registry = &controller.registry;
-    // On a shared store: a host a live peer holds is that peer's to watch; one whose
-    // holder died, the oldest live controller's (`peers::Watch`).
-    let watch = controller.peers.watch();
-    let mut seen: Vec<Observation> = (registry.hosts().into_iter())
-        .filter(|host| !watch.elsewhere.contains(host) || registry.view(host).reachable)
-        .map(|host| {
-            let view = registry.view(&host);
+    (crate::peers::own_views(controller).into_iter())
+        .map(|(host, view)| {
             let instances = (view.processes.iter())
                 .map(|p| Instance {
                     app: p.name.clone(),
@@ -164,17 +159,7 @@ fn observe(controller: &Controller) -> Vec<Observation> {
                 instances,
             }
         })
-        .collect();
-    for host in &watch.orphans {
-        if !seen.iter().any(|o| o.host == *host) {
-            seen.push(Observation {
-                host: host.clone(),
-                reachable: false,
-                instances: Vec::new(),
-            });
-        }
-    }
-    seen
+        .collect()
 }
 
 /// Evaluates the rules every second, for as long as the controller runs.

@@ -142,17 +142,14 @@ impl Collector for FleetCollector {
         let Some(controller) = self.controller.upgrade() else {
             return Ok(());
         };
-        let registry = &controller.registry;
-        let hosts: Vec<Host> = (registry.hosts().into_iter())
-            .map(|name| {
-                let view = registry.view(&name);
-                Host {
-                    name,
-                    reachable: view.reachable,
-                    last_seen_ms: view.last_seen_unix_ms,
-                    metrics: view.metrics,
-                    processes: view.processes,
-                }
+        // On a shared store each host is reported by one controller: its holder.
+        let hosts: Vec<Host> = (crate::peers::own_views(&controller).into_iter())
+            .map(|(name, view)| Host {
+                name,
+                reachable: view.reachable,
+                last_seen_ms: view.last_seen_unix_ms,
+                metrics: view.metrics,
+                processes: view.processes,
             })
             .collect();
         encode_hosts(&mut encoder, &hosts)?;
@@ -183,7 +180,7 @@ impl Collector for FleetCollector {
         family(
             &mut encoder,
             "fleet_controller_hosts",
-            "Hosts this controller knows (joined, not removed)",
+            "Hosts this controller reports (joined, not removed; on a shared store, not those a live peer holds)",
             MetricType::Gauge,
             [(
                 [("controller", "self")],

@@ -4,9 +4,10 @@
 //! encoding of every process (`fleet_proto::status`).
 
 use bytes::Bytes;
-use fleet_proto::status::{encode_host, encode_reported};
+use fleet_proto::controller::v1::HostStatus;
+use fleet_proto::status::{Moment, encode_host, encode_reported};
 
-use super::{HostState, Registry, lock};
+use super::{HostState, HostView, Registry, lock};
 
 /// One host's encoded `HostStatus`, and whether it is reachable from here.
 #[derive(Debug, Clone)]
@@ -19,9 +20,13 @@ impl Registry {
     /// `host` as `Status` shows it (what `view` holds), encoded.
     pub fn encoded_status(&self, host: &str) -> EncodedStatus {
         let Some(slot) = self.slot(host) else {
+            let never = Moment {
+                error: "never connected",
+                ..Moment::default()
+            };
             return EncodedStatus {
                 reachable: false,
-                bytes: encode_host(host, false, "never connected", 0, &[]),
+                bytes: encode_host(host, never, &[]),
             };
         };
         let mut state = lock(&slot);
@@ -33,9 +38,15 @@ impl Registry {
         }
         let error = self.unreachable_because(&state).unwrap_or_default();
         let version = encode_reported(std::iter::empty(), &state.agent_version, None);
+        let now = Moment {
+            reachable: false,
+            error: &error,
+            last_seen_unix_ms: state.last_seen_unix_ms,
+            since_unix_ms: state.last_seen_unix_ms,
+        };
         EncodedStatus {
             reachable: false,
-            bytes: encode_host(host, false, &error, state.last_seen_unix_ms, &version),
+            bytes: encode_host(host, now, &version),
         }
     }
 
@@ -64,7 +75,28 @@ fn reachable(host: &str, state: &mut HostState) -> Bytes {
             reported
         }
     };
-    encode_host(host, true, "", state.last_seen_unix_ms, &reported)
+    let now = Moment {
+        reachable: true,
+        error: "",
+        last_seen_unix_ms: state.last_seen_unix_ms,
+        since_unix_ms: state.connected_unix_ms,
+    };
+    encode_host(host, now, &reported)
+}
+
+/// A host as a peer holding it sent it: what the dashboard shows of a host held here.
+impl From<HostStatus> for HostView {
+    fn from(status: HostStatus) -> HostView {
+        HostView {
+            reachable: status.reachable,
+            error: status.error,
+            last_seen_unix_ms: status.last_seen_unix_ms,
+            since_unix_ms: status.since_unix_ms,
+            processes: status.processes,
+            agent_version: status.agent_version,
+            metrics: status.metrics,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -89,6 +121,7 @@ mod tests {
             processes: view.processes,
             agent_version: view.agent_version,
             metrics: view.metrics,
+            since_unix_ms: view.since_unix_ms,
         }
     }
 

@@ -44,6 +44,15 @@ impl Controller {
     /// Starts a controller on `data` with its HTTP face (TLS or plain) on a free
     /// loopback port, returned.
     pub async fn start_http(data: &Path, tls: bool) -> (Controller, SocketAddr) {
+        Controller::start_http_with(data, tls, |_| {}).await
+    }
+
+    /// `start_http` after `adjust` changed the controller's config.
+    pub async fn start_http_with(
+        data: &Path,
+        tls: bool,
+        adjust: impl FnOnce(&mut ControllerConfig),
+    ) -> (Controller, SocketAddr) {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -53,7 +62,9 @@ impl Controller {
         );
         let face = fleet_controller::http::HttpListener::new(http_listener, tls).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = ControllerConfig::new(data);
+        let mut config = ControllerConfig::new(data);
+        adjust(&mut config);
+        let store = config.location();
         let task = tokio::spawn(fleet_controller::serve_with(
             config,
             listener,
@@ -64,7 +75,7 @@ impl Controller {
         ));
         let controller = Controller {
             data: data.to_owned(),
-            store: fleet_controller::store::Location::in_data_dir(data),
+            store,
             addr,
             stop: Some(stop),
             task: Some(task),

@@ -16,6 +16,7 @@ mod dashboard_bench;
 mod ha_bench;
 mod logs;
 mod metrics;
+mod peers_http;
 mod postgres;
 mod restart;
 mod scale;

@@ -17,12 +17,17 @@ use crate::harness::{
     AgentIdentity, Controller, DEADLINE, FakeAgent, csr, hello, off_runtime, wait_for_status,
 };
 
-fn location(server: &Postgres, db: &str) -> PgLocation {
+pub(crate) fn location(server: &Postgres, db: &str) -> PgLocation {
     PgLocation::parse(&server.url(db)).unwrap()
 }
 
 /// A controller on `db`, with the seal key at `seal` (made there by the first).
-async fn on_postgres(data: &Path, server: &Postgres, db: &str, seal: &Path) -> Controller {
+pub(crate) async fn on_postgres(
+    data: &Path,
+    server: &Postgres,
+    db: &str,
+    seal: &Path,
+) -> Controller {
     let (store, seal) = (location(server, db), seal.to_owned());
     Controller::start_with(data, move |config| {
         config.store = Some(store);

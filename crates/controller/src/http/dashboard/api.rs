@@ -25,9 +25,9 @@ use super::live::status_name;
 use super::session::Session;
 use super::{Shared, error, is_json};
 use crate::fleet_service::{HostCommand, run_command, subscribe_logs};
-use crate::now_unix_ms;
 use crate::store::AuditEntry;
 use crate::tokens::Role;
+use crate::{now_unix_ms, peers};
 
 /// Events queued for one browser before the oldest work is skipped.
 const EVENT_QUEUE: usize = 32;
@@ -184,10 +184,14 @@ async fn host(
         .map(|(name, _)| name.as_str())
         .collect();
     let controller = &dashboard.controller;
-    if !plain_name(&host) || (member.is_empty() && !controller.registry.hosts().contains(&host)) {
+    if !plain_name(&host) || (member.is_empty() && !peers::known_hosts(controller).contains(&host))
+    {
         return error(StatusCode::NOT_FOUND, "no such host");
     }
-    let view = controller.registry.view(&host);
+    let view = (peers::views(controller, vec![host.clone()]).await)
+        .pop()
+        .map(|(_, view)| view)
+        .unwrap_or_default();
     let release = dashboard.live.release(&host);
     let metrics = view.metrics.as_ref().map(|m| {
         json!({
@@ -230,12 +234,10 @@ async fn app(
     let Some(hosts) = stage_hosts(&dashboard, &stage) else {
         return error(StatusCode::NOT_FOUND, "no such stage");
     };
-    let registry = &dashboard.controller.registry;
     let mut instances = Vec::new();
     let mut unreachable = Vec::new();
     let mut history = serde_json::Map::new();
-    for host in &hosts {
-        let view = registry.view(host);
+    for (host, view) in &peers::views(&dashboard.controller, hosts.clone()).await {
         if !view.reachable {
             unreachable
                 .push(json!({"host": host, "error": view.error, "since": view.since_unix_ms}));
@@ -340,7 +342,7 @@ async fn logs(
             Some(hosts) => hosts,
             None => return error(StatusCode::NOT_FOUND, "no such stage"),
         },
-        None => dashboard.controller.registry.hosts(),
+        None => peers::known_hosts(&dashboard.controller),
     };
     if let Some(host) = query.host.filter(|h| !h.is_empty()) {
         hosts.retain(|h| *h == host);

@@ -110,8 +110,27 @@ impl Live {
             if sample {
                 last_sample = Some(Instant::now());
             }
-            self.tick(&controller, sample);
+            // Nobody watching: cards wait for the next tick after someone subscribes
+            // (the snapshot is then at most a tick old and the deltas bring it current).
+            if self.tx.receiver_count() == 0 && !sample {
+                continue;
+            }
+            // Every host of the registry and of the stages, those held by a peer
+            // sharing the store as that peer sees them.
+            let hosts = self.hosts(&controller);
+            let views = crate::peers::views(&controller, hosts).await;
+            self.tick(views, sample);
         }
+    }
+
+    /// The hosts this controller knows of and those the stages name, sorted.
+    fn hosts(&self, controller: &Controller) -> Vec<String> {
+        let mut hosts = crate::peers::known_hosts(controller);
+        let state = lock(&self.state);
+        hosts.extend((state.stages.iter()).flat_map(|(_, hosts)| hosts.iter().cloned()));
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts
     }
 
     /// Reads the stages, and the releases when a deploy was recorded since.
@@ -144,12 +163,7 @@ impl Live {
 
     /// One recomputation: changed cards, gone hosts and (when `sample`) a sparkline
     /// point are broadcast as one delta.
-    fn tick(&self, controller: &Controller, sample: bool) {
-        // Nobody watching: cards wait for the next tick after someone subscribes (the
-        // snapshot is then at most a tick old and the deltas bring it current).
-        if self.tx.receiver_count() == 0 && !sample {
-            return;
-        }
+    fn tick(&self, views: Vec<(String, HostView)>, sample: bool) {
         let (stages, releases) = {
             let state = lock(&self.state);
             (state.stages.clone(), state.releases.clone())
@@ -160,16 +174,6 @@ impl Live {
                 in_stages.entry(host).or_default().push(stage);
             }
         }
-        let mut hosts: Vec<String> = controller.registry.hosts();
-        hosts.extend(in_stages.keys().map(|h| (*h).to_owned()));
-        hosts.sort_unstable();
-        hosts.dedup();
-        let views: Vec<(String, HostView)> = (hosts.into_iter())
-            .map(|host| {
-                let view = controller.registry.view(&host);
-                (host, view)
-            })
-            .collect();
         let mut state = lock(&self.state);
         let mut changed = Vec::new();
         for (host, view) in &views {

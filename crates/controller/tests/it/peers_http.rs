@@ -1,0 +1,159 @@
+//! The HTTP face of controllers sharing one PostgreSQL: each controller's `/metrics`
+//! reports the hosts it holds and no other (two controllers must never report one
+//! host, one "up" and one "down"), and the dashboard of either shows every host as
+//! the controller holding it sees it.
+
+use std::net::SocketAddr;
+
+use fleet_controller::tokens::Role;
+use fleet_proto::controller::v1::{Snapshot, agent_message};
+use fleet_tests::postgres::Postgres;
+use serde_json::Value;
+
+use crate::harness::{Controller, DEADLINE, FakeAgent, hello, process, wait_for_status};
+use crate::http::{Answer, exchange};
+use crate::postgres::location;
+
+/// A controller on `db` with its HTTP face over TLS.
+async fn with_http(
+    data: &std::path::Path,
+    server: &Postgres,
+    db: &str,
+    seal: &std::path::Path,
+) -> (Controller, SocketAddr) {
+    let (store, seal) = (location(server, db), seal.to_owned());
+    Controller::start_http_with(data, true, move |config| {
+        config.store = Some(store);
+        config.seal_key = Some(seal);
+    })
+    .await
+}
+
+async fn send(
+    http: SocketAddr,
+    ca: &str,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: &str,
+) -> Answer {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(http, Some(ca), request.as_bytes()).await
+}
+
+/// `/metrics` of the controller at `http`, scraped with a new metrics token.
+async fn scrape(controller: &Controller, http: SocketAddr) -> String {
+    let token = controller.token_with(Role::Metrics, None);
+    let answer = send(
+        http,
+        &controller.ca_pem(),
+        "GET",
+        "/metrics",
+        &format!("Authorization: Bearer {token}\r\n"),
+        "",
+    )
+    .await;
+    assert_eq!(answer.code, 200, "{}", answer.head);
+    answer.body
+}
+
+/// A dashboard session's cookie on the controller at `http`.
+async fn sign_in(controller: &Controller, http: SocketAddr) -> String {
+    let token = controller.token_with(Role::Read, None);
+    let answer = send(
+        http,
+        &controller.ca_pem(),
+        "POST",
+        "/api/login",
+        "Content-Type: application/json\r\n",
+        &format!(r#"{{"token":"{token}"}}"#),
+    )
+    .await;
+    assert_eq!(answer.code, 200, "{}", answer.body);
+    let set = answer.header("set-cookie").unwrap().to_owned();
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_host_is_reported_once_and_every_dashboard_shows_every_host() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    server.create_database("faces");
+    let dir = tempfile::tempdir().unwrap();
+    let seal = dir.path().join("a/seal.key");
+    let (a, a_http) = with_http(&dir.path().join("a"), &server, "faces", &seal).await;
+    let (b, b_http) = with_http(&dir.path().join("b"), &server, "faces", &seal).await;
+    let (one, two) = (a.join("web-1").await, a.join("web-2").await);
+    let web1 = FakeAgent::connect(a.channel(Some(&one)).await.unwrap(), hello("web-1"))
+        .await
+        .unwrap();
+    // web-2 was A's, then moved to B: A still knows it, disconnected.
+    let first = FakeAgent::connect(a.channel(Some(&two)).await.unwrap(), hello("web-2"))
+        .await
+        .unwrap();
+    drop(first);
+    let web2 = FakeAgent::connect(b.channel(Some(&two)).await.unwrap(), hello("web-2"))
+        .await
+        .unwrap();
+    for (agent, app) in [(&web1, "api"), (&web2, "worker")] {
+        agent
+            .send(agent_message::Body::Snapshot(Snapshot {
+                seq: 1,
+                processes: vec![process(0, app)],
+            }))
+            .await;
+    }
+    let token = a.api_token();
+    for controller in [&a, &b] {
+        wait_for_status(controller, &token, &["web-1", "web-2"], DEADLINE, |s| {
+            s.hosts
+                .iter()
+                .all(|h| h.reachable && h.processes.len() == 1)
+        })
+        .await;
+    }
+
+    // Each host's series come from its holder only (A learns who holds what at its
+    // next lease renewal, every 3 s).
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let mut on_a = scrape(&a, a_http).await;
+    while on_a.contains(r#"host="web-2""#) {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "A still reports B's host:\n{on_a}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        on_a = scrape(&a, a_http).await;
+    }
+    let on_b = scrape(&b, b_http).await;
+    assert!(on_a.contains(r#"fleet_host_up{host="web-1"} 1"#), "{on_a}");
+    assert!(on_b.contains("fleet_host_up{host=\"web-2\"} 1"), "{on_b}");
+    assert!(
+        !on_b.contains("host=\"web-1\""),
+        "B reports A's host:\n{on_b}"
+    );
+
+    // A's dashboard shows web-2 as B sees it: reachable, running `worker`.
+    let cookie = sign_in(&a, a_http).await;
+    let answer = send(
+        a_http,
+        &a.ca_pem(),
+        "GET",
+        "/api/host/web-2",
+        &format!("Cookie: {cookie}\r\n"),
+        "",
+    )
+    .await;
+    assert_eq!(answer.code, 200, "{}", answer.body);
+    let host: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(host["card"]["reachable"], true, "{host:#}");
+    assert_eq!(host["instances"][0]["name"], "worker", "{host:#}");
+    assert!(host["card"]["since"].as_u64().unwrap() > 0, "{host:#}");
+    drop((web1, web2));
+    a.stop().await;
+    b.stop().await;
+}
