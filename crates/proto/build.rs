@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // prost's codec with small first buffers (`codec.rs`: memory per agent session).
+        .codec_path("crate::codec::FleetCodec")
         // Written by hand (`status.rs`): a controller sends hosts it encoded once.
         .extern_path(
             ".fleet.controller.v1.StatusResponse",

@@ -3,6 +3,7 @@
 //! per-action timeouts and the rolling-reload policy. Other crates convert to their
 //! domain types at the edge.
 
+pub mod codec;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod ops;
