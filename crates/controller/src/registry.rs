@@ -299,34 +299,28 @@ impl Registry {
 
     /// Sends `body` on every open session.
     pub fn send_all(&self, body: &controller_message::Body) {
-        let slots: Vec<_> = (self.hosts.read())
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        for slot in slots {
-            let link = lock(&slot).link.clone();
-            if let Some(link) = link {
-                link.send_soon(body.clone());
-            }
+        for link in self.open_links() {
+            link.send_soon(body.clone());
         }
     }
 
     /// Closes every session (the controller is stopping).
     pub fn close_all(&self) {
-        let slots: Vec<_> = self
-            .hosts
-            .read()
+        for link in self.open_links() {
+            link.close();
+        }
+    }
+
+    /// Every open session's link, read without holding the map's lock after.
+    fn open_links(&self) -> Vec<Arc<SessionLink>> {
+        let slots: Vec<_> = (self.hosts.read())
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
             .collect();
-        for slot in slots {
-            let link = lock(&slot).link.clone();
-            if let Some(link) = link {
-                link.close();
-            }
-        }
+        (slots.iter())
+            .filter_map(|slot| lock(slot).link.clone())
+            .collect()
     }
 }
 
