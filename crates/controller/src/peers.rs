@@ -329,7 +329,7 @@ async fn held_elsewhere(
             let channel = controller.peers.channel(&peer.url)?;
             let mut request = Request::new(cpb::PeerStatusRequest { hosts });
             request.set_timeout(PEER_DEADLINE);
-            let reply = cpb::peer_service_client::PeerServiceClient::new(channel)
+            let reply = peer_client(channel)
                 .peer_status(request)
                 .await
                 .map_err(|status| format!("{}: {}", peer.url, status.message()))?;
@@ -360,6 +360,13 @@ async fn held_elsewhere(
     found
 }
 
+/// A client of a peer's `PeerService`, taking answers as large as a client of the
+/// controller does (a peer's hosts pass 4 MiB at a few thousand).
+fn peer_client(channel: Channel) -> cpb::peer_service_client::PeerServiceClient<Channel> {
+    cpb::peer_service_client::PeerServiceClient::new(channel)
+        .max_decoding_message_size(fleet_proto::ops::MAX_CONTROLLER_ANSWER_BYTES)
+}
+
 /// A command for `host`, through the peer at `url` that holds it.
 pub(crate) async fn command_at(
     controller: &Controller,
@@ -385,10 +392,7 @@ pub(crate) async fn command_at(
     });
     // The agent's own deadline for the action, and a margin for the hop.
     request.set_timeout(fleet_proto::ops::timeout(command.action) + PEER_DEADLINE);
-    match cpb::peer_service_client::PeerServiceClient::new(channel)
-        .peer_command(request)
-        .await
-    {
+    match peer_client(channel).peer_command(request).await {
         Ok(reply) => reply.into_inner(),
         Err(status) => failed(status.message().to_owned()),
     }
@@ -436,10 +440,7 @@ pub(crate) fn forward_logs(
             lines: query.lines,
             follow: query.follow,
         };
-        let mut stream = match cpb::peer_service_client::PeerServiceClient::new(channel)
-            .peer_logs(request)
-            .await
-        {
+        let mut stream = match peer_client(channel).peer_logs(request).await {
             Ok(reply) => reply.into_inner(),
             Err(status) => {
                 let _ = sink.send(notice(status.message())).await;

@@ -69,8 +69,8 @@ pub struct HostState {
     disconnected: Option<String>,
     /// When the open session began (wall clock).
     connected_unix_ms: u64,
-    /// The processes, version and metrics as `HostStatus` fields, encoded at the first
-    /// `Status` after they changed (`encoded`); every change clears it.
+    /// The processes, version and metrics as `HostStatus` fields, encoded when the
+    /// agent reports a change (`encoded`), so a `Status` only copies them.
     encoded: Option<bytes::Bytes>,
 }
 
@@ -363,7 +363,7 @@ impl HostHandle {
             .map(|process| compact(process, &self.link.host))
             .map(|process| (process.id, process))
             .collect();
-        state.encoded = None;
+        state.reencode();
         state.seq = snapshot.seq;
         state.awaiting_snapshot = false;
         state.resync_asked = false;
@@ -385,7 +385,6 @@ impl HostHandle {
             state.awaiting_snapshot = true;
             return ask_resync(&mut state);
         }
-        state.encoded = None;
         for id in delta.removed {
             state.processes.remove(&id);
         }
@@ -396,8 +395,10 @@ impl HostHandle {
         if state.processes.len() > MAX_PROCESSES_PER_HOST {
             let reported = state.processes.len();
             state.processes.clear();
+            state.encoded = None;
             return too_many(reported);
         }
+        state.reencode();
         state.seq = delta.seq;
         After::Continue
     }
@@ -434,7 +435,7 @@ impl HostHandle {
             return After::Replaced;
         };
         state.metrics = Some(metrics);
-        state.encoded = None;
+        state.reencode();
         After::Continue
     }
 

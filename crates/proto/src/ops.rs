@@ -59,6 +59,12 @@ pub fn check_controller_url(url: &str) -> Result<(), String> {
 /// the controller before it fans out). The same cap as `fleet_config::MAX_INSTANCES`.
 pub const MAX_INSTANCES: u32 = 1024;
 
+/// The largest answer a client takes from a controller (tonic's default is 4 MiB): a
+/// `Status` costs about 130 bytes an instance, so 10,000 hosts of 10 apps are 13 MB,
+/// and a peer holding 3,500 of them already passes 4 MiB. The controller is a server
+/// the client authenticated.
+pub const MAX_CONTROLLER_ANSWER_BYTES: usize = 256 << 20;
+
 /// A scale count: `N`, `+N` or `-N`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScaleCount {

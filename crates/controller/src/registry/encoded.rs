@@ -1,6 +1,6 @@
 //! Hosts as `Status` sends them, encoded: a reachable host's processes, version and
-//! metrics are encoded once after they change (`HostState::encoded`) and copied at
-//! every later call, so answering for 10,000 hosts costs a copy of each, not an
+//! metrics are encoded when its agent reports them (`HostState::encoded`) and copied at
+//! every call, so answering for 10,000 hosts costs a copy of each, not an
 //! encoding of every process (`fleet_proto::status`).
 
 use bytes::Bytes;
@@ -60,21 +60,26 @@ impl Registry {
     }
 }
 
-/// A reachable host, encoded: its reported part from the cache, or encoded now and
-/// kept until the agent reports a change.
+impl HostState {
+    /// Encodes what the agent reported, now: its heartbeats move CPU and memory figures
+    /// every few seconds, and a `Status` must still find every host encoded. A few
+    /// microseconds per report, under the host's own lock.
+    pub(super) fn reencode(&mut self) {
+        self.encoded = Some(encode_reported(
+            self.processes.values(),
+            &self.agent_version,
+            self.metrics.as_ref(),
+        ));
+    }
+}
+
+/// A reachable host, encoded: its reported part as last encoded (encoded now if a new
+/// session has reported nothing yet).
 fn reachable(host: &str, state: &mut HostState) -> Bytes {
-    let reported = match &state.encoded {
-        Some(reported) => reported.clone(),
-        None => {
-            let reported = encode_reported(
-                state.processes.values(),
-                &state.agent_version,
-                state.metrics.as_ref(),
-            );
-            state.encoded = Some(reported.clone());
-            reported
-        }
-    };
+    if state.encoded.is_none() {
+        state.reencode();
+    }
+    let reported = state.encoded.clone().unwrap_or_default();
     let now = Moment {
         reachable: true,
         error: "",
@@ -171,6 +176,9 @@ mod tests {
             }],
             removed: vec![0],
         });
+        // Encoded as the delta came, not at the next Status.
+        let slot = registry.slot("h1").unwrap();
+        assert!(lock(&slot).encoded.is_some());
         assert_eq!(check().processes[0].restarts, 4);
         handle.host_metrics(HostMetrics {
             cpu_percent: 50.0,

@@ -1,6 +1,7 @@
 //! The benchmark of controllers sharing a store (`bench/fleet/run.sh` runs it from the
 //! release test binary): 10,000 simulated agents (each its own key, certificate and TLS
-//! session, 10 processes, a heartbeat every 5 s) on one controller on SQLite, then on
+//! session, 10 processes, a heartbeat every 5 s carrying every instance's moved CPU and
+//! memory as a real agent's does) on one controller on SQLite, then on
 //! three controllers sharing a PostgreSQL of the test's own, spread over them. Each
 //! agent does what `fleet-agent`'s link does when its session ends: the next controller
 //! it knows after 0.1-1 s. Prints, for each: `Status` of the whole stage and of 1,000
@@ -14,9 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use fleet_proto::agent::v1::ProcessInfo;
 use fleet_proto::controller::v1::agent_link_client::AgentLinkClient;
 use fleet_proto::controller::v1::{
-    CreateJoinTokenRequest, Heartbeat, JoinRequest, Snapshot, agent_message,
+    CreateJoinTokenRequest, Delta, JoinRequest, Snapshot, agent_message,
 };
 use fleet_tests::postgres::Postgres;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -143,16 +145,34 @@ async fn channel_to(
         .await
 }
 
+/// The host's instances in `generation` (a restart makes the next), their CPU and
+/// memory figures as of heartbeat `beat`.
+fn processes(generation: usize, beat: u64) -> Vec<ProcessInfo> {
+    (0..PROCESSES_PER_HOST)
+        .map(|id| {
+            let mut info = process(id, "app");
+            info.pid = Some(10_000 + id + generation as u32 * 100);
+            info.cpu_percent = (beat % 97) as f64 / 2.0;
+            info.memory_bytes = (40 << 20) + (beat % 89) * 4096;
+            info
+        })
+        .collect()
+}
+
 fn snapshot(generation: usize) -> agent_message::Body {
     agent_message::Body::Snapshot(Snapshot {
-        processes: (0..PROCESSES_PER_HOST)
-            .map(|id| {
-                let mut info = process(id, "app");
-                info.pid = Some(10_000 + id + generation as u32 * 100);
-                info
-            })
-            .collect(),
+        processes: processes(generation, 0),
         seq: 1 + generation as u64,
+    })
+}
+
+/// What a real agent's heartbeat is while its apps run: the figures that moved (every
+/// instance's CPU and memory), as a delta.
+fn moved(generation: usize, beat: u64, seq: u64) -> agent_message::Body {
+    agent_message::Body::Delta(Delta {
+        changed: processes(generation, beat),
+        removed: Vec::new(),
+        seq,
     })
 }
 
@@ -186,6 +206,7 @@ async fn simulate(
                     continue;
                 };
                 let mut sent = generation.load(Ordering::Relaxed);
+                let (mut seq, mut beat) = (1 + sent as u64, 0);
                 if !agent.try_send(snapshot(sent)).await {
                     at = (at + 1) % urls.len();
                     tokio::time::sleep(jitter(index)).await;
@@ -206,9 +227,11 @@ async fn simulate(
                             let now = generation.load(Ordering::Relaxed);
                             let body = if now != sent {
                                 sent = now;
+                                seq = 1 + now as u64;
                                 snapshot(now)
                             } else {
-                                agent_message::Body::Heartbeat(Heartbeat { seq: 1 + now as u64 })
+                                (seq, beat) = (seq + 1, beat + 1);
+                                moved(now, beat, seq)
                             };
                             if !agent.try_send(body).await {
                                 break;

@@ -229,6 +229,7 @@ impl Controller {
 
     pub async fn fleet(&self) -> FleetServiceClient<Channel> {
         FleetServiceClient::new(self.channel(None).await.unwrap())
+            .max_decoding_message_size(fleet_proto::ops::MAX_CONTROLLER_ANSWER_BYTES)
     }
 
     /// Joins `host` with a fresh key, as `fleet-agent join` does.

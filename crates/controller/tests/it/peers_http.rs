@@ -1,7 +1,8 @@
-//! The HTTP face of controllers sharing one PostgreSQL: each controller's `/metrics`
-//! reports the hosts it holds and no other (two controllers must never report one
-//! host, one "up" and one "down"), and the dashboard of either shows every host as
-//! the controller holding it sees it.
+//! What controllers sharing one PostgreSQL show of each other's hosts: each one's
+//! `/metrics` reports the hosts it holds and no other (two controllers must never
+//! report one host, one "up" and one "down"), the dashboard of either shows every host
+//! as the controller holding it sees it, and a `Status` larger than tonic's 4 MiB
+//! default passes from the peer to the controller to the CLI's client.
 
 use std::net::SocketAddr;
 
@@ -10,7 +11,7 @@ use fleet_proto::controller::v1::{Snapshot, agent_message};
 use fleet_tests::postgres::Postgres;
 use serde_json::Value;
 
-use crate::harness::{Controller, DEADLINE, FakeAgent, hello, process, wait_for_status};
+use crate::harness::{Controller, DEADLINE, FakeAgent, hello, process, stage, wait_for_status};
 use crate::http::{Answer, exchange};
 use crate::postgres::location;
 
@@ -154,6 +155,59 @@ async fn each_host_is_reported_once_and_every_dashboard_shows_every_host() {
     assert_eq!(host["instances"][0]["name"], "worker", "{host:#}");
     assert!(host["card"]["since"].as_u64().unwrap() > 0, "{host:#}");
     drop((web1, web2));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_past_four_mib_passes_from_the_peer_through_the_cli_client() {
+    let Some(server) = Postgres::start() else {
+        return;
+    };
+    server.create_database("large");
+    let dir = tempfile::tempdir().unwrap();
+    let seal = dir.path().join("a/seal.key");
+    let (a, _) = with_http(&dir.path().join("a"), &server, "large", &seal).await;
+    let (b, _) = with_http(&dir.path().join("b"), &server, "large", &seal).await;
+    let big = b.join("big").await;
+    let agent = FakeAgent::connect(b.channel(Some(&big)).await.unwrap(), hello("big"))
+        .await
+        .unwrap();
+    // 9,000 instances with long names: about 5.8 MB as a Status.
+    let name = "n".repeat(600);
+    agent
+        .send(agent_message::Body::Snapshot(Snapshot {
+            seq: 1,
+            processes: (0..9_000).map(|id| process(id, &name)).collect(),
+        }))
+        .await;
+    // Through A (which asks B) with the CLI's own client.
+    let settings = fleet_remote::stage::ControllerSettings {
+        url: format!("https://{}", a.addr),
+        token: a.api_token(),
+        ca: Some(dir.path().join("a/ca.pem")),
+    };
+    let mut client = fleet_remote::stage::connect_controller(&settings)
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let request = fleet_proto::controller::v1::StatusRequest {
+            stage: Some(stage(&["big"])),
+        };
+        let status = client.status(request).await.unwrap().into_inner();
+        if status.hosts[0].processes.len() == 9_000 {
+            assert!(status.hosts[0].reachable);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "A never showed big's 9,000 instances: {:?}",
+            status.hosts[0].error
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(agent);
     a.stop().await;
     b.stop().await;
 }

@@ -118,7 +118,8 @@ async fn connect_one(
     let value = format!("Bearer {}", settings.token).parse().map_err(|_| {
         StageError::Config("FLEET_TOKEN has characters a header cannot carry".to_string())
     })?;
-    let mut client = FleetServiceClient::with_interceptor(channel, Bearer(value));
+    let mut client = FleetServiceClient::with_interceptor(channel, Bearer(value))
+        .max_decoding_message_size(fleet_proto::ops::MAX_CONTROLLER_ANSWER_BYTES);
     client
         .hello(cpb::FleetHello {
             protocol_major: cpb::PROTOCOL_MAJOR,
