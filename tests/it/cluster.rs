@@ -257,6 +257,37 @@ fn a_second_reload_of_the_same_app_is_refused() {
 }
 
 #[test]
+fn a_reload_whose_client_goes_away_still_finishes_and_the_next_one_runs() {
+    let fleet = Fleet::new();
+    let port = free_port();
+    config(
+        &fleet,
+        "web",
+        "cluster",
+        port,
+        1,
+        "wait_ready = true\nlisten_timeout = 10000\nargs = [\"--ready-delay-ms\", \"1500\"]",
+    );
+    fleet.ok(&["start", "fleet.toml"]);
+    let before = fleet.list()[0]["pid"].as_i64();
+    let mut first = fleet.command(&["reload", "web"]).spawn().unwrap();
+    wait_until("the first reload to start", SETTLE, || {
+        fleet.list()[0]["status"] == "launching"
+    });
+    // The client goes away mid-reload, as a controller killed mid-deploy does.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let replaced = fleet.wait_list("the replacement online", SETTLE, |l| {
+        l[0]["status"] == "online" && l[0]["pid"].as_i64() != before
+    });
+    // Nothing was left half replaced: the next reload runs.
+    fleet.ok(&["reload", "web"]);
+    let after = fleet.list();
+    assert_eq!(after[0]["status"], "online");
+    assert_ne!(after[0]["pid"], replaced[0]["pid"], "replaced again");
+}
+
+#[test]
 fn a_crashed_instance_is_out_of_rotation_until_it_is_back() {
     let fleet = Fleet::new();
     let port = free_port();

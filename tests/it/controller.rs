@@ -177,7 +177,7 @@ impl Controller {
     pub fn log_tail(&self) -> String {
         let log =
             std::fs::read_to_string(self.data.path().join("controller.log")).unwrap_or_default();
-        format!("controller.log (end):\n{}", crate::harness::tail(&log, 60))
+        format!("controller.log (end):\n{}", crate::harness::tail(&log, 400))
     }
 
     /// SIGKILL: the controller gets no chance to leave the store or close sessions.

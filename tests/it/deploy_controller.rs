@@ -59,6 +59,33 @@ impl Bed<'_> {
         json.as_array().cloned().unwrap_or_default()
     }
 
+    /// What `attach` replays of run `id` within a few seconds (it follows a run that
+    /// has not ended, so it is stopped then): for a failing test to show.
+    fn replay(&self, id: u64) -> String {
+        let id = id.to_string();
+        let mut attach = self.d.fleet.command(&["deploy", "bed", "attach", &id]);
+        attach
+            .envs(self.controller.env())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let Ok(mut child) = attach.spawn() else {
+            return "attach did not start".to_owned();
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < until && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        match child.wait_with_output() {
+            Ok(output) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+            Err(error) => format!("attach: {error}"),
+        }
+    }
+
     fn wait_running(&self) -> u64 {
         let mut id = 0;
         wait_until("a running deploy in the history", SETTLE, || {
@@ -255,7 +282,14 @@ fn the_controller_killed_mid_rollout_finishes_on_restart(bed: &mut Bed<'_>) {
             *found.borrow_mut() = now;
             ended
         },
-        || format!("run: {:#}\n{}", found.borrow(), bed.controller.log_tail()),
+        || {
+            format!(
+                "run: {:#}\nits events, as attach replays them:\n{}\n{}",
+                found.borrow(),
+                bed.replay(id),
+                bed.controller.log_tail()
+            )
+        },
     );
     let run = found.into_inner();
     assert_eq!(run["state"], "ok", "{run:#}");

@@ -35,8 +35,24 @@ impl Drop for ReloadUnlock {
 
 impl Handle {
     /// Reloads `views`, `parallel` instances at a time; returns their views once
-    /// settled.
+    /// settled. The reload runs to its end even when its caller goes away (a `fleet
+    /// reload` interrupted, a controller killed mid-deploy): a replacement it began is
+    /// committed or aborted, never left half done, which would refuse every later
+    /// reload of the app as busy.
     pub async fn reload(
+        &self,
+        views: Vec<ProcessView>,
+        parallel: usize,
+    ) -> Result<Vec<ProcessView>, AgentError> {
+        let handle = self.clone();
+        tokio::spawn(async move { handle.reload_to_end(views, parallel).await })
+            .await
+            .unwrap_or_else(|panic| {
+                Err(AgentError::Internal(format!("the reload failed: {panic}")))
+            })
+    }
+
+    async fn reload_to_end(
         &self,
         views: Vec<ProcessView>,
         parallel: usize,
