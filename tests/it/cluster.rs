@@ -234,23 +234,31 @@ fn a_replacement_that_never_gets_ready_leaves_the_old_instances_serving() {
     assert!(err.contains("not ready"), "{err}");
 }
 
-#[test]
-fn a_second_reload_of_the_same_app_is_refused() {
-    let fleet = Fleet::new();
-    let port = free_port();
+/// `web`, one cluster instance whose replacement takes 1.5 s to be ready, with a
+/// `fleet reload web` under way (its replacement launching); and the pid it had
+/// before.
+fn mid_reload(fleet: &Fleet) -> (Option<i64>, std::process::Child) {
     config(
-        &fleet,
+        fleet,
         "web",
         "cluster",
-        port,
+        free_port(),
         1,
         "wait_ready = true\nlisten_timeout = 10000\nargs = [\"--ready-delay-ms\", \"1500\"]",
     );
     fleet.ok(&["start", "fleet.toml"]);
-    let mut first = fleet.command(&["reload", "web"]).spawn().unwrap();
+    let before = fleet.list()[0]["pid"].as_i64();
+    let reload = fleet.command(&["reload", "web"]).spawn().unwrap();
     wait_until("the first reload to start", SETTLE, || {
         fleet.list()[0]["status"] == "launching"
     });
+    (before, reload)
+}
+
+#[test]
+fn a_second_reload_of_the_same_app_is_refused() {
+    let fleet = Fleet::new();
+    let (_, mut first) = mid_reload(&fleet);
     let err = fleet.fails(&["reload", "web"], 1);
     assert!(err.contains("already running"), "{err}");
     assert!(first.wait().unwrap().success());
@@ -259,21 +267,7 @@ fn a_second_reload_of_the_same_app_is_refused() {
 #[test]
 fn a_reload_whose_client_goes_away_still_finishes_and_the_next_one_runs() {
     let fleet = Fleet::new();
-    let port = free_port();
-    config(
-        &fleet,
-        "web",
-        "cluster",
-        port,
-        1,
-        "wait_ready = true\nlisten_timeout = 10000\nargs = [\"--ready-delay-ms\", \"1500\"]",
-    );
-    fleet.ok(&["start", "fleet.toml"]);
-    let before = fleet.list()[0]["pid"].as_i64();
-    let mut first = fleet.command(&["reload", "web"]).spawn().unwrap();
-    wait_until("the first reload to start", SETTLE, || {
-        fleet.list()[0]["status"] == "launching"
-    });
+    let (before, mut first) = mid_reload(&fleet);
     // The client goes away mid-reload, as a controller killed mid-deploy does.
     first.kill().unwrap();
     first.wait().unwrap();
