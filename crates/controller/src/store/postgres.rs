@@ -534,13 +534,18 @@ impl PgDb {
         }))
     }
 
-    fn statement(&self, client: &mut Client, sql: &str) -> Result<Statement> {
+    /// `sql` prepared on `client` (once per connection). The error is the driver's: the
+    /// caller converts it once it released `client`, since `convert` may drop the
+    /// connection (a `RefCell` borrowed twice would panic and end the database thread).
+    fn statement(
+        &self,
+        client: &mut Client,
+        sql: &str,
+    ) -> std::result::Result<Statement, postgres::Error> {
         if let Some(statement) = self.statements.borrow().get(sql) {
             return Ok(statement.clone());
         }
-        let statement = client
-            .prepare(&dollar_placeholders(sql))
-            .map_err(|e| self.convert(e))?;
+        let statement = client.prepare(&dollar_placeholders(sql))?;
         self.statements
             .borrow_mut()
             .insert(sql.to_owned(), statement.clone());
@@ -578,18 +583,18 @@ impl PgDb {
 impl Db for PgDb {
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
         let mut client = self.client()?;
-        let statement = self.statement(&mut client, sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let result = client.execute(&statement, &params);
+        let result = (self.statement(&mut client, sql))
+            .and_then(|statement| client.execute(&statement, &params));
         drop(client);
         result.map_err(|e| self.convert(e))
     }
 
     fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let mut client = self.client()?;
-        let statement = self.statement(&mut client, sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let result = client.query(&statement, &params);
+        let result = (self.statement(&mut client, sql))
+            .and_then(|statement| client.query(&statement, &params));
         drop(client);
         result
             .map_err(|e| self.convert(e))?
