@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::command::answer_commands;
 use crate::harness::*;
-use crate::http::{Answer, exchange, read_until};
+use crate::http::{Answer, read_until};
 
 /// A dashboard over TLS with one host, `web-1`, in stage `test`, running `api`.
 struct Bed {
@@ -51,15 +51,7 @@ impl Bed {
     }
 
     async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
-        let extra: String = headers
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}\r\n"))
-            .collect();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        exchange(self.http, Some(&self.ca), request.as_bytes()).await
+        crate::http::send(self.http, Some(&self.ca), (method, path), headers, body).await
     }
 
     /// Signs in with a new token of `role`: the cookie header to send and the CSRF token.

@@ -70,6 +70,24 @@ pub async fn exchange(address: SocketAddr, ca: Option<&str>, request: &[u8]) -> 
     parse(&raw)
 }
 
+/// `method path` with `headers` and `body` (`Connection: close`), the whole answer.
+pub async fn send(
+    address: SocketAddr,
+    ca: Option<&str>,
+    (method, path): (&str, &str),
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let extra: String = (headers.iter())
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(address, ca, request.as_bytes()).await
+}
+
 /// Sends `request` and reads the answer until its text holds `pattern` or `timeout`
 /// passes (an event stream never ends on its own); what arrived either way.
 pub async fn read_until(

@@ -12,7 +12,7 @@ use fleet_tests::postgres::Postgres;
 use serde_json::Value;
 
 use crate::harness::{Controller, DEADLINE, FakeAgent, hello, process, stage, wait_for_status};
-use crate::http::{Answer, exchange};
+use crate::http::send;
 use crate::postgres::location;
 
 /// A controller on `db` with its HTTP face over TLS.
@@ -30,30 +30,33 @@ async fn with_http(
     .await
 }
 
-async fn send(
-    http: SocketAddr,
-    ca: &str,
-    method: &str,
-    path: &str,
-    extra: &str,
-    body: &str,
-) -> Answer {
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    exchange(http, Some(ca), request.as_bytes()).await
+/// Two controllers, A and B, on a new database `db` of `server`, each with its HTTP
+/// face; the directory holding their data goes with the first.
+async fn two_on(
+    server: &Postgres,
+    db: &str,
+) -> (
+    tempfile::TempDir,
+    (Controller, SocketAddr),
+    (Controller, SocketAddr),
+) {
+    server.create_database(db);
+    let dir = tempfile::tempdir().unwrap();
+    let seal = dir.path().join("a/seal.key");
+    let a = with_http(&dir.path().join("a"), server, db, &seal).await;
+    let b = with_http(&dir.path().join("b"), server, db, &seal).await;
+    (dir, a, b)
 }
 
 /// `/metrics` of the controller at `http`, scraped with a new metrics token.
 async fn scrape(controller: &Controller, http: SocketAddr) -> String {
     let token = controller.token_with(Role::Metrics, None);
+    let bearer = format!("Bearer {token}");
     let answer = send(
         http,
-        &controller.ca_pem(),
-        "GET",
-        "/metrics",
-        &format!("Authorization: Bearer {token}\r\n"),
+        Some(&controller.ca_pem()),
+        ("GET", "/metrics"),
+        &[("Authorization", &bearer)],
         "",
     )
     .await;
@@ -66,10 +69,9 @@ async fn sign_in(controller: &Controller, http: SocketAddr) -> String {
     let token = controller.token_with(Role::Read, None);
     let answer = send(
         http,
-        &controller.ca_pem(),
-        "POST",
-        "/api/login",
-        "Content-Type: application/json\r\n",
+        Some(&controller.ca_pem()),
+        ("POST", "/api/login"),
+        &[("Content-Type", "application/json")],
         &format!(r#"{{"token":"{token}"}}"#),
     )
     .await;
@@ -83,11 +85,7 @@ async fn each_host_is_reported_once_and_every_dashboard_shows_every_host() {
     let Some(server) = Postgres::start() else {
         return;
     };
-    server.create_database("faces");
-    let dir = tempfile::tempdir().unwrap();
-    let seal = dir.path().join("a/seal.key");
-    let (a, a_http) = with_http(&dir.path().join("a"), &server, "faces", &seal).await;
-    let (b, b_http) = with_http(&dir.path().join("b"), &server, "faces", &seal).await;
+    let (_dir, (a, a_http), (b, b_http)) = two_on(&server, "faces").await;
     let (one, two) = (a.join("web-1").await, a.join("web-2").await);
     let web1 = FakeAgent::connect(a.channel(Some(&one)).await.unwrap(), hello("web-1"))
         .await
@@ -142,10 +140,9 @@ async fn each_host_is_reported_once_and_every_dashboard_shows_every_host() {
     let cookie = sign_in(&a, a_http).await;
     let answer = send(
         a_http,
-        &a.ca_pem(),
-        "GET",
-        "/api/host/web-2",
-        &format!("Cookie: {cookie}\r\n"),
+        Some(&a.ca_pem()),
+        ("GET", "/api/host/web-2"),
+        &[("Cookie", &cookie)],
         "",
     )
     .await;
@@ -164,11 +161,7 @@ async fn a_status_past_four_mib_passes_from_the_peer_through_the_cli_client() {
     let Some(server) = Postgres::start() else {
         return;
     };
-    server.create_database("large");
-    let dir = tempfile::tempdir().unwrap();
-    let seal = dir.path().join("a/seal.key");
-    let (a, _) = with_http(&dir.path().join("a"), &server, "large", &seal).await;
-    let (b, _) = with_http(&dir.path().join("b"), &server, "large", &seal).await;
+    let (dir, (a, _), (b, _)) = two_on(&server, "large").await;
     let big = b.join("big").await;
     let agent = FakeAgent::connect(b.channel(Some(&big)).await.unwrap(), hello("big"))
         .await
