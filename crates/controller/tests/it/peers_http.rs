@@ -13,22 +13,7 @@ use serde_json::Value;
 
 use crate::harness::{Controller, DEADLINE, FakeAgent, hello, process, stage, wait_for_status};
 use crate::http::send;
-use crate::postgres::location;
-
-/// A controller on `db` with its HTTP face over TLS.
-async fn with_http(
-    data: &std::path::Path,
-    server: &Postgres,
-    db: &str,
-    seal: &std::path::Path,
-) -> (Controller, SocketAddr) {
-    let (store, seal) = (location(server, db), seal.to_owned());
-    Controller::start_http_with(data, true, move |config| {
-        config.store = Some(store);
-        config.seal_key = Some(seal);
-    })
-    .await
-}
+use crate::postgres::on_db;
 
 /// Two controllers, A and B, on a new database `db` of `server`, each with its HTTP
 /// face; the directory holding their data goes with the first.
@@ -43,8 +28,10 @@ async fn two_on(
     server.create_database(db);
     let dir = tempfile::tempdir().unwrap();
     let seal = dir.path().join("a/seal.key");
-    let a = with_http(&dir.path().join("a"), server, db, &seal).await;
-    let b = with_http(&dir.path().join("b"), server, db, &seal).await;
+    let a =
+        Controller::start_http_with(&dir.path().join("a"), true, on_db(server, db, &seal)).await;
+    let b =
+        Controller::start_http_with(&dir.path().join("b"), true, on_db(server, db, &seal)).await;
     (dir, a, b)
 }
 

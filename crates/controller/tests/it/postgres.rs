@@ -21,19 +21,23 @@ pub(crate) fn location(server: &Postgres, db: &str) -> PgLocation {
     PgLocation::parse(&server.url(db)).unwrap()
 }
 
-/// A controller on `db`, with the seal key at `seal` (made there by the first).
-pub(crate) async fn on_postgres(
-    data: &Path,
+/// A controller's settings for `db`, with the seal key at `seal` (made there by the
+/// first).
+pub(crate) fn on_db(
     server: &Postgres,
     db: &str,
     seal: &Path,
-) -> Controller {
+) -> impl FnOnce(&mut fleet_controller::ControllerConfig) + use<> {
     let (store, seal) = (location(server, db), seal.to_owned());
-    Controller::start_with(data, move |config| {
+    move |config| {
         config.store = Some(store);
         config.seal_key = Some(seal);
-    })
-    .await
+    }
+}
+
+/// A controller on `db`, with the seal key at `seal` (made there by the first).
+async fn on_postgres(data: &Path, server: &Postgres, db: &str, seal: &Path) -> Controller {
+    Controller::start_with(data, on_db(server, db, seal)).await
 }
 
 async fn join_with(
